@@ -1,0 +1,59 @@
+//! `famstream inspect` as a user runs it.
+
+mod common;
+
+use std::process::Command;
+
+fn famstream(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_famstream")).args(args).output().unwrap()
+}
+
+#[test]
+fn inspect_prints_the_real_models_facts() {
+    let m = common::model_path();
+    let out = famstream(&["inspect", m.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for expect in [
+        "architecture  llama",
+        "layers        30",
+        "n_embd        576",
+        "heads         9 (KV heads 3, head dim 64)",
+        "context       8192",
+        "vocab         49152",
+        "blk.29.ffn_down.weight",
+        "tensors       272",
+    ] {
+        assert!(text.contains(expect), "missing `{expect}` in:\n{text}");
+    }
+
+    let out = famstream(&["inspect", "--json", m.to_str().unwrap()]);
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["hparams"]["n_layer"], 30);
+    assert_eq!(j["hparams"]["n_embd"], 576);
+    assert_eq!(j["hparams"]["n_head"], 9);
+    assert_eq!(j["hparams"]["n_head_kv"], 3);
+    assert_eq!(j["hparams"]["n_vocab"], 49152);
+    assert_eq!(j["hparams"]["n_ctx_train"], 8192);
+    assert_eq!(j["n_tensors"], 272);
+    assert_eq!(j["tensors"].as_array().unwrap().len(), 272);
+    // Sum of tensor bytes equals the reported total.
+    let sum: u64 = j["tensors"].as_array().unwrap().iter().map(|t| t["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(j["tensor_bytes"].as_u64().unwrap(), sum);
+}
+
+#[test]
+fn inspect_of_a_bad_file_fails_cleanly() {
+    let dir = common::scratch_dir("cli-bad");
+    let p = dir.join("bad.gguf");
+    std::fs::write(&p, b"GGUF\x03\0\0\0\xff\xff\xff\xff\xff\xff\xff\xff\0\0\0\0\0\0\0\0").unwrap();
+    let out = famstream(&["inspect", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("bad.gguf") && err.contains("tensor count"), "{err}");
+    assert!(!err.contains("panicked"));
+    let out = famstream(&["inspect", dir.join("missing.gguf").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("missing.gguf"));
+}

@@ -1,0 +1,134 @@
+//! Shared test helpers: the real model (fetched by the project's script, never skipped), an
+//! independent oracle for GGUF (ggml's own `gguf_*` reader), and small utilities.
+#![allow(dead_code)]
+
+use std::ffi::{CStr, CString};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The path of SmolLM2-135M-Instruct Q4_1, fetched by `tools/fetch_model.sh` if missing.
+/// Panics (fails the test) if it cannot be fetched: tests never silently skip.
+pub fn model_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/fetch_model.sh");
+        let out = Command::new("bash").arg(script).output().expect("run tools/fetch_model.sh");
+        assert!(
+            out.status.success(),
+            "tools/fetch_model.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        assert!(p.is_file(), "fetch_model.sh printed {p:?}, which is not a file");
+        p
+    })
+    .clone()
+}
+
+/// A scratch directory unique to this test process and name.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("famstream-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// One tensor as ggml's own GGUF reader sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OracleTensor {
+    pub name: String,
+    pub ty: u32,
+    pub ne: Vec<u64>,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// What ggml's `gguf_*` reader reports for a file (independent of our reader).
+#[derive(Debug)]
+pub struct OracleFile {
+    pub version: u32,
+    pub alignment: u64,
+    pub data_offset: u64,
+    pub keys: Vec<(String, u32)>,
+    pub tensors: Vec<OracleTensor>,
+    pub ctx: *mut llama_cpp_sys_2::gguf_context,
+}
+
+impl Drop for OracleFile {
+    fn drop(&mut self) {
+        unsafe { llama_cpp_sys_2::gguf_free(self.ctx) }
+    }
+}
+
+/// Read a file with ggml's gguf reader; `None` if it refuses the file.
+pub fn ggml_gguf_read(path: &std::path::Path) -> Option<OracleFile> {
+    use llama_cpp_sys_2 as sys;
+    let c = CString::new(path.to_str().unwrap()).unwrap();
+    let params = sys::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+    unsafe {
+        let ctx = sys::gguf_init_from_file(c.as_ptr(), params);
+        if ctx.is_null() {
+            return None;
+        }
+        let n_dims_of = |ne: *const i64| -> Vec<u64> {
+            let mut v: Vec<u64> = (0..4).map(|i| *ne.add(i) as u64).collect();
+            while v.len() > 1 && *v.last().unwrap() == 1 {
+                v.pop();
+            }
+            v
+        };
+        let keys = (0..sys::gguf_get_n_kv(ctx))
+            .map(|i| {
+                (
+                    CStr::from_ptr(sys::gguf_get_key(ctx, i)).to_string_lossy().into_owned(),
+                    sys::gguf_get_kv_type(ctx, i) as u32,
+                )
+            })
+            .collect();
+        let tensors = (0..sys::gguf_get_n_tensors(ctx))
+            .map(|i| OracleTensor {
+                name: CStr::from_ptr(sys::gguf_get_tensor_name(ctx, i)).to_string_lossy().into_owned(),
+                ty: sys::gguf_get_tensor_type(ctx, i),
+                ne: n_dims_of(sys::gguf_get_tensor_ne(ctx, i)),
+                offset: sys::gguf_get_tensor_offset(ctx, i) as u64,
+                size: sys::gguf_get_tensor_size(ctx, i) as u64,
+            })
+            .collect();
+        Some(OracleFile {
+            version: sys::gguf_get_version(ctx),
+            alignment: sys::gguf_get_alignment(ctx) as u64,
+            data_offset: sys::gguf_get_data_offset(ctx) as u64,
+            keys,
+            tensors,
+            ctx,
+        })
+    }
+}
+
+/// Trailing 1-dims dropped, as ggml's reader cannot tell [n, 1] from [n].
+pub fn squeeze(ne: &[u64]) -> Vec<u64> {
+    let mut v = ne.to_vec();
+    while v.len() > 1 && *v.last().unwrap() == 1 {
+        v.pop();
+    }
+    v
+}
+
+/// A small deterministic PRNG (xorshift64*), so tests need no extra crates and are repeatable.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    /// Uniform in [-1, 1).
+    pub fn f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
