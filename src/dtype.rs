@@ -70,6 +70,7 @@ impl GgmlType {
     pub const Q5_K: GgmlType = GgmlType(13);
     pub const Q6_K: GgmlType = GgmlType(14);
     pub const I32: GgmlType = GgmlType(26);
+    pub const I64: GgmlType = GgmlType(27);
     pub const BF16: GgmlType = GgmlType(30);
 
     fn info(self) -> Option<&'static TypeInfo> {

@@ -389,6 +389,17 @@ impl Context {
     pub fn cpy<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>) -> Tensor<'a> {
         self.wrap(unsafe { sys::ggml_cpy(self.raw(), a.raw(), b.raw()) })
     }
+    /// Rotary position embedding of `a` [head_dim, n_head, n] at positions `pos` (i32 [n]).
+    /// `neox`: pairs (i, i + d/2) instead of (2i, 2i+1).
+    pub fn rope<'a>(&'a self, a: Tensor<'a>, pos: Tensor<'a>, n_dims: usize, neox: bool, freq_base: f32, n_ctx_orig: usize) -> Tensor<'a> {
+        let mode = if neox { 2 } else { 0 };
+        self.wrap(unsafe {
+            sys::ggml_rope_ext(
+                self.raw(), a.raw(), pos.raw(), std::ptr::null_mut(), n_dims as i32, mode,
+                n_ctx_orig as i32, freq_base, 1.0, 0.0, 1.0, 32.0, 1.0,
+            )
+        })
+    }
     /// Concatenate along `dim`.
     pub fn concat<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>, dim: i32) -> Tensor<'a> {
         self.wrap(unsafe { sys::ggml_concat(self.raw(), a.raw(), b.raw(), dim) })
@@ -728,4 +739,68 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>> {
         f(data.as_ptr().cast(), out.as_mut_ptr(), n as i64);
     }
     Ok(out)
+}
+
+/// A context together with the tensors made in it and the buffers that hold their data, owned
+/// as one value (model weights, per-stream caches). Tensors are addressed by index and borrowed
+/// from the set, so they cannot outlive it.
+pub struct TensorSet {
+    // Field order is drop order: buffers reference tensors of `ctx`, both go before the context.
+    buffers: Vec<Buffer>,
+    ptrs: Vec<NonNull<sys::ggml_tensor>>,
+    ctx: Context,
+}
+
+// SAFETY: the tensors are headers in `ctx`, owned with it; the set is moved, not shared, across
+// threads, and read-only methods only read headers.
+unsafe impl Send for TensorSet {}
+unsafe impl Sync for TensorSet {}
+
+impl TensorSet {
+    /// Room for `capacity` tensors (headers only; data is placed or allocated later).
+    pub fn new(capacity: usize) -> Result<TensorSet> {
+        Ok(TensorSet { buffers: Vec::new(), ptrs: Vec::with_capacity(capacity), ctx: Context::new_no_alloc(capacity, 0)? })
+    }
+    /// Add a tensor; returns its index.
+    pub fn add(&mut self, name: &str, ty: GgmlType, ne: &[i64]) -> usize {
+        let t = self.ctx.new_tensor(ty, ne).set_name(name);
+        self.ptrs.push(t.ptr);
+        self.ptrs.len() - 1
+    }
+    pub fn get(&self, i: usize) -> Tensor<'_> {
+        Tensor { ptr: self.ptrs[i], _ctx: PhantomData }
+    }
+    pub fn len(&self) -> usize {
+        self.ptrs.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ptrs.is_empty()
+    }
+    /// Allocate every tensor in one new buffer of `backend`, zero-filled.
+    pub fn alloc_all(&mut self, backend: &Backend) -> Result<()> {
+        let b = self.ctx.alloc_tensors(backend)?;
+        b.clear(0);
+        self.buffers.push(b);
+        Ok(())
+    }
+    /// Bytes of all buffers of this set.
+    pub fn buffer_bytes(&self) -> usize {
+        self.buffers.iter().map(Buffer::size).sum()
+    }
+    /// Point tensors into host memory without copying (CPU backend): `placements` gives
+    /// (tensor index, byte offset into `host`).
+    ///
+    /// # Safety
+    /// `host` must stay valid and unmodified for as long as this set exists, and be 32-byte
+    /// aligned; the tensors placed there must only be read by graphs (weights).
+    pub unsafe fn place_in_host(&mut self, host: &[u8], placements: &[(usize, usize)]) -> Result<()> {
+        // SAFETY: forwarded to the caller's guarantee.
+        let b = unsafe { Buffer::from_host_slice(host)? };
+        b.mark_weights();
+        for &(i, off) in placements {
+            b.place(self.get(i), off)?;
+        }
+        self.buffers.push(b);
+        Ok(())
+    }
 }

@@ -40,11 +40,15 @@
 //! - `unsafe` lives in [`ggml`] (FFI) and in [`gguf`] (the mmap); each block says why it is sound.
 
 pub mod dtype;
+pub mod engine;
 pub mod error;
+pub mod forward;
 pub mod ggml;
 pub mod gguf;
 pub mod inspect;
+pub mod kv;
 pub mod model;
 pub mod settings;
+pub mod stream;
 
 pub use error::{Error, Result};

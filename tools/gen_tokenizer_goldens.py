@@ -184,6 +184,7 @@ def corpus():
         "<|im_start|><|im_end|><|im_start|>",
         "partial <|im_start and <|im_end| and <|im_start|",
         "<s>hello</s> <unk> a<sep>b <sep> c",
+        "<sep>starts with a user-defined token<sep>",
         # punctuation and symbols
         "!!!!!!?????......,,,,;;;;::::",
         "---- ==== ____ **** ~~~~ ^^^^ |||| \\\\\\\\",

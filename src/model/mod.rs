@@ -1,4 +1,6 @@
 //! Llama-family models: hyperparameters from GGUF metadata and the weights they describe.
 
 mod hparams;
+mod weights;
 pub use hparams::{Arch, HParams, RopeLayout};
+pub use weights::{LayerWeights, Model};

@@ -9,6 +9,8 @@ use std::sync::OnceLock;
 
 /// The path of SmolLM2-135M-Instruct Q4_1, fetched by `tools/fetch_model.sh` if missing.
 /// Panics (fails the test) if it cannot be fetched: tests never silently skip.
+pub mod llama;
+
 pub fn model_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {

@@ -1,0 +1,62 @@
+//! Per-layer key/value storage: `n_slots` rows of K and V per layer, in f16 (as llama.cpp).
+//!
+//! Slots are plain storage; which slot holds which position, and who may see it, is decided by
+//! the memory policy (the stream state), which passes slot indices and an attention mask to each
+//! graph. K is stored already rotated by RoPE at its absolute position.
+
+use crate::dtype::GgmlType;
+use crate::error::Result;
+use crate::ggml::{Backend, Tensor, TensorSet};
+use crate::model::HParams;
+
+pub struct KvStore {
+    set: TensorSet,
+    n_layer: usize,
+    n_slots: usize,
+    /// Row width: n_head_kv * head_dim.
+    n_embd_kv: usize,
+}
+
+impl KvStore {
+    pub fn new(hp: &HParams, n_slots: usize, backend: &Backend) -> Result<KvStore> {
+        let n_embd_kv = hp.n_head_kv * hp.head_dim;
+        let mut set = TensorSet::new(2 * hp.n_layer)?;
+        for il in 0..hp.n_layer {
+            set.add(&format!("cache_k_l{il}"), GgmlType::F16, &[n_embd_kv as i64, n_slots as i64]);
+            set.add(&format!("cache_v_l{il}"), GgmlType::F16, &[n_embd_kv as i64, n_slots as i64]);
+        }
+        set.alloc_all(backend)?;
+        Ok(KvStore { set, n_layer: hp.n_layer, n_slots, n_embd_kv })
+    }
+    pub fn k(&self, il: usize) -> Tensor<'_> {
+        self.set.get(2 * il)
+    }
+    pub fn v(&self, il: usize) -> Tensor<'_> {
+        self.set.get(2 * il + 1)
+    }
+    pub fn n_slots(&self) -> usize {
+        self.n_slots
+    }
+    pub fn n_layer(&self) -> usize {
+        self.n_layer
+    }
+    pub fn n_embd_kv(&self) -> usize {
+        self.n_embd_kv
+    }
+    /// Bytes of device memory held.
+    pub fn bytes(&self) -> usize {
+        self.set.buffer_bytes()
+    }
+    /// Raw bytes of layer `il`'s K or V rows `[from, to)` (for snapshots).
+    pub fn read_rows(&self, il: usize, is_v: bool, from: usize, to: usize) -> Result<Vec<u8>> {
+        let t = if is_v { self.v(il) } else { self.k(il) };
+        let row = self.n_embd_kv * 2;
+        let all = t.read_bytes()?;
+        Ok(all[from * row..to * row].to_vec())
+    }
+    /// Write raw bytes into layer `il`'s K or V starting at row `from`.
+    pub fn write_rows(&self, il: usize, is_v: bool, from: usize, data: &[u8]) -> Result<()> {
+        let t = if is_v { self.v(il) } else { self.k(il) };
+        t.write_bytes(from * self.n_embd_kv * 2, data)
+    }
+}

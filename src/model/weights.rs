@@ -1,0 +1,179 @@
+//! A loaded model: hyperparameters and weight tensors that view the memory-mapped GGUF.
+//!
+//! On the CPU backend the mapped bytes are used in place (no copy, no repacking): ggml reads
+//! weights straight from the page cache. Other backends get a device copy.
+
+use super::{Arch, HParams};
+use crate::dtype::GgmlType;
+use crate::error::{Error, Result};
+use crate::ggml::{Backend, TensorSet, Tensor};
+use crate::gguf::{GgufFile, TensorInfo};
+use std::path::Path;
+
+/// Indices into the weight set for one transformer layer.
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    pub attn_norm: usize,
+    pub wq: usize,
+    pub wk: usize,
+    pub wv: usize,
+    pub bq: Option<usize>,
+    pub bk: Option<usize>,
+    pub bv: Option<usize>,
+    pub wo: usize,
+    pub ffn_norm: usize,
+    pub ffn_gate: usize,
+    pub ffn_up: usize,
+    pub ffn_down: usize,
+}
+
+/// Immutable model: shared by every stream that runs on it.
+pub struct Model {
+    pub hp: HParams,
+    // Field order is drop order: the weight tensors point into `gguf`'s map, so they go first.
+    weights: TensorSet,
+    token_embd: usize,
+    output_norm: usize,
+    /// `None` when the LM head is tied to the token embedding.
+    output: Option<usize>,
+    layers: Vec<LayerWeights>,
+    device: String,
+    pub gguf: GgufFile,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("hp", &self.hp).field("device", &self.device).finish()
+    }
+}
+
+/// Collects the weight tensors and checks each one's shape against the hyperparameters.
+struct Loader<'g> {
+    g: &'g GgufFile,
+    set: TensorSet,
+    infos: Vec<&'g TensorInfo>,
+}
+
+impl<'g> Loader<'g> {
+    /// A required tensor with shape `ne` (ggml order).
+    fn tensor(&mut self, name: &str, ne: &[usize]) -> Result<usize> {
+        self.opt_tensor(name, ne)?.ok_or_else(|| Error::tensor(name, "missing from the model file"))
+    }
+    fn opt_tensor(&mut self, name: &str, ne: &[usize]) -> Result<Option<usize>> {
+        let Some(info) = self.g.tensor(name) else { return Ok(None) };
+        let want: Vec<u64> = ne.iter().map(|&d| d as u64).collect();
+        let mut got = info.ne.clone();
+        while got.len() > want.len() && got.last() == Some(&1) {
+            got.pop();
+        }
+        if got != want {
+            return Err(Error::tensor(name, format!("shape {:?}, expected {:?} for these hyperparameters", info.ne, want)));
+        }
+        let supported = matches!(info.ty.0, 0 | 1 | 2 | 3 | 6 | 7 | 8 | 10..=14 | 16..=23 | 29 | 30 | 34 | 35 | 39);
+        if !supported {
+            return Err(Error::tensor(name, format!("type {} cannot be used as a weight", info.ty)));
+        }
+        let ne_i: Vec<i64> = info.ne.iter().map(|&d| d as i64).collect();
+        let i = self.set.add(name, info.ty, &ne_i);
+        self.infos.push(info);
+        Ok(Some(i))
+    }
+}
+
+impl Model {
+    /// Open a GGUF file and load its weights for `backend`'s device.
+    pub fn load(path: impl AsRef<Path>, backend: &Backend) -> Result<Model> {
+        let gguf = GgufFile::open(path)?;
+        Self::from_gguf(gguf, backend)
+    }
+
+    pub fn from_gguf(gguf: GgufFile, backend: &Backend) -> Result<Model> {
+        let hp = HParams::from_gguf(&gguf)?;
+        if hp.rope_dims != hp.head_dim {
+            return Err(Error::Unsupported(format!(
+                "partial RoPE ({} of {} head dims)",
+                hp.rope_dims, hp.head_dim
+            )));
+        }
+        let (e, q, kv, ff, nv) = (hp.n_embd, hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim, hp.n_ff, hp.n_vocab);
+        let mut ld = Loader { g: &gguf, set: TensorSet::new(16 + 16 * hp.n_layer)?, infos: Vec::new() };
+        let token_embd = ld.tensor("token_embd.weight", &[e, nv])?;
+        let output_norm = ld.tensor("output_norm.weight", &[e])?;
+        let output = ld.opt_tensor("output.weight", &[e, nv])?;
+        let mut layers = Vec::with_capacity(hp.n_layer);
+        for il in 0..hp.n_layer {
+            let n = |s: &str| format!("blk.{il}.{s}");
+            let bias = hp.arch == Arch::Qwen2;
+            let opt_bias = |ld: &mut Loader, s: &str, d: usize| -> Result<Option<usize>> {
+                if bias { ld.tensor(&n(s), &[d]).map(Some) } else { ld.opt_tensor(&n(s), &[d]) }
+            };
+            layers.push(LayerWeights {
+                attn_norm: ld.tensor(&n("attn_norm.weight"), &[e])?,
+                wq: ld.tensor(&n("attn_q.weight"), &[e, q])?,
+                wk: ld.tensor(&n("attn_k.weight"), &[e, kv])?,
+                wv: ld.tensor(&n("attn_v.weight"), &[e, kv])?,
+                bq: opt_bias(&mut ld, "attn_q.bias", q)?,
+                bk: opt_bias(&mut ld, "attn_k.bias", kv)?,
+                bv: opt_bias(&mut ld, "attn_v.bias", kv)?,
+                wo: ld.tensor(&n("attn_output.weight"), &[q, e])?,
+                ffn_norm: ld.tensor(&n("ffn_norm.weight"), &[e])?,
+                ffn_gate: ld.tensor(&n("ffn_gate.weight"), &[e, ff])?,
+                ffn_up: ld.tensor(&n("ffn_up.weight"), &[e, ff])?,
+                ffn_down: ld.tensor(&n("ffn_down.weight"), &[ff, e])?,
+            });
+        }
+        let Loader { mut set, infos, .. } = ld;
+        if backend.is_cpu() {
+            // Zero-copy: the weight tensors point into the map.
+            let placements: Vec<(usize, usize)> =
+                infos.iter().enumerate().map(|(i, t)| (i, gguf.tensor_file_offset(t) as usize)).collect();
+            // SAFETY: the map lives in `gguf`, which this Model owns and drops after `weights`
+            // (field order); it is read-only and page-aligned (so 32-byte aligned), and every
+            // tensor offset is a multiple of the file's alignment (validated by the reader).
+            // Graphs only read weight tensors.
+            unsafe { set.place_in_host(gguf.bytes(), &placements)? };
+        } else {
+            set.alloc_all(backend)?;
+            for (i, t) in infos.iter().enumerate() {
+                set.get(i).write_bytes(0, gguf.tensor_data(t)?)?;
+            }
+        }
+        Ok(Model {
+            hp,
+            weights: set,
+            token_embd,
+            output_norm,
+            output,
+            layers,
+            device: backend.name().to_string(),
+            gguf,
+        })
+    }
+
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+    pub fn w(&self, i: usize) -> Tensor<'_> {
+        self.weights.get(i)
+    }
+    pub fn token_embd(&self) -> Tensor<'_> {
+        self.w(self.token_embd)
+    }
+    pub fn output_norm(&self) -> Tensor<'_> {
+        self.w(self.output_norm)
+    }
+    /// The LM head (the token embedding when tied).
+    pub fn output(&self) -> Tensor<'_> {
+        self.w(self.output.unwrap_or(self.token_embd))
+    }
+    pub fn layer(&self, il: usize) -> &LayerWeights {
+        &self.layers[il]
+    }
+    /// The largest weight type (for reporting).
+    pub fn weight_types(&self) -> Vec<GgmlType> {
+        let mut v: Vec<GgmlType> = (0..self.weights.len()).map(|i| self.weights.get(i).ty()).collect();
+        v.sort_by_key(|t| t.0);
+        v.dedup();
+        v
+    }
+}

@@ -1,0 +1,170 @@
+//! llama.cpp in-process, as an independent oracle (tests and benches only; the product never
+//! calls `llama_*`).
+#![allow(dead_code)]
+
+use llama_cpp_sys_2 as sys;
+use std::ffi::CString;
+use std::path::Path;
+use std::sync::Once;
+
+pub struct LlamaOracle {
+    model: *mut sys::llama_model,
+    ctx: *mut sys::llama_context,
+    vocab: *const sys::llama_vocab,
+    pub n_vocab: usize,
+    n_batch: usize,
+}
+
+unsafe extern "C" fn quiet(_: sys::ggml_log_level, _: *const i8, _: *mut std::ffi::c_void) {}
+
+impl LlamaOracle {
+    pub fn new(path: &Path, n_ctx: usize, n_threads: usize) -> LlamaOracle {
+        static INIT: Once = Once::new();
+        INIT.call_once(|| unsafe {
+            sys::llama_backend_init();
+            sys::llama_log_set(Some(quiet), std::ptr::null_mut());
+        });
+        let c = CString::new(path.to_str().unwrap()).unwrap();
+        unsafe {
+            let mut mp = sys::llama_model_default_params();
+            mp.n_gpu_layers = 0;
+            let model = sys::llama_model_load_from_file(c.as_ptr(), mp);
+            assert!(!model.is_null(), "llama.cpp failed to load {path:?}");
+            let mut cp = sys::llama_context_default_params();
+            let n_batch = 512.min(n_ctx);
+            cp.n_ctx = n_ctx as u32;
+            cp.n_batch = n_batch as u32;
+            cp.n_ubatch = n_batch as u32;
+            cp.n_seq_max = 1;
+            cp.n_threads = n_threads as i32;
+            cp.n_threads_batch = n_threads as i32;
+            cp.no_perf = true;
+            let ctx = sys::llama_init_from_model(model, cp);
+            assert!(!ctx.is_null(), "llama.cpp failed to create a context");
+            let vocab = sys::llama_model_get_vocab(model);
+            let n_vocab = sys::llama_vocab_n_tokens(vocab) as usize;
+            LlamaOracle { model, ctx, vocab, n_vocab, n_batch }
+        }
+    }
+
+    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        let mut buf = vec![0i32; text.len() + 16];
+        let n = unsafe {
+            sys::llama_tokenize(
+                self.vocab,
+                text.as_ptr().cast(),
+                text.len() as i32,
+                buf.as_mut_ptr(),
+                buf.len() as i32,
+                add_special,
+                parse_special,
+            )
+        };
+        assert!(n >= 0, "llama_tokenize failed");
+        buf.truncate(n as usize);
+        buf.into_iter().map(|t| t as u32).collect()
+    }
+
+    pub fn piece(&self, token: u32) -> Vec<u8> {
+        let mut buf = vec![0u8; 256];
+        let n = unsafe {
+            sys::llama_token_to_piece(self.vocab, token as i32, buf.as_mut_ptr().cast(), 256, 0, false)
+        };
+        buf.truncate(n.max(0) as usize);
+        buf
+    }
+
+    /// Forget everything (new sequence).
+    pub fn clear(&mut self) {
+        unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.ctx), true) }
+    }
+
+    /// Evaluate `tokens` at positions start.., returning the logits of the rows in `want`
+    /// (indices into `tokens`), in order.
+    pub fn eval(&mut self, tokens: &[u32], start: usize, want: &[usize]) -> Vec<Vec<f32>> {
+        let mut out = Vec::new();
+        let mut i0 = 0;
+        while i0 < tokens.len() {
+            let n = (tokens.len() - i0).min(self.n_batch);
+            unsafe {
+                let mut batch = sys::llama_batch_init(n as i32, 0, 1);
+                batch.n_tokens = n as i32;
+                let mut rows = Vec::new();
+                for j in 0..n {
+                    *batch.token.add(j) = tokens[i0 + j] as i32;
+                    *batch.pos.add(j) = (start + i0 + j) as i32;
+                    *batch.n_seq_id.add(j) = 1;
+                    **batch.seq_id.add(j) = 0;
+                    let w = want.contains(&(i0 + j));
+                    *batch.logits.add(j) = w as i8;
+                    if w {
+                        rows.push(j);
+                    }
+                }
+                let rc = sys::llama_decode(self.ctx, batch);
+                assert_eq!(rc, 0, "llama_decode failed");
+                for j in rows {
+                    let p = sys::llama_get_logits_ith(self.ctx, j as i32);
+                    out.push(std::slice::from_raw_parts(p, self.n_vocab).to_vec());
+                }
+                sys::llama_batch_free(batch);
+            }
+            i0 += n;
+        }
+        out
+    }
+
+    /// Logits at every position of `tokens` from a fresh sequence.
+    pub fn logits_all(&mut self, tokens: &[u32]) -> Vec<Vec<f32>> {
+        self.clear();
+        let want: Vec<usize> = (0..tokens.len()).collect();
+        self.eval(tokens, 0, &want)
+    }
+
+    /// Greedy continuation of `prompt` for `n` tokens.
+    pub fn greedy(&mut self, prompt: &[u32], n: usize) -> Vec<u32> {
+        self.clear();
+        let mut logits = self.eval(prompt, 0, &[prompt.len() - 1]).pop().unwrap();
+        let mut out = Vec::new();
+        for i in 0..n {
+            let t = argmax(&logits) as u32;
+            out.push(t);
+            logits = self.eval(&[t], prompt.len() + i, &[0]).pop().unwrap();
+        }
+        out
+    }
+}
+
+impl Drop for LlamaOracle {
+    fn drop(&mut self) {
+        unsafe {
+            sys::llama_free(self.ctx);
+            sys::llama_model_free(self.model);
+        }
+    }
+}
+
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// log-softmax in f64.
+pub fn log_softmax(v: &[f32]) -> Vec<f64> {
+    let m = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let s: f64 = v.iter().map(|&x| (x as f64 - m).exp()).sum();
+    let lse = m + s.ln();
+    v.iter().map(|&x| x as f64 - lse).collect()
+}
+
+/// KL(p || q) for logits p (reference) and q.
+pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
+    let lp = log_softmax(p_logits);
+    let lq = log_softmax(q_logits);
+    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
+}
