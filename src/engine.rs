@@ -8,6 +8,7 @@ use crate::ggml::{Allocator, Backend, Context};
 use crate::kv::KvStore;
 use crate::model::Model;
 use half::f16;
+use std::sync::Arc;
 
 /// One batch of token rows, described on the host.
 pub struct TokenBatch<'x> {
@@ -34,15 +35,15 @@ pub struct TokenResult {
     pub layer_inputs: Vec<Vec<f32>>,
 }
 
-pub struct Engine<'m> {
-    pub model: &'m Model,
+pub struct Engine {
+    pub model: Arc<Model>,
     backend: Backend,
     alloc: Allocator,
 }
 
-impl<'m> Engine<'m> {
+impl Engine {
     /// An engine for `model` computing on `backend` (the one the model was loaded for).
-    pub fn new(model: &'m Model, backend: Backend) -> Result<Engine<'m>> {
+    pub fn new(model: Arc<Model>, backend: Backend) -> Result<Engine> {
         if backend.name() != model.device() {
             return Err(Error::Invalid(format!(
                 "model loaded for device {} but the engine runs on {}",
@@ -91,7 +92,7 @@ impl<'m> Engine<'m> {
         let shape = TokenBatchShape { n_tokens: n, n_kv: b.n_kv, n_out, capture_layer_inputs: b.capture_layer_inputs };
         let gsize = graph_size(hp.n_layer);
         let ctx = Context::new_no_alloc(gsize + 64, gsize)?;
-        let (graph, inp, out) = build_token_graph(&ctx, self.model, kv, shape);
+        let (graph, inp, out) = build_token_graph(&ctx, &self.model, kv, shape);
         self.alloc.alloc_graph(&graph)?;
         let tokens: Vec<i32> = b.tokens.iter().map(|&t| t as i32).collect();
         inp.tokens.write_i32(&tokens)?;

@@ -39,6 +39,7 @@
 //! - Every output file is written to a temporary name and renamed when complete.
 //! - `unsafe` lives in [`ggml`] (FFI) and in [`gguf`] (the mmap); each block says why it is sound.
 
+pub mod chat;
 pub mod dtype;
 pub mod engine;
 pub mod error;
@@ -48,7 +49,13 @@ pub mod gguf;
 pub mod inspect;
 pub mod kv;
 pub mod model;
+pub mod npy;
+pub mod perplexity;
+pub mod runtime;
+pub mod sample;
 pub mod settings;
 pub mod stream;
+pub mod tokenizer;
+pub mod util;
 
 pub use error::{Error, Result};

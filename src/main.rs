@@ -1,8 +1,13 @@
 //! The `famstream` command line. All messages and exit codes are decided here.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use famstream::chat::Message;
 use famstream::gguf::GgufFile;
-use famstream::Result;
+use famstream::runtime::{default_threads, GenerateOptions, LoadOptions, Runtime};
+use famstream::sample::SamplerConfig;
+use famstream::stream::Logits;
+use famstream::{Error, Result};
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,6 +16,81 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
+}
+
+/// Options shared by every command that loads a model.
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// The model (GGUF).
+    #[arg(short = 'm', long = "model")]
+    model: PathBuf,
+    /// Compute threads (default: all cores).
+    #[arg(short = 't', long = "threads")]
+    threads: Option<usize>,
+    /// ggml device (CPU, Vulkan0, Metal, ...; default CPU).
+    #[arg(long)]
+    device: Option<String>,
+    /// Context length for full attention (default: the model's training context).
+    #[arg(long = "ctx")]
+    ctx: Option<usize>,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<Runtime> {
+        let opts = LoadOptions { threads: self.threads.unwrap_or_else(default_threads), device: self.device.clone() };
+        Runtime::load(&self.model, &opts)
+    }
+    fn ctx(&self, rt: &Runtime) -> usize {
+        self.ctx.unwrap_or(rt.model.hp.n_ctx_train)
+    }
+}
+
+/// Sampling options.
+#[derive(Args, Clone)]
+struct SampleArgs {
+    /// Tokens to generate at most.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
+    n_predict: usize,
+    /// Temperature (0 = greedy).
+    #[arg(long = "temp", default_value_t = 0.7)]
+    temp: f32,
+    #[arg(long = "top-k", default_value_t = 40)]
+    top_k: usize,
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    min_p: f32,
+    #[arg(long = "repeat-penalty", default_value_t = 1.1)]
+    repeat_penalty: f32,
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 0x5EED)]
+    seed: u64,
+    /// Stop when this text is generated (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+}
+
+impl SampleArgs {
+    fn options(&self) -> Result<GenerateOptions> {
+        if !(self.temp >= 0.0) || !(0.0..=1.0).contains(&self.top_p) || !(0.0..=1.0).contains(&self.min_p) || !(self.repeat_penalty > 0.0) {
+            return Err(Error::Invalid("sampling: need temp >= 0, top-p and min-p in [0, 1], repeat-penalty > 0".into()));
+        }
+        Ok(GenerateOptions {
+            max_tokens: self.n_predict,
+            sampler: SamplerConfig {
+                temperature: self.temp,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repeat_penalty: self.repeat_penalty,
+                repeat_last_n: self.repeat_last_n,
+                seed: self.seed,
+            },
+            stop: self.stop.clone(),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -26,6 +106,66 @@ enum Command {
         #[arg(long)]
         no_tensors: bool,
     },
+    /// Generate text from a prompt, streamed to stdout; speed goes to stderr.
+    Run {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The prompt.
+        #[arg(short = 'p', long = "prompt", conflicts_with = "file")]
+        prompt: Option<String>,
+        /// Read the prompt from a file.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Wrap the prompt as a user turn of the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        #[command(flatten)]
+        sample: SampleArgs,
+    },
+    /// Interactive chat in the terminal (type /exit to leave, /reset to start over).
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// System message.
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        sample: SampleArgs,
+    },
+    /// Write the logits of every position as an f32 .npy array [n_tokens, n_vocab].
+    Logits {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(short = 'p', long = "prompt", conflicts_with = "file")]
+        prompt: Option<String>,
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Output .npy file.
+        #[arg(long = "out")]
+        out: PathBuf,
+    },
+    /// Perplexity of a text file, scored in windows of --ctx tokens (as llama-perplexity).
+    Perplexity {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The text file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Score at most this many tokens of the file (0 = all).
+        #[arg(long = "max-tokens", default_value_t = 0)]
+        max_tokens: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn read_text(prompt: Option<String>, file: Option<PathBuf>) -> Result<String> {
+    match (prompt, file) {
+        (Some(p), _) => Ok(p),
+        (None, Some(f)) => std::fs::read_to_string(&f).map_err(|e| Error::io(&f, "read", e)),
+        (None, None) => Err(Error::Invalid("give a prompt with -p TEXT or -f FILE".into())),
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -37,6 +177,130 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&r).expect("JSON values serialize"));
             } else {
                 print!("{}", famstream::inspect::render_text(&r, !no_tensors));
+            }
+            Ok(())
+        }
+        Command::Run { model, prompt, file, chat, sample } => {
+            let text = read_text(prompt, file)?;
+            let opts = sample.options()?;
+            let rt = model.load()?;
+            let text = if chat { rt.chat.render(&[Message::new("user", &text)], true) } else { text };
+            let tokens = rt.tokenizer.encode(&text, true, true);
+            let mut eng = rt.engine()?;
+            let mut stream = rt.new_stream(&eng, model.ctx(&rt))?;
+            let mut out = std::io::stdout().lock();
+            let stats = rt.generate(&mut eng, &mut stream, &tokens, &opts, |piece| {
+                let _ = out.write_all(piece.as_bytes());
+                let _ = out.flush();
+                true
+            })?;
+            let _ = writeln!(out);
+            eprintln!(
+                "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | stop: {}",
+                stats.prompt_tokens,
+                stats.prompt_tps(),
+                stats.generated_tokens,
+                stats.generate_tps(),
+                stats.finish_reason
+            );
+            Ok(())
+        }
+        Command::Chat { model, system, sample } => {
+            let opts = sample.options()?;
+            let rt = model.load()?;
+            let mut eng = rt.engine()?;
+            let mut stream = rt.new_stream(&eng, model.ctx(&rt))?;
+            let mut first = true;
+            let mut pending = String::new();
+            if let Some(s) = &system {
+                pending = rt.chat.render_turn(&Message::new("system", s), true);
+                first = false;
+            }
+            let stdin = std::io::stdin();
+            let mut out = std::io::stdout();
+            loop {
+                print!("> ");
+                let _ = out.flush();
+                let mut line = String::new();
+                if stdin.lock().read_line(&mut line).map_err(|e| Error::io("<stdin>", "read", e))? == 0 {
+                    break;
+                }
+                let line = line.trim_end_matches(['\n', '\r']);
+                match line.trim() {
+                    "" => continue,
+                    "/exit" | "/quit" => break,
+                    "/reset" => {
+                        stream.reset();
+                        first = system.is_none();
+                        pending = system.as_ref().map(|s| rt.chat.render_turn(&Message::new("system", s), true)).unwrap_or_default();
+                        println!("(conversation reset)");
+                        continue;
+                    }
+                    _ => {}
+                }
+                let turn = format!("{pending}{}{}", rt.chat.render_turn(&Message::new("user", line), first), rt.chat.generation_prompt());
+                pending.clear();
+                first = false;
+                let tokens = rt.tokenizer.encode(&turn, false, true);
+                let stats = rt.generate(&mut eng, &mut stream, &tokens, &opts, |piece| {
+                    print!("{piece}");
+                    let _ = std::io::stdout().flush();
+                    true
+                })?;
+                println!();
+                eprintln!("[{} tokens, {:.1} tok/s]", stats.generated_tokens, stats.generate_tps());
+                // Close the assistant turn in the stream.
+                let end = rt.tokenizer.encode(rt.chat.end_of_assistant_turn(), false, true);
+                stream.feed(&mut eng, &end, Logits::None)?;
+            }
+            Ok(())
+        }
+        Command::Logits { model, prompt, file, out } => {
+            let text = read_text(prompt, file)?;
+            let rt = model.load()?;
+            let tokens = rt.tokenizer.encode(&text, true, true);
+            if tokens.is_empty() {
+                return Err(Error::Invalid("the text has no tokens".into()));
+            }
+            let mut eng = rt.engine()?;
+            let mut stream = rt.new_stream(&eng, model.ctx(&rt).max(tokens.len()).min(rt.model.hp.n_ctx_train))?;
+            let logits = stream.feed(&mut eng, &tokens, Logits::All)?;
+            famstream::npy::write_f32(&out, &[tokens.len(), rt.model.hp.n_vocab], &logits)?;
+            eprintln!("wrote {} x {} logits to {}", tokens.len(), rt.model.hp.n_vocab, out.display());
+            Ok(())
+        }
+        Command::Perplexity { model, file, max_tokens, json } => {
+            let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, "read", e))?;
+            let rt = model.load()?;
+            let ctx = model.ctx.unwrap_or(512);
+            let mut tokens = rt.tokenizer.encode(&text, rt.tokenizer.add_bos(), false);
+            if max_tokens > 0 && tokens.len() > max_tokens {
+                tokens.truncate(max_tokens);
+            }
+            let bos = if rt.tokenizer.add_bos() { rt.tokenizer.bos() } else { None };
+            let mut eng = rt.engine()?;
+            let pb = famstream::util::progress((tokens.len() / ctx.max(1)) as u64, "windows");
+            let t0 = std::time::Instant::now();
+            let r = famstream::perplexity::windowed(&rt.model, &mut eng, &tokens, ctx, bos, |done, _| pb.set_position(done as u64))?;
+            pb.finish_and_clear();
+            let secs = t0.elapsed().as_secs_f64();
+            if json {
+                let j = serde_json::json!({
+                    "perplexity": r.perplexity, "nll": r.nll, "tokens_scored": r.tokens_scored,
+                    "windows": r.windows, "ctx": r.ctx, "memory": "full", "seconds": secs,
+                    "tokens_per_second": (r.windows * r.ctx) as f64 / secs,
+                    "peak_rss_bytes": famstream::util::peak_rss_bytes(),
+                });
+                println!("{}", serde_json::to_string_pretty(&j).expect("JSON values serialize"));
+            } else {
+                println!(
+                    "perplexity {:.4} over {} tokens ({} windows of {}), {:.1} tok/s",
+                    r.perplexity,
+                    r.tokens_scored,
+                    r.windows,
+                    r.ctx,
+                    (r.windows * r.ctx) as f64 / secs
+                );
             }
             Ok(())
         }

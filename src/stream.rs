@@ -45,6 +45,11 @@ impl Stream {
     pub fn n_ctx(&self) -> usize {
         self.n_ctx
     }
+    /// Forget everything: the next token is position 0 again.
+    pub fn reset(&mut self) {
+        self.n_past = 0;
+    }
+
     /// Bytes of state held on the device.
     pub fn state_bytes(&self) -> usize {
         self.kv.bytes()

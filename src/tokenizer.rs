@@ -225,7 +225,7 @@ pub struct Tokenizer {
     types: Vec<i32>,
     /// What each token decodes to (empty for control and unknown tokens).
     pieces: Vec<Box<[u8]>>,
-    token_to_id: HashMap<String, u32>,
+    token_to_id: HashMap<String, u32, FastHash>,
     specials: SpecialMatcher,
     bos: Option<u32>,
     eos: Option<u32>,
@@ -245,7 +245,7 @@ enum Model {
 struct BpeModel {
     pre: PreTokenizer,
     /// `(left id, right id)` packed into a `u64` -> `(rank, merged id)`.
-    merges: HashMap<u64, (u32, u32), BuildHasherDefault<PairHasher>>,
+    merges: HashMap<u64, (u32, u32), FastHash>,
     /// The token of each byte's one-character byte-level spelling.
     byte_tokens: [Option<u32>; 256],
     /// Byte-level spelling of each byte (GPT-2's `bytes_to_unicode`).
@@ -258,6 +258,10 @@ struct BpeModel {
 
 struct SpmModel {
     scores: Vec<f32>,
+    /// No mergeable piece has a `▁` right after another character, so text can be split into
+    /// words before each run of spaces (true for vocabularies trained with sentencepiece's
+    /// default `split_by_whitespace`).
+    split_words: bool,
     byte_tokens: [Option<u32>; 256],
     add_space_prefix: bool,
     space_prefix: SpacePrefix,
@@ -318,7 +322,7 @@ impl Tokenizer {
         }
 
         // Later duplicates win, as in llama.cpp and Hugging Face.
-        let token_to_id: HashMap<String, u32> =
+        let token_to_id: HashMap<String, u32, FastHash> =
             v.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
 
         let (model, pieces) = match v.model.as_str() {
@@ -346,8 +350,13 @@ impl Tokenizer {
                 }
                 let pieces =
                     v.tokens.iter().zip(&types).map(|(t, &ty)| render_spm(t, ty)).collect();
+                let split_words = !v.tokens.iter().zip(&types).any(|(t, &ty)| {
+                    spm_mergeable(ty)
+                        && t.chars().zip(t.chars().skip(1)).any(|(a, b)| a != SPM_SPACE && b == SPM_SPACE)
+                });
                 let spm = SpmModel {
                     scores: v.scores.clone(),
+                    split_words,
                     byte_tokens,
                     add_space_prefix: v.add_space_prefix.unwrap_or(true),
                     space_prefix: options.space_prefix,
@@ -415,7 +424,7 @@ impl Tokenizer {
                                 SpacePrefix::SentencePiece => prefix_owed,
                             };
                         prefix_owed = false;
-                        self.encode_spm_fragment(spm, fragment, prefix, &mut out);
+                        self.encode_spm_fragment(spm, fragment, prefix, &mut cache, &mut out);
                     }
                 }
             }
@@ -426,7 +435,7 @@ impl Tokenizer {
                         // sentencepiece keeps user-defined pieces inline: an owed prefix becomes
                         // a piece of its own before them, and none follows them.
                         if prefix_owed {
-                            self.spm_merge(spm, "\u{2581}", &mut out);
+                            self.encode_spm_word(" ", false, &mut out);
                             prefix_owed = false;
                         }
                     } else {
@@ -609,12 +618,60 @@ impl Tokenizer {
 
     // ---- SentencePiece BPE ---------------------------------------------------------------
 
-    fn encode_spm_fragment(&self, spm: &SpmModel, fragment: &str, prefix: bool, out: &mut Vec<u32>) {
-        let mut text = String::with_capacity(fragment.len() + 8);
+    fn encode_spm_fragment<'a>(
+        &self,
+        spm: &SpmModel,
+        fragment: &'a str,
+        prefix: bool,
+        cache: &mut WordCache<'a>,
+        out: &mut Vec<u32>,
+    ) {
+        if !spm.split_words {
+            self.encode_spm_word(fragment, prefix, out);
+            return;
+        }
+        // No piece joins a non-space to a following space, so the text can be cut before every
+        // space that follows a non-space and the words merged independently (and cached).
+        let is_space = |c: char| c == ' ' || c == SPM_SPACE;
+        let mut start = 0;
+        let mut prev_space = prefix;
+        for (i, c) in fragment.char_indices() {
+            let space = is_space(c);
+            if space && !prev_space && i > start {
+                self.encode_spm_cached(&fragment[start..i], prefix && start == 0, cache, out);
+                start = i;
+            }
+            prev_space = space;
+        }
+        if start < fragment.len() {
+            self.encode_spm_cached(&fragment[start..], prefix && start == 0, cache, out);
+        }
+    }
+
+    fn encode_spm_cached<'a>(&self, word: &'a str, prefix: bool, cache: &mut WordCache<'a>, out: &mut Vec<u32>) {
+        if prefix || word.len() > CACHE_MAX_WORD {
+            self.encode_spm_word(word, prefix, out);
+            return;
+        }
+        if let Some(&(start, len)) = cache.words.get(word) {
+            out.extend_from_slice(&cache.ids[start..start + len]);
+            return;
+        }
+        let start = out.len();
+        self.encode_spm_word(word, false, out);
+        let ids = &out[start..];
+        cache.words.insert(word, (cache.ids.len(), ids.len()));
+        cache.ids.extend_from_slice(ids);
+    }
+
+    /// Merges one SentencePiece word (spaces become `▁`, optionally prefixed with `▁`).
+    fn encode_spm_word(&self, word: &str, prefix: bool, out: &mut Vec<u32>) {
+        let Model::Spm(spm) = &self.model else { return };
+        let mut text = String::with_capacity(word.len() + 8);
         if prefix {
             text.push(SPM_SPACE);
         }
-        for c in fragment.chars() {
+        for c in word.chars() {
             text.push(if c == ' ' { SPM_SPACE } else { c });
         }
         self.spm_merge(spm, &text, out);
@@ -624,10 +681,7 @@ impl Tokenizer {
     /// tokens are never formed from text.
     fn spm_piece(&self, piece: &str) -> Option<u32> {
         let id = *self.token_to_id.get(piece)?;
-        match self.types.get(id as usize) {
-            Some(&token_type::CONTROL) | Some(&token_type::UNKNOWN) | Some(&token_type::BYTE) => None,
-            _ => Some(id),
-        }
+        spm_mergeable(*self.types.get(id as usize)?).then_some(id)
     }
 
     fn spm_merge(&self, spm: &SpmModel, text: &str, out: &mut Vec<u32>) {
@@ -940,7 +994,7 @@ fn gpt2_byte_chars() -> [char; 256] {
 }
 
 impl BpeModel {
-    fn new(v: &Vocab, token_to_id: &HashMap<String, u32>) -> Result<Self, TokenizerError> {
+    fn new(v: &Vocab, token_to_id: &HashMap<String, u32, FastHash>) -> Result<Self, TokenizerError> {
         let pre = PreTokenizer::new(v.pre.as_deref())?;
         let byte_chars = gpt2_byte_chars();
         let mut byte_tokens = [None; 256];
@@ -1002,6 +1056,11 @@ impl BpeModel {
     }
 }
 
+/// Whether SentencePiece merging may produce a token of this type.
+fn spm_mergeable(ty: i32) -> bool {
+    !matches!(ty, token_type::CONTROL | token_type::UNKNOWN | token_type::BYTE)
+}
+
 /// What a SentencePiece token decodes to.
 fn render_spm(text: &str, ty: i32) -> Box<[u8]> {
     match ty {
@@ -1028,7 +1087,7 @@ fn pair_key(left: u32, right: u32) -> u64 {
 }
 
 /// Merges `ids` in place: repeatedly the adjacent pair with the lowest rank, leftmost on ties.
-fn merge_by_rank(ids: &mut Vec<u32>, merges: &HashMap<u64, (u32, u32), BuildHasherDefault<PairHasher>>) {
+fn merge_by_rank(ids: &mut Vec<u32>, merges: &HashMap<u64, (u32, u32), FastHash>) {
     let n = ids.len();
     let mut prev: Vec<usize> = (0..n).map(|i| i.checked_sub(1).unwrap_or(NONE)).collect();
     let mut next: Vec<usize> = (1..=n).map(|i| if i < n { i } else { NONE }).collect();
@@ -1180,25 +1239,43 @@ struct WordCache<'a> {
     ids: Vec<u32>,
 }
 
-/// A fast hasher for the packed `u64` merge keys (a multiply-xorshift mix; the keys are token
-/// ids, not attacker-chosen).
-#[derive(Default)]
-struct PairHasher(u64);
+/// Hash state for the vocabulary and merge tables (see [`FastHasher`]).
+type FastHash = BuildHasherDefault<FastHasher>;
 
-impl Hasher for PairHasher {
+/// A fast non-cryptographic hasher (multiply-xorshift over 8-byte words) for tables whose keys
+/// come from the vocabulary: lookups with arbitrary input cannot make them slow, since nothing
+/// is ever inserted from input. The per-call word cache, whose keys are input, keeps std's
+/// default SipHash.
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl Hasher for FastHasher {
     fn finish(&self) -> u64 {
         self.0
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.write_u64(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
         }
     }
 
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
     fn write_u64(&mut self, n: u64) {
-        let x = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = x ^ (x >> 29);
+        let x = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = x ^ (x >> 32);
     }
 }
 

@@ -28,9 +28,9 @@ fn logits_match_llama_cpp_on_a_multi_sentence_prompt() {
     let theirs = oracle.logits_all(&tokens);
 
     let backend = Backend::cpu(2).unwrap();
-    let model = Model::load(&path, &backend).unwrap();
+    let model = std::sync::Arc::new(Model::load(&path, &backend).unwrap());
     let mut stream = Stream::new(&model, &backend, 1024).unwrap();
-    let mut eng = Engine::new(&model, backend).unwrap();
+    let mut eng = Engine::new(model.clone(), backend).unwrap();
     let ours = stream.feed(&mut eng, &tokens, Logits::All).unwrap();
     let nv = model.hp.n_vocab;
     assert_eq!(ours.len(), tokens.len() * nv);

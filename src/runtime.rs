@@ -1,0 +1,235 @@
+//! The library's front door: load a model with its tokenizer and chat template, open streams,
+//! generate text. This is what the CLI uses and what an embedding program would use.
+//!
+//! ```no_run
+//! use famstream::runtime::{Runtime, LoadOptions, GenerateOptions};
+//! let rt = Runtime::load("model.gguf", &LoadOptions::default())?;
+//! let mut eng = rt.engine()?;
+//! let mut stream = rt.new_stream(&eng, 2048)?;
+//! let prompt = rt.tokenizer.encode("Once upon a time", true, false);
+//! rt.generate(&mut eng, &mut stream, &prompt, &GenerateOptions::default(), |piece| {
+//!     print!("{piece}");
+//!     true
+//! })?;
+//! # Ok::<(), famstream::Error>(())
+//! ```
+
+use crate::chat::ChatTemplate;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::ggml::Backend;
+use crate::gguf::{Array, GgufFile, Value};
+use crate::model::Model;
+use crate::sample::{Sampler, SamplerConfig};
+use crate::stream::{Logits, Stream};
+use crate::tokenizer::{StreamDecoder, Tokenizer, Vocab};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Compute threads (default: all cores).
+    pub threads: usize,
+    /// ggml device name (`CPU`, `Vulkan0`, `Metal`, ...); `None` = CPU.
+    pub device: Option<String>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { threads: default_threads(), device: None }
+    }
+}
+
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// A loaded model with everything needed to talk to it. Immutable; share it between streams.
+pub struct Runtime {
+    pub model: Arc<Model>,
+    pub tokenizer: Tokenizer,
+    pub chat: ChatTemplate,
+    threads: usize,
+}
+
+/// Generation settings.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampler: SamplerConfig,
+    /// Stop when the output ends with any of these.
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_tokens: 256, sampler: SamplerConfig::default(), stop: Vec::new() }
+    }
+}
+
+/// Why generation ended, and how fast it was.
+#[derive(Clone, Debug, Default)]
+pub struct GenerateStats {
+    pub prompt_tokens: usize,
+    pub prompt_secs: f64,
+    pub generated_tokens: usize,
+    pub generate_secs: f64,
+    /// The generated token ids.
+    pub tokens: Vec<u32>,
+    pub text: String,
+    /// "eos", "stop", "length" or "cancelled".
+    pub finish_reason: &'static str,
+}
+
+impl GenerateStats {
+    pub fn prompt_tps(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prompt_secs.max(1e-9)
+    }
+    pub fn generate_tps(&self) -> f64 {
+        self.generated_tokens as f64 / self.generate_secs.max(1e-9)
+    }
+}
+
+/// Read the tokenizer description from `tokenizer.ggml.*`.
+pub fn vocab_from_gguf(g: &GgufFile) -> Result<Vocab> {
+    let key = |k: &str| format!("tokenizer.ggml.{k}");
+    let strings = |k: &str| -> Result<Vec<String>> {
+        match g.opt_array(&key(k))? {
+            None => Ok(Vec::new()),
+            Some(Array::String(v)) => Ok(v.clone()),
+            Some(a) => Err(Error::metadata(&key(k), format!("expected an array of strings, found {}", Value::Array(a.clone()).type_description()))),
+        }
+    };
+    let tokens = strings("tokens")?;
+    if tokens.is_empty() {
+        return Err(Error::metadata(&key("tokens"), "missing or empty: the file has no vocabulary"));
+    }
+    let scores = match g.opt_array(&key("scores"))? {
+        None => Vec::new(),
+        Some(Array::F32(v)) => v.clone(),
+        Some(_) => return Err(Error::metadata(&key("scores"), "expected an array of f32")),
+    };
+    let token_types = match g.opt_array(&key("token_type"))? {
+        None => Vec::new(),
+        Some(Array::I32(v)) => v.clone(),
+        Some(Array::U32(v)) => v.iter().map(|&x| x as i32).collect(),
+        Some(_) => return Err(Error::metadata(&key("token_type"), "expected an array of i32")),
+    };
+    Ok(Vocab {
+        model: g.str(&key("model"))?.to_string(),
+        pre: g.opt_str(&key("pre"))?.map(str::to_string),
+        tokens,
+        scores,
+        token_types,
+        merges: strings("merges")?,
+        bos: g.opt_u32(&key("bos_token_id"))?,
+        eos: g.opt_u32(&key("eos_token_id"))?,
+        unk: g.opt_u32(&key("unknown_token_id"))?,
+        pad: g.opt_u32(&key("padding_token_id"))?,
+        add_bos: g.opt_bool(&key("add_bos_token"))?.unwrap_or(false),
+        add_eos: g.opt_bool(&key("add_eos_token"))?.unwrap_or(false),
+        add_space_prefix: g.opt_bool(&key("add_space_prefix"))?,
+    })
+}
+
+pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Tokenizer> {
+    Tokenizer::from_vocab(vocab_from_gguf(g)?).map_err(|e| Error::Tokenizer(e.to_string()))
+}
+
+impl Runtime {
+    pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Runtime> {
+        let backend = Self::backend(opts.device.as_deref(), opts.threads)?;
+        let model = Model::load(path, &backend)?;
+        let tokenizer = tokenizer_from_gguf(&model.gguf)?;
+        if tokenizer.n_vocab() != model.hp.n_vocab {
+            return Err(Error::metadata(
+                "tokenizer.ggml.tokens",
+                format!("{} tokens but the model's vocabulary has {}", tokenizer.n_vocab(), model.hp.n_vocab),
+            ));
+        }
+        let chat = ChatTemplate::detect(model.gguf.opt_str("tokenizer.chat_template")?);
+        Ok(Runtime { model: Arc::new(model), tokenizer, chat, threads: opts.threads })
+    }
+
+    fn backend(device: Option<&str>, threads: usize) -> Result<Backend> {
+        match device {
+            None => Backend::cpu(threads),
+            Some(d) => Backend::by_device_name(d, threads),
+        }
+    }
+
+    /// A compute engine on the model's device (one per thread that computes).
+    pub fn engine(&self) -> Result<Engine> {
+        let dev = self.model.device();
+        let backend = if dev == "CPU" { Backend::cpu(self.threads)? } else { Backend::by_device_name(dev, self.threads)? };
+        Engine::new(self.model.clone(), backend)
+    }
+
+    /// A new stream with room for `n_ctx` tokens of full attention.
+    pub fn new_stream(&self, eng: &Engine, n_ctx: usize) -> Result<Stream> {
+        Stream::new(&self.model, eng.backend(), n_ctx)
+    }
+
+    /// Feed `prompt` (may be empty if the stream already ends where generation starts, given
+    /// the last logits), then sample up to `max_tokens`, calling `on_piece` with each piece of
+    /// valid UTF-8 text; `on_piece` returning false cancels.
+    pub fn generate(
+        &self,
+        eng: &mut Engine,
+        stream: &mut Stream,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_piece: impl FnMut(&str) -> bool,
+    ) -> Result<GenerateStats> {
+        if prompt.is_empty() {
+            return Err(Error::Invalid("empty prompt".into()));
+        }
+        let mut stats = GenerateStats { prompt_tokens: prompt.len(), finish_reason: "length", ..Default::default() };
+        let mut sampler = Sampler::new(opts.sampler.clone());
+        for &t in prompt {
+            sampler.accept(t);
+        }
+        let t0 = Instant::now();
+        let mut logits = stream.feed(eng, prompt, Logits::Last)?;
+        stats.prompt_secs = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let mut dec = StreamDecoder::new();
+        while stats.generated_tokens < opts.max_tokens {
+            let tok = sampler.sample(&logits);
+            if self.tokenizer.is_eog(tok) {
+                stats.finish_reason = "eos";
+                break;
+            }
+            sampler.accept(tok);
+            stats.tokens.push(tok);
+            stats.generated_tokens += 1;
+            let piece = dec.push(&self.tokenizer, tok);
+            stats.text.push_str(&piece);
+            let stop_hit = opts.stop.iter().find(|s| !s.is_empty() && stats.text.ends_with(s.as_str())).cloned();
+            if let Some(s) = stop_hit {
+                // Do not show the stop string itself.
+                let keep = piece.len().saturating_sub(s.len());
+                if keep > 0 && !on_piece(&piece[..keep]) {
+                    stats.finish_reason = "cancelled";
+                }
+                stats.text.truncate(stats.text.len() - s.len());
+                if stats.finish_reason != "cancelled" {
+                    stats.finish_reason = "stop";
+                }
+                // The stop token was sampled but is still fed so the stream stays consistent.
+                stream.feed(eng, &[tok], Logits::None)?;
+                break;
+            }
+            if !piece.is_empty() && !on_piece(&piece) {
+                stats.finish_reason = "cancelled";
+                stream.feed(eng, &[tok], Logits::None)?;
+                break;
+            }
+            logits = stream.feed(eng, &[tok], Logits::Last)?;
+        }
+        stats.generate_secs = t1.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+}
