@@ -174,6 +174,9 @@ def corpus():
         " \n \n  x  \n\n   y",
         "\u00a0nbsp\u00a0 and\u3000ideographic\u3000space",
         "zero\u200bwidth\ufeffbom",
+        # control characters and planes whose bytes SmolLM2 has no byte token for (0x04 0x06 0x13
+        # 0x14 0x16 0x1d, lead bytes 0xf1 0xf2): Hugging Face drops those bytes
+        "ctrl\x04\x06\x13\x14\x16\x1d bytes \U00040000\U00080000 end\x7f\x00",
         "    ",
         "\n\n\n\n",
         # special tokens in text
