@@ -87,6 +87,11 @@ pub mod token_type {
 }
 
 /// The tokenizer description stored in a GGUF file's `tokenizer.ggml.*` metadata.
+///
+/// GGUF value types: `model`, `pre` are strings; `tokens`, `merges` string arrays; `scores` an
+/// f32 array; `token_type` an i32 array; the ids u32; the flags bools. Fields whose key is absent
+/// stay empty / `None` / `false`, except that `add_bos` should default to `true` for `"llama"`
+/// vocabularies, as llama.cpp and transformers do.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Vocab {
     /// `tokenizer.ggml.model`: `"gpt2"` or `"llama"`.
@@ -1011,6 +1016,12 @@ impl PreTokenizer {
                 // any gap rather than lose text.
                 words.push(&text[pos..m.start()]);
             }
+            if m.is_empty() {
+                // Cannot happen either (no alternative matches the empty string); never loop
+                // without progress.
+                words.push(&text[m.start()..]);
+                return;
+            }
             let mut end = m.end();
             if self.is_plain_whitespace_match(m.as_str()) {
                 let followed_by_non_space = text[end..]
@@ -1018,16 +1029,13 @@ impl PreTokenizer {
                     .next()
                     .is_some_and(|c| !c.is_whitespace());
                 if followed_by_non_space {
+                    // Give back the last character, unless it is the only one.
                     if let Some((last, _)) = m.as_str().char_indices().next_back() {
                         if last > 0 {
                             end = m.start() + last;
                         }
                     }
                 }
-            }
-            if end == m.start() {
-                // Defensive: never loop without progress.
-                end = m.end().max(pos + 1);
             }
             words.push(&text[m.start()..end]);
             pos = end;

@@ -1,0 +1,102 @@
+//! `run`, `chat`, `logits`, `perplexity` as a user runs them, on the real model.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn famstream() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_famstream"))
+}
+
+#[test]
+fn run_streams_text_and_reports_speed() {
+    let m = common::model_path();
+    let out = famstream()
+        .args(["run", "-m", m.to_str().unwrap(), "-p", "The capital of France is", "-n", "12", "--temp", "0", "-t", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("Paris"), "greedy answer: {text:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("tok/s") && err.contains("generated: 12 tokens"), "{err}");
+}
+
+#[test]
+fn chat_answers_two_turns_from_stdin() {
+    let m = common::model_path();
+    let mut child = famstream()
+        .args(["chat", "-m", m.to_str().unwrap(), "--temp", "0", "-n", "40", "-t", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"What is the capital of France?\nAnd of Italy?\n/exit\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("Paris"), "{text}");
+    assert!(text.contains("Rome"), "the second turn sees the first: {text}");
+}
+
+#[test]
+fn logits_writes_an_npy_array_of_every_position() {
+    let m = common::model_path();
+    let dir = common::scratch_dir("cli-logits");
+    let out_path = dir.join("l.npy");
+    let out = famstream()
+        .args(["logits", "-m", m.to_str().unwrap(), "-p", "Hello world, this is a test.", "--out", out_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (shape, data) = famstream::npy::read_f32(&out_path).unwrap();
+    assert_eq!(shape[1], 49152);
+    assert!(shape[0] >= 7);
+    assert_eq!(data.len(), shape[0] * shape[1]);
+    assert!(data.iter().all(|x| x.is_finite()));
+    // Only the output file is left in the directory (no temporary files).
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+}
+
+#[test]
+fn perplexity_json_on_a_text_file() {
+    let m = common::model_path();
+    let dir = common::scratch_dir("cli-ppl");
+    let f = dir.join("t.txt");
+    std::fs::write(&f, &common::shared_text("austen_emma.txt")[..8000]).unwrap();
+    let out = famstream()
+        .args(["perplexity", "-m", m.to_str().unwrap(), "-f", f.to_str().unwrap(), "--ctx", "256", "--max-tokens", "512", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ppl = j["perplexity"].as_f64().unwrap();
+    assert!(ppl > 2.0 && ppl < 200.0, "{ppl}");
+    assert_eq!(j["windows"], 2);
+    assert_eq!(j["tokens_scored"], 2 * 127);
+    assert!(j["peak_rss_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn bad_inputs_fail_with_a_message_and_no_panic() {
+    let m = common::model_path();
+    let dir = common::scratch_dir("cli-badin");
+    let corrupt = dir.join("c.gguf");
+    std::fs::write(&corrupt, b"GGUF\x03\0\0\0").unwrap();
+    for args in [
+        vec!["run", "-m", corrupt.to_str().unwrap(), "-p", "x"],
+        vec!["run", "-m", dir.join("missing.gguf").to_str().unwrap(), "-p", "x"],
+        vec!["run", "-m", m.to_str().unwrap()],
+        vec!["run", "-m", m.to_str().unwrap(), "-f", dir.join("nope.txt").to_str().unwrap()],
+        vec!["run", "-m", m.to_str().unwrap(), "-p", "x", "--top-p", "2"],
+        vec!["perplexity", "-m", m.to_str().unwrap(), "-f", corrupt.to_str().unwrap(), "--ctx", "4096"],
+    ] {
+        let out = famstream().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.starts_with("famstream: error:"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
