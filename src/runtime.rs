@@ -117,8 +117,11 @@ pub fn vocab_from_gguf(g: &GgufFile) -> Result<Vocab> {
         Some(Array::U32(v)) => v.iter().map(|&x| x as i32).collect(),
         Some(_) => return Err(Error::metadata(&key("token_type"), "expected an array of i32")),
     };
+    let model = g.str(&key("model"))?.to_string();
+    // SentencePiece vocabularies add BOS unless told otherwise (llama.cpp and transformers agree).
+    let add_bos_default = model == "llama";
     Ok(Vocab {
-        model: g.str(&key("model"))?.to_string(),
+        model,
         pre: g.opt_str(&key("pre"))?.map(str::to_string),
         tokens,
         scores,
@@ -128,7 +131,7 @@ pub fn vocab_from_gguf(g: &GgufFile) -> Result<Vocab> {
         eos: g.opt_u32(&key("eos_token_id"))?,
         unk: g.opt_u32(&key("unknown_token_id"))?,
         pad: g.opt_u32(&key("padding_token_id"))?,
-        add_bos: g.opt_bool(&key("add_bos_token"))?.unwrap_or(false),
+        add_bos: g.opt_bool(&key("add_bos_token"))?.unwrap_or(add_bos_default),
         add_eos: g.opt_bool(&key("add_eos_token"))?.unwrap_or(false),
         add_space_prefix: g.opt_bool(&key("add_space_prefix"))?,
     })
