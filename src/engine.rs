@@ -3,14 +3,15 @@
 //! outputs. Per-stream state is passed in; the engine holds none.
 
 use crate::error::{Error, Result};
-use crate::forward::{build_token_graph, graph_size, TokenBatchShape};
-use crate::ggml::{Allocator, Backend, Context};
+use crate::forward::{build_fam_graph, build_kshift_graph, build_token_graph, graph_size, SinkStore, TokenBatchShape};
+use crate::ggml::{Allocator, Backend, Context, Graph, Tensor};
 use crate::kv::KvStore;
 use crate::model::Model;
 use half::f16;
 use std::sync::Arc;
 
 /// One batch of token rows, described on the host.
+#[derive(Default)]
 pub struct TokenBatch<'x> {
     pub tokens: &'x [u32],
     /// RoPE positions, relative to the stream's origin.
@@ -23,16 +24,32 @@ pub struct TokenBatch<'x> {
     pub mask: &'x [f16],
     /// Rows whose logits are wanted (`None`: all rows).
     pub out_rows: Option<&'x [i32]>,
-    /// Also return every layer's input hidden states.
-    pub capture_layer_inputs: bool,
+    /// Rows whose every layer input is returned.
+    pub capture_rows: &'x [i32],
+    /// Attention sinks in this batch: (batch row, sink index, KV slot for its V).
+    pub sink_capture: &'x [(i32, i64, i64)],
+    /// Sinks to re-rotate: (virtual position, KV slot).
+    pub sink_rotate: &'x [(i32, i64)],
 }
 
 /// What a token batch produced.
 pub struct TokenResult {
     /// [n_out][n_vocab] row-major.
     pub logits: Vec<f32>,
-    /// Per layer: [n_tokens][n_embd] row-major (empty unless captured).
+    /// Per layer: [n_capture][n_embd] row-major.
     pub layer_inputs: Vec<Vec<f32>>,
+}
+
+/// A FAM graph, described on the host.
+pub struct FamBatch<'x> {
+    /// `Some((query positions, mask [F][n_kv], zero residual))` for an update; `None` to only
+    /// (re)compute the FAM's K/V.
+    pub update: Option<(&'x [i32], &'x [f16], bool)>,
+    pub n_kv: usize,
+    /// Positions of the (new) FAM rows.
+    pub pos: &'x [i32],
+    /// KV slots of the FAM.
+    pub slots: &'x [i64],
 }
 
 pub struct Engine {
@@ -64,8 +81,20 @@ impl Engine {
         self.alloc.buffer_size()
     }
 
+    fn new_ctx(&self) -> Result<Context> {
+        let g = graph_size(self.model.hp.n_layer);
+        Context::new_no_alloc(2 * g, g)
+    }
+
+    /// Allocate, let `fill` write the inputs, compute.
+    fn run(&mut self, graph: &Graph<'_>, fill: impl FnOnce() -> Result<()>) -> Result<()> {
+        self.alloc.alloc_graph(graph)?;
+        fill()?;
+        self.backend.compute(graph)
+    }
+
     /// Run one batch of tokens through the model.
-    pub fn run_tokens(&mut self, kv: &KvStore, b: &TokenBatch) -> Result<TokenResult> {
+    pub fn run_tokens(&mut self, kv: &KvStore, sinks: Option<&[Tensor<'_>]>, b: &TokenBatch) -> Result<TokenResult> {
         let n = b.tokens.len();
         let hp = &self.model.hp;
         if n == 0 || b.pos.len() != n || b.slots.len() != n || b.mask.len() != n * b.n_kv {
@@ -77,35 +106,105 @@ impl Engine {
                 b.n_kv
             )));
         }
-        if b.n_kv > kv.n_slots() || b.slots.iter().any(|&s| s < 0 || s as usize >= kv.n_slots()) {
+        let in_cache = |s: i64| s >= 0 && (s as usize) < kv.n_slots();
+        if b.n_kv > kv.n_slots()
+            || !b.slots.iter().all(|&s| in_cache(s))
+            || !b.sink_capture.iter().all(|&(_, _, s)| in_cache(s))
+            || !b.sink_rotate.iter().all(|&(_, s)| in_cache(s))
+        {
             return Err(Error::Invalid(format!("batch addresses slots beyond the {} of the cache", kv.n_slots())));
         }
         if let Some(&t) = b.tokens.iter().find(|&&t| t as usize >= hp.n_vocab) {
             return Err(Error::Invalid(format!("token id {t} is outside the vocabulary of {}", hp.n_vocab)));
         }
-        let n_out = b.out_rows.map(|r| r.len());
-        if let Some(r) = b.out_rows {
-            if r.iter().any(|&i| i < 0 || i as usize >= n) {
-                return Err(Error::Invalid("output row out of range".into()));
+        let rows_ok = |r: &[i32]| r.iter().all(|&i| i >= 0 && (i as usize) < n);
+        if !rows_ok(b.out_rows.unwrap_or(&[])) || !rows_ok(b.capture_rows) || !b.sink_capture.iter().all(|c| c.0 >= 0 && (c.0 as usize) < n) {
+            return Err(Error::Invalid("batch row index out of range".into()));
+        }
+        if (!b.sink_capture.is_empty() || !b.sink_rotate.is_empty()) && sinks.is_none() {
+            return Err(Error::Invalid("sink operations without a sink store".into()));
+        }
+        let shape = TokenBatchShape {
+            n_tokens: n,
+            n_kv: b.n_kv,
+            n_out: b.out_rows.map(|r| r.len()),
+            n_capture: b.capture_rows.len(),
+            n_sink_capture: b.sink_capture.len(),
+            n_sink_rotate: b.sink_rotate.len(),
+        };
+        let model = self.model.clone();
+        let ctx = self.new_ctx()?;
+        let store = sinks.map(|s| SinkStore { k_raw: s.to_vec() });
+        let (graph, inp, out) = build_token_graph(&ctx, &model, kv, store.as_ref(), shape);
+        self.run(&graph, || {
+            let tokens: Vec<i32> = b.tokens.iter().map(|&t| t as i32).collect();
+            inp.tokens.write_i32(&tokens)?;
+            inp.pos.write_i32(b.pos)?;
+            inp.slots.write_bytes(0, as_bytes(b.slots))?;
+            inp.mask.write_bytes(0, as_bytes(b.mask))?;
+            if let (Some(t), Some(r)) = (inp.out_rows, b.out_rows) {
+                t.write_i32(r)?;
             }
-        }
-        let shape = TokenBatchShape { n_tokens: n, n_kv: b.n_kv, n_out, capture_layer_inputs: b.capture_layer_inputs };
-        let gsize = graph_size(hp.n_layer);
-        let ctx = Context::new_no_alloc(gsize + 64, gsize)?;
-        let (graph, inp, out) = build_token_graph(&ctx, &self.model, kv, shape);
-        self.alloc.alloc_graph(&graph)?;
-        let tokens: Vec<i32> = b.tokens.iter().map(|&t| t as i32).collect();
-        inp.tokens.write_i32(&tokens)?;
-        inp.pos.write_i32(b.pos)?;
-        inp.slots.write_bytes(0, as_bytes(b.slots))?;
-        inp.mask.write_bytes(0, as_bytes(b.mask))?;
-        if let (Some(t), Some(r)) = (inp.out_rows, b.out_rows) {
-            t.write_i32(r)?;
-        }
-        self.backend.compute(&graph)?;
+            if let Some(t) = inp.capture_rows {
+                t.write_i32(b.capture_rows)?;
+            }
+            if let Some((rows, idx, slots)) = inp.sink_capture {
+                rows.write_i32(&b.sink_capture.iter().map(|c| c.0).collect::<Vec<_>>())?;
+                idx.write_bytes(0, as_bytes(&b.sink_capture.iter().map(|c| c.1).collect::<Vec<_>>()))?;
+                slots.write_bytes(0, as_bytes(&b.sink_capture.iter().map(|c| c.2).collect::<Vec<_>>()))?;
+            }
+            if let Some((pos, slots)) = inp.sink_rotate {
+                pos.write_i32(&b.sink_rotate.iter().map(|c| c.0).collect::<Vec<_>>())?;
+                slots.write_bytes(0, as_bytes(&b.sink_rotate.iter().map(|c| c.1).collect::<Vec<_>>()))?;
+            }
+            Ok(())
+        })?;
         let logits = out.logits.read_f32()?;
         let layer_inputs = out.layer_inputs.iter().map(|t| t.read_f32()).collect::<Result<_>>()?;
         Ok(TokenResult { logits, layer_inputs })
+    }
+
+    /// Run a FAM update (or K/V refresh) for every layer.
+    pub fn run_fam(&mut self, kv: &KvStore, fam: &[Tensor<'_>], b: &FamBatch) -> Result<()> {
+        let f = fam.first().map_or(0, |t| t.ne()[1] as usize);
+        if f == 0 || fam.len() != self.model.hp.n_layer || b.pos.len() != f || b.slots.len() != f {
+            return Err(Error::Invalid("inconsistent FAM batch".into()));
+        }
+        if let Some((q, mask, _)) = b.update {
+            if q.len() != f || mask.len() != f * b.n_kv || b.n_kv > kv.n_slots() {
+                return Err(Error::Invalid("inconsistent FAM update".into()));
+            }
+        }
+        if !b.slots.iter().all(|&s| s >= 0 && (s as usize) < kv.n_slots()) {
+            return Err(Error::Invalid("FAM slots beyond the cache".into()));
+        }
+        let model = self.model.clone();
+        let ctx = self.new_ctx()?;
+        let zero = b.update.is_some_and(|u| u.2);
+        let (graph, inp) = build_fam_graph(&ctx, &model, kv, fam, b.n_kv, b.update.is_some(), zero);
+        self.run(&graph, || {
+            inp.pos.write_i32(b.pos)?;
+            inp.slots.write_bytes(0, as_bytes(b.slots))?;
+            if let (Some(t), Some((q, _, _))) = (inp.q_pos, b.update) {
+                t.write_i32(q)?;
+            }
+            if let (Some(t), Some((_, m, _))) = (inp.mask, b.update) {
+                t.write_bytes(0, as_bytes(m))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Rotate the stored keys of slots [from, to) by `-delta` positions (RoPE origin moved
+    /// forward by `delta`).
+    pub fn run_kshift(&mut self, kv: &KvStore, from: usize, to: usize, delta: i32) -> Result<()> {
+        if from >= to || to > kv.n_slots() {
+            return Err(Error::Invalid("bad K-shift range".into()));
+        }
+        let model = self.model.clone();
+        let ctx = self.new_ctx()?;
+        let (graph, shift) = build_kshift_graph(&ctx, &model, kv, from, to);
+        self.run(&graph, || shift.write_i32(&vec![-delta; to - from]))
     }
 }
 

@@ -28,26 +28,43 @@ pub struct TokenInputs<'a> {
     pub mask: Tensor<'a>,
     /// i32 [n_out]: rows whose logits are computed (absent: all rows).
     pub out_rows: Option<Tensor<'a>>,
+    /// i32 [n_capture]: rows whose layer inputs are returned.
+    pub capture_rows: Option<Tensor<'a>>,
+    /// i32 [n_sink_capture] batch rows and i64 [n_sink_capture] sink indices (sink store rows)
+    /// and KV slots for their V.
+    pub sink_capture: Option<(Tensor<'a>, Tensor<'a>, Tensor<'a>)>,
+    /// i32 [n_sink_rotate] virtual positions and i64 [n_sink_rotate] KV slots of the sinks.
+    pub sink_rotate: Option<(Tensor<'a>, Tensor<'a>)>,
 }
 
 /// Outputs of a token graph.
 pub struct TokenOutputs<'a> {
     /// f32 [n_vocab, n_out].
     pub logits: Tensor<'a>,
-    /// Per layer, f32 [n_embd, n]: the layer's input hidden states (only when requested).
+    /// Per layer, f32 [n_embd, n_capture]: the layer's input hidden states of the captured rows.
     pub layer_inputs: Vec<Tensor<'a>>,
 }
 
 /// Graph dimensions of a token batch.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct TokenBatchShape {
     pub n_tokens: usize,
     /// Attend over KV slots [0, n_kv).
     pub n_kv: usize,
     /// Rows whose logits are wanted; `None` = all rows.
     pub n_out: Option<usize>,
-    /// Also output every layer's input hidden states (for FAM initialisation).
-    pub capture_layer_inputs: bool,
+    /// Output every layer's input hidden states of this many selected rows (FAM init).
+    pub n_capture: usize,
+    /// Rows that are attention sinks: their un-rotated K goes to the sink store (`sink` policy).
+    pub n_sink_capture: usize,
+    /// Re-rotate this many stored sink keys into their KV slots at virtual positions.
+    pub n_sink_rotate: usize,
+}
+
+/// Per-stream tensors a token graph may write besides the KV store.
+pub struct SinkStore<'a> {
+    /// Per layer, f16 [n_embd_kv, S]: un-rotated keys of the first S tokens.
+    pub k_raw: Vec<Tensor<'a>>,
 }
 
 /// RMSNorm with its learned weight. (`LlamaRMSNorm`)
@@ -65,7 +82,17 @@ fn linear<'a>(ctx: &'a Context, m: &'a Model, w: usize, b: Option<usize>, x: Ten
 }
 
 /// Q, K, V of `x` [n_embd, n] for layer `l`, with RoPE applied to Q and K at `pos`.
-/// Returns q [hd, n_head, n], k [hd, n_head_kv, n], v [hd * n_head_kv, n].
+pub struct Qkv<'a> {
+    /// [hd, n_head, n], rotated.
+    pub q: Tensor<'a>,
+    /// [hd, n_head_kv, n], rotated.
+    pub k: Tensor<'a>,
+    /// [hd, n_head_kv, n], not rotated (attention sinks keep these to re-rotate later).
+    pub k_raw: Tensor<'a>,
+    /// [hd * n_head_kv, n].
+    pub v: Tensor<'a>,
+}
+
 pub fn qkv<'a>(
     ctx: &'a Context,
     m: &'a Model,
@@ -73,7 +100,7 @@ pub fn qkv<'a>(
     x: Tensor<'a>,
     pos: Tensor<'a>,
     il: usize,
-) -> (Tensor<'a>, Tensor<'a>, Tensor<'a>) {
+) -> Qkv<'a> {
     let hp = &m.hp;
     let n = x.ne()[1];
     let hd = hp.head_dim as i64;
@@ -82,11 +109,18 @@ pub fn qkv<'a>(
     let k = linear(ctx, m, l.wk, l.bk, x); // k_proj
     let v = linear(ctx, m, l.wv, l.bv, x).set_name(&format!("v-{il}")); // v_proj
     let q = ctx.reshape(q, &[hd, hp.n_head as i64, n]);
-    let k = ctx.reshape(k, &[hd, hp.n_head_kv as i64, n]);
+    let k_raw = ctx.reshape(k, &[hd, hp.n_head_kv as i64, n]);
     // apply_rotary_pos_emb
     let q = ctx.rope(q, pos, hp.rope_dims, neox, hp.rope_freq_base, hp.n_ctx_train).set_name(&format!("q-{il}"));
-    let k = ctx.rope(k, pos, hp.rope_dims, neox, hp.rope_freq_base, hp.n_ctx_train).set_name(&format!("k-{il}"));
-    (q, k, v)
+    let k = rope(ctx, m, k_raw, pos).set_name(&format!("k-{il}"));
+    Qkv { q, k, k_raw, v }
+}
+
+/// RoPE of keys or queries `x` [hd, heads, n] at `pos` (i32 [n]).
+pub fn rope<'a>(ctx: &'a Context, m: &Model, x: Tensor<'a>, pos: Tensor<'a>) -> Tensor<'a> {
+    let hp = &m.hp;
+    let neox = hp.arch.rope_layout() == RopeLayout::Halves;
+    ctx.rope(x, pos, hp.rope_dims, neox, hp.rope_freq_base, hp.n_ctx_train)
 }
 
 /// Attention of q [hd, n_head, n] over KV slots [0, n_kv) of layer `il`, with `mask`.
@@ -129,32 +163,53 @@ pub fn build_token_graph<'a>(
     ctx: &'a Context,
     m: &'a Model,
     kv: &'a KvStore,
+    sinks: Option<&SinkStore<'a>>,
     shape: TokenBatchShape,
 ) -> (Graph<'a>, TokenInputs<'a>, TokenOutputs<'a>) {
     let hp = &m.hp;
     let n = shape.n_tokens as i64;
+    let n_embd_kv = kv.n_embd_kv() as i64;
     let mut gf = ctx.new_graph(graph_size(hp.n_layer));
 
-    let tokens = ctx.new_tensor(GgmlType::I32, &[n]).set_name("tokens").set_input();
-    let pos = ctx.new_tensor(GgmlType::I32, &[n]).set_name("pos").set_input();
-    let slots = ctx.new_tensor(GgmlType::I64, &[n]).set_name("slots").set_input();
-    let mask = ctx.new_tensor(GgmlType::F16, &[shape.n_kv as i64, n]).set_name("mask").set_input();
+    let input = |ty, ne: &[i64], name: &str| ctx.new_tensor(ty, ne).set_name(name).set_input();
+    let tokens = input(GgmlType::I32, &[n], "tokens");
+    let pos = input(GgmlType::I32, &[n], "pos");
+    let slots = input(GgmlType::I64, &[n], "slots");
+    let mask = input(GgmlType::F16, &[shape.n_kv as i64, n], "mask");
+    let capture_rows = (shape.n_capture > 0).then(|| input(GgmlType::I32, &[shape.n_capture as i64], "capture_rows"));
+    let k = shape.n_sink_capture as i64;
+    let sink_capture = (k > 0).then(|| {
+        (input(GgmlType::I32, &[k], "sink_rows"), input(GgmlType::I64, &[k], "sink_idx"), input(GgmlType::I64, &[k], "sink_slots"))
+    });
+    let r = shape.n_sink_rotate as i64;
+    let sink_rotate = (r > 0).then(|| (input(GgmlType::I32, &[r], "sink_pos"), input(GgmlType::I64, &[r], "sink_rot_slots")));
 
     let mut x = ctx.get_rows(m.token_embd(), tokens).set_name("inp_embd"); // [n_embd, n]
     let mut layer_inputs = Vec::new();
     for il in 0..hp.n_layer {
         let l = m.layer(il);
-        if shape.capture_layer_inputs {
-            let c = ctx.cont(x).set_name(&format!("layer_in-{il}")).set_output();
+        if let Some(rows) = capture_rows {
+            let c = ctx.get_rows(x, rows).set_name(&format!("layer_in-{il}")).set_output();
             gf.expand(c);
             layer_inputs.push(c);
         }
         let h = norm(ctx, x, m.w(l.attn_norm), hp.rms_eps).set_name(&format!("attn_norm-{il}"));
-        let (q, k, v) = qkv(ctx, m, l, h, pos, il);
+        let Qkv { q, k, k_raw, v } = qkv(ctx, m, l, h, pos, il);
         // Store this batch's K/V in the cache, then attend over the cache.
-        let n_embd_kv = kv.n_embd_kv() as i64;
-        let kc = ctx.set_rows(kv.k(il), ctx.reshape(k, &[n_embd_kv, n]), slots);
-        let vc = ctx.set_rows(kv.v(il), v, slots);
+        let mut kc = ctx.set_rows(kv.k(il), ctx.reshape(k, &[n_embd_kv, n]), slots);
+        let mut vc = ctx.set_rows(kv.v(il), v, slots);
+        if let (Some(st), Some((rows, idx, sslots))) = (sinks, sink_capture) {
+            // Attention sinks: keep their un-rotated K, and their V in the sink slots.
+            let kr = ctx.get_rows(ctx.reshape(k_raw, &[n_embd_kv, n]), rows);
+            gf.expand(ctx.set_rows(st.k_raw[il], kr, idx));
+            vc = ctx.set_rows(vc, ctx.get_rows(v, rows), sslots);
+        }
+        if let (Some(st), Some((spos, sslots))) = (sinks, sink_rotate) {
+            // Sinks outside the window sit just before it: rotate their stored K there.
+            let raw = ctx.view(st.k_raw[il], &[hp.head_dim as i64, hp.n_head_kv as i64, r], &[hp.head_dim * 2, kv.n_embd_kv() * 2], 0);
+            let rot = rope(ctx, m, ctx.cont(raw), spos);
+            kc = ctx.set_rows(kc, ctx.reshape(rot, &[n_embd_kv, r]), sslots);
+        }
         let attn = attend(ctx, m, q, kc, vc, shape.n_kv, mask).set_name(&format!("kqv-{il}"));
         let attn = ctx.mul_mat(m.w(l.wo), attn).set_name(&format!("attn_out-{il}")); // o_proj
         x = ctx.add(x, attn).set_name(&format!("ffn_inp-{il}")); // residual
@@ -162,12 +217,113 @@ pub fn build_token_graph<'a>(
         let f = ffn(ctx, m, l, h).set_name(&format!("ffn_out-{il}"));
         x = ctx.add(x, f).set_name(&format!("l_out-{il}")); // residual
     }
-    let out_rows = shape.n_out.map(|k| ctx.new_tensor(GgmlType::I32, &[k as i64]).set_name("out_rows").set_input());
+    let out_rows = shape.n_out.map(|k| input(GgmlType::I32, &[k as i64], "out_rows"));
     if let Some(r) = out_rows {
         x = ctx.get_rows(x, r); // [n_embd, n_out]
     }
     let x = norm(ctx, x, m.output_norm(), hp.rms_eps).set_name("result_norm");
     let logits = ctx.mul_mat(m.output(), x).set_name("result_output").set_output(); // lm_head
     gf.expand(logits);
-    (gf, TokenInputs { tokens, pos, slots, mask, out_rows }, TokenOutputs { logits, layer_inputs })
+    let inputs = TokenInputs { tokens, pos, slots, mask, out_rows, capture_rows, sink_capture, sink_rotate };
+    (gf, inputs, TokenOutputs { logits, layer_inputs })
+}
+
+/// Write K/V of FAM rows `x` [n_embd, F] (layer `il`'s input activations) at positions `pos`
+/// into the FAM slots `slots` of layer `il`. Returns the updated cache tensors.
+fn fam_kv<'a>(
+    ctx: &'a Context,
+    m: &'a Model,
+    kv: &'a KvStore,
+    il: usize,
+    x: Tensor<'a>,
+    pos: Tensor<'a>,
+    slots: Tensor<'a>,
+) -> (Tensor<'a>, Tensor<'a>) {
+    let l = m.layer(il);
+    let f = x.ne()[1];
+    let h = norm(ctx, x, m.w(l.attn_norm), m.hp.rms_eps);
+    let Qkv { k, v, .. } = qkv(ctx, m, l, h, pos, il);
+    let n_embd_kv = kv.n_embd_kv() as i64;
+    (ctx.set_rows(kv.k(il), ctx.reshape(k, &[n_embd_kv, f]), slots), ctx.set_rows(kv.v(il), v, slots))
+}
+
+/// Inputs of a FAM graph.
+pub struct FamInputs<'a> {
+    /// i32 [F]: positions of the FAM queries (update graph only).
+    pub q_pos: Option<Tensor<'a>>,
+    /// i32 [F]: positions of the (new) FAM rows, for their keys.
+    pub pos: Tensor<'a>,
+    /// i64 [F]: the FAM's KV slots.
+    pub slots: Tensor<'a>,
+    /// f16 [n_kv, F]: what FAM rows may attend to (update graph only).
+    pub mask: Option<Tensor<'a>>,
+}
+
+/// The FAM update after a block: for every layer (independently, batched in one graph), the F
+/// FAM rows attend to the old FAM's keys and the whole finished block, then go through o_proj,
+/// the residual (zero on the stream's first update if asked), the post-attention norm and the
+/// MLP, exactly like tokens. The result replaces the layer's FAM activations, and its K/V at the
+/// new positions replace the FAM slots. (fam.md §2; Algorithm 2 of the paper)
+///
+/// `fam` holds per layer f32 [n_embd, F] activations (read, then overwritten).
+/// With `update == false` only the K/V of the current activations are (re)computed (FAM
+/// initialisation).
+pub fn build_fam_graph<'a>(
+    ctx: &'a Context,
+    m: &'a Model,
+    kv: &'a KvStore,
+    fam: &[Tensor<'a>],
+    n_kv: usize,
+    update: bool,
+    zero_residual: bool,
+) -> (Graph<'a>, FamInputs<'a>) {
+    let hp = &m.hp;
+    let f = fam[0].ne()[1];
+    let mut gf = ctx.new_graph(graph_size(hp.n_layer));
+    let input = |ty, ne: &[i64], name: &str| ctx.new_tensor(ty, ne).set_name(name).set_input();
+    let pos = input(GgmlType::I32, &[f], "fam_pos");
+    let slots = input(GgmlType::I64, &[f], "fam_slots");
+    let q_pos = update.then(|| input(GgmlType::I32, &[f], "fam_q_pos"));
+    let mask = update.then(|| input(GgmlType::F16, &[n_kv as i64, f], "fam_mask"));
+    for il in 0..hp.n_layer {
+        let l = m.layer(il);
+        let x = fam[il];
+        let new = match (q_pos, mask) {
+            (Some(q_pos), Some(mask)) => {
+                let h = norm(ctx, x, m.w(l.attn_norm), hp.rms_eps);
+                let q = qkv(ctx, m, l, h, q_pos, il).q;
+                let attn = attend(ctx, m, q, kv.k(il), kv.v(il), n_kv, mask);
+                let o = ctx.mul_mat(m.w(l.wo), attn);
+                let r = if zero_residual { o } else { ctx.add(o, x) };
+                let hn = norm(ctx, r, m.w(l.ffn_norm), hp.rms_eps);
+                let out = ctx.add(r, ffn(ctx, m, l, hn)).set_name(&format!("fam_new-{il}"));
+                // Overwrite the stored activations (after all reads of `x`: `out` depends on them).
+                let stored = ctx.cpy(out, x);
+                gf.expand(stored);
+                out
+            }
+            _ => x,
+        };
+        let (kc, vc) = fam_kv(ctx, m, kv, il, new, pos, slots);
+        gf.expand(kc);
+        gf.expand(vc);
+    }
+    (gf, FamInputs { q_pos, pos, slots, mask })
+}
+
+/// Rotate stored keys of slots [from, to) of every layer by `delta` positions (a change of the
+/// stream's RoPE origin). The angle of a rotation by delta is computed once in f32 for a small
+/// delta, so stored keys keep their precision.
+pub fn build_kshift_graph<'a>(ctx: &'a Context, m: &'a Model, kv: &'a KvStore, from: usize, to: usize) -> (Graph<'a>, Tensor<'a>) {
+    let hp = &m.hp;
+    let n = (to - from) as i64;
+    let mut gf = ctx.new_graph(graph_size(hp.n_layer));
+    let shift = ctx.new_tensor(GgmlType::I32, &[n]).set_name("kshift").set_input();
+    let row = kv.n_embd_kv() * 2;
+    for il in 0..hp.n_layer {
+        let view = ctx.view(kv.k(il), &[hp.head_dim as i64, hp.n_head_kv as i64, n], &[hp.head_dim * 2, row], from * row);
+        let rot = rope(ctx, m, view, shift);
+        gf.expand(ctx.cpy(rot, view));
+    }
+    (gf, shift)
 }

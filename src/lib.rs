@@ -54,7 +54,7 @@ pub mod perplexity;
 pub mod runtime;
 pub mod sample;
 pub mod settings;
-pub mod stream;
+pub mod state;
 pub mod tokenizer;
 pub mod util;
 

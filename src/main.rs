@@ -5,7 +5,7 @@ use famstream::chat::Message;
 use famstream::gguf::GgufFile;
 use famstream::runtime::{default_threads, GenerateOptions, LoadOptions, Runtime};
 use famstream::sample::SamplerConfig;
-use famstream::stream::Logits;
+use famstream::state::Logits;
 use famstream::{Error, Result};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;

@@ -4,7 +4,7 @@
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::stream::{Logits, Stream};
+use crate::state::{FamState, Logits};
 use crate::model::Model;
 
 /// Result of a perplexity run.
@@ -46,7 +46,7 @@ pub fn windowed(
     let first = ctx / 2;
     let mut sum = 0.0;
     let mut count = 0;
-    let mut stream = Stream::new(model, eng.backend(), ctx)?;
+    let mut stream = FamState::full(model, eng.backend(), ctx)?;
     for w in 0..n_windows {
         let mut win = tokens[w * ctx..(w + 1) * ctx].to_vec();
         if let Some(b) = bos {

@@ -21,7 +21,8 @@ use crate::ggml::Backend;
 use crate::gguf::{Array, GgufFile, Value};
 use crate::model::Model;
 use crate::sample::{Sampler, SamplerConfig};
-use crate::stream::{Logits, Stream};
+use crate::settings::FamSettings;
+use crate::state::{FamState, Logits};
 use crate::tokenizer::{StreamDecoder, Tokenizer, Vocab};
 use std::path::Path;
 use std::sync::Arc;
@@ -171,8 +172,14 @@ impl Runtime {
     }
 
     /// A new stream with room for `n_ctx` tokens of full attention.
-    pub fn new_stream(&self, eng: &Engine, n_ctx: usize) -> Result<Stream> {
-        Stream::new(&self.model, eng.backend(), n_ctx)
+    pub fn new_stream(&self, eng: &Engine, n_ctx: usize) -> Result<FamState> {
+        FamState::full(&self.model, eng.backend(), n_ctx)
+    }
+
+    /// A new stream with the given memory settings (`n_ctx` bounds the `full` policy only).
+    pub fn new_state(&self, eng: &Engine, settings: FamSettings, n_ctx: usize) -> Result<FamState> {
+        let (seed, bos) = FamState::seed_tokens_for(&self.tokenizer, settings.fam_len as usize);
+        FamState::new(&self.model, eng.backend(), settings, n_ctx, seed, bos)
     }
 
     /// Feed `prompt` (may be empty if the stream already ends where generation starts, given
@@ -181,7 +188,7 @@ impl Runtime {
     pub fn generate(
         &self,
         eng: &mut Engine,
-        stream: &mut Stream,
+        stream: &mut FamState,
         prompt: &[u32],
         opts: &GenerateOptions,
         mut on_piece: impl FnMut(&str) -> bool,

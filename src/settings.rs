@@ -16,6 +16,7 @@ pub const KEY_FAM_LEN: &str = "fam.fam_len";
 pub const KEY_SINKS: &str = "fam.sinks";
 pub const KEY_INIT: &str = "fam.init";
 pub const KEY_QUERY_POS: &str = "fam.query_pos";
+pub const KEY_ZERO_FIRST_RESIDUAL: &str = "fam.zero_first_residual";
 
 macro_rules! string_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident = $s:literal),+ $(,)? }) => {
@@ -97,6 +98,8 @@ pub struct FamSettings {
     pub sinks: u32,
     pub init: FamInit,
     pub query_pos: FamQueryPos,
+    /// The stream's first FAM update uses a zero residual instead of the previous FAM (paper).
+    pub zero_first_residual: bool,
 }
 
 impl Default for FamSettings {
@@ -111,6 +114,7 @@ impl Default for FamSettings {
             sinks: 4,
             init: FamInit::SeedText,
             query_pos: FamQueryPos::BlockEnd,
+            zero_first_residual: true,
         }
     }
 }
@@ -140,6 +144,9 @@ impl FamSettings {
         if let Some(v) = g.opt_str(KEY_QUERY_POS)? {
             s.query_pos = v.parse().map_err(|e: Error| Error::metadata(KEY_QUERY_POS, e.to_string()))?;
         }
+        if let Some(v) = g.opt_bool(KEY_ZERO_FIRST_RESIDUAL)? {
+            s.zero_first_residual = v;
+        }
         s.validate()?;
         Ok(s)
     }
@@ -157,6 +164,7 @@ impl FamSettings {
         w.set(KEY_SINKS, Value::U32(self.sinks));
         w.set(KEY_INIT, Value::String(self.init.as_str().into()));
         w.set(KEY_QUERY_POS, Value::String(self.query_pos.as_str().into()));
+        w.set(KEY_ZERO_FIRST_RESIDUAL, Value::Bool(self.zero_first_residual));
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -172,8 +180,11 @@ impl FamSettings {
                 self.fam_len, self.block_size
             )));
         }
-        if self.sinks > 1 << 16 {
-            return Err(Error::Invalid(format!("{} sink tokens (at most 65536)", self.sinks)));
+        if self.sinks > self.block_size {
+            return Err(Error::Invalid(format!(
+                "{} sink tokens exceed the block size {}",
+                self.sinks, self.block_size
+            )));
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ mod common;
 use famstream::engine::Engine;
 use famstream::ggml::Backend;
 use famstream::model::Model;
-use famstream::stream::{Logits, Stream};
+use famstream::state::{FamState, Logits};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -62,7 +62,7 @@ fn check(arch: &str, file: &str, tol: f32) {
     let backend = Backend::cpu(2).unwrap();
     let model = Arc::new(Model::load(dir(arch).join(file), &backend).unwrap());
     assert_eq!(model.hp.n_vocab, g.vocab);
-    let mut stream = Stream::new(&model, &backend, 256).unwrap();
+    let mut stream = FamState::full(&model, &backend, 256).unwrap();
     let mut eng = Engine::new(model.clone(), backend).unwrap();
     let nv = g.vocab;
     let mut worst = 0f32;

@@ -6,7 +6,7 @@ use common::llama::{argmax, kl_divergence, LlamaOracle};
 use famstream::engine::Engine;
 use famstream::ggml::Backend;
 use famstream::model::Model;
-use famstream::stream::{Logits, Stream};
+use famstream::state::{FamState, Logits};
 
 /// Both engines run the same quantized weights with the same ggml kernels, but differ in graph
 /// details (our RoPE angle computation, op fusion, accumulation order), so per-position
@@ -29,7 +29,7 @@ fn logits_match_llama_cpp_on_a_multi_sentence_prompt() {
 
     let backend = Backend::cpu(2).unwrap();
     let model = std::sync::Arc::new(Model::load(&path, &backend).unwrap());
-    let mut stream = Stream::new(&model, &backend, 1024).unwrap();
+    let mut stream = FamState::full(&model, &backend, 1024).unwrap();
     let mut eng = Engine::new(model.clone(), backend).unwrap();
     let ours = stream.feed(&mut eng, &tokens, Logits::All).unwrap();
     let nv = model.hp.n_vocab;

@@ -1,0 +1,517 @@
+//! `FamState`: everything one token stream needs besides the shared model, allocated once with a
+//! size that never changes, whatever the stream's length.
+//!
+//! ## Slot layout (per layer, K and V in f16)
+//!
+//! ```text
+//! [ sinks: S | FAM: F | ring: (M+1)*B  (windowed policies)  or  n_ctx  (full) ]
+//! ```
+//! Token at stream index i lives in ring slot `ring_base + i % ((M+1)*B)`: block t occupies ring
+//! block `t % (M+1)`, so starting block t+1 overwrites block t-M, which has just left every
+//! window. Which slot is visible to which row is decided here, on the host, and passed to the
+//! graph as an attention mask (see [`FamState::visible`]).
+//!
+//! ## Positions
+//! K is stored rotated by RoPE. Positions given to ggml are relative to an *origin* (a stream
+//! index), so they stay small for any stream length: when the window start has moved
+//! [`REBASE_INTERVAL`] past the origin, stored keys are rotated back by the difference (a
+//! "K-shift") and the origin moves. Attention only depends on relative positions, so this changes
+//! nothing but float rounding, and f32 RoPE angles stay exact to ~1e-3 rad at any stream length.
+//!
+//! ## FAM (fam.md §2-5)
+//! Per layer F rows of residual-stream activations (f32) plus their K/V in the FAM slots. Token
+//! rows see the FAM of the previous block. When a block completes, one graph updates every
+//! layer's FAM from its old FAM and the block's K/V ([`crate::forward::build_fam_graph`]).
+//! Attention sinks (`sink`) keep their un-rotated keys and are shown at virtual positions just
+//! before the window (StreamingLLM: positions within the cache, not in the text).
+
+use crate::engine::{Engine, FamBatch, TokenBatch};
+use crate::error::{Error, Result};
+use crate::ggml::{Backend, TensorSet};
+use crate::dtype::GgmlType;
+use crate::kv::KvStore;
+use crate::model::Model;
+use crate::settings::{FamInit, FamQueryPos, FamSettings, MemoryPolicy};
+use half::f16;
+
+/// A slot holding no token.
+const EMPTY: i64 = i64::MIN;
+/// Stored keys are re-based when the window start is this far past the RoPE origin. Positions
+/// handed to ggml then stay below REBASE_INTERVAL + window, where f32 angles (pos * theta) are
+/// accurate to ~1e-3 rad, like llama.cpp's at 8-16k contexts.
+pub const REBASE_INTERVAL: i64 = 8192;
+/// Most token rows per graph during prefill.
+pub const MAX_BATCH: usize = 512;
+/// Name of an optional learned initial FAM in a GGUF: f32 [n_embd, F, n_layer].
+pub const LEARNED_FAM_TENSOR: &str = "fam.init_memory";
+/// The fixed text of the `seed` FAM initialisation (after BOS, repeated to F tokens).
+pub const SEED_TEXT: &str = "The following is a long document. Remember the names, numbers, places and \
+decisions in it, from the beginning to the end.";
+
+/// Which logits a feed returns.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Logits {
+    /// None (pure ingestion).
+    None,
+    /// The last token's.
+    Last,
+    /// Every token's.
+    All,
+}
+
+/// The per-stream state. Create with [`FamState::new`]; feed with [`FamState::feed`].
+pub struct FamState {
+    pub settings: FamSettings,
+    /// Context limit of the `full` policy (0 otherwise).
+    n_ctx: usize,
+    n_layer: usize,
+    n_embd: usize,
+    kv: KvStore,
+    /// Per layer f32 [n_embd, F] FAM activations (`fam` policy with F > 0).
+    fam: Option<TensorSet>,
+    /// Per layer f16 [n_embd_kv, S] un-rotated sink keys (`sink` policy with S > 0).
+    sinks: Option<TensorSet>,
+    /// S and F as laid out (0 when the policy does not use them).
+    n_sink: usize,
+    n_fam: usize,
+    /// Ring slots: (M+1)*B, or n_ctx for `full`.
+    ring_len: usize,
+    /// Stream index held by each slot, or EMPTY.
+    slot_pos: Vec<i64>,
+    /// Tokens fed so far (the stream index of the next token).
+    n_past: u64,
+    /// Absolute position of stream index 0.
+    start_position: i64,
+    /// Absolute position that RoPE position 0 stands for.
+    origin: i64,
+    /// Stream indices of the current FAM rows, and whether a FAM exists yet.
+    fam_pos: Vec<i64>,
+    fam_valid: bool,
+    fam_updates: u64,
+    /// Whether the initial FAM has been computed (lazily, at the first feed).
+    initialised: bool,
+    /// BOS + seed text tokens, F of them (`seed` init).
+    seed_tokens: Vec<u32>,
+    bos: u32,
+}
+
+impl FamState {
+    /// A state for `settings` (and `n_ctx` for the `full` policy). `seed_tokens`/`bos` are used
+    /// by the `seed`/`bos` FAM initialisations (see [`FamState::seed_tokens_for`]).
+    pub fn new(model: &Model, backend: &Backend, settings: FamSettings, n_ctx: usize, seed_tokens: Vec<u32>, bos: u32) -> Result<FamState> {
+        settings.validate()?;
+        let hp = &model.hp;
+        let (b, m) = (settings.block_size as usize, settings.mem_blocks as usize);
+        let n_sink = if settings.policy == MemoryPolicy::Sink { settings.sinks as usize } else { 0 };
+        let n_fam = if settings.policy == MemoryPolicy::Fam { settings.fam_len as usize } else { 0 };
+        let ring_len = match settings.policy {
+            MemoryPolicy::Full => {
+                if n_ctx == 0 {
+                    return Err(Error::Invalid("the full policy needs a context length > 0".into()));
+                }
+                n_ctx
+            }
+            _ => (m + 1) * b,
+        };
+        if n_fam > 0 && settings.init == FamInit::SeedText && seed_tokens.len() != n_fam {
+            return Err(Error::Invalid(format!("seed init needs {n_fam} seed tokens, got {}", seed_tokens.len())));
+        }
+        let n_slots = n_sink + n_fam + ring_len;
+        let kv = KvStore::new(hp, n_slots, backend)?;
+        let fam = if n_fam > 0 {
+            let mut set = TensorSet::new(hp.n_layer)?;
+            for il in 0..hp.n_layer {
+                set.add(&format!("fam_l{il}"), GgmlType::F32, &[hp.n_embd as i64, n_fam as i64]);
+            }
+            set.alloc_all(backend)?;
+            Some(set)
+        } else {
+            None
+        };
+        let sinks = if n_sink > 0 {
+            let mut set = TensorSet::new(hp.n_layer)?;
+            for il in 0..hp.n_layer {
+                set.add(&format!("sink_k_l{il}"), GgmlType::F16, &[(hp.n_head_kv * hp.head_dim) as i64, n_sink as i64]);
+            }
+            set.alloc_all(backend)?;
+            Some(set)
+        } else {
+            None
+        };
+        Ok(FamState {
+            settings,
+            n_ctx: if settings.policy == MemoryPolicy::Full { n_ctx } else { 0 },
+            n_layer: hp.n_layer,
+            n_embd: hp.n_embd,
+            kv,
+            fam,
+            sinks,
+            n_sink,
+            n_fam,
+            ring_len,
+            slot_pos: vec![EMPTY; n_slots],
+            n_past: 0,
+            start_position: 0,
+            origin: 0,
+            fam_pos: vec![0; n_fam],
+            fam_valid: false,
+            fam_updates: 0,
+            initialised: false,
+            seed_tokens,
+            bos,
+        })
+    }
+
+    /// The `seed` initialisation's tokens: BOS then the seed text's tokens, cycled to F.
+    pub fn seed_tokens_for(tokenizer: &crate::tokenizer::Tokenizer, f: usize) -> (Vec<u32>, u32) {
+        let bos = tokenizer.bos().or(tokenizer.eos()).unwrap_or(0);
+        let text = tokenizer.encode(SEED_TEXT, false, false);
+        let mut v = vec![bos];
+        while v.len() < f && !text.is_empty() {
+            v.extend(text.iter().take(f - v.len()));
+        }
+        v.truncate(f);
+        (v, bos)
+    }
+
+    /// Plain causal attention over up to `n_ctx` tokens.
+    pub fn full(model: &Model, backend: &Backend, n_ctx: usize) -> Result<FamState> {
+        let s = FamSettings { policy: MemoryPolicy::Full, ..FamSettings::default() };
+        FamState::new(model, backend, s, n_ctx, Vec::new(), 0)
+    }
+
+    /// Start the stream at absolute position `p` (before the first token). Only relative
+    /// positions matter to attention, so this must not change any result; it exists to check
+    /// exactly that.
+    pub fn set_start_position(&mut self, p: i64) -> Result<()> {
+        if self.n_past != 0 {
+            return Err(Error::Invalid("the start position is set before the first token".into()));
+        }
+        self.start_position = p;
+        Ok(())
+    }
+
+    pub fn n_past(&self) -> u64 {
+        self.n_past
+    }
+    /// Tokens the `full` policy can hold (0 for windowed policies: unlimited).
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+    /// Bytes of device memory this state holds (constant for its whole life).
+    pub fn state_bytes(&self) -> usize {
+        self.kv.bytes() + self.fam.as_ref().map_or(0, |f| f.buffer_bytes()) + self.sinks.as_ref().map_or(0, |s| s.buffer_bytes())
+    }
+    /// Bytes of host bookkeeping (constant too).
+    pub fn host_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + 8 * (self.slot_pos.len() + self.fam_pos.len()) + 4 * self.seed_tokens.len()
+    }
+
+    /// Forget the stream: the next token is stream index 0 again.
+    pub fn reset(&mut self) {
+        self.slot_pos.fill(EMPTY);
+        self.n_past = 0;
+        self.origin = 0;
+        self.fam_valid = false;
+        self.fam_updates = 0;
+        self.initialised = false;
+    }
+
+    fn b(&self) -> i64 {
+        self.settings.block_size as i64
+    }
+    fn windowed(&self) -> bool {
+        self.settings.policy != MemoryPolicy::Full
+    }
+    fn block_of(&self, i: i64) -> i64 {
+        i.div_euclid(self.b())
+    }
+    fn ring_base(&self) -> usize {
+        self.n_sink + self.n_fam
+    }
+    fn ring_slot(&self, i: i64) -> usize {
+        self.ring_base() + (i.rem_euclid(self.ring_len as i64)) as usize
+    }
+    /// RoPE position handed to ggml for stream index `i`.
+    fn rope_pos(&self, i: i64) -> Result<i32> {
+        i32::try_from(self.start_position + i - self.origin).map_err(|_| Error::Invalid(format!("position {i} is too far from the RoPE origin {}", self.origin)))
+    }
+    /// First stream index of the window of block t.
+    fn window_start(&self, t: i64) -> i64 {
+        (t - self.settings.mem_blocks as i64).max(0) * self.b()
+    }
+    fn fam_slots(&self) -> Vec<i64> {
+        (self.n_sink..self.n_sink + self.n_fam).map(|s| s as i64).collect()
+    }
+    /// Slots [0, n) that any row may attend to now.
+    fn n_kv(&self, upto: i64) -> usize {
+        self.ring_base() + (upto.max(0) as usize).min(self.ring_len)
+    }
+
+    /// Whether token row `i` (in block t) may attend to `slot`.
+    fn visible(&self, i: i64, t: i64, slot: usize) -> bool {
+        let m = self.settings.mem_blocks as i64;
+        if slot < self.n_sink {
+            // A sink token is shown here only once it has left the window (else it is in the ring).
+            let k = slot as i64;
+            k < self.n_past as i64 && k <= i && self.block_of(k) < t - m
+        } else if slot < self.ring_base() {
+            self.fam_valid
+        } else {
+            let j = self.slot_pos[slot];
+            j != EMPTY && j <= i && (!self.windowed() || self.block_of(j) >= t - m)
+        }
+    }
+
+    fn mask_for_rows(&self, rows: std::ops::Range<i64>, t: i64, n_kv: usize) -> Vec<f16> {
+        let mut mask = vec![f16::NEG_INFINITY; (rows.end - rows.start) as usize * n_kv];
+        for (r, i) in rows.enumerate() {
+            for s in 0..n_kv {
+                if self.visible(i, t, s) {
+                    mask[r * n_kv + s] = f16::ZERO;
+                }
+            }
+        }
+        mask
+    }
+
+    fn fam_tensors(&self) -> Vec<crate::ggml::Tensor<'_>> {
+        match &self.fam {
+            Some(f) => (0..self.n_layer).map(|i| f.get(i)).collect(),
+            None => Vec::new(),
+        }
+    }
+    fn sink_tensors(&self) -> Option<Vec<crate::ggml::Tensor<'_>>> {
+        self.sinks.as_ref().map(|s| (0..self.n_layer).map(|i| s.get(i)).collect())
+    }
+
+    /// Write captured layer inputs (per layer, rows of n_embd) into FAM rows `first..`.
+    fn write_fam_rows(&self, layer_inputs: &[Vec<f32>], first: usize) -> Result<()> {
+        let fam = self.fam.as_ref().ok_or_else(|| Error::Invalid("no FAM store".into()))?;
+        for (il, rows) in layer_inputs.iter().enumerate() {
+            let bytes: Vec<u8> = rows.iter().flat_map(|x| x.to_le_bytes()).collect();
+            fam.get(il).write_bytes(first * self.n_embd * 4, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Compute the initial FAM (fam.md §5) and rebase for the stream's start.
+    fn initialise(&mut self, eng: &mut Engine) -> Result<()> {
+        self.initialised = true;
+        self.origin = self.start_position;
+        if self.n_fam == 0 {
+            return Ok(());
+        }
+        let f = self.n_fam;
+        let learned = eng.model.gguf.tensor(LEARNED_FAM_TENSOR).cloned();
+        let init = if learned.is_some() { FamInit::Learned } else { self.settings.init };
+        let fam_positions: Vec<i64> = (-(f as i64)..0).collect();
+        match init {
+            FamInit::TailOfBlock => return Ok(()), // made from block 0's last rows, see end_block
+            FamInit::Learned => {
+                let t = learned.ok_or_else(|| Error::tensor(LEARNED_FAM_TENSOR, "the `learned` init needs this tensor in the model file"))?;
+                let want = [self.n_embd as u64, f as u64, self.n_layer as u64];
+                if t.ty != GgmlType::F32 || t.ne != want {
+                    return Err(Error::tensor(LEARNED_FAM_TENSOR, format!("must be f32 {want:?}, is {} {:?}", t.ty, t.ne)));
+                }
+                let data = eng.model.gguf.tensor_data(&t)?;
+                let per_layer = self.n_embd * f * 4;
+                let fam = self.fam.as_ref().expect("n_fam > 0");
+                for il in 0..self.n_layer {
+                    fam.get(il).write_bytes(0, &data[il * per_layer..(il + 1) * per_layer])?;
+                }
+            }
+            FamInit::SeedText | FamInit::Bos => {
+                // Run the seed (F tokens) or BOS alone at positions just before the stream, in
+                // scratch ring slots, and keep each layer's inputs.
+                let tokens = if init == FamInit::Bos { vec![self.bos] } else { self.seed_tokens.clone() };
+                let n = tokens.len() as i64;
+                let pos: Vec<i32> = (-n..0).map(|i| self.rope_pos(i)).collect::<Result<_>>()?;
+                let base = self.ring_base();
+                let slots: Vec<i64> = (0..n).map(|k| (base as i64) + k).collect();
+                let n_kv = base + n as usize;
+                let mut mask = vec![f16::NEG_INFINITY; (n as usize) * n_kv];
+                for r in 0..n as usize {
+                    mask[r * n_kv + base..r * n_kv + base + r + 1].fill(f16::ZERO);
+                }
+                let rows: Vec<i32> = (0..n as i32).collect();
+                let batch = TokenBatch {
+                    tokens: &tokens,
+                    pos: &pos,
+                    slots: &slots,
+                    n_kv,
+                    mask: &mask,
+                    out_rows: Some(&[n as i32 - 1]),
+                    capture_rows: &rows,
+                    ..Default::default()
+                };
+                let r = eng.run_tokens(&self.kv, None, &batch)?;
+                let li: Vec<Vec<f32>> = if init == FamInit::Bos {
+                    r.layer_inputs.iter().map(|row| row.repeat(f)).collect()
+                } else {
+                    r.layer_inputs
+                };
+                self.write_fam_rows(&li, 0)?;
+            }
+        }
+        self.fam_pos = fam_positions;
+        self.refresh_fam_kv(eng)?;
+        self.fam_valid = true;
+        Ok(())
+    }
+
+    /// (Re)compute the FAM slots' K/V from the FAM activations at `fam_pos`.
+    fn refresh_fam_kv(&mut self, eng: &mut Engine) -> Result<()> {
+        let pos: Vec<i32> = self.fam_pos.iter().map(|&p| self.rope_pos(p)).collect::<Result<_>>()?;
+        let slots = self.fam_slots();
+        let fam = self.fam_tensors();
+        eng.run_fam(&self.kv, &fam, &FamBatch { update: None, n_kv: self.kv.n_slots(), pos: &pos, slots: &slots })
+    }
+
+    /// Before the first token of block t: move the RoPE origin if the window has run far ahead.
+    fn begin_block(&mut self, eng: &mut Engine, t: i64) -> Result<()> {
+        let w = self.start_position + self.window_start(t);
+        let delta = w - self.origin;
+        if self.windowed() && delta >= REBASE_INTERVAL {
+            let d = i32::try_from(delta).map_err(|_| Error::Invalid("RoPE rebase too large".into()))?;
+            eng.run_kshift(&self.kv, self.n_sink, self.kv.n_slots(), d)?;
+            self.origin = w;
+        }
+        Ok(())
+    }
+
+    /// After the last token of block t: make or update the FAM.
+    fn end_block(&mut self, eng: &mut Engine, t: i64) -> Result<()> {
+        if self.n_fam == 0 {
+            return Ok(());
+        }
+        let f = self.n_fam as i64;
+        let new_pos: Vec<i64> = ((t + 1) * self.b() - f..(t + 1) * self.b()).collect();
+        if !self.fam_valid {
+            // Tail init: block 0's last F layer inputs were captured during the block.
+            self.fam_pos = new_pos;
+            self.refresh_fam_kv(eng)?;
+            self.fam_valid = true;
+            return Ok(());
+        }
+        let q_pos_idx = match self.settings.query_pos {
+            FamQueryPos::BlockEnd => new_pos.clone(),
+            FamQueryPos::PrevFam => self.fam_pos.clone(),
+        };
+        let q_pos: Vec<i32> = q_pos_idx.iter().map(|&p| self.rope_pos(p)).collect::<Result<_>>()?;
+        let pos: Vec<i32> = new_pos.iter().map(|&p| self.rope_pos(p)).collect::<Result<_>>()?;
+        let n_kv = self.kv.n_slots();
+        // FAM rows see the old FAM and the whole finished block; no memory blocks, no sinks.
+        let mut mask = vec![f16::NEG_INFINITY; f as usize * n_kv];
+        for r in 0..f as usize {
+            for s in 0..n_kv {
+                let vis = if s < self.n_sink {
+                    false
+                } else if s < self.ring_base() {
+                    true
+                } else {
+                    let j = self.slot_pos[s];
+                    j != EMPTY && self.block_of(j) == t
+                };
+                if vis {
+                    mask[r * n_kv + s] = f16::ZERO;
+                }
+            }
+        }
+        let zero = self.settings.zero_first_residual && self.fam_updates == 0;
+        let slots = self.fam_slots();
+        let fam = self.fam_tensors();
+        eng.run_fam(&self.kv, &fam, &FamBatch { update: Some((&q_pos, &mask, zero)), n_kv, pos: &pos, slots: &slots })?;
+        self.fam_pos = new_pos;
+        self.fam_updates += 1;
+        Ok(())
+    }
+
+    /// Feed tokens; returns the requested logits, row-major [rows][n_vocab].
+    pub fn feed(&mut self, eng: &mut Engine, tokens: &[u32], want: Logits) -> Result<Vec<f32>> {
+        if !self.windowed() && self.n_past as usize + tokens.len() > self.n_ctx {
+            return Err(Error::Invalid(format!(
+                "context full: {} tokens already, {} more would exceed the context of {} \
+                 (use a windowed memory policy, e.g. --memory fam, for longer streams)",
+                self.n_past,
+                tokens.len(),
+                self.n_ctx
+            )));
+        }
+        if !self.initialised {
+            self.initialise(eng)?;
+        }
+        let mut out = Vec::new();
+        let mut k = 0;
+        while k < tokens.len() {
+            let i0 = self.n_past as i64;
+            let t = self.block_of(i0);
+            let in_block = (i0 - t * self.b()) as usize;
+            if self.windowed() && in_block == 0 {
+                self.begin_block(eng, t)?;
+            }
+            let mut n = (tokens.len() - k).min(MAX_BATCH);
+            if self.windowed() {
+                n = n.min(self.b() as usize - in_block);
+            }
+            let chunk = &tokens[k..k + n];
+            let last_chunk = k + n == tokens.len();
+            let rows = i0..i0 + n as i64;
+            // Record where the new tokens go before building the mask (they see themselves).
+            let slots: Vec<i64> = rows.clone().map(|i| self.ring_slot(i) as i64).collect();
+            for (i, &s) in rows.clone().zip(&slots) {
+                self.slot_pos[s as usize] = i;
+            }
+            let n_kv = if self.windowed() { self.n_kv((t + 1) * self.b()) } else { self.n_kv(i0 + n as i64) };
+            let mask = self.mask_for_rows(rows.clone(), t, n_kv);
+            let pos: Vec<i32> = rows.clone().map(|i| self.rope_pos(i)).collect::<Result<_>>()?;
+            let out_rows: Option<Vec<i32>> = match want {
+                Logits::All => None,
+                _ => Some(vec![n as i32 - 1]),
+            };
+            // Tail init: keep the layer inputs of block 0's last F rows.
+            let tail = self.n_fam > 0 && !self.fam_valid && t == 0;
+            let tail_from = self.b() - self.n_fam as i64;
+            let capture: Vec<i32> = if tail { rows.clone().filter(|&i| i >= tail_from).map(|i| (i - i0) as i32).collect() } else { Vec::new() };
+            // Sinks: capture the first S tokens; show them before the window once they left it.
+            let sink_capture: Vec<(i32, i64, i64)> =
+                rows.clone().filter(|&i| (i as usize) < self.n_sink).map(|i| ((i - i0) as i32, i, i)).collect();
+            let m = self.settings.mem_blocks as i64;
+            let sink_rotate: Vec<(i32, i64)> = if self.n_sink > 0 && t - m > 0 {
+                let w = self.window_start(t);
+                (0..self.n_sink as i64).map(|kk| Ok((self.rope_pos(w - self.n_sink as i64 + kk)?, kk))).collect::<Result<_>>()?
+            } else {
+                Vec::new()
+            };
+            let sink_store = self.sink_tensors();
+            let r = eng.run_tokens(
+                &self.kv,
+                sink_store.as_deref(),
+                &TokenBatch {
+                    tokens: chunk,
+                    pos: &pos,
+                    slots: &slots,
+                    n_kv,
+                    mask: &mask,
+                    out_rows: out_rows.as_deref(),
+                    capture_rows: &capture,
+                    sink_capture: &sink_capture,
+                    sink_rotate: &sink_rotate,
+                },
+            )?;
+            if !capture.is_empty() {
+                let first = (i0 + capture[0] as i64 - tail_from) as usize;
+                self.write_fam_rows(&r.layer_inputs, first)?;
+            }
+            self.n_past += n as u64;
+            if want == Logits::All || (want == Logits::Last && last_chunk) {
+                out.extend_from_slice(&r.logits);
+            }
+            if self.windowed() && self.n_past as i64 % self.b() == 0 {
+                self.end_block(eng, t)?;
+            }
+            k += n;
+        }
+        Ok(out)
+    }
+}
