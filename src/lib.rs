@@ -50,6 +50,7 @@ pub mod inspect;
 pub mod kv;
 pub mod model;
 pub mod npy;
+pub mod passkey;
 pub mod perplexity;
 pub mod runtime;
 pub mod sample;

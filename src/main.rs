@@ -5,6 +5,8 @@ use famstream::chat::Message;
 use famstream::gguf::GgufFile;
 use famstream::runtime::{default_threads, GenerateOptions, LoadOptions, Runtime};
 use famstream::sample::SamplerConfig;
+use famstream::settings::{FamInit, FamQueryPos, FamSettings, MemoryPolicy};
+use famstream::state::FamState;
 use famstream::state::Logits;
 use famstream::{Error, Result};
 use std::io::{BufRead, Write};
@@ -42,6 +44,77 @@ impl ModelArgs {
     }
     fn ctx(&self, rt: &Runtime) -> usize {
         self.ctx.unwrap_or(rt.model.hp.n_ctx_train)
+    }
+}
+
+/// Memory policy options (defaults: the model file's `fam.*` keys, else built-in defaults).
+#[derive(Args, Clone, Default)]
+struct MemoryArgs {
+    /// Memory policy: full, bswa, sink or fam.
+    #[arg(long = "memory")]
+    memory: Option<String>,
+    /// Block size B (tokens).
+    #[arg(long = "block")]
+    block: Option<u32>,
+    /// Memory blocks M kept in the window.
+    #[arg(long = "mem-blocks")]
+    mem_blocks: Option<u32>,
+    /// FAM rows F per layer.
+    #[arg(long = "fam-len")]
+    fam_len: Option<u32>,
+    /// Attention-sink tokens S (`sink` policy).
+    #[arg(long = "sinks")]
+    sinks: Option<u32>,
+    /// Initial FAM: seed, bos, tail (a learned one in the file is always used).
+    #[arg(long = "fam-init")]
+    fam_init: Option<String>,
+    /// RoPE position of FAM queries: block-end or prev-fam.
+    #[arg(long = "fam-query-pos")]
+    fam_query_pos: Option<String>,
+    /// Zero residual on the first FAM update (the paper's rule): true or false.
+    #[arg(long = "fam-zero-first-residual")]
+    fam_zero_first_residual: Option<bool>,
+    /// Absolute position of the stream's first token (RoPE numerics checks).
+    #[arg(long = "start-position", default_value_t = 0)]
+    start_position: i64,
+}
+
+impl MemoryArgs {
+    fn settings(&self, rt: &Runtime) -> Result<FamSettings> {
+        let mut s = FamSettings::from_gguf(&rt.model.gguf)?;
+        if let Some(p) = &self.memory {
+            s.policy = p.parse::<MemoryPolicy>()?;
+        }
+        if let Some(v) = self.block {
+            s.block_size = v;
+        }
+        if let Some(v) = self.mem_blocks {
+            s.mem_blocks = v;
+        }
+        if let Some(v) = self.fam_len {
+            s.fam_len = v;
+        }
+        if let Some(v) = self.sinks {
+            s.sinks = v;
+        }
+        if let Some(v) = &self.fam_init {
+            s.init = v.parse::<FamInit>()?;
+        }
+        if let Some(v) = &self.fam_query_pos {
+            s.query_pos = v.parse::<FamQueryPos>()?;
+        }
+        if let Some(v) = self.fam_zero_first_residual {
+            s.zero_first_residual = v;
+        }
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// A fresh state for these settings.
+    fn state(&self, rt: &Runtime, eng: &famstream::engine::Engine, n_ctx: usize) -> Result<FamState> {
+        let mut st = rt.new_state(eng, self.settings(rt)?, n_ctx)?;
+        st.set_start_position(self.start_position)?;
+        Ok(st)
     }
 }
 
@@ -121,6 +194,8 @@ enum Command {
         chat: bool,
         #[command(flatten)]
         sample: SampleArgs,
+        #[command(flatten)]
+        memory: MemoryArgs,
     },
     /// Interactive chat in the terminal (type /exit to leave, /reset to start over).
     Chat {
@@ -131,6 +206,8 @@ enum Command {
         system: Option<String>,
         #[command(flatten)]
         sample: SampleArgs,
+        #[command(flatten)]
+        memory: MemoryArgs,
     },
     /// Write the logits of every position as an f32 .npy array [n_tokens, n_vocab].
     Logits {
@@ -143,6 +220,8 @@ enum Command {
         /// Output .npy file.
         #[arg(long = "out")]
         out: PathBuf,
+        #[command(flatten)]
+        memory: MemoryArgs,
     },
     /// Perplexity of a text file, scored in windows of --ctx tokens (as llama-perplexity).
     Perplexity {
@@ -157,6 +236,33 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Report perplexity per segment of this many tokens (streaming mode).
+        #[arg(long = "segment", default_value_t = 8192)]
+        segment: usize,
+        /// Also report the mean KL divergence from full attention over the first N positions.
+        #[arg(long = "kl-vs-full", default_value_t = 0)]
+        kl_vs_full: usize,
+        #[command(flatten)]
+        memory: MemoryArgs,
+    },
+    /// Passkey retrieval: a key near the start, N filler tokens, the question at the end.
+    Passkey {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Filler lengths in tokens, comma-separated (e.g. 2000,8000,32000).
+        #[arg(long = "filler-tokens", value_delimiter = ',', required = true)]
+        filler_tokens: Vec<usize>,
+        /// Trials per length.
+        #[arg(long = "trials", default_value_t = 5)]
+        trials: usize,
+        /// Seed for the keys.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        memory: MemoryArgs,
     },
 }
 
@@ -180,14 +286,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { model, prompt, file, chat, sample } => {
+        Command::Run { model, prompt, file, chat, sample, memory } => {
             let text = read_text(prompt, file)?;
             let opts = sample.options()?;
             let rt = model.load()?;
             let text = if chat { rt.chat.render(&[Message::new("user", &text)], true) } else { text };
             let tokens = rt.tokenizer.encode(&text, true, true);
             let mut eng = rt.engine()?;
-            let mut stream = rt.new_stream(&eng, model.ctx(&rt))?;
+            let mut stream = memory.state(&rt, &eng, model.ctx(&rt))?;
             let mut out = std::io::stdout().lock();
             let stats = rt.generate(&mut eng, &mut stream, &tokens, &opts, |piece| {
                 let _ = out.write_all(piece.as_bytes());
@@ -205,11 +311,11 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Chat { model, system, sample } => {
+        Command::Chat { model, system, sample, memory } => {
             let opts = sample.options()?;
             let rt = model.load()?;
             let mut eng = rt.engine()?;
-            let mut stream = rt.new_stream(&eng, model.ctx(&rt))?;
+            let mut stream = memory.state(&rt, &eng, model.ctx(&rt))?;
             let mut first = true;
             let mut pending = String::new();
             if let Some(s) = &system {
@@ -255,7 +361,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Logits { model, prompt, file, out } => {
+        Command::Logits { model, prompt, file, out, memory } => {
             let text = read_text(prompt, file)?;
             let rt = model.load()?;
             let tokens = rt.tokenizer.encode(&text, true, true);
@@ -263,13 +369,121 @@ fn run(cli: Cli) -> Result<()> {
                 return Err(Error::Invalid("the text has no tokens".into()));
             }
             let mut eng = rt.engine()?;
-            let mut stream = rt.new_stream(&eng, model.ctx(&rt).max(tokens.len()).min(rt.model.hp.n_ctx_train))?;
+            let mut stream = memory.state(&rt, &eng, model.ctx(&rt))?;
             let logits = stream.feed(&mut eng, &tokens, Logits::All)?;
             famstream::npy::write_f32(&out, &[tokens.len(), rt.model.hp.n_vocab], &logits)?;
             eprintln!("wrote {} x {} logits to {}", tokens.len(), rt.model.hp.n_vocab, out.display());
             Ok(())
         }
-        Command::Perplexity { model, file, max_tokens, json } => {
+        Command::Perplexity { model, file, max_tokens, json, segment, kl_vs_full, memory } if memory.memory.is_some() => {
+            let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, "read", e))?;
+            let rt = model.load()?;
+            let mut tokens = rt.tokenizer.encode(&text, rt.tokenizer.add_bos(), false);
+            if max_tokens > 0 && tokens.len() > max_tokens {
+                tokens.truncate(max_tokens);
+            }
+            let settings = memory.settings(&rt)?;
+            let mut eng = rt.engine()?;
+            let n_ctx = model.ctx(&rt);
+            let mut state = memory.state(&rt, &eng, n_ctx)?;
+            let chunk = if settings.policy == MemoryPolicy::Full { 512 } else { settings.block_size as usize };
+            // Lockstep reference for --kl-vs-full: full attention on its own engine.
+            let kl_n = kl_vs_full.min(tokens.len().saturating_sub(1)).min(rt.model.hp.n_ctx_train);
+            let mut reference = if kl_n > 0 {
+                let e = rt.engine()?;
+                let st = FamState::full(&rt.model, e.backend(), kl_n + 1)?;
+                Some((e, st))
+            } else {
+                None
+            };
+            let (mut kl_sum, mut kl_count) = (0.0f64, 0usize);
+            let nv = rt.model.hp.n_vocab;
+            let pb = famstream::util::progress(tokens.len() as u64, "tokens");
+            let r = famstream::perplexity::streaming(
+                &mut eng,
+                &mut state,
+                &tokens,
+                segment,
+                chunk,
+                |start, logits| {
+                    let Some((e, st)) = reference.as_mut() else { return };
+                    let rows = logits.len() / nv;
+                    let end = (start + rows).min(kl_n);
+                    if start >= end {
+                        return;
+                    }
+                    let Ok(full) = st.feed(e, &tokens[start..end], famstream::state::Logits::All) else { return };
+                    for r in 0..end - start {
+                        kl_sum += famstream::perplexity::kl(&full[r * nv..(r + 1) * nv], &logits[r * nv..(r + 1) * nv]);
+                        kl_count += 1;
+                    }
+                },
+                |done| pb.set_position(done as u64),
+            )?;
+            pb.finish_and_clear();
+            let kl = (kl_count > 0).then(|| kl_sum / kl_count as f64);
+            let rss = famstream::util::peak_rss_bytes();
+            if json {
+                let segs: Vec<serde_json::Value> = r
+                    .segments
+                    .iter()
+                    .map(|&(start, n, ppl)| serde_json::json!({"start": start, "tokens": n, "perplexity": ppl}))
+                    .collect();
+                let j = serde_json::json!({
+                    "memory": settings.policy.as_str(), "block_size": settings.block_size,
+                    "mem_blocks": settings.mem_blocks, "fam_len": settings.fam_len, "sinks": settings.sinks,
+                    "fam_init": settings.init.as_str(), "perplexity": r.perplexity, "nll": r.nll,
+                    "tokens_scored": r.tokens_scored, "segments": segs, "seconds": r.seconds,
+                    "tokens_per_second": r.tokens_scored as f64 / r.seconds,
+                    "kl_vs_full": kl, "kl_positions": kl_count,
+                    "state_bytes": state.state_bytes(), "peak_rss_bytes": rss,
+                });
+                println!("{}", serde_json::to_string_pretty(&j).expect("JSON values serialize"));
+            } else {
+                println!("memory {} perplexity {:.4} over {} tokens ({:.1} tok/s)", settings.policy, r.perplexity, r.tokens_scored, r.tokens_scored as f64 / r.seconds);
+                for (start, n, ppl) in &r.segments {
+                    println!("  tokens {start:>9}..{:<9} perplexity {ppl:.4}", start + n);
+                }
+                if let Some(k) = kl {
+                    println!("mean KL from full attention over {kl_count} positions: {k:.4}");
+                }
+                println!("state {} bytes, peak RSS {} bytes", state.state_bytes(), rss.unwrap_or(0));
+            }
+            Ok(())
+        }
+        Command::Passkey { model, filler_tokens, trials, seed, json, memory } => {
+            let rt = model.load()?;
+            let settings = memory.settings(&rt)?;
+            let mut eng = rt.engine()?;
+            let mut rows = Vec::new();
+            for &n in &filler_tokens {
+                let mut found = 0;
+                for i in 0..trials {
+                    let mut st = memory.state(&rt, &eng, model.ctx(&rt))?;
+                    let key = famstream::passkey::key_for(seed, i);
+                    let t = famstream::passkey::trial(&rt, &mut eng, &mut st, n, key)?;
+                    found += t.found as usize;
+                    if !json {
+                        eprintln!("filler {n}: key {key} -> {:?} {} ({:.1}s)", t.answer.trim(), if t.found { "ok" } else { "miss" }, t.seconds);
+                    }
+                }
+                rows.push((n, found, trials));
+            }
+            if json {
+                let r: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|&(n, f, t)| serde_json::json!({"filler_tokens": n, "found": f, "trials": t, "accuracy": f as f64 / t as f64}))
+                    .collect();
+                let j = serde_json::json!({"memory": settings.policy.as_str(), "fam_init": settings.init.as_str(), "results": r});
+                println!("{}", serde_json::to_string_pretty(&j).expect("JSON values serialize"));
+            } else {
+                for (n, f, t) in rows {
+                    println!("memory {} filler {n}: {f}/{t} found", settings.policy);
+                }
+            }
+            Ok(())
+        }
+        Command::Perplexity { model, file, max_tokens, json, .. } => {
             let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, "read", e))?;
             let rt = model.load()?;
             let ctx = model.ctx.unwrap_or(512);

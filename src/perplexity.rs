@@ -25,6 +25,19 @@ pub fn nll(logits: &[f32], target: u32) -> f64 {
     lse - logits[target as usize] as f64
 }
 
+/// KL(p || q) of the next-token distributions given by logits `p` (reference) and `q`.
+pub fn kl(p: &[f32], q: &[f32]) -> f64 {
+    let lse = |v: &[f32]| {
+        let m = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        m + v.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
+    };
+    let (lp, lq) = (lse(p), lse(q));
+    p.iter().zip(q).map(|(&a, &b)| {
+        let la = a as f64 - lp;
+        la.exp() * (la - (b as f64 - lq))
+    }).sum()
+}
+
 /// Score `tokens` in windows of `ctx`; `bos`: the window's first token is replaced by BOS (as
 /// llama.cpp does when the model adds BOS). `on_window(done, total)` reports progress.
 pub fn windowed(
@@ -62,4 +75,66 @@ pub fn windowed(
     }
     let mean = sum / count as f64;
     Ok(PerplexityReport { perplexity: mean.exp(), nll: mean, tokens_scored: count, windows: n_windows, ctx })
+}
+
+/// Perplexity of a stream scored in the policy's own streaming way: every token after the first
+/// is predicted from everything the state holds, and the result is reported per segment.
+#[derive(Clone, Debug, Default)]
+pub struct StreamReport {
+    pub perplexity: f64,
+    pub nll: f64,
+    pub tokens_scored: usize,
+    /// (first token index of the segment, tokens scored, perplexity).
+    pub segments: Vec<(usize, usize, f64)>,
+    pub seconds: f64,
+}
+
+/// Feed `tokens` through `state` in chunks of `chunk`, scoring each prediction. `on_logits`
+/// sees each chunk's logits (row-major) with the stream index of its first row, and
+/// `on_progress(tokens_done)` reports progress.
+pub fn streaming(
+    eng: &mut Engine,
+    state: &mut FamState,
+    tokens: &[u32],
+    segment: usize,
+    chunk: usize,
+    mut on_logits: impl FnMut(usize, &[f32]),
+    mut on_progress: impl FnMut(usize),
+) -> Result<StreamReport> {
+    if tokens.len() < 2 || segment == 0 || chunk == 0 {
+        return Err(Error::Invalid("streaming perplexity needs at least 2 tokens and non-zero segment/chunk sizes".into()));
+    }
+    let nv = eng.model.hp.n_vocab;
+    let t0 = std::time::Instant::now();
+    let (mut sum, mut count) = (0.0, 0usize);
+    let mut seg = (0usize, 0.0f64, 0usize);
+    let mut segments = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() - 1 {
+        // The last token is only a target.
+        let end = (i + chunk).min(tokens.len() - 1);
+        let logits = state.feed(eng, &tokens[i..end], Logits::All)?;
+        on_logits(i, &logits);
+        for (r, j) in (i..end).enumerate() {
+            let target = j + 1;
+            if target / segment != seg.0 / segment {
+                if seg.2 > 0 {
+                    segments.push((seg.0, seg.2, (seg.1 / seg.2 as f64).exp()));
+                }
+                seg = (target / segment * segment, 0.0, 0);
+            }
+            let l = nll(&logits[r * nv..(r + 1) * nv], tokens[target]);
+            sum += l;
+            count += 1;
+            seg.1 += l;
+            seg.2 += 1;
+        }
+        i = end;
+        on_progress(i);
+    }
+    if seg.2 > 0 {
+        segments.push((seg.0, seg.2, (seg.1 / seg.2 as f64).exp()));
+    }
+    let mean = sum / count as f64;
+    Ok(StreamReport { perplexity: mean.exp(), nll: mean, tokens_scored: count, segments, seconds: t0.elapsed().as_secs_f64() })
 }
