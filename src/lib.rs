@@ -55,6 +55,7 @@ pub mod perplexity;
 pub mod runtime;
 pub mod sample;
 pub mod settings;
+pub mod snapshot;
 pub mod state;
 pub mod tokenizer;
 pub mod util;

@@ -77,6 +77,12 @@ struct MemoryArgs {
     /// Absolute position of the stream's first token (RoPE numerics checks).
     #[arg(long = "start-position", default_value_t = 0)]
     start_position: i64,
+    /// Continue from a state snapshot instead of an empty stream.
+    #[arg(long = "load-state")]
+    load_state: Option<PathBuf>,
+    /// Save the stream state here when done (atomic write).
+    #[arg(long = "save-state")]
+    save_state: Option<PathBuf>,
 }
 
 impl MemoryArgs {
@@ -110,11 +116,38 @@ impl MemoryArgs {
         Ok(s)
     }
 
-    /// A fresh state for these settings.
+    /// Whether any memory setting was given on the command line.
+    fn any_setting(&self) -> bool {
+        self.memory.is_some()
+            || self.block.is_some()
+            || self.mem_blocks.is_some()
+            || self.fam_len.is_some()
+            || self.sinks.is_some()
+            || self.fam_init.is_some()
+            || self.fam_query_pos.is_some()
+            || self.fam_zero_first_residual.is_some()
+    }
+
+    /// The state to run on: loaded from --load-state (whose settings must match any given on
+    /// the command line), or fresh.
     fn state(&self, rt: &Runtime, eng: &famstream::engine::Engine, n_ctx: usize) -> Result<FamState> {
+        if let Some(p) = &self.load_state {
+            let expected = if self.any_setting() { Some(self.settings(rt)?) } else { None };
+            let (st, _) = FamState::load(p, &rt.model, eng.backend(), expected.as_ref())?;
+            return Ok(st);
+        }
         let mut st = rt.new_state(eng, self.settings(rt)?, n_ctx)?;
         st.set_start_position(self.start_position)?;
         Ok(st)
+    }
+
+    /// Save the state if --save-state was given.
+    fn save(&self, rt: &Runtime, st: &FamState) -> Result<()> {
+        if let Some(p) = &self.save_state {
+            st.save(p, &rt.model, serde_json::Value::Null)?;
+            eprintln!("state saved to {} ({} tokens read)", p.display(), st.n_past());
+        }
+        Ok(())
     }
 }
 
@@ -301,6 +334,7 @@ fn run(cli: Cli) -> Result<()> {
                 true
             })?;
             let _ = writeln!(out);
+            memory.save(&rt, &stream)?;
             eprintln!(
                 "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | stop: {}",
                 stats.prompt_tokens,
@@ -371,6 +405,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut eng = rt.engine()?;
             let mut stream = memory.state(&rt, &eng, model.ctx(&rt))?;
             let logits = stream.feed(&mut eng, &tokens, Logits::All)?;
+            memory.save(&rt, &stream)?;
             famstream::npy::write_f32(&out, &[tokens.len(), rt.model.hp.n_vocab], &logits)?;
             eprintln!("wrote {} x {} logits to {}", tokens.len(), rt.model.hp.n_vocab, out.display());
             Ok(())

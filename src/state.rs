@@ -515,3 +515,114 @@ impl FamState {
         Ok(out)
     }
 }
+
+impl FamState {
+    /// Save the whole stream state (and the caller's `extra` JSON) to `path`, atomically.
+    pub fn save(&self, path: impl AsRef<std::path::Path>, model: &Model, extra: serde_json::Value) -> Result<()> {
+        use crate::snapshot::{settings_json, write, Snapshot};
+        let header = serde_json::json!({
+            "model_fingerprint": format!("{:016x}", model.fingerprint()),
+            "settings": settings_json(&self.settings),
+            "n_ctx": self.n_ctx, "n_slots": self.slot_pos.len(), "n_layer": self.n_layer,
+            "n_embd": self.n_embd, "n_embd_kv": self.kv.n_embd_kv(),
+            "n_past": self.n_past, "start_position": self.start_position, "origin": self.origin,
+            "fam_pos": self.fam_pos, "fam_valid": self.fam_valid, "fam_updates": self.fam_updates,
+            "initialised": self.initialised, "seed_tokens": self.seed_tokens, "bos": self.bos,
+            "extra": extra,
+        });
+        let mut body: Vec<u8> = Vec::with_capacity(self.state_bytes() + 8 * self.slot_pos.len());
+        for p in &self.slot_pos {
+            body.extend_from_slice(&p.to_le_bytes());
+        }
+        for il in 0..self.n_layer {
+            body.extend(self.kv.k(il).read_bytes()?);
+            body.extend(self.kv.v(il).read_bytes()?);
+        }
+        for set in [&self.fam, &self.sinks].into_iter().flatten() {
+            for il in 0..self.n_layer {
+                body.extend(set.get(il).read_bytes()?);
+            }
+        }
+        write(path.as_ref(), &Snapshot { header, body })
+    }
+
+    /// Load a snapshot for `model`. Refuses snapshots of another model, or (when `expected` is
+    /// given) of other memory settings. Returns the state and the caller's extra JSON.
+    pub fn load(
+        path: impl AsRef<std::path::Path>,
+        model: &Model,
+        backend: &Backend,
+        expected: Option<&FamSettings>,
+    ) -> Result<(FamState, serde_json::Value)> {
+        use crate::snapshot::{read, settings_from_json};
+        let path = path.as_ref();
+        let snap = read(path)?;
+        let h = &snap.header;
+        let bad = |what: String| Error::Invalid(format!("{}: {what}", path.display()));
+        let fp = format!("{:016x}", model.fingerprint());
+        if h["model_fingerprint"].as_str() != Some(fp.as_str()) {
+            return Err(bad("the snapshot was made with a different model".into()));
+        }
+        let settings = settings_from_json(&h["settings"])?;
+        if let Some(e) = expected {
+            if *e != settings {
+                return Err(bad(format!("the snapshot was made with other memory settings ({settings:?}), not {e:?}")));
+            }
+        }
+        let num = |k: &str| h[k].as_i64().ok_or_else(|| bad(format!("header field `{k}` missing")));
+        let seed_tokens: Vec<u32> = h["seed_tokens"].as_array().ok_or_else(|| bad("seed tokens".into()))?
+            .iter().map(|v| v.as_u64().map(|x| x as u32)).collect::<Option<_>>().ok_or_else(|| bad("seed tokens".into()))?;
+        let mut st = FamState::new(model, backend, settings, num("n_ctx")? as usize, seed_tokens, num("bos")? as u32)?;
+        if num("n_slots")? as usize != st.slot_pos.len() || num("n_layer")? as usize != st.n_layer {
+            return Err(bad("state shape does not match".into()));
+        }
+        st.n_past = num("n_past")? as u64;
+        st.start_position = num("start_position")?;
+        st.origin = num("origin")?;
+        st.fam_valid = h["fam_valid"].as_bool().ok_or_else(|| bad("fam_valid".into()))?;
+        st.initialised = h["initialised"].as_bool().ok_or_else(|| bad("initialised".into()))?;
+        st.fam_updates = num("fam_updates")? as u64;
+        st.fam_pos = h["fam_pos"].as_array().ok_or_else(|| bad("fam_pos".into()))?
+            .iter().map(|v| v.as_i64()).collect::<Option<_>>().ok_or_else(|| bad("fam_pos".into()))?;
+        if st.fam_pos.len() != st.n_fam {
+            return Err(bad("fam_pos length".into()));
+        }
+        // Body: exact size check first, then copy.
+        let n_slots = st.slot_pos.len();
+        let kv_bytes = |t: crate::ggml::Tensor<'_>| t.nbytes();
+        let mut expect = 8 * n_slots;
+        for il in 0..st.n_layer {
+            expect += kv_bytes(st.kv.k(il)) + kv_bytes(st.kv.v(il));
+        }
+        for set in [&st.fam, &st.sinks].into_iter().flatten() {
+            for il in 0..st.n_layer {
+                expect += set.get(il).nbytes();
+            }
+        }
+        if snap.body.len() != expect {
+            return Err(bad(format!("body of {} bytes, expected {expect}", snap.body.len())));
+        }
+        let mut off = 0;
+        let mut take = |n: usize| {
+            let s = &snap.body[off..off + n];
+            off += n;
+            s
+        };
+        for (i, c) in take(8 * n_slots).chunks_exact(8).enumerate() {
+            st.slot_pos[i] = i64::from_le_bytes(c.try_into().expect("8 bytes"));
+        }
+        for il in 0..st.n_layer {
+            let k = st.kv.k(il);
+            k.write_bytes(0, take(k.nbytes()))?;
+            let v = st.kv.v(il);
+            v.write_bytes(0, take(v.nbytes()))?;
+        }
+        for set in [&st.fam, &st.sinks].into_iter().flatten() {
+            for il in 0..st.n_layer {
+                let t = set.get(il);
+                t.write_bytes(0, take(t.nbytes()))?;
+            }
+        }
+        Ok((st, h["extra"].clone()))
+    }
+}

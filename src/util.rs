@@ -25,3 +25,29 @@ pub fn progress(total: u64, unit: &str) -> indicatif::ProgressBar {
     }
     pb
 }
+
+/// FNV-1a, 64-bit: a small, dependency-free checksum for snapshots and fingerprints (not
+/// cryptographic; it detects corruption, not tampering).
+#[derive(Clone, Copy, Debug)]
+pub struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Fnv64::new()
+    }
+}
+
+impl Fnv64 {
+    pub fn new() -> Fnv64 {
+        Fnv64(0xcbf29ce484222325)
+    }
+    pub fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x100000001b3);
+        }
+    }
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}

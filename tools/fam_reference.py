@@ -3,7 +3,7 @@
 
 A deliberately *different* computation from the Rust engine (which streams token by token through
 ring buffers and runs the FAM update as its own graph): here every policy is one masked softmax
-per layer. Spec (see docs in /work/shared/guide/fam.md); stream index i = RoPE position, block
+per layer. Spec (algorithm: fam.md, the FAM guide); stream index i = RoPE position, block
 t = i // B:
   full              token i attends to every j <= i.
   bswa(B, M)        i sees j with block(j) in [t-M, t-1], or block(j) == t and j <= i.

@@ -177,3 +177,26 @@ impl Model {
         v
     }
 }
+
+impl Model {
+    /// A 64-bit fingerprint of the model file: architecture, hyperparameters, the tensor table,
+    /// and the first 64 KiB of the token embedding. Snapshots record it to refuse other models.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = crate::util::Fnv64::new();
+        h.write(format!("{:?}", self.hp).as_bytes());
+        for t in self.gguf.tensors() {
+            h.write(t.name.as_bytes());
+            h.write(&t.ty.0.to_le_bytes());
+            for d in &t.ne {
+                h.write(&d.to_le_bytes());
+            }
+            h.write(&t.offset.to_le_bytes());
+        }
+        if let Some(t) = self.gguf.tensor("token_embd.weight") {
+            if let Ok(d) = self.gguf.tensor_data(t) {
+                h.write(&d[..d.len().min(64 * 1024)]);
+            }
+        }
+        h.finish()
+    }
+}
