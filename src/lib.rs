@@ -15,6 +15,21 @@
 //!                                               FAM rows, sinks, positions)
 //! ```
 //!
+//! ## Data flow, file to logits
+//!
+//! 1. [`gguf::GgufFile::open`] maps the file and validates header and tensor table.
+//! 2. [`model::Model::from_gguf`] reads [`model::HParams`], checks every weight's shape, and makes
+//!    ggml tensors that point into the map (CPU) or copies them to the device.
+//! 3. [`runtime::Runtime`] adds the [`tokenizer::Tokenizer`] (from `tokenizer.ggml.*`) and the
+//!    [`chat::ChatTemplate`]; [`engine::Engine`] owns a backend, its threadpool and the graph
+//!    allocator.
+//! 4. [`state::FamState::feed`] splits tokens at block boundaries, builds a mask of what each row
+//!    may see, and runs [`forward::build_token_graph`] (embed -> per layer RMSNorm, QKV, RoPE,
+//!    write K/V to slots, flash attention over the slots, o_proj, residual, RMSNorm, SwiGLU,
+//!    residual -> final norm -> LM head). After each block it runs
+//!    [`forward::build_fam_graph`] (the FAM update of every layer, batched).
+//! 5. [`sample::Sampler`] picks the next token; [`tokenizer::StreamDecoder`] emits UTF-8.
+//!
 //! ## Module map
 //!
 //! - [`error`]: the one error enum; variants carry file/key/tensor context.
@@ -24,10 +39,17 @@
 //! - [`ggml`]: the only module that calls into ggml (through `llama-cpp-sys-2`): contexts,
 //!   tensors tied to their context's lifetime, graphs, backends with a persistent threadpool,
 //!   the graph allocator, quantize/dequantize.
-//! - [`model`]: hyperparameters of the `llama` and `qwen2` architectures.
+//! - [`model`]: hyperparameters and weights of the `llama` and `qwen2` architectures.
+//! - [`forward`]: the model as ggml graphs (token graph, FAM update graph, K-shift graph).
+//! - [`kv`]: per-layer K/V slot storage (f16).
+//! - [`state`]: `FamState`, the fixed-size per-stream state and the memory policies.
 //! - [`settings`]: the `fam.*` keys and memory policies (`full`, `bswa`, `sink`, `fam`).
-//! - [`inspect`]: the `famstream inspect` report.
-//!
+//! - [`snapshot`]: the on-disk state format (versioned, checksummed).
+//! - [`engine`]: runs graphs for a state on a backend.
+//! - [`tokenizer`]: byte-level BPE (GPT-2 style) and SentencePiece BPE, from GGUF metadata.
+//! - [`sample`], [`chat`], [`runtime`]: sampling, chat templates, the embedding API.
+//! - [`perplexity`], [`passkey`]: evaluation. [`npy`], [`util`], [`inspect`]: small helpers.
+
 //! ## Invariants
 //!
 //! - Weights are immutable and shared; all per-stream mutable state lives in a separate value.
@@ -38,6 +60,12 @@
 //!   benches use them as an independent oracle. Compute goes through `ggml_*` only.
 //! - Every output file is written to a temporary name and renamed when complete.
 //! - `unsafe` lives in [`ggml`] (FFI) and in [`gguf`] (the mmap); each block says why it is sound.
+//! - A `FamState`'s memory is fixed at creation: it depends on the model and (B, M, F, S), never on
+//!   the stream's length. Positions handed to ggml stay small (RoPE origin rebasing), so numerics
+//!   do not degrade with stream length.
+//! - The engine never decides what a row may see; the state's mask does. The same graph code
+//!   serves every policy, so `fam` with F = 0 is `bswa` and a window covering the stream is
+//!   `full`, bit for bit.
 
 pub mod chat;
 pub mod dtype;

@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""Render results/<scale>/*.json (from tools/eval_policies.sh) as Markdown tables and put them in
+README.md between the markers <!-- results:begin --> and <!-- results:end -->.
+
+usage: tools/results_table.py RESULTS_DIR README.md"""
+import json, sys, re
+from pathlib import Path
+
+d, readme = Path(sys.argv[1]), Path(sys.argv[2])
+def load(pat):
+    return {f.stem: json.loads(f.read_text()) for f in sorted(d.glob(pat))}
+
+ppl = load("ppl-*.json")
+order = ["full", "bswa", "sink", "fam-seed", "fam-bos", "fam-tail", "fam-seed-zero"]
+lines = [f"Measured on SmolLM2-135M-Instruct Q4_1, {d.name} scale, Moby-Dick (`tools/eval_policies.sh {d.name}`).", ""]
+segs = sorted({s["start"] for r in ppl.values() for s in r["segments"]})
+hdr = "| policy | " + " | ".join(f"ppl {s//1024}k-{(s+8192)//1024}k" for s in segs) + " | ppl all | mean KL vs full (0-8k) | state MiB | peak RSS MiB | tok/s |"
+lines += [hdr, "|" + "---|" * (hdr.count("|") - 1)]
+for name in order:
+    r = ppl.get(f"ppl-{name}")
+    if not r:
+        continue
+    by = {s["start"]: s["perplexity"] for s in r["segments"]}
+    cells = [f"{by[s]:.2f}" if s in by else "-" for s in segs]
+    kl = r.get("kl_vs_full")
+    lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['perplexity']:.2f} | {'-' if kl is None else f'{kl:.4f}'} | "
+                 f"{r['state_bytes']/2**20:.0f} | {r['peak_rss_bytes']/2**20:.0f} | {r['tokens_per_second']:.0f} |")
+pk = load("passkey-*.json")
+fillers = sorted({res["filler_tokens"] for r in pk.values() for res in r["results"]})
+lines += ["", "Passkey retrieval (found / trials):", ""]
+hdr = "| policy | " + " | ".join(f"{n//1000}k filler" for n in fillers) + " |"
+lines += [hdr, "|" + "---|" * (hdr.count("|") - 1)]
+for name in order:
+    cells = []
+    for n in fillers:
+        r = pk.get(f"passkey-{name}-{n}")
+        cells.append(f"{r['results'][0]['found']}/{r['results'][0]['trials']}" if r else "-")
+    if any(c != "-" for c in cells):
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+table = "\n".join(lines)
+text = readme.read_text()
+new = re.sub(r"<!-- results:begin -->.*<!-- results:end -->", f"<!-- results:begin -->\n{table}\n<!-- results:end -->", text, flags=re.S)
+if new == text and "<!-- results:begin -->" not in text:
+    new = text + f"\n<!-- results:begin -->\n{table}\n<!-- results:end -->\n"
+readme.write_text(new)
+print(table)
