@@ -13,7 +13,10 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: &str, content: &str) -> Message {
-        Message { role: role.into(), content: content.into() }
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -30,7 +33,11 @@ pub enum ChatTemplate {
 impl ChatTemplate {
     /// Recognise the family of a Jinja template (`None`: no template, use ChatML).
     pub fn detect(template: Option<&str>) -> ChatTemplate {
-        let Some(t) = template else { return ChatTemplate::ChatMl { default_system: None } };
+        let Some(t) = template else {
+            return ChatTemplate::ChatMl {
+                default_system: None,
+            };
+        };
         if t.contains("<|start_header_id|>") {
             ChatTemplate::Llama3
         } else if t.contains("[INST]") {
@@ -59,12 +66,19 @@ impl ChatTemplate {
                         s.push_str(&format!("<|im_start|>system\n{d}<|im_end|>\n"));
                     }
                 }
-                s.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content));
+                s.push_str(&format!(
+                    "<|im_start|>{}\n{}<|im_end|>\n",
+                    m.role, m.content
+                ));
                 s
             }
             ChatTemplate::Llama3 => {
                 let bos = if first { "<|begin_of_text|>" } else { "" };
-                format!("{bos}<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>", m.role, m.content.trim())
+                format!(
+                    "{bos}<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
+                    m.role,
+                    m.content.trim()
+                )
             }
             ChatTemplate::Llama2 => match m.role.as_str() {
                 "system" => format!("<s>[INST] <<SYS>>\n{}\n<</SYS>>\n\n", m.content.trim()),
@@ -95,7 +109,11 @@ impl ChatTemplate {
 
     /// A whole conversation, optionally with the generation prompt.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> String {
-        let mut s: String = messages.iter().enumerate().map(|(i, m)| self.render_turn(m, i == 0)).collect();
+        let mut s: String = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| self.render_turn(m, i == 0))
+            .collect();
         if add_generation_prompt {
             s.push_str(self.generation_prompt());
         }
@@ -112,14 +130,21 @@ mod tests {
     #[test]
     fn smollm2_template_renders_like_its_jinja() {
         let t = ChatTemplate::detect(Some(SMOLLM2));
-        let msgs = [Message::new("user", "Hi"), Message::new("assistant", "Hello!"), Message::new("user", "2+2?")];
+        let msgs = [
+            Message::new("user", "Hi"),
+            Message::new("assistant", "Hello!"),
+            Message::new("user", "2+2?"),
+        ];
         assert_eq!(
             t.render(&msgs, true),
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
              <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n\
              <|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
         );
-        let with_sys = [Message::new("system", "Be brief."), Message::new("user", "Hi")];
+        let with_sys = [
+            Message::new("system", "Be brief."),
+            Message::new("user", "Hi"),
+        ];
         assert_eq!(
             t.render(&with_sys, false),
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
@@ -128,8 +153,19 @@ mod tests {
 
     #[test]
     fn families_are_recognised() {
-        assert_eq!(ChatTemplate::detect(Some("... <|start_header_id|> ...")), ChatTemplate::Llama3);
-        assert_eq!(ChatTemplate::detect(Some("... [INST] ...")), ChatTemplate::Llama2);
-        assert_eq!(ChatTemplate::detect(None), ChatTemplate::ChatMl { default_system: None });
+        assert_eq!(
+            ChatTemplate::detect(Some("... <|start_header_id|> ...")),
+            ChatTemplate::Llama3
+        );
+        assert_eq!(
+            ChatTemplate::detect(Some("... [INST] ...")),
+            ChatTemplate::Llama2
+        );
+        assert_eq!(
+            ChatTemplate::detect(None),
+            ChatTemplate::ChatMl {
+                default_system: None
+            }
+        );
     }
 }

@@ -86,7 +86,10 @@ impl GgmlType {
     }
     /// Look a type up by its ggml name (`q8_0`, `f16`, ...; case-insensitive).
     pub fn from_name(name: &str) -> Option<GgmlType> {
-        TYPES.iter().find(|t| t.name.eq_ignore_ascii_case(name)).map(|t| GgmlType(t.id))
+        TYPES
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(name))
+            .map(|t| GgmlType(t.id))
     }
     pub fn name(self) -> &'static str {
         self.info().map_or("unknown", |t| t.name)
@@ -111,7 +114,9 @@ impl GgmlType {
     /// Bytes of a tensor of shape `ne` (ggml order: ne[0] is the row length), with overflow checks.
     pub fn tensor_size(self, ne: &[u64]) -> Option<u64> {
         let row = self.row_size(*ne.first().unwrap_or(&1))?;
-        ne.iter().skip(1).try_fold(row, |acc, &n| acc.checked_mul(n))
+        ne.iter()
+            .skip(1)
+            .try_fold(row, |acc, &n| acc.checked_mul(n))
     }
     /// Bits per weight of this type.
     pub fn bits_per_weight(self) -> f64 {

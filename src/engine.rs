@@ -3,7 +3,9 @@
 //! outputs. Per-stream state is passed in; the engine holds none.
 
 use crate::error::{Error, Result};
-use crate::forward::{build_fam_graph, build_kshift_graph, build_token_graph, graph_size, SinkStore, TokenBatchShape};
+use crate::forward::{
+    build_fam_graph, build_kshift_graph, build_token_graph, graph_size, SinkStore, TokenBatchShape,
+};
 use crate::ggml::{Allocator, Backend, Context, Graph, Tensor};
 use crate::kv::KvStore;
 use crate::model::Model;
@@ -69,7 +71,11 @@ impl Engine {
             )));
         }
         let alloc = Allocator::new(&backend)?;
-        Ok(Engine { model, backend, alloc })
+        Ok(Engine {
+            model,
+            backend,
+            alloc,
+        })
     }
 
     pub fn backend(&self) -> &Backend {
@@ -94,7 +100,12 @@ impl Engine {
     }
 
     /// Run one batch of tokens through the model.
-    pub fn run_tokens(&mut self, kv: &KvStore, sinks: Option<&[Tensor<'_>]>, b: &TokenBatch) -> Result<TokenResult> {
+    pub fn run_tokens(
+        &mut self,
+        kv: &KvStore,
+        sinks: Option<&[Tensor<'_>]>,
+        b: &TokenBatch,
+    ) -> Result<TokenResult> {
         let n = b.tokens.len();
         let hp = &self.model.hp;
         if n == 0 || b.pos.len() != n || b.slots.len() != n || b.mask.len() != n * b.n_kv {
@@ -112,17 +123,31 @@ impl Engine {
             || !b.sink_capture.iter().all(|&(_, _, s)| in_cache(s))
             || !b.sink_rotate.iter().all(|&(_, s)| in_cache(s))
         {
-            return Err(Error::Invalid(format!("batch addresses slots beyond the {} of the cache", kv.n_slots())));
+            return Err(Error::Invalid(format!(
+                "batch addresses slots beyond the {} of the cache",
+                kv.n_slots()
+            )));
         }
         if let Some(&t) = b.tokens.iter().find(|&&t| t as usize >= hp.n_vocab) {
-            return Err(Error::Invalid(format!("token id {t} is outside the vocabulary of {}", hp.n_vocab)));
+            return Err(Error::Invalid(format!(
+                "token id {t} is outside the vocabulary of {}",
+                hp.n_vocab
+            )));
         }
         let rows_ok = |r: &[i32]| r.iter().all(|&i| i >= 0 && (i as usize) < n);
-        if !rows_ok(b.out_rows.unwrap_or(&[])) || !rows_ok(b.capture_rows) || !b.sink_capture.iter().all(|c| c.0 >= 0 && (c.0 as usize) < n) {
+        if !rows_ok(b.out_rows.unwrap_or(&[]))
+            || !rows_ok(b.capture_rows)
+            || !b
+                .sink_capture
+                .iter()
+                .all(|c| c.0 >= 0 && (c.0 as usize) < n)
+        {
             return Err(Error::Invalid("batch row index out of range".into()));
         }
         if (!b.sink_capture.is_empty() || !b.sink_rotate.is_empty()) && sinks.is_none() {
-            return Err(Error::Invalid("sink operations without a sink store".into()));
+            return Err(Error::Invalid(
+                "sink operations without a sink store".into(),
+            ));
         }
         let shape = TokenBatchShape {
             n_tokens: n,
@@ -150,18 +175,34 @@ impl Engine {
             }
             if let Some((rows, idx, slots)) = inp.sink_capture {
                 rows.write_i32(&b.sink_capture.iter().map(|c| c.0).collect::<Vec<_>>())?;
-                idx.write_bytes(0, as_bytes(&b.sink_capture.iter().map(|c| c.1).collect::<Vec<_>>()))?;
-                slots.write_bytes(0, as_bytes(&b.sink_capture.iter().map(|c| c.2).collect::<Vec<_>>()))?;
+                idx.write_bytes(
+                    0,
+                    as_bytes(&b.sink_capture.iter().map(|c| c.1).collect::<Vec<_>>()),
+                )?;
+                slots.write_bytes(
+                    0,
+                    as_bytes(&b.sink_capture.iter().map(|c| c.2).collect::<Vec<_>>()),
+                )?;
             }
             if let Some((pos, slots)) = inp.sink_rotate {
                 pos.write_i32(&b.sink_rotate.iter().map(|c| c.0).collect::<Vec<_>>())?;
-                slots.write_bytes(0, as_bytes(&b.sink_rotate.iter().map(|c| c.1).collect::<Vec<_>>()))?;
+                slots.write_bytes(
+                    0,
+                    as_bytes(&b.sink_rotate.iter().map(|c| c.1).collect::<Vec<_>>()),
+                )?;
             }
             Ok(())
         })?;
         let logits = out.logits.read_f32()?;
-        let layer_inputs = out.layer_inputs.iter().map(|t| t.read_f32()).collect::<Result<_>>()?;
-        Ok(TokenResult { logits, layer_inputs })
+        let layer_inputs = out
+            .layer_inputs
+            .iter()
+            .map(|t| t.read_f32())
+            .collect::<Result<_>>()?;
+        Ok(TokenResult {
+            logits,
+            layer_inputs,
+        })
     }
 
     /// Run a FAM update (or K/V refresh) for every layer.
@@ -175,7 +216,11 @@ impl Engine {
                 return Err(Error::Invalid("inconsistent FAM update".into()));
             }
         }
-        if !b.slots.iter().all(|&s| s >= 0 && (s as usize) < kv.n_slots()) {
+        if !b
+            .slots
+            .iter()
+            .all(|&s| s >= 0 && (s as usize) < kv.n_slots())
+        {
             return Err(Error::Invalid("FAM slots beyond the cache".into()));
         }
         let model = self.model.clone();

@@ -9,9 +9,17 @@ use std::path::PathBuf;
 #[derive(Debug)]
 pub enum Error {
     /// An I/O operation on `path` failed.
-    Io { path: PathBuf, op: &'static str, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
     /// A GGUF file is malformed. `at` is the byte offset where the problem was found.
-    Gguf { path: PathBuf, at: u64, what: String },
+    Gguf {
+        path: PathBuf,
+        at: u64,
+        what: String,
+    },
     /// A metadata key is missing or has the wrong type.
     Metadata { key: String, what: String },
     /// A tensor is missing or has the wrong type/shape.
@@ -30,13 +38,23 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, op: &'static str, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), op, source }
+        Error::Io {
+            path: path.into(),
+            op,
+            source,
+        }
     }
     pub fn metadata(key: &str, what: impl Into<String>) -> Self {
-        Error::Metadata { key: key.to_string(), what: what.into() }
+        Error::Metadata {
+            key: key.to_string(),
+            what: what.into(),
+        }
     }
     pub fn tensor(name: &str, what: impl Into<String>) -> Self {
-        Error::Tensor { name: name.to_string(), what: what.into() }
+        Error::Tensor {
+            name: name.to_string(),
+            what: what.into(),
+        }
     }
 }
 

@@ -73,7 +73,13 @@ fn norm<'a>(ctx: &'a Context, x: Tensor<'a>, w: Tensor<'a>, eps: f32) -> Tensor<
 }
 
 /// `W x + b`. (`nn.Linear`)
-fn linear<'a>(ctx: &'a Context, m: &'a Model, w: usize, b: Option<usize>, x: Tensor<'a>) -> Tensor<'a> {
+fn linear<'a>(
+    ctx: &'a Context,
+    m: &'a Model,
+    w: usize,
+    b: Option<usize>,
+    x: Tensor<'a>,
+) -> Tensor<'a> {
     let y = ctx.mul_mat(m.w(w), x);
     match b {
         Some(b) => ctx.add(y, m.w(b)),
@@ -111,7 +117,16 @@ pub fn qkv<'a>(
     let q = ctx.reshape(q, &[hd, hp.n_head as i64, n]);
     let k_raw = ctx.reshape(k, &[hd, hp.n_head_kv as i64, n]);
     // apply_rotary_pos_emb
-    let q = ctx.rope(q, pos, hp.rope_dims, neox, hp.rope_freq_base, hp.n_ctx_train).set_name(&format!("q-{il}"));
+    let q = ctx
+        .rope(
+            q,
+            pos,
+            hp.rope_dims,
+            neox,
+            hp.rope_freq_base,
+            hp.n_ctx_train,
+        )
+        .set_name(&format!("q-{il}"));
     let k = rope(ctx, m, k_raw, pos).set_name(&format!("k-{il}"));
     Qkv { q, k, k_raw, v }
 }
@@ -120,7 +135,14 @@ pub fn qkv<'a>(
 pub fn rope<'a>(ctx: &'a Context, m: &Model, x: Tensor<'a>, pos: Tensor<'a>) -> Tensor<'a> {
     let hp = &m.hp;
     let neox = hp.arch.rope_layout() == RopeLayout::Halves;
-    ctx.rope(x, pos, hp.rope_dims, neox, hp.rope_freq_base, hp.n_ctx_train)
+    ctx.rope(
+        x,
+        pos,
+        hp.rope_dims,
+        neox,
+        hp.rope_freq_base,
+        hp.n_ctx_train,
+    )
 }
 
 /// Attention of q [hd, n_head, n] over KV slots [0, n_kv) of layer `il`, with `mask`.
@@ -140,9 +162,19 @@ pub fn attend<'a>(
     let n = q.ne()[2];
     let row = kc.nb()[1];
     let es = 2; // f16 element size
-    // [hd, n_kv, n_head_kv] views of the [hd * n_head_kv, n_slots] caches.
-    let k = ctx.view(kc, &[hd as i64, n_kv as i64, hp.n_head_kv as i64], &[row, hd * es], 0);
-    let v = ctx.view(vc, &[hd as i64, n_kv as i64, hp.n_head_kv as i64], &[row, hd * es], 0);
+                // [hd, n_kv, n_head_kv] views of the [hd * n_head_kv, n_slots] caches.
+    let k = ctx.view(
+        kc,
+        &[hd as i64, n_kv as i64, hp.n_head_kv as i64],
+        &[row, hd * es],
+        0,
+    );
+    let v = ctx.view(
+        vc,
+        &[hd as i64, n_kv as i64, hp.n_head_kv as i64],
+        &[row, hd * es],
+        0,
+    );
     let q = ctx.permute(q, [0, 2, 1, 3]); // [hd, n, n_head]
     let scale = 1.0 / (hd as f32).sqrt();
     let o = ctx.flash_attn_ext(q, k, v, Some(mask), scale); // [hd, n_head, n]
@@ -176,20 +208,33 @@ pub fn build_token_graph<'a>(
     let pos = input(GgmlType::I32, &[n], "pos");
     let slots = input(GgmlType::I64, &[n], "slots");
     let mask = input(GgmlType::F16, &[shape.n_kv as i64, n], "mask");
-    let capture_rows = (shape.n_capture > 0).then(|| input(GgmlType::I32, &[shape.n_capture as i64], "capture_rows"));
+    let capture_rows = (shape.n_capture > 0)
+        .then(|| input(GgmlType::I32, &[shape.n_capture as i64], "capture_rows"));
     let k = shape.n_sink_capture as i64;
     let sink_capture = (k > 0).then(|| {
-        (input(GgmlType::I32, &[k], "sink_rows"), input(GgmlType::I64, &[k], "sink_idx"), input(GgmlType::I64, &[k], "sink_slots"))
+        (
+            input(GgmlType::I32, &[k], "sink_rows"),
+            input(GgmlType::I64, &[k], "sink_idx"),
+            input(GgmlType::I64, &[k], "sink_slots"),
+        )
     });
     let r = shape.n_sink_rotate as i64;
-    let sink_rotate = (r > 0).then(|| (input(GgmlType::I32, &[r], "sink_pos"), input(GgmlType::I64, &[r], "sink_rot_slots")));
+    let sink_rotate = (r > 0).then(|| {
+        (
+            input(GgmlType::I32, &[r], "sink_pos"),
+            input(GgmlType::I64, &[r], "sink_rot_slots"),
+        )
+    });
 
     let mut x = ctx.get_rows(m.token_embd(), tokens).set_name("inp_embd"); // [n_embd, n]
     let mut layer_inputs = Vec::new();
     for il in 0..hp.n_layer {
         let l = m.layer(il);
         if let Some(rows) = capture_rows {
-            let c = ctx.get_rows(x, rows).set_name(&format!("layer_in-{il}")).set_output();
+            let c = ctx
+                .get_rows(x, rows)
+                .set_name(&format!("layer_in-{il}"))
+                .set_output();
             gf.expand(c);
             layer_inputs.push(c);
         }
@@ -206,26 +251,54 @@ pub fn build_token_graph<'a>(
         }
         if let (Some(st), Some((spos, sslots))) = (sinks, sink_rotate) {
             // Sinks outside the window sit just before it: rotate their stored K there.
-            let raw = ctx.view(st.k_raw[il], &[hp.head_dim as i64, hp.n_head_kv as i64, r], &[hp.head_dim * 2, kv.n_embd_kv() * 2], 0);
+            let raw = ctx.view(
+                st.k_raw[il],
+                &[hp.head_dim as i64, hp.n_head_kv as i64, r],
+                &[hp.head_dim * 2, kv.n_embd_kv() * 2],
+                0,
+            );
             let rot = rope(ctx, m, ctx.cont(raw), spos);
             kc = ctx.set_rows(kc, ctx.reshape(rot, &[n_embd_kv, r]), sslots);
         }
         let attn = attend(ctx, m, q, kc, vc, shape.n_kv, mask).set_name(&format!("kqv-{il}"));
-        let attn = ctx.mul_mat(m.w(l.wo), attn).set_name(&format!("attn_out-{il}")); // o_proj
+        let attn = ctx
+            .mul_mat(m.w(l.wo), attn)
+            .set_name(&format!("attn_out-{il}")); // o_proj
         x = ctx.add(x, attn).set_name(&format!("ffn_inp-{il}")); // residual
         let h = norm(ctx, x, m.w(l.ffn_norm), hp.rms_eps).set_name(&format!("ffn_norm-{il}"));
         let f = ffn(ctx, m, l, h).set_name(&format!("ffn_out-{il}"));
         x = ctx.add(x, f).set_name(&format!("l_out-{il}")); // residual
     }
-    let out_rows = shape.n_out.map(|k| input(GgmlType::I32, &[k as i64], "out_rows"));
+    let out_rows = shape
+        .n_out
+        .map(|k| input(GgmlType::I32, &[k as i64], "out_rows"));
     if let Some(r) = out_rows {
         x = ctx.get_rows(x, r); // [n_embd, n_out]
     }
     let x = norm(ctx, x, m.output_norm(), hp.rms_eps).set_name("result_norm");
-    let logits = ctx.mul_mat(m.output(), x).set_name("result_output").set_output(); // lm_head
+    let logits = ctx
+        .mul_mat(m.output(), x)
+        .set_name("result_output")
+        .set_output(); // lm_head
     gf.expand(logits);
-    let inputs = TokenInputs { tokens, pos, slots, mask, out_rows, capture_rows, sink_capture, sink_rotate };
-    (gf, inputs, TokenOutputs { logits, layer_inputs })
+    let inputs = TokenInputs {
+        tokens,
+        pos,
+        slots,
+        mask,
+        out_rows,
+        capture_rows,
+        sink_capture,
+        sink_rotate,
+    };
+    (
+        gf,
+        inputs,
+        TokenOutputs {
+            logits,
+            layer_inputs,
+        },
+    )
 }
 
 /// Write K/V of FAM rows `x` [n_embd, F] (layer `il`'s input activations) at positions `pos`
@@ -244,7 +317,10 @@ fn fam_kv<'a>(
     let h = norm(ctx, x, m.w(l.attn_norm), m.hp.rms_eps);
     let Qkv { k, v, .. } = qkv(ctx, m, l, h, pos, il);
     let n_embd_kv = kv.n_embd_kv() as i64;
-    (ctx.set_rows(kv.k(il), ctx.reshape(k, &[n_embd_kv, f]), slots), ctx.set_rows(kv.v(il), v, slots))
+    (
+        ctx.set_rows(kv.k(il), ctx.reshape(k, &[n_embd_kv, f]), slots),
+        ctx.set_rows(kv.v(il), v, slots),
+    )
 }
 
 /// Inputs of a FAM graph.
@@ -296,7 +372,9 @@ pub fn build_fam_graph<'a>(
                 let o = ctx.mul_mat(m.w(l.wo), attn);
                 let r = if zero_residual { o } else { ctx.add(o, x) };
                 let hn = norm(ctx, r, m.w(l.ffn_norm), hp.rms_eps);
-                let out = ctx.add(r, ffn(ctx, m, l, hn)).set_name(&format!("fam_new-{il}"));
+                let out = ctx
+                    .add(r, ffn(ctx, m, l, hn))
+                    .set_name(&format!("fam_new-{il}"));
                 // Overwrite the stored activations (after all reads of `x`: `out` depends on them).
                 let stored = ctx.cpy(out, x);
                 gf.expand(stored);
@@ -308,20 +386,42 @@ pub fn build_fam_graph<'a>(
         gf.expand(kc);
         gf.expand(vc);
     }
-    (gf, FamInputs { q_pos, pos, slots, mask })
+    (
+        gf,
+        FamInputs {
+            q_pos,
+            pos,
+            slots,
+            mask,
+        },
+    )
 }
 
 /// Rotate stored keys of slots [from, to) of every layer by `delta` positions (a change of the
 /// stream's RoPE origin). The angle of a rotation by delta is computed once in f32 for a small
 /// delta, so stored keys keep their precision.
-pub fn build_kshift_graph<'a>(ctx: &'a Context, m: &'a Model, kv: &'a KvStore, from: usize, to: usize) -> (Graph<'a>, Tensor<'a>) {
+pub fn build_kshift_graph<'a>(
+    ctx: &'a Context,
+    m: &'a Model,
+    kv: &'a KvStore,
+    from: usize,
+    to: usize,
+) -> (Graph<'a>, Tensor<'a>) {
     let hp = &m.hp;
     let n = (to - from) as i64;
     let mut gf = ctx.new_graph(graph_size(hp.n_layer));
-    let shift = ctx.new_tensor(GgmlType::I32, &[n]).set_name("kshift").set_input();
+    let shift = ctx
+        .new_tensor(GgmlType::I32, &[n])
+        .set_name("kshift")
+        .set_input();
     let row = kv.n_embd_kv() * 2;
     for il in 0..hp.n_layer {
-        let view = ctx.view(kv.k(il), &[hp.head_dim as i64, hp.n_head_kv as i64, n], &[hp.head_dim * 2, row], from * row);
+        let view = ctx.view(
+            kv.k(il),
+            &[hp.head_dim as i64, hp.n_head_kv as i64, n],
+            &[hp.head_dim * 2, row],
+            from * row,
+        );
         let rot = rope(ctx, m, view, shift);
         gf.expand(ctx.cpy(rot, view));
     }

@@ -67,7 +67,11 @@ impl Context {
     }
 
     /// A context that also holds tensor data (host memory), `data_bytes` in all.
-    pub fn new_with_data(n_tensors: usize, data_bytes: usize, graph_size: usize) -> Result<Context> {
+    pub fn new_with_data(
+        n_tensors: usize,
+        data_bytes: usize,
+        graph_size: usize,
+    ) -> Result<Context> {
         // SAFETY: pure size computations.
         let mem = unsafe {
             sys::ggml_tensor_overhead() * n_tensors
@@ -79,7 +83,11 @@ impl Context {
 
     fn with_params(mem_size: usize, no_alloc: bool) -> Result<Context> {
         init_logging();
-        let params = sys::ggml_init_params { mem_size, mem_buffer: std::ptr::null_mut(), no_alloc };
+        let params = sys::ggml_init_params {
+            mem_size,
+            mem_buffer: std::ptr::null_mut(),
+            no_alloc,
+        };
         // SAFETY: ggml_init allocates its own arena (mem_buffer null) and returns null on failure.
         let ptr = unsafe { sys::ggml_init(params) };
         NonNull::new(ptr)
@@ -94,7 +102,10 @@ impl Context {
     fn wrap(&self, t: *mut sys::ggml_tensor) -> Tensor<'_> {
         // ggml returns null only when the arena is full, which is a sizing bug of ours.
         let ptr = NonNull::new(t).expect("ggml context arena exhausted (tensor count too small)");
-        Tensor { ptr, _ctx: PhantomData }
+        Tensor {
+            ptr,
+            _ctx: PhantomData,
+        }
     }
 
     /// A new tensor of type `ty` and shape `ne` (ggml order, 1 to 4 dims).
@@ -116,7 +127,10 @@ impl Context {
     pub fn new_graph(&self, size: usize) -> Graph<'_> {
         // SAFETY: valid context; the context was sized for this graph.
         let g = unsafe { sys::ggml_new_graph_custom(self.raw(), size, false) };
-        Graph { ptr: NonNull::new(g).expect("ggml context arena exhausted (graph)"), _ctx: PhantomData }
+        Graph {
+            ptr: NonNull::new(g).expect("ggml context arena exhausted (graph)"),
+            _ctx: PhantomData,
+        }
     }
 
     /// All tensors of this context, allocated in one new buffer of `backend`.
@@ -172,7 +186,11 @@ impl<'a> Tensor<'a> {
     }
     pub fn name(&self) -> String {
         let n = &self.hdr().name;
-        let bytes: Vec<u8> = n.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        let bytes: Vec<u8> = n
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
     /// Name the tensor (truncated to ggml's 63 bytes). Named intermediates make graphs
@@ -200,7 +218,11 @@ impl<'a> Tensor<'a> {
     }
     /// Copy `data` into the tensor starting at byte `offset` (any backend).
     pub fn write_bytes(self, offset: usize, data: &[u8]) -> Result<()> {
-        if !self.has_data() || offset.checked_add(data.len()).is_none_or(|e| e > self.nbytes()) {
+        if !self.has_data()
+            || offset
+                .checked_add(data.len())
+                .is_none_or(|e| e > self.nbytes())
+        {
             return Err(Error::Ggml(format!(
                 "write of {} bytes at {offset} into tensor `{}` of {} bytes (allocated: {})",
                 data.len(),
@@ -232,12 +254,17 @@ impl<'a> Tensor<'a> {
     pub fn write_i32(self, data: &[i32]) -> Result<()> {
         self.check_type(GgmlType::I32)?;
         // SAFETY: i32 has no padding; any byte pattern is a valid u8.
-        let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), data.len() * 4) };
+        let bytes =
+            unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), data.len() * 4) };
         self.write_bytes(0, bytes)
     }
     fn check_type(&self, ty: GgmlType) -> Result<()> {
         if self.ty() != ty {
-            return Err(Error::Ggml(format!("tensor `{}` is {}, not {ty}", self.name(), self.ty())));
+            return Err(Error::Ggml(format!(
+                "tensor `{}` is {}, not {ty}",
+                self.name(),
+                self.ty()
+            )));
         }
         Ok(())
     }
@@ -245,13 +272,20 @@ impl<'a> Tensor<'a> {
     pub fn read_bytes(&self) -> Result<Vec<u8>> {
         // SAFETY: header read.
         if !self.has_data() || !unsafe { sys::ggml_is_contiguous(self.raw()) } {
-            return Err(Error::Ggml(format!("tensor `{}` is not readable (unallocated or a view)", self.name())));
+            return Err(Error::Ggml(format!(
+                "tensor `{}` is not readable (unallocated or a view)",
+                self.name()
+            )));
         }
         let mut out = vec![0u8; self.nbytes()];
         // SAFETY: allocated contiguous tensor of nbytes; `out` has that size.
         unsafe {
             if self.hdr().buffer.is_null() {
-                std::ptr::copy_nonoverlapping(self.hdr().data as *const u8, out.as_mut_ptr(), out.len());
+                std::ptr::copy_nonoverlapping(
+                    self.hdr().data as *const u8,
+                    out.as_mut_ptr(),
+                    out.len(),
+                );
             } else {
                 sys::ggml_backend_tensor_get(self.raw(), out.as_mut_ptr().cast(), 0, out.len());
             }
@@ -262,20 +296,29 @@ impl<'a> Tensor<'a> {
     pub fn read_f32(&self) -> Result<Vec<f32>> {
         self.check_type(GgmlType::F32)?;
         let b = self.read_bytes()?;
-        Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
     /// Read part of an f32 tensor into `out`: `out.len()` values starting at element `start`.
     pub fn read_f32_into(&self, start: usize, out: &mut [f32]) -> Result<()> {
         self.check_type(GgmlType::F32)?;
         let (off, len) = (start * 4, out.len() * 4);
         // SAFETY: header reads.
-        if !self.has_data() || !unsafe { sys::ggml_is_contiguous(self.raw()) } || off + len > self.nbytes() {
+        if !self.has_data()
+            || !unsafe { sys::ggml_is_contiguous(self.raw()) }
+            || off + len > self.nbytes()
+        {
             return Err(Error::Ggml(format!("bad read of tensor `{}`", self.name())));
         }
         // SAFETY: allocated contiguous tensor; range checked; `out` holds `len` bytes.
         unsafe {
             if self.hdr().buffer.is_null() {
-                std::ptr::copy_nonoverlapping((self.hdr().data as *const u8).add(off), out.as_mut_ptr().cast(), len);
+                std::ptr::copy_nonoverlapping(
+                    (self.hdr().data as *const u8).add(off),
+                    out.as_mut_ptr().cast(),
+                    len,
+                );
             } else {
                 sys::ggml_backend_tensor_get(self.raw(), out.as_mut_ptr().cast(), off, len);
             }
@@ -327,7 +370,12 @@ impl Context {
         self.wrap(unsafe { sys::ggml_swiglu_split(self.raw(), gate.raw(), up.raw()) })
     }
     /// Softmax over rows of `a * scale + mask` (mask broadcast over dims 2 and 3).
-    pub fn soft_max_ext<'a>(&'a self, a: Tensor<'a>, mask: Option<Tensor<'a>>, scale: f32) -> Tensor<'a> {
+    pub fn soft_max_ext<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        mask: Option<Tensor<'a>>,
+        scale: f32,
+    ) -> Tensor<'a> {
         let m = mask.map_or(std::ptr::null_mut(), |m| m.raw());
         self.wrap(unsafe { sys::ggml_soft_max_ext(self.raw(), a.raw(), m, scale, 0.0) })
     }
@@ -342,7 +390,9 @@ impl Context {
         scale: f32,
     ) -> Tensor<'a> {
         let m = mask.map_or(std::ptr::null_mut(), |m| m.raw());
-        let t = unsafe { sys::ggml_flash_attn_ext(self.raw(), q.raw(), k.raw(), v.raw(), m, scale, 0.0, 0.0) };
+        let t = unsafe {
+            sys::ggml_flash_attn_ext(self.raw(), q.raw(), k.raw(), v.raw(), m, scale, 0.0, 0.0)
+        };
         // SAFETY: valid result tensor.
         unsafe { sys::ggml_flash_attn_ext_set_prec(t, sys::GGML_PREC_F32) };
         self.wrap(t)
@@ -354,7 +404,9 @@ impl Context {
         self.wrap(unsafe { sys::ggml_transpose(self.raw(), a.raw()) })
     }
     pub fn permute<'a>(&'a self, a: Tensor<'a>, axes: [i32; 4]) -> Tensor<'a> {
-        self.wrap(unsafe { sys::ggml_permute(self.raw(), a.raw(), axes[0], axes[1], axes[2], axes[3]) })
+        self.wrap(unsafe {
+            sys::ggml_permute(self.raw(), a.raw(), axes[0], axes[1], axes[2], axes[3])
+        })
     }
     /// Reshape a contiguous tensor.
     pub fn reshape<'a>(&'a self, a: Tensor<'a>, ne: &[i64]) -> Tensor<'a> {
@@ -371,12 +423,20 @@ impl Context {
     }
     /// A strided view: shape `ne`, byte strides `nb[1..]` (nb[0] is the element size), starting
     /// `offset` bytes into `a`.
-    pub fn view<'a>(&'a self, a: Tensor<'a>, ne: &[i64], nb: &[usize], offset: usize) -> Tensor<'a> {
+    pub fn view<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        ne: &[i64],
+        nb: &[usize],
+        offset: usize,
+    ) -> Tensor<'a> {
         let t = unsafe {
             match (ne, nb) {
                 ([x], []) => sys::ggml_view_1d(self.raw(), a.raw(), *x, offset),
                 ([x, y], [n1]) => sys::ggml_view_2d(self.raw(), a.raw(), *x, *y, *n1, offset),
-                ([x, y, z], [n1, n2]) => sys::ggml_view_3d(self.raw(), a.raw(), *x, *y, *z, *n1, *n2, offset),
+                ([x, y, z], [n1, n2]) => {
+                    sys::ggml_view_3d(self.raw(), a.raw(), *x, *y, *z, *n1, *n2, offset)
+                }
                 ([x, y, z, w], [n1, n2, n3]) => {
                     sys::ggml_view_4d(self.raw(), a.raw(), *x, *y, *z, *w, *n1, *n2, *n3, offset)
                 }
@@ -391,12 +451,31 @@ impl Context {
     }
     /// Rotary position embedding of `a` [head_dim, n_head, n] at positions `pos` (i32 [n]).
     /// `neox`: pairs (i, i + d/2) instead of (2i, 2i+1).
-    pub fn rope<'a>(&'a self, a: Tensor<'a>, pos: Tensor<'a>, n_dims: usize, neox: bool, freq_base: f32, n_ctx_orig: usize) -> Tensor<'a> {
+    pub fn rope<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        pos: Tensor<'a>,
+        n_dims: usize,
+        neox: bool,
+        freq_base: f32,
+        n_ctx_orig: usize,
+    ) -> Tensor<'a> {
         let mode = if neox { 2 } else { 0 };
         self.wrap(unsafe {
             sys::ggml_rope_ext(
-                self.raw(), a.raw(), pos.raw(), std::ptr::null_mut(), n_dims as i32, mode,
-                n_ctx_orig as i32, freq_base, 1.0, 0.0, 1.0, 32.0, 1.0,
+                self.raw(),
+                a.raw(),
+                pos.raw(),
+                std::ptr::null_mut(),
+                n_dims as i32,
+                mode,
+                n_ctx_orig as i32,
+                freq_base,
+                1.0,
+                0.0,
+                1.0,
+                32.0,
+                1.0,
             )
         })
     }
@@ -452,7 +531,9 @@ impl Buffer {
             return Err(Error::Ggml("host buffer is not 32-byte aligned".into()));
         }
         // SAFETY: caller guarantees lifetime; ggml does not write weight memory.
-        let b = unsafe { sys::ggml_backend_cpu_buffer_from_ptr(data.as_ptr() as *mut c_void, data.len()) };
+        let b = unsafe {
+            sys::ggml_backend_cpu_buffer_from_ptr(data.as_ptr() as *mut c_void, data.len())
+        };
         NonNull::new(b)
             .map(|ptr| Buffer { ptr })
             .ok_or_else(|| Error::Ggml("cannot wrap host memory as a CPU buffer".into()))
@@ -473,7 +554,10 @@ impl Buffer {
             sys::ggml_backend_tensor_alloc(self.ptr.as_ptr(), t.raw(), base.add(offset).cast())
         };
         if st != sys::GGML_STATUS_SUCCESS {
-            return Err(Error::Ggml(format!("cannot place tensor `{}` (status {st})", t.name())));
+            return Err(Error::Ggml(format!(
+                "cannot place tensor `{}` (status {st})",
+                t.name()
+            )));
         }
         Ok(())
     }
@@ -489,7 +573,12 @@ impl Buffer {
     /// Tell the scheduler these are weights (affects op placement on multi-device setups).
     pub fn mark_weights(&self) {
         // SAFETY: valid buffer.
-        unsafe { sys::ggml_backend_buffer_set_usage(self.ptr.as_ptr(), sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS) }
+        unsafe {
+            sys::ggml_backend_buffer_set_usage(
+                self.ptr.as_ptr(),
+                sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS,
+            )
+        }
     }
 }
 
@@ -529,7 +618,9 @@ pub fn devices() -> Vec<DeviceInfo> {
             .map(|i| {
                 let d = sys::ggml_backend_dev_get(i);
                 DeviceInfo {
-                    name: CStr::from_ptr(sys::ggml_backend_dev_name(d)).to_string_lossy().into_owned(),
+                    name: CStr::from_ptr(sys::ggml_backend_dev_name(d))
+                        .to_string_lossy()
+                        .into_owned(),
                     description: CStr::from_ptr(sys::ggml_backend_dev_description(d))
                         .to_string_lossy()
                         .into_owned(),
@@ -561,16 +652,27 @@ impl Backend {
                 sys::ggml_backend_cpu_set_threadpool(ptr.as_ptr(), tp.as_ptr());
             }
         }
-        Ok(Backend { ptr, threadpool, name: "CPU".into(), is_cpu: true })
+        Ok(Backend {
+            ptr,
+            threadpool,
+            name: "CPU".into(),
+            is_cpu: true,
+        })
     }
 
     /// A backend by device name from ggml's registry (e.g. "Vulkan0", "Metal", "CPU").
     pub fn by_device_name(name: &str, n_threads: usize) -> Result<Backend> {
-        let dev = devices().into_iter().find(|d| d.name.eq_ignore_ascii_case(name));
+        let dev = devices()
+            .into_iter()
+            .find(|d| d.name.eq_ignore_ascii_case(name));
         match dev {
             None => Err(Error::Invalid(format!(
                 "no ggml device named `{name}` (available: {})",
-                devices().iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                devices()
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
             Some(d) if d.is_cpu => Backend::cpu(n_threads),
             Some(d) => {
@@ -582,7 +684,12 @@ impl Backend {
                 };
                 let ptr = NonNull::new(ptr)
                     .ok_or_else(|| Error::Ggml(format!("cannot initialise device `{}`", d.name)))?;
-                Ok(Backend { ptr, threadpool: None, name: d.name, is_cpu: false })
+                Ok(Backend {
+                    ptr,
+                    threadpool: None,
+                    name: d.name,
+                    is_cpu: false,
+                })
             }
         }
     }
@@ -603,7 +710,10 @@ impl Backend {
         // buffers), which ggml checks.
         let st = unsafe { sys::ggml_backend_graph_compute(self.raw(), graph.raw()) };
         if st != sys::GGML_STATUS_SUCCESS {
-            return Err(Error::Ggml(format!("graph compute failed on {} (status {st})", self.name)));
+            return Err(Error::Ggml(format!(
+                "graph compute failed on {} (status {st})",
+                self.name
+            )));
         }
         Ok(())
     }
@@ -689,11 +799,17 @@ pub fn quantize(ty: GgmlType, src: &[f32], n_per_row: usize) -> Result<Vec<u8>> 
         return Err(Error::Unsupported(format!("quantizing to {ty}")));
     }
     if n_per_row == 0 || src.len() % n_per_row != 0 {
-        return Err(Error::Invalid(format!("{} values are not rows of {n_per_row}", src.len())));
+        return Err(Error::Invalid(format!(
+            "{} values are not rows of {n_per_row}",
+            src.len()
+        )));
     }
-    let row = ty
-        .row_size(n_per_row as u64)
-        .ok_or_else(|| Error::Invalid(format!("row length {n_per_row} is not a multiple of {ty}'s block {}", ty.block_size())))?;
+    let row = ty.row_size(n_per_row as u64).ok_or_else(|| {
+        Error::Invalid(format!(
+            "row length {n_per_row} is not a multiple of {ty}'s block {}",
+            ty.block_size()
+        ))
+    })?;
     let nrows = src.len() / n_per_row;
     let mut out = vec![0u8; row as usize * nrows];
     // SAFETY: id validated; `src` holds nrows*n_per_row f32; `out` holds nrows rows of `row`
@@ -711,7 +827,10 @@ pub fn quantize(ty: GgmlType, src: &[f32], n_per_row: usize) -> Result<Vec<u8>> 
         )
     };
     if written != out.len() {
-        return Err(Error::Ggml(format!("quantize wrote {written} bytes, expected {}", out.len())));
+        return Err(Error::Ggml(format!(
+            "quantize wrote {written} bytes, expected {}",
+            out.len()
+        )));
     }
     Ok(out)
 }
@@ -722,11 +841,17 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>> {
         if data.len() != n * 4 {
             return Err(Error::Invalid("f32 data of the wrong length".into()));
         }
-        return Ok(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+        return Ok(data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect());
     }
     let need = ty.row_size(n as u64);
     if need != Some(data.len() as u64) || ggml_type_traits(ty).is_none() {
-        return Err(Error::Invalid(format!("{} bytes are not {n} values of {ty}", data.len())));
+        return Err(Error::Invalid(format!(
+            "{} bytes are not {n} values of {ty}",
+            data.len()
+        )));
     }
     let mut out = vec![0f32; n];
     // SAFETY: id validated; the traits table is static; to_float reads exactly row_size(n) bytes
@@ -759,7 +884,11 @@ unsafe impl Sync for TensorSet {}
 impl TensorSet {
     /// Room for `capacity` tensors (headers only; data is placed or allocated later).
     pub fn new(capacity: usize) -> Result<TensorSet> {
-        Ok(TensorSet { buffers: Vec::new(), ptrs: Vec::with_capacity(capacity), ctx: Context::new_no_alloc(capacity, 0)? })
+        Ok(TensorSet {
+            buffers: Vec::new(),
+            ptrs: Vec::with_capacity(capacity),
+            ctx: Context::new_no_alloc(capacity, 0)?,
+        })
     }
     /// Add a tensor; returns its index.
     pub fn add(&mut self, name: &str, ty: GgmlType, ne: &[i64]) -> usize {
@@ -768,7 +897,10 @@ impl TensorSet {
         self.ptrs.len() - 1
     }
     pub fn get(&self, i: usize) -> Tensor<'_> {
-        Tensor { ptr: self.ptrs[i], _ctx: PhantomData }
+        Tensor {
+            ptr: self.ptrs[i],
+            _ctx: PhantomData,
+        }
     }
     pub fn len(&self) -> usize {
         self.ptrs.len()
@@ -793,7 +925,11 @@ impl TensorSet {
     /// # Safety
     /// `host` must stay valid and unmodified for as long as this set exists, and be 32-byte
     /// aligned; the tensors placed there must only be read by graphs (weights).
-    pub unsafe fn place_in_host(&mut self, host: &[u8], placements: &[(usize, usize)]) -> Result<()> {
+    pub unsafe fn place_in_host(
+        &mut self,
+        host: &[u8],
+        placements: &[(usize, usize)],
+    ) -> Result<()> {
         // SAFETY: forwarded to the caller's guarantee.
         let b = unsafe { Buffer::from_host_slice(host)? };
         b.mark_weights();

@@ -46,8 +46,10 @@ pub fn report(g: &GgufFile) -> Result<Json> {
     let tensors: Vec<Json> = g
         .tensors()
         .iter()
-        .map(|t| json!({"name": t.name, "type": t.ty.name(), "shape": t.ne, "bytes": t.size,
-                        "offset": g.tensor_file_offset(t)}))
+        .map(|t| {
+            json!({"name": t.name, "type": t.ty.name(), "shape": t.ne, "bytes": t.size,
+                        "offset": g.tensor_file_offset(t)})
+        })
         .collect();
     let (bytes, elems) = g.tensor_totals();
     let mut type_counts: Vec<(String, usize)> = Vec::new();
@@ -85,49 +87,111 @@ pub fn render_text(r: &Json, show_tensors: bool) -> String {
         Json::Null => "-".into(),
         v => v.to_string(),
     };
-    let _ = writeln!(o, "file          {} ({} bytes, GGUF v{}, alignment {})", s(&r["file"]), r["file_bytes"], r["gguf_version"], r["alignment"]);
-    let _ = writeln!(o, "architecture  {}   name: {}", s(&r["architecture"]), s(&r["name"]));
+    let _ = writeln!(
+        o,
+        "file          {} ({} bytes, GGUF v{}, alignment {})",
+        s(&r["file"]),
+        r["file_bytes"],
+        r["gguf_version"],
+        r["alignment"]
+    );
+    let _ = writeln!(
+        o,
+        "architecture  {}   name: {}",
+        s(&r["architecture"]),
+        s(&r["name"])
+    );
     let hp = &r["hparams"];
     if let Some(e) = hp.get("error") {
         let _ = writeln!(o, "hparams       unavailable: {}", s(e));
     } else {
         let _ = writeln!(o, "layers        {}", hp["n_layer"]);
         let _ = writeln!(o, "n_embd        {}", hp["n_embd"]);
-        let _ = writeln!(o, "heads         {} (KV heads {}, head dim {})", hp["n_head"], hp["n_head_kv"], hp["head_dim"]);
+        let _ = writeln!(
+            o,
+            "heads         {} (KV heads {}, head dim {})",
+            hp["n_head"], hp["n_head_kv"], hp["head_dim"]
+        );
         let _ = writeln!(o, "n_ff          {}", hp["n_ff"]);
         let _ = writeln!(o, "context       {}", hp["n_ctx_train"]);
         let _ = writeln!(o, "vocab         {}", hp["n_vocab"]);
-        let _ = writeln!(o, "rope          base {}, {} dims   rms eps {}", hp["rope_freq_base"], hp["rope_dims"], hp["rms_eps"]);
+        let _ = writeln!(
+            o,
+            "rope          base {}, {} dims   rms eps {}",
+            hp["rope_freq_base"], hp["rope_dims"], hp["rms_eps"]
+        );
     }
     let t = &r["tokenizer"];
     let _ = writeln!(
         o,
         "tokenizer     {} (pre {}), {} tokens, {} merges, bos {}, eos {}, chat template: {}",
-        s(&t["model"]), s(&t["pre"]), t["n_tokens"], t["n_merges"], s(&t["bos_token_id"]), s(&t["eos_token_id"]),
-        if t["has_chat_template"] == true { "yes" } else { "no" }
+        s(&t["model"]),
+        s(&t["pre"]),
+        t["n_tokens"],
+        t["n_merges"],
+        s(&t["bos_token_id"]),
+        s(&t["eos_token_id"]),
+        if t["has_chat_template"] == true {
+            "yes"
+        } else {
+            "no"
+        }
     );
     let f = &r["fam"];
     let _ = writeln!(
         o,
         "fam           policy {}, B {}, M {}, F {}, sinks {}, init {}, query pos {} ({})",
-        s(&f["policy"]), f["block_size"], f["mem_blocks"], f["fam_len"], f["sinks"], s(&f["init"]), s(&f["query_pos"]),
-        if f["from_file"] == true { "from file" } else { "defaults" }
+        s(&f["policy"]),
+        f["block_size"],
+        f["mem_blocks"],
+        f["fam_len"],
+        f["sinks"],
+        s(&f["init"]),
+        s(&f["query_pos"]),
+        if f["from_file"] == true {
+            "from file"
+        } else {
+            "defaults"
+        }
     );
     let types: Vec<String> = r["tensor_types"]
         .as_array()
-        .map(|a| a.iter().map(|x| format!("{} x{}", s(&x["type"]), x["count"])).collect())
+        .map(|a| {
+            a.iter()
+                .map(|x| format!("{} x{}", s(&x["type"]), x["count"]))
+                .collect()
+        })
         .unwrap_or_default();
     let _ = writeln!(
         o,
         "tensors       {} ({}), {} params, {} bytes, {:.3} bits/weight",
-        r["n_tensors"], types.join(", "), r["n_params"], r["tensor_bytes"],
+        r["n_tensors"],
+        types.join(", "),
+        r["n_params"],
+        r["tensor_bytes"],
         r["bits_per_weight"].as_f64().unwrap_or(0.0)
     );
     if show_tensors {
-        let _ = writeln!(o, "\n{:<40} {:<8} {:<22} {:>12}", "name", "type", "shape", "bytes");
+        let _ = writeln!(
+            o,
+            "\n{:<40} {:<8} {:<22} {:>12}",
+            "name", "type", "shape", "bytes"
+        );
         for t in r["tensors"].as_array().into_iter().flatten() {
-            let shape: Vec<String> = t["shape"].as_array().into_iter().flatten().map(|d| d.to_string()).collect();
-            let _ = writeln!(o, "{:<40} {:<8} {:<22} {:>12}", s(&t["name"]), s(&t["type"]), shape.join(" x "), t["bytes"]);
+            let shape: Vec<String> = t["shape"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| d.to_string())
+                .collect();
+            let _ = writeln!(
+                o,
+                "{:<40} {:<8} {:<22} {:>12}",
+                s(&t["name"]),
+                s(&t["type"]),
+                shape.join(" x "),
+                t["bytes"]
+            );
         }
     }
     o
@@ -135,5 +199,8 @@ pub fn render_text(r: &Json, show_tensors: bool) -> String {
 
 /// An f32 as the shortest decimal that round-trips it (1e-5, not 9.999999747378752e-6).
 fn f32_json(x: f32) -> Json {
-    x.to_string().parse::<f64>().map(Json::from).unwrap_or(Json::Null)
+    x.to_string()
+        .parse::<f64>()
+        .map(Json::from)
+        .unwrap_or(Json::Null)
 }

@@ -22,11 +22,24 @@ impl KvStore {
         let n_embd_kv = hp.n_head_kv * hp.head_dim;
         let mut set = TensorSet::new(2 * hp.n_layer)?;
         for il in 0..hp.n_layer {
-            set.add(&format!("cache_k_l{il}"), GgmlType::F16, &[n_embd_kv as i64, n_slots as i64]);
-            set.add(&format!("cache_v_l{il}"), GgmlType::F16, &[n_embd_kv as i64, n_slots as i64]);
+            set.add(
+                &format!("cache_k_l{il}"),
+                GgmlType::F16,
+                &[n_embd_kv as i64, n_slots as i64],
+            );
+            set.add(
+                &format!("cache_v_l{il}"),
+                GgmlType::F16,
+                &[n_embd_kv as i64, n_slots as i64],
+            );
         }
         set.alloc_all(backend)?;
-        Ok(KvStore { set, n_layer: hp.n_layer, n_slots, n_embd_kv })
+        Ok(KvStore {
+            set,
+            n_layer: hp.n_layer,
+            n_slots,
+            n_embd_kv,
+        })
     }
     pub fn k(&self, il: usize) -> Tensor<'_> {
         self.set.get(2 * il)

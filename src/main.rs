@@ -14,7 +14,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "famstream", version, about = "Constant-memory streaming LLM runtime (TransformerFAM on ggml)")]
+#[command(
+    name = "famstream",
+    version,
+    about = "Constant-memory streaming LLM runtime (TransformerFAM on ggml)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
@@ -39,7 +43,10 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn load(&self) -> Result<Runtime> {
-        let opts = LoadOptions { threads: self.threads.unwrap_or_else(default_threads), device: self.device.clone() };
+        let opts = LoadOptions {
+            threads: self.threads.unwrap_or_else(default_threads),
+            device: self.device.clone(),
+        };
         Runtime::load(&self.model, &opts)
     }
     fn ctx(&self, rt: &Runtime) -> usize {
@@ -130,9 +137,18 @@ impl MemoryArgs {
 
     /// The state to run on: loaded from --load-state (whose settings must match any given on
     /// the command line), or fresh.
-    fn state(&self, rt: &Runtime, eng: &famstream::engine::Engine, n_ctx: usize) -> Result<FamState> {
+    fn state(
+        &self,
+        rt: &Runtime,
+        eng: &famstream::engine::Engine,
+        n_ctx: usize,
+    ) -> Result<FamState> {
         if let Some(p) = &self.load_state {
-            let expected = if self.any_setting() { Some(self.settings(rt)?) } else { None };
+            let expected = if self.any_setting() {
+                Some(self.settings(rt)?)
+            } else {
+                None
+            };
             let (st, _) = FamState::load(p, &rt.model, eng.backend(), expected.as_ref())?;
             return Ok(st);
         }
@@ -145,7 +161,11 @@ impl MemoryArgs {
     fn save(&self, rt: &Runtime, st: &FamState) -> Result<()> {
         if let Some(p) = &self.save_state {
             st.save(p, &rt.model, serde_json::Value::Null)?;
-            eprintln!("state saved to {} ({} tokens read)", p.display(), st.n_past());
+            eprintln!(
+                "state saved to {} ({} tokens read)",
+                p.display(),
+                st.n_past()
+            );
         }
         Ok(())
     }
@@ -180,8 +200,14 @@ struct SampleArgs {
 
 impl SampleArgs {
     fn options(&self) -> Result<GenerateOptions> {
-        if !(self.temp >= 0.0) || !(0.0..=1.0).contains(&self.top_p) || !(0.0..=1.0).contains(&self.min_p) || !(self.repeat_penalty > 0.0) {
-            return Err(Error::Invalid("sampling: need temp >= 0, top-p and min-p in [0, 1], repeat-penalty > 0".into()));
+        if !(self.temp >= 0.0)
+            || !(0.0..=1.0).contains(&self.top_p)
+            || !(0.0..=1.0).contains(&self.min_p)
+            || !(self.repeat_penalty > 0.0)
+        {
+            return Err(Error::Invalid(
+                "sampling: need temp >= 0, top-p and min-p in [0, 1], repeat-penalty > 0".into(),
+            ));
         }
         Ok(GenerateOptions {
             max_tokens: self.n_predict,
@@ -303,27 +329,47 @@ fn read_text(prompt: Option<String>, file: Option<PathBuf>) -> Result<String> {
     match (prompt, file) {
         (Some(p), _) => Ok(p),
         (None, Some(f)) => std::fs::read_to_string(&f).map_err(|e| Error::io(&f, "read", e)),
-        (None, None) => Err(Error::Invalid("give a prompt with -p TEXT or -f FILE".into())),
+        (None, None) => Err(Error::Invalid(
+            "give a prompt with -p TEXT or -f FILE".into(),
+        )),
     }
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Command::Inspect { file, json, no_tensors } => {
+        Command::Inspect {
+            file,
+            json,
+            no_tensors,
+        } => {
             let g = GgufFile::open(&file)?;
             let r = famstream::inspect::report(&g)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r).expect("JSON values serialize"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).expect("JSON values serialize")
+                );
             } else {
                 print!("{}", famstream::inspect::render_text(&r, !no_tensors));
             }
             Ok(())
         }
-        Command::Run { model, prompt, file, chat, sample, memory } => {
+        Command::Run {
+            model,
+            prompt,
+            file,
+            chat,
+            sample,
+            memory,
+        } => {
             let text = read_text(prompt, file)?;
             let opts = sample.options()?;
             let rt = model.load()?;
-            let text = if chat { rt.chat.render(&[Message::new("user", &text)], true) } else { text };
+            let text = if chat {
+                rt.chat.render(&[Message::new("user", &text)], true)
+            } else {
+                text
+            };
             let tokens = rt.tokenizer.encode(&text, true, true);
             let mut eng = rt.engine()?;
             let mut stream = memory.state(&rt, &eng, model.ctx(&rt))?;
@@ -345,7 +391,12 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Chat { model, system, sample, memory } => {
+        Command::Chat {
+            model,
+            system,
+            sample,
+            memory,
+        } => {
             let opts = sample.options()?;
             let rt = model.load()?;
             let mut eng = rt.engine()?;
@@ -362,7 +413,12 @@ fn run(cli: Cli) -> Result<()> {
                 print!("> ");
                 let _ = out.flush();
                 let mut line = String::new();
-                if stdin.lock().read_line(&mut line).map_err(|e| Error::io("<stdin>", "read", e))? == 0 {
+                if stdin
+                    .lock()
+                    .read_line(&mut line)
+                    .map_err(|e| Error::io("<stdin>", "read", e))?
+                    == 0
+                {
                     break;
                 }
                 let line = line.trim_end_matches(['\n', '\r']);
@@ -372,13 +428,20 @@ fn run(cli: Cli) -> Result<()> {
                     "/reset" => {
                         stream.reset();
                         first = system.is_none();
-                        pending = system.as_ref().map(|s| rt.chat.render_turn(&Message::new("system", s), true)).unwrap_or_default();
+                        pending = system
+                            .as_ref()
+                            .map(|s| rt.chat.render_turn(&Message::new("system", s), true))
+                            .unwrap_or_default();
                         println!("(conversation reset)");
                         continue;
                     }
                     _ => {}
                 }
-                let turn = format!("{pending}{}{}", rt.chat.render_turn(&Message::new("user", line), first), rt.chat.generation_prompt());
+                let turn = format!(
+                    "{pending}{}{}",
+                    rt.chat.render_turn(&Message::new("user", line), first),
+                    rt.chat.generation_prompt()
+                );
                 pending.clear();
                 first = false;
                 let tokens = rt.tokenizer.encode(&turn, false, true);
@@ -388,14 +451,26 @@ fn run(cli: Cli) -> Result<()> {
                     true
                 })?;
                 println!();
-                eprintln!("[{} tokens, {:.1} tok/s]", stats.generated_tokens, stats.generate_tps());
+                eprintln!(
+                    "[{} tokens, {:.1} tok/s]",
+                    stats.generated_tokens,
+                    stats.generate_tps()
+                );
                 // Close the assistant turn in the stream.
-                let end = rt.tokenizer.encode(rt.chat.end_of_assistant_turn(), false, true);
+                let end = rt
+                    .tokenizer
+                    .encode(rt.chat.end_of_assistant_turn(), false, true);
                 stream.feed(&mut eng, &end, Logits::None)?;
             }
             Ok(())
         }
-        Command::Logits { model, prompt, file, out, memory } => {
+        Command::Logits {
+            model,
+            prompt,
+            file,
+            out,
+            memory,
+        } => {
             let text = read_text(prompt, file)?;
             let rt = model.load()?;
             let tokens = rt.tokenizer.encode(&text, true, true);
@@ -407,10 +482,23 @@ fn run(cli: Cli) -> Result<()> {
             let logits = stream.feed(&mut eng, &tokens, Logits::All)?;
             memory.save(&rt, &stream)?;
             famstream::npy::write_f32(&out, &[tokens.len(), rt.model.hp.n_vocab], &logits)?;
-            eprintln!("wrote {} x {} logits to {}", tokens.len(), rt.model.hp.n_vocab, out.display());
+            eprintln!(
+                "wrote {} x {} logits to {}",
+                tokens.len(),
+                rt.model.hp.n_vocab,
+                out.display()
+            );
             Ok(())
         }
-        Command::Perplexity { model, file, max_tokens, json, segment, kl_vs_full, memory } if memory.memory.is_some() => {
+        Command::Perplexity {
+            model,
+            file,
+            max_tokens,
+            json,
+            segment,
+            kl_vs_full,
+            memory,
+        } if memory.memory.is_some() => {
             let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, "read", e))?;
             let rt = model.load()?;
             let mut tokens = rt.tokenizer.encode(&text, rt.tokenizer.add_bos(), false);
@@ -421,9 +509,15 @@ fn run(cli: Cli) -> Result<()> {
             let mut eng = rt.engine()?;
             let n_ctx = model.ctx(&rt);
             let mut state = memory.state(&rt, &eng, n_ctx)?;
-            let chunk = if settings.policy == MemoryPolicy::Full { 512 } else { settings.block_size as usize };
+            let chunk = if settings.policy == MemoryPolicy::Full {
+                512
+            } else {
+                settings.block_size as usize
+            };
             // Lockstep reference for --kl-vs-full: full attention on its own engine.
-            let kl_n = kl_vs_full.min(tokens.len().saturating_sub(1)).min(rt.model.hp.n_ctx_train);
+            let kl_n = kl_vs_full
+                .min(tokens.len().saturating_sub(1))
+                .min(rt.model.hp.n_ctx_train);
             let mut reference = if kl_n > 0 {
                 let e = rt.engine()?;
                 let st = FamState::full(&rt.model, e.backend(), kl_n + 1)?;
@@ -441,15 +535,23 @@ fn run(cli: Cli) -> Result<()> {
                 segment,
                 chunk,
                 |start, logits| {
-                    let Some((e, st)) = reference.as_mut() else { return };
+                    let Some((e, st)) = reference.as_mut() else {
+                        return;
+                    };
                     let rows = logits.len() / nv;
                     let end = (start + rows).min(kl_n);
                     if start >= end {
                         return;
                     }
-                    let Ok(full) = st.feed(e, &tokens[start..end], famstream::state::Logits::All) else { return };
+                    let Ok(full) = st.feed(e, &tokens[start..end], famstream::state::Logits::All)
+                    else {
+                        return;
+                    };
                     for r in 0..end - start {
-                        kl_sum += famstream::perplexity::kl(&full[r * nv..(r + 1) * nv], &logits[r * nv..(r + 1) * nv]);
+                        kl_sum += famstream::perplexity::kl(
+                            &full[r * nv..(r + 1) * nv],
+                            &logits[r * nv..(r + 1) * nv],
+                        );
                         kl_count += 1;
                     }
                 },
@@ -473,20 +575,40 @@ fn run(cli: Cli) -> Result<()> {
                     "kl_vs_full": kl, "kl_positions": kl_count,
                     "state_bytes": state.state_bytes(), "peak_rss_bytes": rss,
                 });
-                println!("{}", serde_json::to_string_pretty(&j).expect("JSON values serialize"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&j).expect("JSON values serialize")
+                );
             } else {
-                println!("memory {} perplexity {:.4} over {} tokens ({:.1} tok/s)", settings.policy, r.perplexity, r.tokens_scored, r.tokens_scored as f64 / r.seconds);
+                println!(
+                    "memory {} perplexity {:.4} over {} tokens ({:.1} tok/s)",
+                    settings.policy,
+                    r.perplexity,
+                    r.tokens_scored,
+                    r.tokens_scored as f64 / r.seconds
+                );
                 for (start, n, ppl) in &r.segments {
                     println!("  tokens {start:>9}..{:<9} perplexity {ppl:.4}", start + n);
                 }
                 if let Some(k) = kl {
                     println!("mean KL from full attention over {kl_count} positions: {k:.4}");
                 }
-                println!("state {} bytes, peak RSS {} bytes", state.state_bytes(), rss.unwrap_or(0));
+                println!(
+                    "state {} bytes, peak RSS {} bytes",
+                    state.state_bytes(),
+                    rss.unwrap_or(0)
+                );
             }
             Ok(())
         }
-        Command::Passkey { model, filler_tokens, trials, seed, json, memory } => {
+        Command::Passkey {
+            model,
+            filler_tokens,
+            trials,
+            seed,
+            json,
+            memory,
+        } => {
             let rt = model.load()?;
             let settings = memory.settings(&rt)?;
             let mut eng = rt.engine()?;
@@ -499,7 +621,12 @@ fn run(cli: Cli) -> Result<()> {
                     let t = famstream::passkey::trial(&rt, &mut eng, &mut st, n, key)?;
                     found += t.found as usize;
                     if !json {
-                        eprintln!("filler {n}: key {key} -> {:?} {} ({:.1}s)", t.answer.trim(), if t.found { "ok" } else { "miss" }, t.seconds);
+                        eprintln!(
+                            "filler {n}: key {key} -> {:?} {} ({:.1}s)",
+                            t.answer.trim(),
+                            if t.found { "ok" } else { "miss" },
+                            t.seconds
+                        );
                     }
                 }
                 rows.push((n, found, trials));
@@ -510,7 +637,10 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|&(n, f, t)| serde_json::json!({"filler_tokens": n, "found": f, "trials": t, "accuracy": f as f64 / t as f64}))
                     .collect();
                 let j = serde_json::json!({"memory": settings.policy.as_str(), "fam_init": settings.init.as_str(), "results": r});
-                println!("{}", serde_json::to_string_pretty(&j).expect("JSON values serialize"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&j).expect("JSON values serialize")
+                );
             } else {
                 for (n, f, t) in rows {
                     println!("memory {} filler {n}: {f}/{t} found", settings.policy);
@@ -518,7 +648,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Perplexity { model, file, max_tokens, json, .. } => {
+        Command::Perplexity {
+            model,
+            file,
+            max_tokens,
+            json,
+            ..
+        } => {
             let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, "read", e))?;
             let rt = model.load()?;
             let ctx = model.ctx.unwrap_or(512);
@@ -526,11 +662,22 @@ fn run(cli: Cli) -> Result<()> {
             if max_tokens > 0 && tokens.len() > max_tokens {
                 tokens.truncate(max_tokens);
             }
-            let bos = if rt.tokenizer.add_bos() { rt.tokenizer.bos() } else { None };
+            let bos = if rt.tokenizer.add_bos() {
+                rt.tokenizer.bos()
+            } else {
+                None
+            };
             let mut eng = rt.engine()?;
             let pb = famstream::util::progress((tokens.len() / ctx.max(1)) as u64, "windows");
             let t0 = std::time::Instant::now();
-            let r = famstream::perplexity::windowed(&rt.model, &mut eng, &tokens, ctx, bos, |done, _| pb.set_position(done as u64))?;
+            let r = famstream::perplexity::windowed(
+                &rt.model,
+                &mut eng,
+                &tokens,
+                ctx,
+                bos,
+                |done, _| pb.set_position(done as u64),
+            )?;
             pb.finish_and_clear();
             let secs = t0.elapsed().as_secs_f64();
             if json {
@@ -540,7 +687,10 @@ fn run(cli: Cli) -> Result<()> {
                     "tokens_per_second": (r.windows * r.ctx) as f64 / secs,
                     "peak_rss_bytes": famstream::util::peak_rss_bytes(),
                 });
-                println!("{}", serde_json::to_string_pretty(&j).expect("JSON values serialize"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&j).expect("JSON values serialize")
+                );
             } else {
                 println!(
                     "perplexity {:.4} over {} tokens ({} windows of {}), {:.1} tok/s",

@@ -10,10 +10,17 @@ use std::path::Path;
 pub fn write_f32(path: impl AsRef<Path>, shape: &[usize], data: &[f32]) -> Result<()> {
     let path = path.as_ref();
     if shape.iter().product::<usize>() != data.len() {
-        return Err(Error::Invalid(format!("npy: shape {shape:?} does not hold {} values", data.len())));
+        return Err(Error::Invalid(format!(
+            "npy: shape {shape:?} does not hold {} values",
+            data.len()
+        )));
     }
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_s = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape_s = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_s}, }}");
     // Magic (6) + version (2) + header length (2) + header + '\n' is a multiple of 64.
     while (10 + header.len() + 1) % 64 != 0 {
@@ -24,7 +31,8 @@ pub fn write_f32(path: impl AsRef<Path>, shape: &[usize], data: &[f32]) -> Resul
     let io = |e| Error::io(path, "write", e);
     let w = f.writer();
     w.write_all(b"\x93NUMPY\x01\x00").map_err(io)?;
-    w.write_all(&(header.len() as u16).to_le_bytes()).map_err(io)?;
+    w.write_all(&(header.len() as u16).to_le_bytes())
+        .map_err(io)?;
     w.write_all(header.as_bytes()).map_err(io)?;
     for x in data {
         w.write_all(&x.to_le_bytes()).map_err(io)?;
@@ -36,7 +44,12 @@ pub fn write_f32(path: impl AsRef<Path>, shape: &[usize], data: &[f32]) -> Resul
 pub fn read_f32(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f32>)> {
     let path = path.as_ref();
     let b = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
-    let bad = |what: &str| Error::Invalid(format!("{}: not a supported .npy file: {what}", path.display()));
+    let bad = |what: &str| {
+        Error::Invalid(format!(
+            "{}: not a supported .npy file: {what}",
+            path.display()
+        ))
+    };
     if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
         return Err(bad("bad magic"));
     }
@@ -45,7 +58,9 @@ pub fn read_f32(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f32>)> {
         2 | 3 if b.len() >= 12 => (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12),
         _ => return Err(bad("unknown version")),
     };
-    let header = b.get(hstart..hstart + hlen).ok_or_else(|| bad("truncated header"))?;
+    let header = b
+        .get(hstart..hstart + hlen)
+        .ok_or_else(|| bad("truncated header"))?;
     let header = std::str::from_utf8(header).map_err(|_| bad("header not UTF-8"))?;
     let f8 = header.contains("'<f8'");
     if !(header.contains("'<f4'") || f8) || header.contains("'fortran_order': True") {
@@ -65,12 +80,16 @@ pub fn read_f32(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f32>)> {
         if body.len() != n * 8 {
             return Err(bad("data length does not match the shape"));
         }
-        body.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
+        body.chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect()
     } else {
         if body.len() != n * 4 {
             return Err(bad("data length does not match the shape"));
         }
-        body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        body.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
     };
     Ok((shape, data))
 }

@@ -8,16 +8,22 @@ use crate::runtime::{GenerateOptions, Runtime};
 use crate::sample::SamplerConfig;
 use crate::state::FamState;
 
-const INTRO: &str = "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. \
+const INTRO: &str =
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. \
 I will quiz you about the important information there.\n";
-const FILLER: &str = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
+const FILLER: &str =
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
 const QUESTION: &str = "\nWhat is the pass key? The pass key is";
 
 /// One passkey prompt with (about) `filler_tokens` tokens of filler; returns (tokens, key).
 pub fn prompt(rt: &Runtime, filler_tokens: usize, key: u32) -> Vec<u32> {
     let tok = &rt.tokenizer;
     let mut t = tok.encode(INTRO, true, false);
-    t.extend(tok.encode(&format!("The pass key is {key}. Remember it. {key} is the pass key.\n"), false, false));
+    t.extend(tok.encode(
+        &format!("The pass key is {key}. Remember it. {key} is the pass key.\n"),
+        false,
+        false,
+    ));
     let filler = tok.encode(FILLER, false, false);
     let mut n = 0;
     while n < filler_tokens {
@@ -41,9 +47,19 @@ pub struct Trial {
 }
 
 /// Run one trial in a fresh state made by `new_state`.
-pub fn trial(rt: &Runtime, eng: &mut Engine, state: &mut FamState, filler_tokens: usize, key: u32) -> Result<Trial> {
+pub fn trial(
+    rt: &Runtime,
+    eng: &mut Engine,
+    state: &mut FamState,
+    filler_tokens: usize,
+    key: u32,
+) -> Result<Trial> {
     let tokens = prompt(rt, filler_tokens, key);
-    let opts = GenerateOptions { max_tokens: 8, sampler: SamplerConfig::greedy(), stop: vec![] };
+    let opts = GenerateOptions {
+        max_tokens: 8,
+        sampler: SamplerConfig::greedy(),
+        stop: vec![],
+    };
     let t0 = std::time::Instant::now();
     let stats = rt.generate(eng, state, &tokens, &opts, |_| true)?;
     let digits: String = stats.text.chars().filter(|c| c.is_ascii_digit()).collect();

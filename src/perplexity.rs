@@ -4,8 +4,8 @@
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::state::{FamState, Logits};
 use crate::model::Model;
+use crate::state::{FamState, Logits};
 
 /// Result of a perplexity run.
 #[derive(Clone, Debug, Default)]
@@ -21,7 +21,11 @@ pub struct PerplexityReport {
 /// Negative log-likelihood of `target` under `logits` (natural log), computed in f64.
 pub fn nll(logits: &[f32], target: u32) -> f64 {
     let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = m + logits.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+    let lse = m + logits
+        .iter()
+        .map(|&x| (x as f64 - m).exp())
+        .sum::<f64>()
+        .ln();
     lse - logits[target as usize] as f64
 }
 
@@ -32,10 +36,13 @@ pub fn kl(p: &[f32], q: &[f32]) -> f64 {
         m + v.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
     };
     let (lp, lq) = (lse(p), lse(q));
-    p.iter().zip(q).map(|(&a, &b)| {
-        let la = a as f64 - lp;
-        la.exp() * (la - (b as f64 - lq))
-    }).sum()
+    p.iter()
+        .zip(q)
+        .map(|(&a, &b)| {
+            let la = a as f64 - lp;
+            la.exp() * (la - (b as f64 - lq))
+        })
+        .sum()
 }
 
 /// Score `tokens` in windows of `ctx`; `bos`: the window's first token is replaced by BOS (as
@@ -49,11 +56,16 @@ pub fn windowed(
     mut on_window: impl FnMut(usize, usize),
 ) -> Result<PerplexityReport> {
     if ctx < 4 {
-        return Err(Error::Invalid(format!("perplexity window of {ctx} tokens (at least 4)")));
+        return Err(Error::Invalid(format!(
+            "perplexity window of {ctx} tokens (at least 4)"
+        )));
     }
     let n_windows = tokens.len() / ctx;
     if n_windows == 0 {
-        return Err(Error::Invalid(format!("{} tokens are fewer than one window of {ctx}", tokens.len())));
+        return Err(Error::Invalid(format!(
+            "{} tokens are fewer than one window of {ctx}",
+            tokens.len()
+        )));
     }
     let nv = model.hp.n_vocab;
     let first = ctx / 2;
@@ -74,7 +86,13 @@ pub fn windowed(
         on_window(w + 1, n_windows);
     }
     let mean = sum / count as f64;
-    Ok(PerplexityReport { perplexity: mean.exp(), nll: mean, tokens_scored: count, windows: n_windows, ctx })
+    Ok(PerplexityReport {
+        perplexity: mean.exp(),
+        nll: mean,
+        tokens_scored: count,
+        windows: n_windows,
+        ctx,
+    })
 }
 
 /// Perplexity of a stream scored in the policy's own streaming way: every token after the first
@@ -102,7 +120,9 @@ pub fn streaming(
     mut on_progress: impl FnMut(usize),
 ) -> Result<StreamReport> {
     if tokens.len() < 2 || segment == 0 || chunk == 0 {
-        return Err(Error::Invalid("streaming perplexity needs at least 2 tokens and non-zero segment/chunk sizes".into()));
+        return Err(Error::Invalid(
+            "streaming perplexity needs at least 2 tokens and non-zero segment/chunk sizes".into(),
+        ));
     }
     let nv = eng.model.hp.n_vocab;
     let t0 = std::time::Instant::now();
@@ -136,5 +156,11 @@ pub fn streaming(
         segments.push((seg.0, seg.2, (seg.1 / seg.2 as f64).exp()));
     }
     let mean = sum / count as f64;
-    Ok(StreamReport { perplexity: mean.exp(), nll: mean, tokens_scored: count, segments, seconds: t0.elapsed().as_secs_f64() })
+    Ok(StreamReport {
+        perplexity: mean.exp(),
+        nll: mean,
+        tokens_scored: count,
+        segments,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }

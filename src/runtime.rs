@@ -39,12 +39,17 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { threads: default_threads(), device: None }
+        LoadOptions {
+            threads: default_threads(),
+            device: None,
+        }
     }
 }
 
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// A loaded model with everything needed to talk to it. Immutable; share it between streams.
@@ -66,7 +71,11 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 256, sampler: SamplerConfig::default(), stop: Vec::new() }
+        GenerateOptions {
+            max_tokens: 256,
+            sampler: SamplerConfig::default(),
+            stop: Vec::new(),
+        }
     }
 }
 
@@ -100,12 +109,21 @@ pub fn vocab_from_gguf(g: &GgufFile) -> Result<Vocab> {
         match g.opt_array(&key(k))? {
             None => Ok(Vec::new()),
             Some(Array::String(v)) => Ok(v.clone()),
-            Some(a) => Err(Error::metadata(&key(k), format!("expected an array of strings, found {}", Value::Array(a.clone()).type_description()))),
+            Some(a) => Err(Error::metadata(
+                &key(k),
+                format!(
+                    "expected an array of strings, found {}",
+                    Value::Array(a.clone()).type_description()
+                ),
+            )),
         }
     };
     let tokens = strings("tokens")?;
     if tokens.is_empty() {
-        return Err(Error::metadata(&key("tokens"), "missing or empty: the file has no vocabulary"));
+        return Err(Error::metadata(
+            &key("tokens"),
+            "missing or empty: the file has no vocabulary",
+        ));
     }
     let scores = match g.opt_array(&key("scores"))? {
         None => Vec::new(),
@@ -116,7 +134,12 @@ pub fn vocab_from_gguf(g: &GgufFile) -> Result<Vocab> {
         None => Vec::new(),
         Some(Array::I32(v)) => v.clone(),
         Some(Array::U32(v)) => v.iter().map(|&x| x as i32).collect(),
-        Some(_) => return Err(Error::metadata(&key("token_type"), "expected an array of i32")),
+        Some(_) => {
+            return Err(Error::metadata(
+                &key("token_type"),
+                "expected an array of i32",
+            ))
+        }
     };
     let model = g.str(&key("model"))?.to_string();
     // SentencePiece vocabularies add BOS unless told otherwise (llama.cpp and transformers agree).
@@ -132,7 +155,9 @@ pub fn vocab_from_gguf(g: &GgufFile) -> Result<Vocab> {
         eos: g.opt_u32(&key("eos_token_id"))?,
         unk: g.opt_u32(&key("unknown_token_id"))?,
         pad: g.opt_u32(&key("padding_token_id"))?,
-        add_bos: g.opt_bool(&key("add_bos_token"))?.unwrap_or(add_bos_default),
+        add_bos: g
+            .opt_bool(&key("add_bos_token"))?
+            .unwrap_or(add_bos_default),
         add_eos: g.opt_bool(&key("add_eos_token"))?.unwrap_or(false),
         add_space_prefix: g.opt_bool(&key("add_space_prefix"))?,
     })
@@ -150,11 +175,20 @@ impl Runtime {
         if tokenizer.n_vocab() != model.hp.n_vocab {
             return Err(Error::metadata(
                 "tokenizer.ggml.tokens",
-                format!("{} tokens but the model's vocabulary has {}", tokenizer.n_vocab(), model.hp.n_vocab),
+                format!(
+                    "{} tokens but the model's vocabulary has {}",
+                    tokenizer.n_vocab(),
+                    model.hp.n_vocab
+                ),
             ));
         }
         let chat = ChatTemplate::detect(model.gguf.opt_str("tokenizer.chat_template")?);
-        Ok(Runtime { model: Arc::new(model), tokenizer, chat, threads: opts.threads })
+        Ok(Runtime {
+            model: Arc::new(model),
+            tokenizer,
+            chat,
+            threads: opts.threads,
+        })
     }
 
     fn backend(device: Option<&str>, threads: usize) -> Result<Backend> {
@@ -167,7 +201,11 @@ impl Runtime {
     /// A compute engine on the model's device (one per thread that computes).
     pub fn engine(&self) -> Result<Engine> {
         let dev = self.model.device();
-        let backend = if dev == "CPU" { Backend::cpu(self.threads)? } else { Backend::by_device_name(dev, self.threads)? };
+        let backend = if dev == "CPU" {
+            Backend::cpu(self.threads)?
+        } else {
+            Backend::by_device_name(dev, self.threads)?
+        };
         Engine::new(self.model.clone(), backend)
     }
 
@@ -196,7 +234,11 @@ impl Runtime {
         if prompt.is_empty() {
             return Err(Error::Invalid("empty prompt".into()));
         }
-        let mut stats = GenerateStats { prompt_tokens: prompt.len(), finish_reason: "length", ..Default::default() };
+        let mut stats = GenerateStats {
+            prompt_tokens: prompt.len(),
+            finish_reason: "length",
+            ..Default::default()
+        };
         let mut sampler = Sampler::new(opts.sampler.clone());
         for &t in prompt {
             sampler.accept(t);
@@ -217,7 +259,11 @@ impl Runtime {
             stats.generated_tokens += 1;
             let piece = dec.push(&self.tokenizer, tok);
             stats.text.push_str(&piece);
-            let stop_hit = opts.stop.iter().find(|s| !s.is_empty() && stats.text.ends_with(s.as_str())).cloned();
+            let stop_hit = opts
+                .stop
+                .iter()
+                .find(|s| !s.is_empty() && stats.text.ends_with(s.as_str()))
+                .cloned();
             if let Some(s) = stop_hit {
                 // Do not show the stop string itself.
                 let keep = piece.len().saturating_sub(s.len());

@@ -36,7 +36,11 @@ impl Default for SamplerConfig {
 
 impl SamplerConfig {
     pub fn greedy() -> Self {
-        SamplerConfig { temperature: 0.0, repeat_penalty: 1.0, ..Default::default() }
+        SamplerConfig {
+            temperature: 0.0,
+            repeat_penalty: 1.0,
+            ..Default::default()
+        }
     }
 }
 
@@ -55,7 +59,11 @@ impl Sampler {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
         let rng = (z ^ (z >> 31)) | 1;
-        Sampler { cfg, rng, history: Vec::new() }
+        Sampler {
+            cfg,
+            rng,
+            history: Vec::new(),
+        }
     }
 
     /// Remember a token for the repetition penalty (prompt tokens too).
@@ -78,7 +86,11 @@ impl Sampler {
     /// Pick the next token from `logits` (one row of n_vocab).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let c = self.cfg.clone();
-        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
         if c.repeat_penalty != 1.0 && c.repeat_last_n > 0 {
             let start = self.history.len().saturating_sub(c.repeat_last_n);
             let mut seen: Vec<u32> = self.history[start..].to_vec();
@@ -86,7 +98,11 @@ impl Sampler {
             seen.dedup();
             for t in seen {
                 if let Some(x) = cand.get_mut(t as usize) {
-                    x.1 = if x.1 > 0.0 { x.1 / c.repeat_penalty } else { x.1 * c.repeat_penalty };
+                    x.1 = if x.1 > 0.0 {
+                        x.1 / c.repeat_penalty
+                    } else {
+                        x.1 * c.repeat_penalty
+                    };
                 }
             }
         }
@@ -94,9 +110,15 @@ impl Sampler {
             return argmax(&cand);
         }
         // Sort descending (ties by id for determinism); NaN logits sort last.
-        let k = if c.top_k > 0 { c.top_k.min(cand.len()) } else { cand.len() };
+        let k = if c.top_k > 0 {
+            c.top_k.min(cand.len())
+        } else {
+            cand.len()
+        };
         let cmp = |a: &(u32, f32), b: &(u32, f32)| {
-            b.1.partial_cmp(&a.1).unwrap_or_else(|| a.1.is_nan().cmp(&b.1.is_nan())).then(a.0.cmp(&b.0))
+            b.1.partial_cmp(&a.1)
+                .unwrap_or_else(|| a.1.is_nan().cmp(&b.1.is_nan()))
+                .then(a.0.cmp(&b.0))
         };
         if k < cand.len() {
             cand.select_nth_unstable_by(k - 1, cmp);
@@ -147,7 +169,10 @@ fn argmax(c: &[(u32, f32)]) -> u32 {
 
 fn softmax(c: &[(u32, f32)], temp: f32) -> Vec<f64> {
     let m = c.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max) as f64;
-    let e: Vec<f64> = c.iter().map(|x| ((x.1 as f64 - m) / temp as f64).exp()).collect();
+    let e: Vec<f64> = c
+        .iter()
+        .map(|x| ((x.1 as f64 - m) / temp as f64).exp())
+        .collect();
     let s: f64 = e.iter().sum();
     e.into_iter().map(|x| x / s).collect()
 }
@@ -160,7 +185,10 @@ mod tests {
     fn greedy_is_argmax_and_penalty_changes_it() {
         let logits = [1.0, 3.0, 2.9, -1.0];
         assert_eq!(Sampler::new(SamplerConfig::greedy()).sample(&logits), 1);
-        let mut s = Sampler::new(SamplerConfig { repeat_penalty: 1.5, ..SamplerConfig::greedy() });
+        let mut s = Sampler::new(SamplerConfig {
+            repeat_penalty: 1.5,
+            ..SamplerConfig::greedy()
+        });
         s.accept(1);
         assert_eq!(s.sample(&logits), 2, "3.0 / 1.5 = 2.0 < 2.9");
     }
@@ -168,10 +196,25 @@ mod tests {
     #[test]
     fn top_k_1_is_greedy_and_seeds_reproduce() {
         let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
-        let mut s = Sampler::new(SamplerConfig { top_k: 1, temperature: 1.0, ..Default::default() });
-        assert_eq!(s.sample(&logits), Sampler::new(SamplerConfig::greedy()).sample(&logits));
+        let mut s = Sampler::new(SamplerConfig {
+            top_k: 1,
+            temperature: 1.0,
+            ..Default::default()
+        });
+        assert_eq!(
+            s.sample(&logits),
+            Sampler::new(SamplerConfig::greedy()).sample(&logits)
+        );
         let draw = |seed| {
-            let mut s = Sampler::new(SamplerConfig { seed, top_k: 0, top_p: 1.0, min_p: 0.0, temperature: 1.5, repeat_penalty: 1.0, repeat_last_n: 0 });
+            let mut s = Sampler::new(SamplerConfig {
+                seed,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                temperature: 1.5,
+                repeat_penalty: 1.0,
+                repeat_last_n: 0,
+            });
             (0..50).map(|_| s.sample(&logits)).collect::<Vec<_>>()
         };
         assert_eq!(draw(1), draw(1));
@@ -182,7 +225,14 @@ mod tests {
     fn sampling_follows_the_distribution() {
         // Two tokens with probabilities 0.8 / 0.2 at temperature 1.
         let logits = [(0.8f32).ln(), (0.2f32).ln()];
-        let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, ..Default::default() });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            ..Default::default()
+        });
         let n = 20_000;
         let ones = (0..n).filter(|_| s.sample(&logits) == 1).count() as f64 / n as f64;
         // Binomial std at n=20000 is 0.0028; 5 sigma.
@@ -192,9 +242,26 @@ mod tests {
     #[test]
     fn top_p_and_min_p_cut_the_tail() {
         let logits = [(0.6f32).ln(), (0.3f32).ln(), (0.1f32).ln()];
-        let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 0, top_p: 0.85, min_p: 0.0, repeat_penalty: 1.0, ..Default::default() });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.85,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            ..Default::default()
+        });
         assert!((0..2000).all(|_| s.sample(&logits) != 2));
-        let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.4, repeat_penalty: 1.0, ..Default::default() });
-        assert!((0..2000).all(|_| s.sample(&logits) != 2), "min-p drops the 0.1 token");
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.4,
+            repeat_penalty: 1.0,
+            ..Default::default()
+        });
+        assert!(
+            (0..2000).all(|_| s.sample(&logits) != 2),
+            "min-p drops the 0.1 token"
+        );
     }
 }

@@ -130,7 +130,9 @@ impl FamSettings {
     pub fn from_gguf(g: &GgufFile) -> Result<FamSettings> {
         let mut s = FamSettings::default();
         if let Some(v) = g.opt_str(KEY_POLICY)? {
-            s.policy = v.parse().map_err(|e: Error| Error::metadata(KEY_POLICY, e.to_string()))?;
+            s.policy = v
+                .parse()
+                .map_err(|e: Error| Error::metadata(KEY_POLICY, e.to_string()))?;
         }
         if let Some(v) = g.opt_u32(KEY_BLOCK_SIZE)? {
             s.block_size = v;
@@ -145,10 +147,14 @@ impl FamSettings {
             s.sinks = v;
         }
         if let Some(v) = g.opt_str(KEY_INIT)? {
-            s.init = v.parse().map_err(|e: Error| Error::metadata(KEY_INIT, e.to_string()))?;
+            s.init = v
+                .parse()
+                .map_err(|e: Error| Error::metadata(KEY_INIT, e.to_string()))?;
         }
         if let Some(v) = g.opt_str(KEY_QUERY_POS)? {
-            s.query_pos = v.parse().map_err(|e: Error| Error::metadata(KEY_QUERY_POS, e.to_string()))?;
+            s.query_pos = v
+                .parse()
+                .map_err(|e: Error| Error::metadata(KEY_QUERY_POS, e.to_string()))?;
         }
         if let Some(v) = g.opt_bool(KEY_ZERO_FIRST_RESIDUAL)? {
             s.zero_first_residual = v;
@@ -170,15 +176,24 @@ impl FamSettings {
         w.set(KEY_SINKS, Value::U32(self.sinks));
         w.set(KEY_INIT, Value::String(self.init.as_str().into()));
         w.set(KEY_QUERY_POS, Value::String(self.query_pos.as_str().into()));
-        w.set(KEY_ZERO_FIRST_RESIDUAL, Value::Bool(self.zero_first_residual));
+        w.set(
+            KEY_ZERO_FIRST_RESIDUAL,
+            Value::Bool(self.zero_first_residual),
+        );
     }
 
     pub fn validate(&self) -> Result<()> {
         if self.block_size == 0 || self.block_size > 1 << 16 {
-            return Err(Error::Invalid(format!("block size {} (1 to 65536)", self.block_size)));
+            return Err(Error::Invalid(format!(
+                "block size {} (1 to 65536)",
+                self.block_size
+            )));
         }
         if self.mem_blocks > 64 {
-            return Err(Error::Invalid(format!("{} memory blocks (at most 64)", self.mem_blocks)));
+            return Err(Error::Invalid(format!(
+                "{} memory blocks (at most 64)",
+                self.mem_blocks
+            )));
         }
         if self.fam_len > self.block_size {
             return Err(Error::Invalid(format!(

@@ -39,7 +39,11 @@ pub fn settings_json(s: &FamSettings) -> Json {
 
 pub fn settings_from_json(j: &Json) -> Result<FamSettings> {
     let bad = || Error::Invalid("snapshot: malformed settings".into());
-    let u = |k: &str| j[k].as_u64().and_then(|v| u32::try_from(v).ok()).ok_or_else(bad);
+    let u = |k: &str| {
+        j[k].as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(bad)
+    };
     let st = |k: &str| j[k].as_str().ok_or_else(bad);
     Ok(FamSettings {
         policy: st("policy")?.parse()?,
@@ -60,7 +64,13 @@ pub fn write(path: &Path, snap: &Snapshot) -> Result<()> {
     let mut h = Fnv64::new();
     let io = |e| Error::io(path, "write", e);
     let w = f.writer();
-    for part in [&MAGIC[..], &VERSION.to_le_bytes(), &(header.len() as u32).to_le_bytes(), &header, &snap.body] {
+    for part in [
+        &MAGIC[..],
+        &VERSION.to_le_bytes(),
+        &(header.len() as u32).to_le_bytes(),
+        &header,
+        &snap.body,
+    ] {
         h.write(part);
         w.write_all(part).map_err(io)?;
     }
@@ -71,13 +81,16 @@ pub fn write(path: &Path, snap: &Snapshot) -> Result<()> {
 /// Read and verify a snapshot file (magic, version, checksum).
 pub fn read(path: &Path) -> Result<Snapshot> {
     let b = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
-    let bad = |what: String| Error::Invalid(format!("{}: not a usable snapshot: {what}", path.display()));
+    let bad =
+        |what: String| Error::Invalid(format!("{}: not a usable snapshot: {what}", path.display()));
     if b.len() < 8 + 4 + 4 + 8 || &b[..8] != MAGIC {
         return Err(bad("bad magic or truncated".into()));
     }
     let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
     if version != VERSION {
-        return Err(bad(format!("version {version}, this famstream reads version {VERSION}")));
+        return Err(bad(format!(
+            "version {version}, this famstream reads version {VERSION}"
+        )));
     }
     let (payload, sum) = b.split_at(b.len() - 8);
     let mut h = Fnv64::new();
@@ -89,6 +102,10 @@ pub fn read(path: &Path) -> Result<Snapshot> {
     if hlen > MAX_HEADER || 16 + hlen > payload.len() {
         return Err(bad(format!("header length {hlen}")));
     }
-    let header: Json = serde_json::from_slice(&b[16..16 + hlen]).map_err(|e| bad(format!("header: {e}")))?;
-    Ok(Snapshot { header, body: payload[16 + hlen..].to_vec() })
+    let header: Json =
+        serde_json::from_slice(&b[16..16 + hlen]).map_err(|e| bad(format!("header: {e}")))?;
+    Ok(Snapshot {
+        header,
+        body: payload[16 + hlen..].to_vec(),
+    })
 }

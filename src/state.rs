@@ -25,10 +25,10 @@
 //! Attention sinks (`sink`) keep their un-rotated keys and are shown at virtual positions just
 //! before the window (StreamingLLM: positions within the cache, not in the text).
 
+use crate::dtype::GgmlType;
 use crate::engine::{Engine, FamBatch, TokenBatch};
 use crate::error::{Error, Result};
 use crate::ggml::{Backend, TensorSet};
-use crate::dtype::GgmlType;
 use crate::kv::KvStore;
 use crate::model::Model;
 use crate::settings::{FamInit, FamQueryPos, FamSettings, MemoryPolicy};
@@ -45,7 +45,8 @@ pub const MAX_BATCH: usize = 512;
 /// Name of an optional learned initial FAM in a GGUF: f32 [n_embd, F, n_layer].
 pub const LEARNED_FAM_TENSOR: &str = "fam.init_memory";
 /// The fixed text of the `seed` FAM initialisation (after BOS, repeated to F tokens).
-pub const SEED_TEXT: &str = "The following is a long document. Remember the names, numbers, places and \
+pub const SEED_TEXT: &str =
+    "The following is a long document. Remember the names, numbers, places and \
 decisions in it, from the beginning to the end.";
 
 /// Which logits a feed returns.
@@ -98,49 +99,68 @@ pub struct FamState {
 impl FamState {
     /// A state for `settings` (and `n_ctx` for the `full` policy). `seed_tokens`/`bos` are used
     /// by the `seed`/`bos` FAM initialisations (see [`FamState::seed_tokens_for`]).
-    pub fn new(model: &Model, backend: &Backend, settings: FamSettings, n_ctx: usize, seed_tokens: Vec<u32>, bos: u32) -> Result<FamState> {
+    pub fn new(
+        model: &Model,
+        backend: &Backend,
+        settings: FamSettings,
+        n_ctx: usize,
+        seed_tokens: Vec<u32>,
+        bos: u32,
+    ) -> Result<FamState> {
         settings.validate()?;
         let hp = &model.hp;
         let (b, m) = (settings.block_size as usize, settings.mem_blocks as usize);
-        let n_sink = if settings.policy == MemoryPolicy::Sink { settings.sinks as usize } else { 0 };
-        let n_fam = if settings.policy == MemoryPolicy::Fam { settings.fam_len as usize } else { 0 };
+        let n_sink = if settings.policy == MemoryPolicy::Sink {
+            settings.sinks as usize
+        } else {
+            0
+        };
+        let n_fam = if settings.policy == MemoryPolicy::Fam {
+            settings.fam_len as usize
+        } else {
+            0
+        };
         let ring_len = match settings.policy {
             MemoryPolicy::Full => {
                 if n_ctx == 0 {
-                    return Err(Error::Invalid("the full policy needs a context length > 0".into()));
+                    return Err(Error::Invalid(
+                        "the full policy needs a context length > 0".into(),
+                    ));
                 }
                 n_ctx
             }
             _ => (m + 1) * b,
         };
         if n_fam > 0 && settings.init == FamInit::SeedText && seed_tokens.len() != n_fam {
-            return Err(Error::Invalid(format!("seed init needs {n_fam} seed tokens, got {}", seed_tokens.len())));
+            return Err(Error::Invalid(format!(
+                "seed init needs {n_fam} seed tokens, got {}",
+                seed_tokens.len()
+            )));
         }
         let n_slots = n_sink + n_fam + ring_len;
         let kv = KvStore::new(hp, n_slots, backend)?;
-        let fam = if n_fam > 0 {
-            let mut set = TensorSet::new(hp.n_layer)?;
-            for il in 0..hp.n_layer {
-                set.add(&format!("fam_l{il}"), GgmlType::F32, &[hp.n_embd as i64, n_fam as i64]);
-            }
-            set.alloc_all(backend)?;
-            Some(set)
-        } else {
-            None
-        };
-        let sinks = if n_sink > 0 {
-            let mut set = TensorSet::new(hp.n_layer)?;
-            for il in 0..hp.n_layer {
-                set.add(&format!("sink_k_l{il}"), GgmlType::F16, &[(hp.n_head_kv * hp.head_dim) as i64, n_sink as i64]);
-            }
-            set.alloc_all(backend)?;
-            Some(set)
-        } else {
-            None
-        };
+        // One [row width, rows] tensor per layer, or nothing when the policy has no such rows.
+        let per_layer =
+            |name: &str, ty: GgmlType, width: usize, rows: usize| -> Result<Option<TensorSet>> {
+                if rows == 0 {
+                    return Ok(None);
+                }
+                let mut set = TensorSet::new(hp.n_layer)?;
+                for il in 0..hp.n_layer {
+                    set.add(&format!("{name}_l{il}"), ty, &[width as i64, rows as i64]);
+                }
+                set.alloc_all(backend)?;
+                Ok(Some(set))
+            };
+        let fam = per_layer("fam", GgmlType::F32, hp.n_embd, n_fam)?;
+        let sinks = per_layer("sink_k", GgmlType::F16, hp.n_head_kv * hp.head_dim, n_sink)?;
         Ok(FamState {
             settings,
-            n_ctx: if settings.policy == MemoryPolicy::Full { n_ctx } else { 0 },
+            n_ctx: if settings.policy == MemoryPolicy::Full {
+                n_ctx
+            } else {
+                0
+            },
             n_layer: hp.n_layer,
             n_embd: hp.n_embd,
             kv,
@@ -176,7 +196,10 @@ impl FamState {
 
     /// Plain causal attention over up to `n_ctx` tokens.
     pub fn full(model: &Model, backend: &Backend, n_ctx: usize) -> Result<FamState> {
-        let s = FamSettings { policy: MemoryPolicy::Full, ..FamSettings::default() };
+        let s = FamSettings {
+            policy: MemoryPolicy::Full,
+            ..FamSettings::default()
+        };
         FamState::new(model, backend, s, n_ctx, Vec::new(), 0)
     }
 
@@ -185,7 +208,9 @@ impl FamState {
     /// exactly that.
     pub fn set_start_position(&mut self, p: i64) -> Result<()> {
         if self.n_past != 0 {
-            return Err(Error::Invalid("the start position is set before the first token".into()));
+            return Err(Error::Invalid(
+                "the start position is set before the first token".into(),
+            ));
         }
         self.start_position = p;
         Ok(())
@@ -200,11 +225,15 @@ impl FamState {
     }
     /// Bytes of device memory this state holds (constant for its whole life).
     pub fn state_bytes(&self) -> usize {
-        self.kv.bytes() + self.fam.as_ref().map_or(0, |f| f.buffer_bytes()) + self.sinks.as_ref().map_or(0, |s| s.buffer_bytes())
+        self.kv.bytes()
+            + self.fam.as_ref().map_or(0, |f| f.buffer_bytes())
+            + self.sinks.as_ref().map_or(0, |s| s.buffer_bytes())
     }
     /// Bytes of host bookkeeping (constant too).
     pub fn host_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + 8 * (self.slot_pos.len() + self.fam_pos.len()) + 4 * self.seed_tokens.len()
+        std::mem::size_of::<Self>()
+            + 8 * (self.slot_pos.len() + self.fam_pos.len())
+            + 4 * self.seed_tokens.len()
     }
 
     /// Forget the stream: the next token is stream index 0 again.
@@ -234,14 +263,21 @@ impl FamState {
     }
     /// RoPE position handed to ggml for stream index `i`.
     fn rope_pos(&self, i: i64) -> Result<i32> {
-        i32::try_from(self.start_position + i - self.origin).map_err(|_| Error::Invalid(format!("position {i} is too far from the RoPE origin {}", self.origin)))
+        i32::try_from(self.start_position + i - self.origin).map_err(|_| {
+            Error::Invalid(format!(
+                "position {i} is too far from the RoPE origin {}",
+                self.origin
+            ))
+        })
     }
     /// First stream index of the window of block t.
     fn window_start(&self, t: i64) -> i64 {
         (t - self.settings.mem_blocks as i64).max(0) * self.b()
     }
     fn fam_slots(&self) -> Vec<i64> {
-        (self.n_sink..self.n_sink + self.n_fam).map(|s| s as i64).collect()
+        (self.n_sink..self.n_sink + self.n_fam)
+            .map(|s| s as i64)
+            .collect()
     }
     /// Slots [0, n) that any row may attend to now.
     fn n_kv(&self, upto: i64) -> usize {
@@ -282,12 +318,17 @@ impl FamState {
         }
     }
     fn sink_tensors(&self) -> Option<Vec<crate::ggml::Tensor<'_>>> {
-        self.sinks.as_ref().map(|s| (0..self.n_layer).map(|i| s.get(i)).collect())
+        self.sinks
+            .as_ref()
+            .map(|s| (0..self.n_layer).map(|i| s.get(i)).collect())
     }
 
     /// Write captured layer inputs (per layer, rows of n_embd) into FAM rows `first..`.
     fn write_fam_rows(&self, layer_inputs: &[Vec<f32>], first: usize) -> Result<()> {
-        let fam = self.fam.as_ref().ok_or_else(|| Error::Invalid("no FAM store".into()))?;
+        let fam = self
+            .fam
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("no FAM store".into()))?;
         for (il, rows) in layer_inputs.iter().enumerate() {
             let bytes: Vec<u8> = rows.iter().flat_map(|x| x.to_le_bytes()).collect();
             fam.get(il).write_bytes(first * self.n_embd * 4, &bytes)?;
@@ -304,27 +345,44 @@ impl FamState {
         }
         let f = self.n_fam;
         let learned = eng.model.gguf.tensor(LEARNED_FAM_TENSOR).cloned();
-        let init = if learned.is_some() { FamInit::Learned } else { self.settings.init };
+        let init = if learned.is_some() {
+            FamInit::Learned
+        } else {
+            self.settings.init
+        };
         let fam_positions: Vec<i64> = (-(f as i64)..0).collect();
         match init {
             FamInit::TailOfBlock => return Ok(()), // made from block 0's last rows, see end_block
             FamInit::Learned => {
-                let t = learned.ok_or_else(|| Error::tensor(LEARNED_FAM_TENSOR, "the `learned` init needs this tensor in the model file"))?;
+                let t = learned.ok_or_else(|| {
+                    Error::tensor(
+                        LEARNED_FAM_TENSOR,
+                        "the `learned` init needs this tensor in the model file",
+                    )
+                })?;
                 let want = [self.n_embd as u64, f as u64, self.n_layer as u64];
                 if t.ty != GgmlType::F32 || t.ne != want {
-                    return Err(Error::tensor(LEARNED_FAM_TENSOR, format!("must be f32 {want:?}, is {} {:?}", t.ty, t.ne)));
+                    return Err(Error::tensor(
+                        LEARNED_FAM_TENSOR,
+                        format!("must be f32 {want:?}, is {} {:?}", t.ty, t.ne),
+                    ));
                 }
                 let data = eng.model.gguf.tensor_data(&t)?;
                 let per_layer = self.n_embd * f * 4;
                 let fam = self.fam.as_ref().expect("n_fam > 0");
                 for il in 0..self.n_layer {
-                    fam.get(il).write_bytes(0, &data[il * per_layer..(il + 1) * per_layer])?;
+                    fam.get(il)
+                        .write_bytes(0, &data[il * per_layer..(il + 1) * per_layer])?;
                 }
             }
             FamInit::SeedText | FamInit::Bos => {
                 // Run the seed (F tokens) or BOS alone at positions just before the stream, in
                 // scratch ring slots, and keep each layer's inputs.
-                let tokens = if init == FamInit::Bos { vec![self.bos] } else { self.seed_tokens.clone() };
+                let tokens = if init == FamInit::Bos {
+                    vec![self.bos]
+                } else {
+                    self.seed_tokens.clone()
+                };
                 let n = tokens.len() as i64;
                 let pos: Vec<i32> = (-n..0).map(|i| self.rope_pos(i)).collect::<Result<_>>()?;
                 let base = self.ring_base();
@@ -362,10 +420,23 @@ impl FamState {
 
     /// (Re)compute the FAM slots' K/V from the FAM activations at `fam_pos`.
     fn refresh_fam_kv(&mut self, eng: &mut Engine) -> Result<()> {
-        let pos: Vec<i32> = self.fam_pos.iter().map(|&p| self.rope_pos(p)).collect::<Result<_>>()?;
+        let pos: Vec<i32> = self
+            .fam_pos
+            .iter()
+            .map(|&p| self.rope_pos(p))
+            .collect::<Result<_>>()?;
         let slots = self.fam_slots();
         let fam = self.fam_tensors();
-        eng.run_fam(&self.kv, &fam, &FamBatch { update: None, n_kv: self.kv.n_slots(), pos: &pos, slots: &slots })
+        eng.run_fam(
+            &self.kv,
+            &fam,
+            &FamBatch {
+                update: None,
+                n_kv: self.kv.n_slots(),
+                pos: &pos,
+                slots: &slots,
+            },
+        )
     }
 
     /// Before the first token of block t: move the RoPE origin if the window has run far ahead.
@@ -373,7 +444,8 @@ impl FamState {
         let w = self.start_position + self.window_start(t);
         let delta = w - self.origin;
         if self.windowed() && delta >= REBASE_INTERVAL {
-            let d = i32::try_from(delta).map_err(|_| Error::Invalid("RoPE rebase too large".into()))?;
+            let d =
+                i32::try_from(delta).map_err(|_| Error::Invalid("RoPE rebase too large".into()))?;
             eng.run_kshift(&self.kv, self.n_sink, self.kv.n_slots(), d)?;
             self.origin = w;
         }
@@ -398,8 +470,14 @@ impl FamState {
             FamQueryPos::BlockEnd => new_pos.clone(),
             FamQueryPos::PrevFam => self.fam_pos.clone(),
         };
-        let q_pos: Vec<i32> = q_pos_idx.iter().map(|&p| self.rope_pos(p)).collect::<Result<_>>()?;
-        let pos: Vec<i32> = new_pos.iter().map(|&p| self.rope_pos(p)).collect::<Result<_>>()?;
+        let q_pos: Vec<i32> = q_pos_idx
+            .iter()
+            .map(|&p| self.rope_pos(p))
+            .collect::<Result<_>>()?;
+        let pos: Vec<i32> = new_pos
+            .iter()
+            .map(|&p| self.rope_pos(p))
+            .collect::<Result<_>>()?;
         let n_kv = self.kv.n_slots();
         // FAM rows see the old FAM and the whole finished block; no memory blocks, no sinks.
         let mut mask = vec![f16::NEG_INFINITY; f as usize * n_kv];
@@ -421,7 +499,16 @@ impl FamState {
         let zero = self.settings.zero_first_residual && self.fam_updates == 0;
         let slots = self.fam_slots();
         let fam = self.fam_tensors();
-        eng.run_fam(&self.kv, &fam, &FamBatch { update: Some((&q_pos, &mask, zero)), n_kv, pos: &pos, slots: &slots })?;
+        eng.run_fam(
+            &self.kv,
+            &fam,
+            &FamBatch {
+                update: Some((&q_pos, &mask, zero)),
+                n_kv,
+                pos: &pos,
+                slots: &slots,
+            },
+        )?;
         self.fam_pos = new_pos;
         self.fam_updates += 1;
         Ok(())
@@ -462,9 +549,16 @@ impl FamState {
             for (i, &s) in rows.clone().zip(&slots) {
                 self.slot_pos[s as usize] = i;
             }
-            let n_kv = if self.windowed() { self.n_kv((t + 1) * self.b()) } else { self.n_kv(i0 + n as i64) };
+            let n_kv = if self.windowed() {
+                self.n_kv((t + 1) * self.b())
+            } else {
+                self.n_kv(i0 + n as i64)
+            };
             let mask = self.mask_for_rows(rows.clone(), t, n_kv);
-            let pos: Vec<i32> = rows.clone().map(|i| self.rope_pos(i)).collect::<Result<_>>()?;
+            let pos: Vec<i32> = rows
+                .clone()
+                .map(|i| self.rope_pos(i))
+                .collect::<Result<_>>()?;
             let out_rows: Option<Vec<i32>> = match want {
                 Logits::All => None,
                 _ => Some(vec![n as i32 - 1]),
@@ -472,14 +566,26 @@ impl FamState {
             // Tail init: keep the layer inputs of block 0's last F rows.
             let tail = self.n_fam > 0 && !self.fam_valid && t == 0;
             let tail_from = self.b() - self.n_fam as i64;
-            let capture: Vec<i32> = if tail { rows.clone().filter(|&i| i >= tail_from).map(|i| (i - i0) as i32).collect() } else { Vec::new() };
+            let capture: Vec<i32> = if tail {
+                rows.clone()
+                    .filter(|&i| i >= tail_from)
+                    .map(|i| (i - i0) as i32)
+                    .collect()
+            } else {
+                Vec::new()
+            };
             // Sinks: capture the first S tokens; show them before the window once they left it.
-            let sink_capture: Vec<(i32, i64, i64)> =
-                rows.clone().filter(|&i| (i as usize) < self.n_sink).map(|i| ((i - i0) as i32, i, i)).collect();
+            let sink_capture: Vec<(i32, i64, i64)> = rows
+                .clone()
+                .filter(|&i| (i as usize) < self.n_sink)
+                .map(|i| ((i - i0) as i32, i, i))
+                .collect();
             let m = self.settings.mem_blocks as i64;
             let sink_rotate: Vec<(i32, i64)> = if self.n_sink > 0 && t - m > 0 {
                 let w = self.window_start(t);
-                (0..self.n_sink as i64).map(|kk| Ok((self.rope_pos(w - self.n_sink as i64 + kk)?, kk))).collect::<Result<_>>()?
+                (0..self.n_sink as i64)
+                    .map(|kk| Ok((self.rope_pos(w - self.n_sink as i64 + kk)?, kk)))
+                    .collect::<Result<_>>()?
             } else {
                 Vec::new()
             };
@@ -518,7 +624,12 @@ impl FamState {
 
 impl FamState {
     /// Save the whole stream state (and the caller's `extra` JSON) to `path`, atomically.
-    pub fn save(&self, path: impl AsRef<std::path::Path>, model: &Model, extra: serde_json::Value) -> Result<()> {
+    pub fn save(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        model: &Model,
+        extra: serde_json::Value,
+    ) -> Result<()> {
         use crate::snapshot::{settings_json, write, Snapshot};
         let header = serde_json::json!({
             "model_fingerprint": format!("{:016x}", model.fingerprint()),
@@ -566,24 +677,50 @@ impl FamState {
         let settings = settings_from_json(&h["settings"])?;
         if let Some(e) = expected {
             if *e != settings {
-                return Err(bad(format!("the snapshot was made with other memory settings ({settings:?}), not {e:?}")));
+                return Err(bad(format!(
+                    "the snapshot was made with other memory settings ({settings:?}), not {e:?}"
+                )));
             }
         }
-        let num = |k: &str| h[k].as_i64().ok_or_else(|| bad(format!("header field `{k}` missing")));
-        let seed_tokens: Vec<u32> = h["seed_tokens"].as_array().ok_or_else(|| bad("seed tokens".into()))?
-            .iter().map(|v| v.as_u64().map(|x| x as u32)).collect::<Option<_>>().ok_or_else(|| bad("seed tokens".into()))?;
-        let mut st = FamState::new(model, backend, settings, num("n_ctx")? as usize, seed_tokens, num("bos")? as u32)?;
+        let num = |k: &str| {
+            h[k].as_i64()
+                .ok_or_else(|| bad(format!("header field `{k}` missing")))
+        };
+        let seed_tokens: Vec<u32> = h["seed_tokens"]
+            .as_array()
+            .ok_or_else(|| bad("seed tokens".into()))?
+            .iter()
+            .map(|v| v.as_u64().map(|x| x as u32))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("seed tokens".into()))?;
+        let mut st = FamState::new(
+            model,
+            backend,
+            settings,
+            num("n_ctx")? as usize,
+            seed_tokens,
+            num("bos")? as u32,
+        )?;
         if num("n_slots")? as usize != st.slot_pos.len() || num("n_layer")? as usize != st.n_layer {
             return Err(bad("state shape does not match".into()));
         }
         st.n_past = num("n_past")? as u64;
         st.start_position = num("start_position")?;
         st.origin = num("origin")?;
-        st.fam_valid = h["fam_valid"].as_bool().ok_or_else(|| bad("fam_valid".into()))?;
-        st.initialised = h["initialised"].as_bool().ok_or_else(|| bad("initialised".into()))?;
+        st.fam_valid = h["fam_valid"]
+            .as_bool()
+            .ok_or_else(|| bad("fam_valid".into()))?;
+        st.initialised = h["initialised"]
+            .as_bool()
+            .ok_or_else(|| bad("initialised".into()))?;
         st.fam_updates = num("fam_updates")? as u64;
-        st.fam_pos = h["fam_pos"].as_array().ok_or_else(|| bad("fam_pos".into()))?
-            .iter().map(|v| v.as_i64()).collect::<Option<_>>().ok_or_else(|| bad("fam_pos".into()))?;
+        st.fam_pos = h["fam_pos"]
+            .as_array()
+            .ok_or_else(|| bad("fam_pos".into()))?
+            .iter()
+            .map(|v| v.as_i64())
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("fam_pos".into()))?;
         if st.fam_pos.len() != st.n_fam {
             return Err(bad("fam_pos length".into()));
         }
@@ -600,7 +737,10 @@ impl FamState {
             }
         }
         if snap.body.len() != expect {
-            return Err(bad(format!("body of {} bytes, expected {expect}", snap.body.len())));
+            return Err(bad(format!(
+                "body of {} bytes, expected {expect}",
+                snap.body.len()
+            )));
         }
         let mut off = 0;
         let mut take = |n: usize| {

@@ -13,7 +13,12 @@ pub fn rss_bytes() -> Option<u64> {
 fn proc_status_kb(key: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with(key))?;
-    line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+    line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A progress bar on stderr for `total` units of `unit` (hidden when stderr is not a terminal).

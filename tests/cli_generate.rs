@@ -13,32 +13,73 @@ fn famstream() -> Command {
 fn run_streams_text_and_reports_speed() {
     let m = common::model_path();
     let out = famstream()
-        .args(["run", "-m", m.to_str().unwrap(), "-p", "The capital of France is", "-n", "12", "--temp", "0", "-t", "2"])
+        .args([
+            "run",
+            "-m",
+            m.to_str().unwrap(),
+            "-p",
+            "The capital of France is",
+            "-n",
+            "12",
+            "--temp",
+            "0",
+            "-t",
+            "2",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("Paris"), "greedy answer: {text:?}");
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("tok/s") && err.contains("generated: 12 tokens"), "{err}");
+    assert!(
+        err.contains("tok/s") && err.contains("generated: 12 tokens"),
+        "{err}"
+    );
 }
 
 #[test]
 fn chat_answers_two_turns_from_stdin() {
     let m = common::model_path();
     let mut child = famstream()
-        .args(["chat", "-m", m.to_str().unwrap(), "--temp", "0", "-n", "40", "-t", "2"])
+        .args([
+            "chat",
+            "-m",
+            m.to_str().unwrap(),
+            "--temp",
+            "0",
+            "-n",
+            "40",
+            "-t",
+            "2",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"What is the capital of France?\nAnd of Italy?\n/exit\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of France?\nAnd of Italy?\n/exit\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("Paris"), "{text}");
-    assert!(text.contains("Rome"), "the second turn sees the first: {text}");
+    assert!(
+        text.contains("Rome"),
+        "the second turn sees the first: {text}"
+    );
 }
 
 #[test]
@@ -47,10 +88,22 @@ fn logits_writes_an_npy_array_of_every_position() {
     let dir = common::scratch_dir("cli-logits");
     let out_path = dir.join("l.npy");
     let out = famstream()
-        .args(["logits", "-m", m.to_str().unwrap(), "-p", "Hello world, this is a test.", "--out", out_path.to_str().unwrap()])
+        .args([
+            "logits",
+            "-m",
+            m.to_str().unwrap(),
+            "-p",
+            "Hello world, this is a test.",
+            "--out",
+            out_path.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (shape, data) = famstream::npy::read_f32(&out_path).unwrap();
     assert_eq!(shape[1], 49152);
     assert!(shape[0] >= 7);
@@ -67,10 +120,25 @@ fn perplexity_json_on_a_text_file() {
     let f = dir.join("t.txt");
     std::fs::write(&f, &common::shared_text("austen_emma.txt")[..8000]).unwrap();
     let out = famstream()
-        .args(["perplexity", "-m", m.to_str().unwrap(), "-f", f.to_str().unwrap(), "--ctx", "256", "--max-tokens", "512", "--json"])
+        .args([
+            "perplexity",
+            "-m",
+            m.to_str().unwrap(),
+            "-f",
+            f.to_str().unwrap(),
+            "--ctx",
+            "256",
+            "--max-tokens",
+            "512",
+            "--json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ppl = j["perplexity"].as_f64().unwrap();
     assert!(ppl > 2.0 && ppl < 200.0, "{ppl}");
@@ -87,11 +155,31 @@ fn bad_inputs_fail_with_a_message_and_no_panic() {
     std::fs::write(&corrupt, b"GGUF\x03\0\0\0").unwrap();
     for args in [
         vec!["run", "-m", corrupt.to_str().unwrap(), "-p", "x"],
-        vec!["run", "-m", dir.join("missing.gguf").to_str().unwrap(), "-p", "x"],
+        vec![
+            "run",
+            "-m",
+            dir.join("missing.gguf").to_str().unwrap(),
+            "-p",
+            "x",
+        ],
         vec!["run", "-m", m.to_str().unwrap()],
-        vec!["run", "-m", m.to_str().unwrap(), "-f", dir.join("nope.txt").to_str().unwrap()],
+        vec![
+            "run",
+            "-m",
+            m.to_str().unwrap(),
+            "-f",
+            dir.join("nope.txt").to_str().unwrap(),
+        ],
         vec!["run", "-m", m.to_str().unwrap(), "-p", "x", "--top-p", "2"],
-        vec!["perplexity", "-m", m.to_str().unwrap(), "-f", corrupt.to_str().unwrap(), "--ctx", "4096"],
+        vec![
+            "perplexity",
+            "-m",
+            m.to_str().unwrap(),
+            "-f",
+            corrupt.to_str().unwrap(),
+            "--ctx",
+            "4096",
+        ],
     ] {
         let out = famstream().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -106,17 +194,54 @@ fn logits_continue_from_a_saved_state_as_if_never_stopped() {
     let m = common::model_path();
     let dir = common::scratch_dir("cli-state");
     let snap = dir.join("s.snap");
-    let mem = ["--memory", "fam", "--block", "16", "--mem-blocks", "1", "--fam-len", "4"];
+    let mem = [
+        "--memory",
+        "fam",
+        "--block",
+        "16",
+        "--mem-blocks",
+        "1",
+        "--fam-len",
+        "4",
+    ];
     let run = |args: &[&str]| {
-        let out = famstream().args(["logits", "-m", m.to_str().unwrap(), "-t", "2"]).args(args).args(mem).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = famstream()
+            .args(["logits", "-m", m.to_str().unwrap(), "-t", "2"])
+            .args(args)
+            .args(mem)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let a = "It was the best of times, it was the worst of times, it was the age of wisdom,";
     let b = " it was the age of foolishness, it was the epoch of belief.";
     // One stream: a then b, written as logits of b only, vs. a, save, load, b.
-    run(&["-p", a, "--out", dir.join("a.npy").to_str().unwrap(), "--save-state", snap.to_str().unwrap()]);
-    run(&["-p", b, "--out", dir.join("b_loaded.npy").to_str().unwrap(), "--load-state", snap.to_str().unwrap()]);
-    run(&["-p", &format!("{a}{b}"), "--out", dir.join("ab.npy").to_str().unwrap()]);
+    run(&[
+        "-p",
+        a,
+        "--out",
+        dir.join("a.npy").to_str().unwrap(),
+        "--save-state",
+        snap.to_str().unwrap(),
+    ]);
+    run(&[
+        "-p",
+        b,
+        "--out",
+        dir.join("b_loaded.npy").to_str().unwrap(),
+        "--load-state",
+        snap.to_str().unwrap(),
+    ]);
+    run(&[
+        "-p",
+        &format!("{a}{b}"),
+        "--out",
+        dir.join("ab.npy").to_str().unwrap(),
+    ]);
     let (sa, _) = famstream::npy::read_f32(dir.join("a.npy")).unwrap();
     let (_, ab) = famstream::npy::read_f32(dir.join("ab.npy")).unwrap();
     let (sb, bl) = famstream::npy::read_f32(dir.join("b_loaded.npy")).unwrap();
@@ -126,11 +251,27 @@ fn logits_continue_from_a_saved_state_as_if_never_stopped() {
     // Both runs feed in different chunks (block boundaries fall elsewhere relative to calls),
     // but inside the FAM engine every graph is split at block boundaries: identical numbers.
     let tail = &ab[sa[0] * nv..];
-    let d = tail.iter().zip(&bl).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let d = tail
+        .iter()
+        .zip(&bl)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     assert!(d < 1e-3, "max diff {d}");
     // Mismatched settings are refused.
     let out = famstream()
-        .args(["logits", "-m", m.to_str().unwrap(), "-p", b, "--out", dir.join("x.npy").to_str().unwrap(), "--load-state", snap.to_str().unwrap(), "--memory", "sink"])
+        .args([
+            "logits",
+            "-m",
+            m.to_str().unwrap(),
+            "-p",
+            b,
+            "--out",
+            dir.join("x.npy").to_str().unwrap(),
+            "--load-state",
+            snap.to_str().unwrap(),
+            "--memory",
+            "sink",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -5,7 +5,10 @@ mod common;
 use std::process::Command;
 
 fn famstream(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_famstream")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_famstream"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -39,7 +42,12 @@ fn inspect_prints_the_real_models_facts() {
     assert_eq!(j["n_tensors"], 272);
     assert_eq!(j["tensors"].as_array().unwrap().len(), 272);
     // Sum of tensor bytes equals the reported total.
-    let sum: u64 = j["tensors"].as_array().unwrap().iter().map(|t| t["bytes"].as_u64().unwrap()).sum();
+    let sum: u64 = j["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["bytes"].as_u64().unwrap())
+        .sum();
     assert_eq!(j["tensor_bytes"].as_u64().unwrap(), sum);
 }
 
@@ -47,13 +55,22 @@ fn inspect_prints_the_real_models_facts() {
 fn inspect_of_a_bad_file_fails_cleanly() {
     let dir = common::scratch_dir("cli-bad");
     let p = dir.join("bad.gguf");
-    std::fs::write(&p, b"GGUF\x03\0\0\0\xff\xff\xff\xff\xff\xff\xff\xff\0\0\0\0\0\0\0\0").unwrap();
+    std::fs::write(
+        &p,
+        b"GGUF\x03\0\0\0\xff\xff\xff\xff\xff\xff\xff\xff\0\0\0\0\0\0\0\0",
+    )
+    .unwrap();
     let out = famstream(&["inspect", p.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("bad.gguf") && err.contains("tensor count"), "{err}");
+    assert!(
+        err.contains("bad.gguf") && err.contains("tensor count"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"));
     let out = famstream(&["inspect", dir.join("missing.gguf").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8(out.stderr).unwrap().contains("missing.gguf"));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("missing.gguf"));
 }

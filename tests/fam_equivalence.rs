@@ -19,7 +19,10 @@ use std::sync::Arc;
 const STREAM_VS_BATCH_MEAN_KL: f64 = 0.02;
 
 fn tiny(arch: &str) -> Arc<Model> {
-    let p = format!("{}/tests/golden/tiny/{arch}/model.f32.gguf", env!("CARGO_MANIFEST_DIR"));
+    let p = format!(
+        "{}/tests/golden/tiny/{arch}/model.f32.gguf",
+        env!("CARGO_MANIFEST_DIR")
+    );
     Arc::new(Model::load(p, &Backend::cpu(2).unwrap()).unwrap())
 }
 
@@ -32,12 +35,21 @@ fn engine(m: &Arc<Model>) -> Engine {
 }
 
 fn state(m: &Arc<Model>, s: FamSettings, n_ctx: usize) -> FamState {
-    let seed: Vec<u32> = (0..s.fam_len).map(|i| if i == 0 { 1 } else { 10 + i * 7 }).collect();
+    let seed: Vec<u32> = (0..s.fam_len)
+        .map(|i| if i == 0 { 1 } else { 10 + i * 7 })
+        .collect();
     FamState::new(m, &Backend::cpu(1).unwrap(), s, n_ctx, seed, 1).unwrap()
 }
 
 fn settings(policy: MemoryPolicy, b: u32, m: u32, f: u32, s: u32) -> FamSettings {
-    FamSettings { policy, block_size: b, mem_blocks: m, fam_len: f, sinks: s, ..FamSettings::default() }
+    FamSettings {
+        policy,
+        block_size: b,
+        mem_blocks: m,
+        fam_len: f,
+        sinks: s,
+        ..FamSettings::default()
+    }
 }
 
 /// Logits of every position, feeding `chunk` tokens per call (0: all at once).
@@ -47,23 +59,39 @@ fn run_all(m: &Arc<Model>, s: FamSettings, tokens: &[u32], chunk: usize) -> Vec<
     if chunk == 0 {
         st.feed(&mut eng, tokens, Logits::All).unwrap()
     } else {
-        tokens.chunks(chunk).flat_map(|c| st.feed(&mut eng, c, Logits::All).unwrap()).collect()
+        tokens
+            .chunks(chunk)
+            .flat_map(|c| st.feed(&mut eng, c, Logits::All).unwrap())
+            .collect()
     }
 }
 
 fn mean_kl(p: &[f32], q: &[f32], nv: usize) -> f64 {
     let n = p.len() / nv;
-    (0..n).map(|i| common::llama::kl_divergence(&p[i * nv..(i + 1) * nv], &q[i * nv..(i + 1) * nv])).sum::<f64>() / n as f64
+    (0..n)
+        .map(|i| common::llama::kl_divergence(&p[i * nv..(i + 1) * nv], &q[i * nv..(i + 1) * nv]))
+        .sum::<f64>()
+        / n as f64
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
 }
 
 fn prose_tokens(n: usize) -> Vec<u32> {
-    let rt = famstream::runtime::tokenizer_from_gguf(&famstream::gguf::GgufFile::open(common::model_path()).unwrap()).unwrap();
-    let mut t = rt.encode(&common::shared_text("moby_dick.txt")[..20_000], false, false);
+    let rt = famstream::runtime::tokenizer_from_gguf(
+        &famstream::gguf::GgufFile::open(common::model_path()).unwrap(),
+    )
+    .unwrap();
+    let mut t = rt.encode(
+        &common::shared_text("moby_dick.txt")[..20_000],
+        false,
+        false,
+    );
     t.truncate(n);
     t
 }
@@ -74,7 +102,11 @@ fn fam_with_no_rows_equals_bswa() {
     let tokens = prose_tokens(200);
     let bswa = run_all(&m, settings(MemoryPolicy::Bswa, 32, 1, 0, 0), &tokens, 0);
     let fam0 = run_all(&m, settings(MemoryPolicy::Fam, 32, 1, 0, 0), &tokens, 0);
-    assert!(bswa == fam0, "fam with F = 0 must be bswa exactly (max diff {})", max_diff(&bswa, &fam0));
+    assert!(
+        bswa == fam0,
+        "fam with F = 0 must be bswa exactly (max diff {})",
+        max_diff(&bswa, &fam0)
+    );
     // and a non-trivial window does change things (the test can fail)
     let full = run_all(&m, settings(MemoryPolicy::Full, 32, 1, 0, 0), &tokens, 32);
     assert!(max_diff(&bswa, &full) > 0.5);
@@ -87,14 +119,25 @@ fn windows_covering_the_stream_equal_full_attention() {
     // Fed in the same chunks (one block per call), the graphs have identical shapes, so the
     // results must be bit-identical: (M+1)*B = 7*32 >= 200 means every policy sees everything.
     let full = run_all(&m, settings(MemoryPolicy::Full, 32, 1, 0, 0), &tokens, 32);
-    for s in [settings(MemoryPolicy::Bswa, 32, 6, 0, 0), settings(MemoryPolicy::Sink, 32, 6, 0, 4)] {
+    for s in [
+        settings(MemoryPolicy::Bswa, 32, 6, 0, 0),
+        settings(MemoryPolicy::Sink, 32, 6, 0, 4),
+    ] {
         let got = run_all(&m, s, &tokens, 32);
-        assert!(got == full, "{s:?} must equal full attention exactly (max diff {})", max_diff(&got, &full));
+        assert!(
+            got == full,
+            "{s:?} must equal full attention exactly (max diff {})",
+            max_diff(&got, &full)
+        );
     }
     // One block covering everything, fed at once like full: also identical.
     let full_once = run_all(&m, settings(MemoryPolicy::Full, 32, 1, 0, 0), &tokens, 0);
     let one_block = run_all(&m, settings(MemoryPolicy::Bswa, 256, 0, 0, 0), &tokens, 0);
-    assert!(one_block == full_once, "max diff {}", max_diff(&one_block, &full_once));
+    assert!(
+        one_block == full_once,
+        "max diff {}",
+        max_diff(&one_block, &full_once)
+    );
 }
 
 #[test]
@@ -106,14 +149,27 @@ fn streaming_one_token_at_a_time_equals_block_prefill() {
         settings(MemoryPolicy::Bswa, 32, 1, 0, 0),
         settings(MemoryPolicy::Sink, 32, 1, 0, 4),
         settings(MemoryPolicy::Fam, 32, 1, 8, 0),
-        FamSettings { init: FamInit::Bos, ..settings(MemoryPolicy::Fam, 32, 1, 8, 0) },
-        FamSettings { init: FamInit::TailOfBlock, ..settings(MemoryPolicy::Fam, 32, 1, 8, 0) },
-        FamSettings { query_pos: FamQueryPos::PrevFam, zero_first_residual: false, ..settings(MemoryPolicy::Fam, 32, 1, 8, 0) },
+        FamSettings {
+            init: FamInit::Bos,
+            ..settings(MemoryPolicy::Fam, 32, 1, 8, 0)
+        },
+        FamSettings {
+            init: FamInit::TailOfBlock,
+            ..settings(MemoryPolicy::Fam, 32, 1, 8, 0)
+        },
+        FamSettings {
+            query_pos: FamQueryPos::PrevFam,
+            zero_first_residual: false,
+            ..settings(MemoryPolicy::Fam, 32, 1, 8, 0)
+        },
     ] {
         let batch = run_all(&m, s, &tokens, 0);
         let stream = run_all(&m, s, &tokens, 1);
         let kl = mean_kl(&batch, &stream, m.hp.n_vocab);
-        eprintln!("{:?}/{}: mean KL(batch || stream) = {kl:.2e}", s.policy, s.init);
+        eprintln!(
+            "{:?}/{}: mean KL(batch || stream) = {kl:.2e}",
+            s.policy, s.init
+        );
         assert!(kl < STREAM_VS_BATCH_MEAN_KL, "{s:?}: {kl}");
     }
 }

@@ -20,7 +20,9 @@ fn dir() -> String {
 
 #[test]
 fn every_policy_matches_the_numpy_reference() {
-    let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("{}/cases.json", dir())).unwrap()).unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{}/cases.json", dir())).unwrap())
+            .unwrap();
     let cases = cases.as_array().unwrap();
     assert_eq!(cases.len(), 20);
     let mut models = std::collections::HashMap::new();
@@ -29,7 +31,10 @@ fn every_policy_matches_the_numpy_reference() {
         let model = models
             .entry(arch.to_string())
             .or_insert_with(|| {
-                let p = format!("{}/tests/golden/tiny/{arch}/model.f32.gguf", env!("CARGO_MANIFEST_DIR"));
+                let p = format!(
+                    "{}/tests/golden/tiny/{arch}/model.f32.gguf",
+                    env!("CARGO_MANIFEST_DIR")
+                );
                 Arc::new(Model::load(p, &Backend::cpu(2).unwrap()).unwrap())
             })
             .clone();
@@ -37,23 +42,47 @@ fn every_policy_matches_the_numpy_reference() {
         let policy: MemoryPolicy = c["policy"].as_str().unwrap().parse().unwrap();
         let s = FamSettings {
             policy,
-            block_size: if c["block_size"].is_null() { 8 } else { u("block_size") },
+            block_size: if c["block_size"].is_null() {
+                8
+            } else {
+                u("block_size")
+            },
             mem_blocks: u("mem_blocks"),
             fam_len: u("fam_len"),
             sinks: u("sinks"),
-            init: c["init"].as_str().map_or(FamInit::Bos, |s| s.parse().unwrap()),
-            query_pos: c["query_pos"].as_str().map_or(FamQueryPos::BlockEnd, |s| s.parse().unwrap()),
+            init: c["init"]
+                .as_str()
+                .map_or(FamInit::Bos, |s| s.parse().unwrap()),
+            query_pos: c["query_pos"]
+                .as_str()
+                .map_or(FamQueryPos::BlockEnd, |s| s.parse().unwrap()),
             zero_first_residual: c["zero_first_residual"].as_bool().unwrap_or(false),
         };
-        let ids: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let seed: Vec<u32> = c["seed_ids"].as_array().map(|a| a.iter().map(|v| v.as_u64().unwrap() as u32).collect()).unwrap_or_default();
+        let ids: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let seed: Vec<u32> = c["seed_ids"]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_u64().unwrap() as u32).collect())
+            .unwrap_or_default();
         let mut eng = Engine::new(model.clone(), Backend::cpu(2).unwrap()).unwrap();
         let mut st = FamState::new(&model, eng.backend(), s, ids.len(), seed, 1).unwrap();
         let ours = st.feed(&mut eng, &ids, Logits::All).unwrap();
-        let (_, want) = famstream::npy::read_f32(format!("{}/{}", dir(), c["file"].as_str().unwrap())).unwrap();
+        let (_, want) =
+            famstream::npy::read_f32(format!("{}/{}", dir(), c["file"].as_str().unwrap())).unwrap();
         assert_eq!(ours.len(), want.len());
-        let d = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        eprintln!("{arch} {}: max |ours - reference| = {d:.2e}", c["file"].as_str().unwrap());
+        let d = ours
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!(
+            "{arch} {}: max |ours - reference| = {d:.2e}",
+            c["file"].as_str().unwrap()
+        );
         assert!(d < LOGIT_TOL, "{arch} {}: {d}", c["file"]);
     }
 }

@@ -21,14 +21,30 @@ fn matmul_check(ty: GgmlType) {
     let wq = ggml::quantize(ty, &w, k).unwrap();
     let wd = ggml::dequantize(ty, &wq, k * m).unwrap();
     // Quantization really happened (not a copy) and dequantization is close.
-    assert_eq!(wq.len() as u64, ty.tensor_size(&[k as u64, m as u64]).unwrap());
-    let max_err = w.iter().zip(&wd).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(max_err > 0.0 && max_err < 0.2, "{ty}: dequantization error {max_err}");
+    assert_eq!(
+        wq.len() as u64,
+        ty.tensor_size(&[k as u64, m as u64]).unwrap()
+    );
+    let max_err = w
+        .iter()
+        .zip(&wd)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        max_err > 0.0 && max_err < 0.2,
+        "{ty}: dequantization error {max_err}"
+    );
 
     let mut backend = Backend::cpu(2).unwrap();
     let ctx = Context::new_no_alloc(8, 16).unwrap();
-    let wt = ctx.new_tensor(ty, &[k as i64, m as i64]).set_name("w").set_input();
-    let xt = ctx.new_tensor(GgmlType::F32, &[k as i64, n as i64]).set_name("x").set_input();
+    let wt = ctx
+        .new_tensor(ty, &[k as i64, m as i64])
+        .set_name("w")
+        .set_input();
+    let xt = ctx
+        .new_tensor(GgmlType::F32, &[k as i64, n as i64])
+        .set_name("x")
+        .set_input();
     let y = ctx.mul_mat(wt, xt).set_name("y").set_output();
     let mut g = ctx.new_graph(16);
     g.expand(y);
@@ -71,5 +87,8 @@ fn q4_0_matmul_matches_f32_reference() {
 fn quantize_rejects_bad_rows() {
     assert!(ggml::quantize(GgmlType::Q8_0, &[0.0; 33], 33).is_err());
     assert!(ggml::quantize(GgmlType::Q8_0, &[0.0; 64], 0).is_err());
-    assert!(ggml::quantize(GgmlType(16), &[0.0; 256], 256).is_err(), "IQ2_XXS needs an imatrix");
+    assert!(
+        ggml::quantize(GgmlType(16), &[0.0; 256], 256).is_err(),
+        "IQ2_XXS needs an imatrix"
+    );
 }

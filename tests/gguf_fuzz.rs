@@ -48,13 +48,29 @@ fn seed_file() -> Vec<u8> {
     let mut w = GgufWriter::new();
     w.set("general.architecture", Value::String("llama".into()));
     w.set("llama.block_count", Value::U32(2));
-    w.set("tokenizer.ggml.tokens", Value::Array(Array::String(vec!["a".into(), "bc".into(), "<s>".into()])));
-    w.set("tokenizer.ggml.scores", Value::Array(Array::F32(vec![0.0, -1.0, -2.0])));
-    w.set("x.nested", Value::Array(Array::Array(vec![Array::U8(vec![1, 2]), Array::Array(vec![])])));
+    w.set(
+        "tokenizer.ggml.tokens",
+        Value::Array(Array::String(vec!["a".into(), "bc".into(), "<s>".into()])),
+    );
+    w.set(
+        "tokenizer.ggml.scores",
+        Value::Array(Array::F32(vec![0.0, -1.0, -2.0])),
+    );
+    w.set(
+        "x.nested",
+        Value::Array(Array::Array(vec![
+            Array::U8(vec![1, 2]),
+            Array::Array(vec![]),
+        ])),
+    );
     w.set("x.f64", Value::F64(1.0));
     w.add_tensor("t0", GgmlType::F32, &[8, 2]).unwrap();
     w.add_tensor("t1", GgmlType::Q8_0, &[32]).unwrap();
-    w.write(&path, |_, t, out| out.write_all(&vec![1u8; t.size as usize]).map_err(|e| famstream::Error::io("x", "write", e))).unwrap();
+    w.write(&path, |_, t, out| {
+        out.write_all(&vec![1u8; t.size as usize])
+            .map_err(|e| famstream::Error::io("x", "write", e))
+    })
+    .unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     bytes
@@ -65,7 +81,9 @@ fn check(bytes: Vec<u8>) {
     PEAK.with(|p| p.set(0));
     let base = CURRENT.with(|c| c.get());
     PEAK.with(|p| p.set(base));
-    let r = std::panic::catch_unwind(|| GgufFile::from_bytes(bytes, "fuzz.gguf").map(|g| g.tensors().len()));
+    let r = std::panic::catch_unwind(|| {
+        GgufFile::from_bytes(bytes, "fuzz.gguf").map(|g| g.tensors().len())
+    });
     assert!(r.is_ok(), "reader panicked on a {len}-byte input");
     let peak = PEAK.with(|p| p.get()) - base;
     // The input buffer itself (moved in) is not counted: it was allocated before `base`.
@@ -78,7 +96,10 @@ fn check(bytes: Vec<u8>) {
 #[test]
 fn random_and_mutated_inputs_never_panic_or_over_allocate() {
     let seed = seed_file();
-    assert!(GgufFile::from_bytes(seed.clone(), "seed").is_ok(), "the seed file is valid");
+    assert!(
+        GgufFile::from_bytes(seed.clone(), "seed").is_ok(),
+        "the seed file is valid"
+    );
     let mut rng = Rng(0x5eed_f00d);
     let mut accepted = 0;
     for i in 0..20_000 {

@@ -33,20 +33,42 @@ struct Golden {
 
 fn golden(arch: &str) -> Golden {
     let d = dir(arch);
-    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("golden.json")).unwrap()).unwrap();
-    let ids = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
-    let floats = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<_>>();
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("golden.json")).unwrap()).unwrap();
+    let ids = |v: &serde_json::Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect::<Vec<_>>()
+    };
+    let floats = |v: &serde_json::Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect::<Vec<_>>()
+    };
     let sequences: Vec<Vec<u32>> = j["sequences"].as_array().unwrap().iter().map(ids).collect();
     let logits = j["logits_files"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| famstream::npy::read_f32(d.join(f.as_str().unwrap())).unwrap().1)
+        .map(|f| {
+            famstream::npy::read_f32(d.join(f.as_str().unwrap()))
+                .unwrap()
+                .1
+        })
         .collect();
     Golden {
         sequences,
         logits,
-        margins: j["top2_margin"].as_array().unwrap().iter().map(floats).collect(),
+        margins: j["top2_margin"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(floats)
+            .collect(),
         greedy_prompt: ids(&j["greedy"]["prompt"]),
         greedy_continuation: ids(&j["greedy"]["continuation"]),
         vocab: j["vocab_size"].as_u64().unwrap() as usize,
@@ -70,27 +92,46 @@ fn check(arch: &str, file: &str, tol: f32) {
         stream.reset();
         let ours = stream.feed(&mut eng, seq, Logits::All).unwrap();
         for i in 0..seq.len() {
-            let (o, h) = (&ours[i * nv..(i + 1) * nv], &g.logits[s][i * nv..(i + 1) * nv]);
-            let d = o.iter().zip(h).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let (o, h) = (
+                &ours[i * nv..(i + 1) * nv],
+                &g.logits[s][i * nv..(i + 1) * nv],
+            );
+            let d = o
+                .iter()
+                .zip(h)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             worst = worst.max(d);
             if g.margins[s][i] > 2.0 * tol {
-                assert_eq!(argmax(o), argmax(h), "{arch}/{file}: argmax at sequence {s} row {i}");
+                assert_eq!(
+                    argmax(o),
+                    argmax(h),
+                    "{arch}/{file}: argmax at sequence {s} row {i}"
+                );
             }
         }
     }
     eprintln!("{arch}/{file}: max |logit - HF| = {worst:.2e}");
-    assert!(worst < tol, "{arch}/{file}: max logit difference {worst} exceeds {tol}");
+    assert!(
+        worst < tol,
+        "{arch}/{file}: max logit difference {worst} exceeds {tol}"
+    );
 
     // Greedy continuation, token by token (exercises single-token decode against the cache).
     stream.reset();
-    let mut logits = stream.feed(&mut eng, &g.greedy_prompt, Logits::Last).unwrap();
+    let mut logits = stream
+        .feed(&mut eng, &g.greedy_prompt, Logits::Last)
+        .unwrap();
     let mut got = Vec::new();
     for _ in 0..g.greedy_continuation.len() {
         let t = argmax(&logits) as u32;
         got.push(t);
         logits = stream.feed(&mut eng, &[t], Logits::Last).unwrap();
     }
-    assert_eq!(got, g.greedy_continuation, "{arch}/{file}: greedy continuation");
+    assert_eq!(
+        got, g.greedy_continuation,
+        "{arch}/{file}: greedy continuation"
+    );
 }
 
 #[test]

@@ -11,16 +11,28 @@ use famstream::state::{FamState, Logits};
 use std::sync::Arc;
 
 fn tiny(arch: &str) -> Arc<Model> {
-    let p = format!("{}/tests/golden/tiny/{arch}/model.f32.gguf", env!("CARGO_MANIFEST_DIR"));
+    let p = format!(
+        "{}/tests/golden/tiny/{arch}/model.f32.gguf",
+        env!("CARGO_MANIFEST_DIR")
+    );
     Arc::new(Model::load(p, &Backend::cpu(1).unwrap()).unwrap())
 }
 
 fn settings(policy: MemoryPolicy) -> FamSettings {
-    FamSettings { policy, block_size: 16, mem_blocks: 1, fam_len: 4, sinks: 2, ..FamSettings::default() }
+    FamSettings {
+        policy,
+        block_size: 16,
+        mem_blocks: 1,
+        fam_len: 4,
+        sinks: 2,
+        ..FamSettings::default()
+    }
 }
 
 fn tokens(n: usize, salt: u32) -> Vec<u32> {
-    (0..n as u32).map(|i| 5 + (i * 31 + salt * 7) % 500).collect()
+    (0..n as u32)
+        .map(|i| 5 + (i * 31 + salt * 7) % 500)
+        .collect()
 }
 
 fn new_state(m: &Arc<Model>, eng: &Engine, s: FamSettings) -> FamState {
@@ -32,7 +44,12 @@ fn loading_a_snapshot_and_continuing_equals_never_stopping() {
     let m = tiny("llama");
     let dir = common::scratch_dir("snap-roundtrip");
     let (a, b) = (tokens(70, 1), tokens(50, 2));
-    for policy in [MemoryPolicy::Full, MemoryPolicy::Bswa, MemoryPolicy::Sink, MemoryPolicy::Fam] {
+    for policy in [
+        MemoryPolicy::Full,
+        MemoryPolicy::Bswa,
+        MemoryPolicy::Sink,
+        MemoryPolicy::Fam,
+    ] {
         let s = settings(policy);
         let mut eng = Engine::new(m.clone(), Backend::cpu(1).unwrap()).unwrap();
         let mut never = new_state(&m, &eng, s);
@@ -42,7 +59,9 @@ fn loading_a_snapshot_and_continuing_equals_never_stopping() {
         let mut first = new_state(&m, &eng, s);
         first.feed(&mut eng, &a, Logits::None).unwrap();
         let path = dir.join(format!("{policy}.snap"));
-        first.save(&path, &m, serde_json::json!({"note": "hi"})).unwrap();
+        first
+            .save(&path, &m, serde_json::json!({"note": "hi"}))
+            .unwrap();
         drop(first);
         let (mut loaded, extra) = FamState::load(&path, &m, eng.backend(), Some(&s)).unwrap();
         assert_eq!(extra["note"], "hi");
@@ -59,9 +78,11 @@ fn snapshot_size_does_not_depend_on_stream_length() {
     let mut eng = Engine::new(m.clone(), Backend::cpu(1).unwrap()).unwrap();
     let mut st = new_state(&m, &eng, settings(MemoryPolicy::Fam));
     st.feed(&mut eng, &tokens(20, 3), Logits::None).unwrap();
-    st.save(dir.join("short.snap"), &m, serde_json::Value::Null).unwrap();
+    st.save(dir.join("short.snap"), &m, serde_json::Value::Null)
+        .unwrap();
     st.feed(&mut eng, &tokens(2000, 4), Logits::None).unwrap();
-    st.save(dir.join("long.snap"), &m, serde_json::Value::Null).unwrap();
+    st.save(dir.join("long.snap"), &m, serde_json::Value::Null)
+        .unwrap();
     let size = |n: &str| std::fs::metadata(dir.join(n)).unwrap().len();
     // The header's decimal counters may add a few digits; the binary body is identical in size.
     let (short, long) = (size("short.snap"), size("long.snap"));
@@ -81,7 +102,10 @@ fn bad_snapshots_are_refused() {
     st.save(&good, &m, serde_json::Value::Null).unwrap();
     let bytes = std::fs::read(&good).unwrap();
     let err = |path: &std::path::Path, model: &Model, exp: Option<&FamSettings>| {
-        FamState::load(path, model, &Backend::cpu(1).unwrap(), exp).err().expect("refused").to_string()
+        FamState::load(path, model, &Backend::cpu(1).unwrap(), exp)
+            .err()
+            .expect("refused")
+            .to_string()
     };
     // corrupted byte in the body
     let mut c = bytes.clone();
@@ -95,12 +119,19 @@ fn bad_snapshots_are_refused() {
     std::fs::write(dir.join("tiny.snap"), &bytes[..10]).unwrap();
     assert!(err(&dir.join("tiny.snap"), &m, None).contains("truncated"));
     // not a snapshot
-    std::fs::write(dir.join("junk.snap"), b"hello world, this is not a snapshot at all").unwrap();
+    std::fs::write(
+        dir.join("junk.snap"),
+        b"hello world, this is not a snapshot at all",
+    )
+    .unwrap();
     assert!(err(&dir.join("junk.snap"), &m, None).contains("bad magic"));
     // other model
     assert!(err(&good, &other, None).contains("different model"));
     // other settings
-    let s2 = FamSettings { block_size: 32, ..s };
+    let s2 = FamSettings {
+        block_size: 32,
+        ..s
+    };
     assert!(err(&good, &m, Some(&s2)).contains("other memory settings"));
     // missing file
     assert!(err(&dir.join("missing.snap"), &m, None).contains("missing.snap"));

@@ -18,7 +18,11 @@ fn vocab(path: &PathBuf) -> Vocab {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn short(s: &str) -> String {
@@ -35,17 +39,31 @@ fn check(name: &str, tok: &Tokenizer, sp_tok: Option<&Tokenizer>) -> (usize, Vec
         n += 1;
         let row: Value = serde_json::from_str(line).unwrap();
         let t = row["text"].as_str().unwrap();
-        let mut check = |what: &str, ours: &dyn std::fmt::Debug, want: &dyn std::fmt::Debug, ok: bool| {
-            if !ok {
-                fails.push(format!("{name} {} {what}: ours {ours:?} want {want:?}", short(t)));
-            }
-        };
+        let mut check =
+            |what: &str, ours: &dyn std::fmt::Debug, want: &dyn std::fmt::Debug, ok: bool| {
+                if !ok {
+                    fails.push(format!(
+                        "{name} {} {what}: ours {ours:?} want {want:?}",
+                        short(t)
+                    ));
+                }
+            };
         let e = tok.encode(t, false, true);
         check("ids", &e, &ids(&row["ids"]), e == ids(&row["ids"]));
         let e = tok.encode(t, true, true);
-        check("ids_special", &e, &ids(&row["ids_special"]), e == ids(&row["ids_special"]));
+        check(
+            "ids_special",
+            &e,
+            &ids(&row["ids_special"]),
+            e == ids(&row["ids_special"]),
+        );
         let raw = tok.encode(t, false, false);
-        check("ids_raw", &raw, &ids(&row["ids_raw"]), raw == ids(&row["ids_raw"]));
+        check(
+            "ids_raw",
+            &raw,
+            &ids(&row["ids_raw"]),
+            raw == ids(&row["ids_raw"]),
+        );
         let golden_ids = ids(&row["ids"]);
         let d = tok.decode_with_special(&golden_ids);
         let want = row["decoded"].as_str().unwrap();
@@ -59,13 +77,20 @@ fn check(name: &str, tok: &Tokenizer, sp_tok: Option<&Tokenizer>) -> (usize, Vec
         if hf_rt {
             check("roundtrip", &rt, &t, rt == t);
         } else {
-            eprintln!("{name} {}: HF's own decode is not the text; round trip exempt (ours gives {:?})", short(t), short(&rt));
+            eprintln!(
+                "{name} {}: HF's own decode is not the text; round trip exempt (ours gives {:?})",
+                short(t),
+                short(&rt)
+            );
         }
         // Streaming decode gives the same text as decode (without the SPM leading-space strip).
         let mut sd = StreamDecoder::new();
         let mut streamed: String = raw.iter().map(|&id| sd.push(tok, id)).collect();
         streamed.push_str(&sd.finish());
-        let joined: Vec<u8> = raw.iter().flat_map(|&id| tok.token_bytes(id).to_vec()).collect();
+        let joined: Vec<u8> = raw
+            .iter()
+            .flat_map(|&id| tok.token_bytes(id).to_vec())
+            .collect();
         let want = String::from_utf8_lossy(&joined).into_owned();
         check("stream", &streamed, &want, streamed == want);
         if let (Some(sp), Some(want)) = (sp_tok, row.get("ids_sentencepiece")) {
@@ -94,7 +119,13 @@ fn smollm2_matches_hf() {
 fn spm_bpe_matches_hf_and_sentencepiece() {
     let v = vocab(&format!("{}/spm_bpe.gguf", golden_dir()).into());
     let tok = Tokenizer::from_vocab(v.clone()).unwrap();
-    let sp = Tokenizer::from_vocab_with(v, TokenizerOptions { space_prefix: SpacePrefix::SentencePiece }).unwrap();
+    let sp = Tokenizer::from_vocab_with(
+        v,
+        TokenizerOptions {
+            space_prefix: SpacePrefix::SentencePiece,
+        },
+    )
+    .unwrap();
     let (n, fails) = check("spm_bpe", &tok, Some(&sp));
     for f in &fails {
         eprintln!("{f}");
@@ -114,13 +145,20 @@ fn smollm2_matches_llama_cpp_tokenizer_on_the_corpus() {
         let row: Value = serde_json::from_str(line).unwrap();
         let t = row["text"].as_str().unwrap();
         for parse_special in [false, true] {
-            assert_eq!(tok.encode(t, true, parse_special), oracle.tokenize(t, true, parse_special), "{t:?} (parse_special {parse_special})");
+            assert_eq!(
+                tok.encode(t, true, parse_special),
+                oracle.tokenize(t, true, parse_special),
+                "{t:?} (parse_special {parse_special})"
+            );
         }
         n += 1;
     }
     // A whole chapter of prose too.
     let book = common::shared_text("moby_dick.txt");
     let chunk = &book[..60_000];
-    assert_eq!(tok.encode(chunk, false, false), oracle.tokenize(chunk, false, false));
+    assert_eq!(
+        tok.encode(chunk, false, false),
+        oracle.tokenize(chunk, false, false)
+    );
     assert!(n > 50);
 }

@@ -42,7 +42,10 @@ fn logits_match_llama_cpp_on_a_multi_sentence_prompt() {
         kl_sum += kl_divergence(t, o);
     }
     let mean_kl = kl_sum / tokens.len() as f64;
-    eprintln!("mean KL(llama.cpp || famstream) over {} positions: {mean_kl:.3e}", tokens.len());
+    eprintln!(
+        "mean KL(llama.cpp || famstream) over {} positions: {mean_kl:.3e}",
+        tokens.len()
+    );
     assert!(mean_kl < MEAN_KL_BOUND, "mean KL {mean_kl}");
 }
 
@@ -52,26 +55,57 @@ fn greedy_generation_matches_llama_cpp() {
     use famstream::sample::SamplerConfig;
     let path = common::model_path();
     let mut oracle = LlamaOracle::new(&path, 512, 2);
-    let rt = Runtime::load(&path, &LoadOptions { threads: 2, device: None }).unwrap();
+    let rt = Runtime::load(
+        &path,
+        &LoadOptions {
+            threads: 2,
+            device: None,
+        },
+    )
+    .unwrap();
     let mut eng = rt.engine().unwrap();
     let prompts = [
         "The capital of France is".to_string(),
-        rt.chat.render(&[famstream::chat::Message::new("user", "Name three primary colors.")], true),
+        rt.chat.render(
+            &[famstream::chat::Message::new(
+                "user",
+                "Name three primary colors.",
+            )],
+            true,
+        ),
         "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n".to_string(),
     ];
     for p in &prompts {
         let tokens = rt.tokenizer.encode(p, true, true);
-        assert_eq!(tokens, oracle.tokenize(p, true, true), "tokenization of {p:?}");
+        assert_eq!(
+            tokens,
+            oracle.tokenize(p, true, true),
+            "tokenization of {p:?}"
+        );
         let theirs = oracle.greedy(&tokens, 32);
         let mut stream = rt.new_stream(&eng, 512).unwrap();
-        let opts = GenerateOptions { max_tokens: 32, sampler: SamplerConfig::greedy(), stop: vec![] };
-        let ours = rt.generate(&mut eng, &mut stream, &tokens, &opts, |_| true).unwrap();
+        let opts = GenerateOptions {
+            max_tokens: 32,
+            sampler: SamplerConfig::greedy(),
+            stop: vec![],
+        };
+        let ours = rt
+            .generate(&mut eng, &mut stream, &tokens, &opts, |_| true)
+            .unwrap();
         // llama.cpp's loop above does not stop at end-of-generation tokens; compare up to ours.
         let n = ours.tokens.len();
         assert!(n > 0);
-        assert_eq!(ours.tokens[..], theirs[..n], "greedy continuation of {p:?}: {:?}", ours.text);
+        assert_eq!(
+            ours.tokens[..],
+            theirs[..n],
+            "greedy continuation of {p:?}: {:?}",
+            ours.text
+        );
         if n < 32 {
-            assert!(rt.tokenizer.is_eog(theirs[n]), "we stopped early at {n} without an end token");
+            assert!(
+                rt.tokenizer.is_eog(theirs[n]),
+                "we stopped early at {n} without an end token"
+            );
         }
     }
 }
@@ -86,12 +120,20 @@ fn perplexity_matches_llama_cpp_on_moby_dick() {
     let text = common::shared_text("moby_dick.txt");
     let text = &text[..40_000];
     let ctx = 512;
-    let rt = Runtime::load(&path, &LoadOptions { threads: 2, device: None }).unwrap();
+    let rt = Runtime::load(
+        &path,
+        &LoadOptions {
+            threads: 2,
+            device: None,
+        },
+    )
+    .unwrap();
     let mut tokens = rt.tokenizer.encode(text, rt.tokenizer.add_bos(), false);
     tokens.truncate(4 * ctx);
     assert_eq!(tokens.len(), 4 * ctx);
     let mut eng = rt.engine().unwrap();
-    let ours = famstream::perplexity::windowed(&rt.model, &mut eng, &tokens, ctx, None, |_, _| {}).unwrap();
+    let ours = famstream::perplexity::windowed(&rt.model, &mut eng, &tokens, ctx, None, |_, _| {})
+        .unwrap();
 
     // llama.cpp, scored the same way (llama-perplexity: second half of each window).
     let mut oracle = LlamaOracle::new(&path, ctx, 2);
@@ -106,7 +148,10 @@ fn perplexity_matches_llama_cpp_on_moby_dick() {
         }
     }
     let theirs = (sum / n as f64).exp();
-    eprintln!("perplexity: famstream {:.4}, llama.cpp {theirs:.4}", ours.perplexity);
+    eprintln!(
+        "perplexity: famstream {:.4}, llama.cpp {theirs:.4}",
+        ours.perplexity
+    );
     assert_eq!(ours.tokens_scored, n);
     assert!(ours.perplexity > 1.0 && ours.perplexity < 1000.0);
     assert!((ours.perplexity / theirs - 1.0).abs() < PERPLEXITY_REL_TOL);

@@ -13,8 +13,7 @@ mod value;
 mod writer;
 
 pub use reader::{
-    GgufFile, MAX_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_DIMS, MAX_KEY_LEN, MAX_KV_COUNT,
-    MAX_TENSOR_COUNT,
+    GgufFile, MAX_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_DIMS, MAX_KEY_LEN, MAX_KV_COUNT, MAX_TENSOR_COUNT,
 };
 pub use value::{Array, Value, ValueType};
 pub use writer::{AtomicFile, GgufWriter};
@@ -58,7 +57,10 @@ impl GgufFile {
         match self.get(key) {
             None => Ok(None),
             Some(v) => f(v).map(Some).ok_or_else(|| {
-                Error::metadata(key, format!("expected {want}, found {} = {v}", v.type_description()))
+                Error::metadata(
+                    key,
+                    format!("expected {want}, found {} = {v}", v.type_description()),
+                )
             }),
         }
     }
@@ -67,7 +69,9 @@ impl GgufFile {
     }
 
     pub fn opt_u64(&self, key: &str) -> Result<Option<u64>> {
-        self.typed(key, "an unsigned integer", |v| v.as_int().and_then(|i| u64::try_from(i).ok()))
+        self.typed(key, "an unsigned integer", |v| {
+            v.as_int().and_then(|i| u64::try_from(i).ok())
+        })
     }
     pub fn opt_u32(&self, key: &str) -> Result<Option<u32>> {
         self.typed(key, "an unsigned 32-bit integer", |v| {
@@ -120,6 +124,8 @@ impl GgufFile {
     }
     /// Total bytes of tensor data and total elements.
     pub fn tensor_totals(&self) -> (u64, u64) {
-        self.tensors().iter().fold((0, 0), |(b, n), t| (b + t.size, n + t.n_elements()))
+        self.tensors()
+            .iter()
+            .fold((0, 0), |(b, n), t| (b + t.size, n + t.n_elements()))
     }
 }

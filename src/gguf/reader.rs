@@ -80,7 +80,10 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn err<T>(&self, what: impl Into<String>) -> PResult<T> {
-        Err(ParseError { at: self.pos as u64, what: what.into() })
+        Err(ParseError {
+            at: self.pos as u64,
+            what: what.into(),
+        })
     }
     fn remaining(&self) -> u64 {
         (self.buf.len() - self.pos) as u64
@@ -119,7 +122,10 @@ impl<'a> Cursor<'a> {
         let at = self.pos as u64;
         let n = self.u64(what)?;
         if n > cap {
-            return Err(ParseError { at, what: format!("{what} {n} exceeds the limit of {cap}") });
+            return Err(ParseError {
+                at,
+                what: format!("{what} {n} exceeds the limit of {cap}"),
+            });
         }
         match n.checked_mul(min_size) {
             Some(need) if need <= self.remaining() => Ok(n as usize),
@@ -142,8 +148,10 @@ impl<'a> Cursor<'a> {
             });
         }
         let bytes = self.take(n, what)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| ParseError { at, what: format!("{what}: not valid UTF-8") })
+        String::from_utf8(bytes.to_vec()).map_err(|_| ParseError {
+            at,
+            what: format!("{what}: not valid UTF-8"),
+        })
     }
 }
 
@@ -163,12 +171,17 @@ fn read_vec<T>(
 
 fn read_array(c: &mut Cursor, key: &str, depth: u32) -> PResult<Array> {
     if depth > MAX_ARRAY_DEPTH {
-        return c.err(format!("key `{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}"));
+        return c.err(format!(
+            "key `{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}"
+        ));
     }
     let at = c.pos as u64;
     let t = c.u32("array element type")?;
     let Some(elem) = ValueType::from_u32(t) else {
-        return Err(ParseError { at, what: format!("key `{key}`: unknown array element type {t}") });
+        return Err(ParseError {
+            at,
+            what: format!("key `{key}`: unknown array element type {t}"),
+        });
     };
     let what = format!("key `{key}`: array count");
     Ok(match elem {
@@ -178,21 +191,19 @@ fn read_array(c: &mut Cursor, key: &str, depth: u32) -> PResult<Array> {
         ValueType::I16 => Array::I16(read_vec(c, elem, &what, |c| Ok(c.u16(key)? as i16))?),
         ValueType::U32 => Array::U32(read_vec(c, elem, &what, |c| c.u32(key))?),
         ValueType::I32 => Array::I32(read_vec(c, elem, &what, |c| Ok(c.u32(key)? as i32))?),
-        ValueType::F32 => {
-            Array::F32(read_vec(c, elem, &what, |c| Ok(f32::from_bits(c.u32(key)?)))?)
-        }
+        ValueType::F32 => Array::F32(read_vec(c, elem, &what, |c| {
+            Ok(f32::from_bits(c.u32(key)?))
+        })?),
         ValueType::Bool => Array::Bool(read_vec(c, elem, &what, |c| read_bool(c, key))?),
-        ValueType::String => {
-            Array::String(read_vec(c, elem, &what, |c| c.string(u64::MAX, key))?)
-        }
+        ValueType::String => Array::String(read_vec(c, elem, &what, |c| c.string(u64::MAX, key))?),
         ValueType::Array => {
             Array::Array(read_vec(c, elem, &what, |c| read_array(c, key, depth + 1))?)
         }
         ValueType::U64 => Array::U64(read_vec(c, elem, &what, |c| c.u64(key))?),
         ValueType::I64 => Array::I64(read_vec(c, elem, &what, |c| Ok(c.u64(key)? as i64))?),
-        ValueType::F64 => {
-            Array::F64(read_vec(c, elem, &what, |c| Ok(f64::from_bits(c.u64(key)?)))?)
-        }
+        ValueType::F64 => Array::F64(read_vec(c, elem, &what, |c| {
+            Ok(f64::from_bits(c.u64(key)?))
+        })?),
     })
 }
 
@@ -201,7 +212,10 @@ fn read_bool(c: &mut Cursor, key: &str) -> PResult<bool> {
     match c.u8(key)? {
         0 => Ok(false),
         1 => Ok(true),
-        b => Err(ParseError { at, what: format!("key `{key}`: bool byte {b} is neither 0 nor 1") }),
+        b => Err(ParseError {
+            at,
+            what: format!("key `{key}`: bool byte {b} is neither 0 nor 1"),
+        }),
     }
 }
 
@@ -209,7 +223,10 @@ fn read_value(c: &mut Cursor, key: &str) -> PResult<Value> {
     let at = c.pos as u64;
     let t = c.u32("value type")?;
     let Some(ty) = ValueType::from_u32(t) else {
-        return Err(ParseError { at, what: format!("key `{key}`: unknown value type {t}") });
+        return Err(ParseError {
+            at,
+            what: format!("key `{key}`: unknown value type {t}"),
+        });
     };
     Ok(match ty {
         ValueType::U8 => Value::U8(c.u8(key)?),
@@ -245,12 +262,18 @@ fn parse(buf: &[u8]) -> PResult<Header> {
     if &magic != GGUF_MAGIC {
         return Err(ParseError {
             at: 0,
-            what: format!("bad magic {:?}, expected \"GGUF\"", String::from_utf8_lossy(&magic)),
+            what: format!(
+                "bad magic {:?}, expected \"GGUF\"",
+                String::from_utf8_lossy(&magic)
+            ),
         });
     }
     let version = c.u32("version")?;
     if version != 2 && version != 3 {
-        return Err(ParseError { at: 4, what: format!("unsupported version {version} (2 or 3)") });
+        return Err(ParseError {
+            at: 4,
+            what: format!("unsupported version {version} (2 or 3)"),
+        });
     }
     // Minimum bytes of one tensor info: name length, n_dims, one dim, type, offset.
     let n_tensors = c.count(8 + 4 + 8 + 4 + 8, MAX_TENSOR_COUNT, "tensor count")?;
@@ -263,7 +286,10 @@ fn parse(buf: &[u8]) -> PResult<Header> {
         let at = c.pos as u64;
         let key = c.string(MAX_KEY_LEN, &format!("metadata key #{i}"))?;
         if kv_index.contains_key(&key) {
-            return Err(ParseError { at, what: format!("duplicate metadata key `{key}`") });
+            return Err(ParseError {
+                at,
+                what: format!("duplicate metadata key `{key}`"),
+            });
         }
         let value = read_value(&mut c, &key)?;
         kv_index.insert(key.clone(), metadata.len());
@@ -279,9 +305,9 @@ fn parse(buf: &[u8]) -> PResult<Header> {
             return Err(ParseError {
                 at: 0,
                 what: format!(
-                    "`{KEY_ALIGNMENT}` must be a u32 power of two up to {MAX_ALIGNMENT}, got {v} ({})",
-                    v.type_description()
-                ),
+                "`{KEY_ALIGNMENT}` must be a u32 power of two up to {MAX_ALIGNMENT}, got {v} ({})",
+                v.type_description()
+            ),
             })
         }
     };
@@ -293,7 +319,9 @@ fn parse(buf: &[u8]) -> PResult<Header> {
         let name = c.string(MAX_KEY_LEN, &format!("tensor #{i} name"))?;
         let n_dims = c.u32("tensor dimension count")?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return c.err(format!("tensor `{name}`: {n_dims} dimensions (1 to {MAX_DIMS})"));
+            return c.err(format!(
+                "tensor `{name}`: {n_dims} dimensions (1 to {MAX_DIMS})"
+            ));
         }
         let mut ne = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -325,13 +353,24 @@ fn parse(buf: &[u8]) -> PResult<Header> {
         if offset % alignment != 0 {
             return Err(ParseError {
                 at,
-                what: format!("tensor `{name}`: data offset {offset} is not aligned to {alignment}"),
+                what: format!(
+                    "tensor `{name}`: data offset {offset} is not aligned to {alignment}"
+                ),
             });
         }
         if tensor_index.insert(name.clone(), tensors.len()).is_some() {
-            return Err(ParseError { at, what: format!("duplicate tensor name `{name}`") });
+            return Err(ParseError {
+                at,
+                what: format!("duplicate tensor name `{name}`"),
+            });
         }
-        tensors.push(TensorInfo { name, ne, ty, offset, size });
+        tensors.push(TensorInfo {
+            name,
+            ne,
+            ty,
+            offset,
+            size,
+        });
     }
 
     let header_end = c.pos as u64;
@@ -340,7 +379,9 @@ fn parse(buf: &[u8]) -> PResult<Header> {
     if !tensors.is_empty() && data_offset > file_len {
         return Err(ParseError {
             at: header_end,
-            what: format!("data section starts at {data_offset}, past the end of the file ({file_len})"),
+            what: format!(
+                "data section starts at {data_offset}, past the end of the file ({file_len})"
+            ),
         });
     }
     let data_len = file_len.saturating_sub(data_offset);
@@ -351,9 +392,9 @@ fn parse(buf: &[u8]) -> PResult<Header> {
                 return Err(ParseError {
                     at: header_end,
                     what: format!(
-                        "tensor `{}`: data [{}, +{}) runs past the end of the data section ({} bytes)",
-                        t.name, t.offset, t.size, data_len
-                    ),
+                    "tensor `{}`: data [{}, +{}) runs past the end of the data section ({} bytes)",
+                    t.name, t.offset, t.size, data_len
+                ),
                 })
             }
         }
@@ -370,7 +411,15 @@ fn parse(buf: &[u8]) -> PResult<Header> {
             });
         }
     }
-    Ok(Header { version, metadata, kv_index, tensors, tensor_index, alignment, data_offset })
+    Ok(Header {
+        version,
+        metadata,
+        kv_index,
+        tensors,
+        tensor_index,
+        alignment,
+        data_offset,
+    })
 }
 
 impl GgufFile {
@@ -378,9 +427,16 @@ impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "stat", e))?
+            .len();
         if len == 0 {
-            return Err(Error::Gguf { path: path.into(), at: 0, what: "empty file".into() });
+            return Err(Error::Gguf {
+                path: path.into(),
+                at: 0,
+                what: "empty file".into(),
+            });
         }
         // SAFETY: the map is read-only and lives as long as this GgufFile. Memory-mapped files
         // can change underneath us if another process truncates or rewrites them; like every

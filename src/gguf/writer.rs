@@ -25,10 +25,17 @@ impl AtomicFile {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-        Ok(AtomicFile { target, tmp, file: Some(BufWriter::with_capacity(1 << 20, file)) })
+        Ok(AtomicFile {
+            target,
+            tmp,
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+        })
     }
     pub fn writer(&mut self) -> &mut BufWriter<File> {
         self.file.as_mut().expect("AtomicFile used after commit")
@@ -36,10 +43,13 @@ impl AtomicFile {
     /// Flush, sync and rename over the target.
     pub fn commit(mut self) -> Result<()> {
         let w = self.file.take().expect("AtomicFile committed twice");
-        let f = w.into_inner().map_err(|e| Error::io(&self.tmp, "write", e.into_error()))?;
+        let f = w
+            .into_inner()
+            .map_err(|e| Error::io(&self.tmp, "write", e.into_error()))?;
         f.sync_all().map_err(|e| Error::io(&self.tmp, "sync", e))?;
         drop(f);
-        std::fs::rename(&self.tmp, &self.target).map_err(|e| Error::io(&self.target, "rename onto", e))
+        std::fs::rename(&self.tmp, &self.target)
+            .map_err(|e| Error::io(&self.target, "rename onto", e))
     }
     pub fn tmp_path(&self) -> &Path {
         &self.tmp
@@ -142,7 +152,10 @@ impl GgufWriter {
         match self.metadata.iter().find(|(k, _)| k == KEY_ALIGNMENT) {
             None => Ok(DEFAULT_ALIGNMENT),
             Some((_, Value::U32(a))) if a.is_power_of_two() => Ok(u64::from(*a)),
-            Some((_, v)) => Err(Error::metadata(KEY_ALIGNMENT, format!("must be a u32 power of two, got {v}"))),
+            Some((_, v)) => Err(Error::metadata(
+                KEY_ALIGNMENT,
+                format!("must be a u32 power of two, got {v}"),
+            )),
         }
     }
     /// Declare a tensor; its data is produced later, in declaration order, by `write`.
@@ -151,17 +164,32 @@ impl GgufWriter {
             return Err(Error::tensor(name, "declared twice"));
         }
         if ne.is_empty() || ne.len() > super::MAX_DIMS as usize {
-            return Err(Error::tensor(name, format!("{} dimensions (1 to 4)", ne.len())));
+            return Err(Error::tensor(
+                name,
+                format!("{} dimensions (1 to 4)", ne.len()),
+            ));
         }
         let size = ty.tensor_size(ne).ok_or_else(|| {
-            Error::tensor(name, format!("shape {ne:?} does not fit type {ty} (block size {})", ty.block_size()))
+            Error::tensor(
+                name,
+                format!(
+                    "shape {ne:?} does not fit type {ty} (block size {})",
+                    ty.block_size()
+                ),
+            )
         })?;
         let align = self.alignment()?;
         let offset = match self.tensors.last() {
             Some(t) => (t.offset + t.size).div_ceil(align) * align,
             None => 0,
         };
-        self.tensors.push(TensorInfo { name: name.to_string(), ne: ne.to_vec(), ty, offset, size });
+        self.tensors.push(TensorInfo {
+            name: name.to_string(),
+            ne: ne.to_vec(),
+            ty,
+            offset,
+            size,
+        });
         Ok(self.tensors.last().expect("just pushed"))
     }
     pub fn tensors(&self) -> &[TensorInfo] {
@@ -184,15 +212,18 @@ impl GgufWriter {
         let mut c = Counting { inner: w, n: 0 };
         c.write_all(GGUF_MAGIC).map_err(io)?;
         c.write_all(&GGUF_VERSION.to_le_bytes()).map_err(io)?;
-        c.write_all(&(self.tensors.len() as u64).to_le_bytes()).map_err(io)?;
-        c.write_all(&(self.metadata.len() as u64).to_le_bytes()).map_err(io)?;
+        c.write_all(&(self.tensors.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        c.write_all(&(self.metadata.len() as u64).to_le_bytes())
+            .map_err(io)?;
         for (k, v) in &self.metadata {
             put_str(&mut c, k).map_err(io)?;
             put_value(&mut c, v).map_err(io)?;
         }
         for t in &self.tensors {
             put_str(&mut c, &t.name).map_err(io)?;
-            c.write_all(&(t.ne.len() as u32).to_le_bytes()).map_err(io)?;
+            c.write_all(&(t.ne.len() as u32).to_le_bytes())
+                .map_err(io)?;
             for d in &t.ne {
                 c.write_all(&d.to_le_bytes()).map_err(io)?;
             }
@@ -207,7 +238,10 @@ impl GgufWriter {
             data(i, t, &mut c)?;
             let wrote = c.n - before;
             if wrote != t.size {
-                return Err(Error::tensor(&t.name, format!("wrote {wrote} bytes, expected {}", t.size)));
+                return Err(Error::tensor(
+                    &t.name,
+                    format!("wrote {wrote} bytes, expected {}", t.size),
+                ));
             }
         }
         if let Some(t) = self.tensors.last() {
@@ -228,7 +262,8 @@ impl GgufWriter {
             )));
         }
         self.write(path, |i, _, out| {
-            out.write_all(data[i]).map_err(|e| Error::io("<gguf output>", "write", e))
+            out.write_all(data[i])
+                .map_err(|e| Error::io("<gguf output>", "write", e))
         })
     }
 }

@@ -104,7 +104,12 @@ impl HParams {
                 Some(Array::String(t)) => t.len(),
                 _ => match g.tensor("token_embd.weight") {
                     Some(t) if t.ne.len() == 2 => t.ne[1] as usize,
-                    _ => return Err(Error::metadata("tokenizer.ggml.tokens", "missing: vocabulary size unknown")),
+                    _ => {
+                        return Err(Error::metadata(
+                            "tokenizer.ggml.tokens",
+                            "missing: vocabulary size unknown",
+                        ))
+                    }
                 },
             },
         };
@@ -125,8 +130,12 @@ impl HParams {
                 None => head_dim,
             },
         };
-        if hp.n_layer == 0 || hp.n_embd == 0 || hp.n_ff == 0 || hp.n_vocab == 0 || hp.head_dim == 0 {
-            return Err(Error::metadata(&k("block_count"), format!("degenerate hyperparameters {hp:?}")));
+        if hp.n_layer == 0 || hp.n_embd == 0 || hp.n_ff == 0 || hp.n_vocab == 0 || hp.head_dim == 0
+        {
+            return Err(Error::metadata(
+                &k("block_count"),
+                format!("degenerate hyperparameters {hp:?}"),
+            ));
         }
         if hp.rope_dims > hp.head_dim || hp.rope_dims % 2 != 0 {
             return Err(Error::metadata(

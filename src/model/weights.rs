@@ -6,7 +6,7 @@
 use super::{Arch, HParams};
 use crate::dtype::GgmlType;
 use crate::error::{Error, Result};
-use crate::ggml::{Backend, TensorSet, Tensor};
+use crate::ggml::{Backend, Tensor, TensorSet};
 use crate::gguf::{GgufFile, TensorInfo};
 use std::path::Path;
 
@@ -43,7 +43,10 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("hp", &self.hp).field("device", &self.device).finish()
+        f.debug_struct("Model")
+            .field("hp", &self.hp)
+            .field("device", &self.device)
+            .finish()
     }
 }
 
@@ -57,21 +60,33 @@ struct Loader<'g> {
 impl<'g> Loader<'g> {
     /// A required tensor with shape `ne` (ggml order).
     fn tensor(&mut self, name: &str, ne: &[usize]) -> Result<usize> {
-        self.opt_tensor(name, ne)?.ok_or_else(|| Error::tensor(name, "missing from the model file"))
+        self.opt_tensor(name, ne)?
+            .ok_or_else(|| Error::tensor(name, "missing from the model file"))
     }
     fn opt_tensor(&mut self, name: &str, ne: &[usize]) -> Result<Option<usize>> {
-        let Some(info) = self.g.tensor(name) else { return Ok(None) };
+        let Some(info) = self.g.tensor(name) else {
+            return Ok(None);
+        };
         let want: Vec<u64> = ne.iter().map(|&d| d as u64).collect();
         let mut got = info.ne.clone();
         while got.len() > want.len() && got.last() == Some(&1) {
             got.pop();
         }
         if got != want {
-            return Err(Error::tensor(name, format!("shape {:?}, expected {:?} for these hyperparameters", info.ne, want)));
+            return Err(Error::tensor(
+                name,
+                format!(
+                    "shape {:?}, expected {:?} for these hyperparameters",
+                    info.ne, want
+                ),
+            ));
         }
         let supported = matches!(info.ty.0, 0 | 1 | 2 | 3 | 6 | 7 | 8 | 10..=14 | 16..=23 | 29 | 30 | 34 | 35 | 39);
         if !supported {
-            return Err(Error::tensor(name, format!("type {} cannot be used as a weight", info.ty)));
+            return Err(Error::tensor(
+                name,
+                format!("type {} cannot be used as a weight", info.ty),
+            ));
         }
         let ne_i: Vec<i64> = info.ne.iter().map(|&d| d as i64).collect();
         let i = self.set.add(name, info.ty, &ne_i);
@@ -95,8 +110,18 @@ impl Model {
                 hp.rope_dims, hp.head_dim
             )));
         }
-        let (e, q, kv, ff, nv) = (hp.n_embd, hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim, hp.n_ff, hp.n_vocab);
-        let mut ld = Loader { g: &gguf, set: TensorSet::new(16 + 16 * hp.n_layer)?, infos: Vec::new() };
+        let (e, q, kv, ff, nv) = (
+            hp.n_embd,
+            hp.n_head * hp.head_dim,
+            hp.n_head_kv * hp.head_dim,
+            hp.n_ff,
+            hp.n_vocab,
+        );
+        let mut ld = Loader {
+            g: &gguf,
+            set: TensorSet::new(16 + 16 * hp.n_layer)?,
+            infos: Vec::new(),
+        };
         let token_embd = ld.tensor("token_embd.weight", &[e, nv])?;
         let output_norm = ld.tensor("output_norm.weight", &[e])?;
         let output = ld.opt_tensor("output.weight", &[e, nv])?;
@@ -105,7 +130,11 @@ impl Model {
             let n = |s: &str| format!("blk.{il}.{s}");
             let bias = hp.arch == Arch::Qwen2;
             let opt_bias = |ld: &mut Loader, s: &str, d: usize| -> Result<Option<usize>> {
-                if bias { ld.tensor(&n(s), &[d]).map(Some) } else { ld.opt_tensor(&n(s), &[d]) }
+                if bias {
+                    ld.tensor(&n(s), &[d]).map(Some)
+                } else {
+                    ld.opt_tensor(&n(s), &[d])
+                }
             };
             layers.push(LayerWeights {
                 attn_norm: ld.tensor(&n("attn_norm.weight"), &[e])?,
@@ -125,8 +154,11 @@ impl Model {
         let Loader { mut set, infos, .. } = ld;
         if backend.is_cpu() {
             // Zero-copy: the weight tensors point into the map.
-            let placements: Vec<(usize, usize)> =
-                infos.iter().enumerate().map(|(i, t)| (i, gguf.tensor_file_offset(t) as usize)).collect();
+            let placements: Vec<(usize, usize)> = infos
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (i, gguf.tensor_file_offset(t) as usize))
+                .collect();
             // SAFETY: the map lives in `gguf`, which this Model owns and drops after `weights`
             // (field order); it is read-only and page-aligned (so 32-byte aligned), and every
             // tensor offset is a multiple of the file's alignment (validated by the reader).
@@ -171,7 +203,9 @@ impl Model {
     }
     /// The largest weight type (for reporting).
     pub fn weight_types(&self) -> Vec<GgmlType> {
-        let mut v: Vec<GgmlType> = (0..self.weights.len()).map(|i| self.weights.get(i).ty()).collect();
+        let mut v: Vec<GgmlType> = (0..self.weights.len())
+            .map(|i| self.weights.get(i).ty())
+            .collect();
         v.sort_by_key(|t| t.0);
         v.dedup();
         v

@@ -43,7 +43,13 @@ impl LlamaOracle {
             assert!(!ctx.is_null(), "llama.cpp failed to create a context");
             let vocab = sys::llama_model_get_vocab(model);
             let n_vocab = sys::llama_vocab_n_tokens(vocab) as usize;
-            LlamaOracle { model, ctx, vocab, n_vocab, n_batch }
+            LlamaOracle {
+                model,
+                ctx,
+                vocab,
+                n_vocab,
+                n_batch,
+            }
         }
     }
 
@@ -68,7 +74,14 @@ impl LlamaOracle {
     pub fn piece(&self, token: u32) -> Vec<u8> {
         let mut buf = vec![0u8; 256];
         let n = unsafe {
-            sys::llama_token_to_piece(self.vocab, token as i32, buf.as_mut_ptr().cast(), 256, 0, false)
+            sys::llama_token_to_piece(
+                self.vocab,
+                token as i32,
+                buf.as_mut_ptr().cast(),
+                256,
+                0,
+                false,
+            )
         };
         buf.truncate(n.max(0) as usize);
         buf

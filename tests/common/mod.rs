@@ -15,14 +15,20 @@ pub fn model_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/fetch_model.sh");
-        let out = Command::new("bash").arg(script).output().expect("run tools/fetch_model.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .output()
+            .expect("run tools/fetch_model.sh");
         assert!(
             out.status.success(),
             "tools/fetch_model.sh failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        assert!(p.is_file(), "fetch_model.sh printed {p:?}, which is not a file");
+        assert!(
+            p.is_file(),
+            "fetch_model.sh printed {p:?}, which is not a file"
+        );
         p
     })
     .clone()
@@ -67,7 +73,10 @@ impl Drop for OracleFile {
 pub fn ggml_gguf_read(path: &std::path::Path) -> Option<OracleFile> {
     use llama_cpp_sys_2 as sys;
     let c = CString::new(path.to_str().unwrap()).unwrap();
-    let params = sys::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+    let params = sys::gguf_init_params {
+        no_alloc: true,
+        ctx: std::ptr::null_mut(),
+    };
     unsafe {
         let ctx = sys::gguf_init_from_file(c.as_ptr(), params);
         if ctx.is_null() {
@@ -83,14 +92,18 @@ pub fn ggml_gguf_read(path: &std::path::Path) -> Option<OracleFile> {
         let keys = (0..sys::gguf_get_n_kv(ctx))
             .map(|i| {
                 (
-                    CStr::from_ptr(sys::gguf_get_key(ctx, i)).to_string_lossy().into_owned(),
+                    CStr::from_ptr(sys::gguf_get_key(ctx, i))
+                        .to_string_lossy()
+                        .into_owned(),
                     sys::gguf_get_kv_type(ctx, i) as u32,
                 )
             })
             .collect();
         let tensors = (0..sys::gguf_get_n_tensors(ctx))
             .map(|i| OracleTensor {
-                name: CStr::from_ptr(sys::gguf_get_tensor_name(ctx, i)).to_string_lossy().into_owned(),
+                name: CStr::from_ptr(sys::gguf_get_tensor_name(ctx, i))
+                    .to_string_lossy()
+                    .into_owned(),
                 ty: sys::gguf_get_tensor_type(ctx, i),
                 ne: n_dims_of(sys::gguf_get_tensor_ne(ctx, i)),
                 offset: sys::gguf_get_tensor_offset(ctx, i) as u64,
@@ -137,6 +150,8 @@ impl Rng {
 
 /// A public-domain text from ../shared/data (next to the checkout).
 pub fn shared_text(name: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
 }
