@@ -68,6 +68,7 @@
 //!   `full`, bit for bit.
 
 pub mod chat;
+pub mod convert;
 pub mod dtype;
 pub mod engine;
 pub mod error;

@@ -238,6 +238,34 @@ enum Command {
         #[arg(long)]
         no_tensors: bool,
     },
+    /// Convert a Hugging Face checkpoint directory or a GGUF file into a (quantized) GGUF.
+    Convert {
+        /// HF model directory (config.json, tokenizer.json, *.safetensors) or a .gguf file.
+        input: PathBuf,
+        /// Output GGUF (written to a temporary file, then renamed).
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+        /// f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_k_m (GGUF input:
+        /// omit to keep the tensors and only rewrite metadata).
+        #[arg(long = "type")]
+        ty: Option<String>,
+        /// general.name of the output.
+        #[arg(long)]
+        name: Option<String>,
+        /// FAM defaults to store in fam.* (any of these writes all fam.* keys).
+        #[arg(long = "fam-policy")]
+        fam_policy: Option<String>,
+        #[arg(long = "fam-block")]
+        fam_block: Option<u32>,
+        #[arg(long = "fam-mem-blocks")]
+        fam_mem_blocks: Option<u32>,
+        #[arg(long = "fam-len")]
+        fam_len: Option<u32>,
+        #[arg(long = "fam-sinks")]
+        fam_sinks: Option<u32>,
+        #[arg(long = "fam-init")]
+        fam_init: Option<String>,
+    },
     /// Generate text from a prompt, streamed to stdout; speed goes to stderr.
     Run {
         #[command(flatten)]
@@ -352,6 +380,79 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", famstream::inspect::render_text(&r, !no_tensors));
             }
+            Ok(())
+        }
+        Command::Convert {
+            input,
+            out,
+            ty,
+            name,
+            fam_policy,
+            fam_block,
+            fam_mem_blocks,
+            fam_len,
+            fam_sinks,
+            fam_init,
+        } => {
+            let target = ty
+                .as_deref()
+                .map(famstream::convert::Target::parse)
+                .transpose()?;
+            let any_fam = fam_policy.is_some()
+                || fam_block.is_some()
+                || fam_mem_blocks.is_some()
+                || fam_len.is_some()
+                || fam_sinks.is_some()
+                || fam_init.is_some();
+            let fam = if any_fam {
+                let mut f = match GgufFile::open(&input) {
+                    Ok(g) if input.is_file() => FamSettings::from_gguf(&g)?,
+                    _ => FamSettings::default(),
+                };
+                if let Some(p) = fam_policy {
+                    f.policy = p.parse()?;
+                }
+                if let Some(v) = fam_block {
+                    f.block_size = v;
+                }
+                if let Some(v) = fam_mem_blocks {
+                    f.mem_blocks = v;
+                }
+                if let Some(v) = fam_len {
+                    f.fam_len = v;
+                }
+                if let Some(v) = fam_sinks {
+                    f.sinks = v;
+                }
+                if let Some(v) = fam_init {
+                    f.init = v.parse()?;
+                }
+                Some(f)
+            } else {
+                None
+            };
+            let opts = famstream::convert::ConvertOptions { target, fam, name };
+            let pb = famstream::util::progress(0, "bytes");
+            let t0 = std::time::Instant::now();
+            let r = famstream::convert::convert(&input, &out, &opts, &mut |name, done, total| {
+                pb.set_length(total);
+                pb.set_position(done);
+                pb.set_message(name.to_string());
+            })?;
+            pb.finish_and_clear();
+            for (t, want, used) in &r.fallbacks {
+                eprintln!("note: {t}: {want} does not fit rows of this tensor, used {used}");
+            }
+            println!(
+                "wrote {}: {} tensors, {} params, {} bytes of tensors ({:.3} bits/weight), {} fallbacks, {:.1}s",
+                out.display(),
+                r.n_tensors,
+                r.n_params,
+                r.tensor_bytes,
+                r.bits_per_weight,
+                r.fallbacks.len(),
+                t0.elapsed().as_secs_f64()
+            );
             Ok(())
         }
         Command::Run {

@@ -7,7 +7,7 @@
 //!
 //! * `tokenizer.ggml.model = "gpt2"`: GPT-2 style byte-level BPE with an explicit merge list.
 //!   The pre-tokenizer comes from `tokenizer.ggml.pre`:
-//!   `"gpt2"` (also used when the key is missing), `"smollm"` (every digit on its own, then the
+//!   `"gpt2"`/`"gpt-2"` (llama.cpp's name; also used when the key is missing), `"smollm"` (every digit on its own, then the
 //!   GPT-2 pattern), `"llama3"` / `"llama-bpe"` / `"llama-v3"` (the Llama 3 pattern; whole words
 //!   found in the vocabulary skip the merges, as in llama.cpp and Llama 3's `tokenizer.json`) and
 //!   `"qwen2"`. Anything else is rejected with [`TokenizerError::UnsupportedPreTokenizer`].
@@ -967,7 +967,7 @@ struct PreTokenizer {
 impl PreTokenizer {
     fn new(pre: Option<&str>) -> Result<Self, TokenizerError> {
         let kind = match pre {
-            None | Some("gpt2") => PreKind::Gpt2,
+            None | Some("gpt2") | Some("gpt-2") => PreKind::Gpt2,
             Some("smollm") => PreKind::SmolLm,
             Some("llama3") | Some("llama-bpe") | Some("llama-v3") => PreKind::Llama3,
             Some("qwen2") => PreKind::Qwen2,

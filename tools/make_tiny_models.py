@@ -58,10 +58,10 @@ globbing; override with --converter). It is run from there, never copied. But:
    the llama/qwen2 conversion code paths are unaffected.
 2. The converter identifies BPE pre-tokenizers by hashing the token ids of a fixed test
    string, and refuses unknown hashes. Our tokenizer is new, so the converter is run with
-   TextModel.get_vocab_base_pre wrapped: an unrecognized hash gives "gpt2" (ByteLevel
+   TextModel.get_vocab_base_pre wrapped: an unrecognized hash gives "gpt-2" (ByteLevel
    pre-tokenizer with the GPT-2 regex, which is what this tokenizer uses) instead of raising.
    Nothing else is patched. The GGUF therefore has tokenizer.ggml.model = "gpt2" and
-   tokenizer.ggml.pre = "gpt2".
+   tokenizer.ggml.pre = "gpt-2" (llama.cpp's name).
 """
 from __future__ import annotations
 
@@ -389,8 +389,8 @@ def convert_worker(converter: str, tree: str, argv: list[str]):
         try:
             return orig(self, tokenizer)
         except NotImplementedError:
-            cb.logger.warning("make_tiny_models: unrecognized BPE pre-tokenizer hash -> using 'gpt2'")
-            return "gpt2"
+            cb.logger.warning("make_tiny_models: unrecognized BPE pre-tokenizer hash -> using 'gpt-2'")
+            return "gpt-2"  # llama.cpp's name for the GPT-2 pre-tokenizer
 
     cb.TextModel.get_vocab_base_pre = get_vocab_base_pre
     sys.argv = [converter] + argv

@@ -15,7 +15,15 @@ pub struct LlamaOracle {
     n_batch: usize,
 }
 
-unsafe extern "C" fn quiet(_: sys::ggml_log_level, _: *const i8, _: *mut std::ffi::c_void) {}
+/// llama.cpp's log, errors only (they explain a refused file).
+unsafe extern "C" fn quiet(level: sys::ggml_log_level, text: *const i8, _: *mut std::ffi::c_void) {
+    if level == sys::GGML_LOG_LEVEL_ERROR && !text.is_null() {
+        eprint!(
+            "llama.cpp: {}",
+            unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy()
+        );
+    }
+}
 
 impl LlamaOracle {
     pub fn new(path: &Path, n_ctx: usize, n_threads: usize) -> LlamaOracle {

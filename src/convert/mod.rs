@@ -1,0 +1,485 @@
+//! `famstream convert`: Hugging Face checkpoints or GGUF files -> quantized GGUF.
+//!
+//! Brief overview. A *plan* lists every output tensor with its GGUF name, shape, chosen type and
+//! where its values come from (a safetensors tensor, maybe with llama's Q/K row permutation, or
+//! a tensor of an input GGUF). The writer streams the plan: one tensor at a time is read from the
+//! mapped input, converted to f32, quantized by ggml's own quantizers (rows in parallel with
+//! rayon) and written, so memory stays around the size of the largest tensor. The output is
+//! written to a temporary file and renamed at the end.
+//!
+//! Types: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k and the mixed `q4_k_m`.
+//! 1-D tensors (norms, biases) stay f32. A K-quant needs rows that are a multiple of 256; where
+//! a row is not (SmolLM2: 576), the tensor falls back as llama.cpp does (q4_k -> q5_0,
+//! q5_k -> q5_1, q6_k -> q8_0) and the fallback is reported.
+
+pub mod hf;
+pub mod safetensors;
+
+use crate::dtype::GgmlType;
+use crate::error::{Error, Result};
+use crate::ggml;
+use crate::gguf::{GgufFile, GgufWriter, Value};
+use crate::settings::FamSettings;
+use hf::{gguf_name, permute_rows, HfConfig, HfWeights};
+use rayon::prelude::*;
+use std::path::Path;
+
+/// A conversion target: one type for all matrices, or a per-tensor recipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Type(GgmlType),
+    /// llama.cpp's Q4_K_M: Q4_K, with Q6_K for the LM head and for attn_v/ffn_down of some
+    /// layers (the first and last eighth, and every third in between).
+    Q4KM,
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Result<Target> {
+        let t = match s.to_ascii_lowercase().as_str() {
+            "q4_k_m" => return Ok(Target::Q4KM),
+            "f32" => GgmlType::F32,
+            "f16" => GgmlType::F16,
+            "bf16" => GgmlType::BF16,
+            "q8_0" => GgmlType::Q8_0,
+            "q4_0" => GgmlType::Q4_0,
+            "q4_1" => GgmlType::Q4_1,
+            "q5_0" => GgmlType::Q5_0,
+            "q5_1" => GgmlType::Q5_1,
+            "q4_k" => GgmlType::Q4_K,
+            "q5_k" => GgmlType::Q5_K,
+            "q6_k" => GgmlType::Q6_K,
+            other => {
+                return Err(Error::Invalid(format!(
+                    "unknown type `{other}` (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_k_m)"
+                )))
+            }
+        };
+        Ok(Target::Type(t))
+    }
+    /// llama.cpp's `general.file_type` code.
+    fn file_type(self) -> u32 {
+        match self {
+            Target::Q4KM => 15,
+            Target::Type(t) => match t.0 {
+                0 => 0,
+                1 => 1,
+                2 => 2,
+                3 => 3,
+                8 => 7,
+                6 => 8,
+                7 => 9,
+                12 => 14,
+                13 => 16,
+                14 => 18,
+                30 => 32,
+                _ => 0,
+            },
+        }
+    }
+}
+
+/// The nearest type with 32-element blocks for a K-quant that does not fit a row.
+fn fallback(t: GgmlType) -> GgmlType {
+    match t.0 {
+        12 => GgmlType::Q5_0,
+        13 => GgmlType::Q5_1,
+        14 => GgmlType::Q8_0,
+        _ => GgmlType::F16,
+    }
+}
+
+fn use_more_bits(il: usize, n_layer: usize) -> bool {
+    il < n_layer / 8 || il >= 7 * n_layer / 8 || (il >= n_layer / 8 && (il - n_layer / 8) % 3 == 2)
+}
+
+/// The type a tensor gets: (wanted, used).
+fn choose(
+    target: Target,
+    name: &str,
+    ne: &[u64],
+    n_layer: usize,
+    tied: bool,
+) -> (GgmlType, GgmlType) {
+    if ne.len() < 2 {
+        return (GgmlType::F32, GgmlType::F32);
+    }
+    let want = match target {
+        Target::Type(t) => t,
+        Target::Q4KM => {
+            let layer = name
+                .strip_prefix("blk.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|n| n.parse::<usize>().ok());
+            let head = name == "output.weight" || (tied && name == "token_embd.weight");
+            let more = layer.is_some_and(|il| use_more_bits(il, n_layer))
+                && (name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight"));
+            if head || more {
+                GgmlType::Q6_K
+            } else {
+                GgmlType::Q4_K
+            }
+        }
+    };
+    let used = if ne[0] % want.block_size() == 0 {
+        want
+    } else {
+        let f = fallback(want);
+        if ne[0] % f.block_size() == 0 {
+            f
+        } else {
+            GgmlType::F16
+        }
+    };
+    (want, used)
+}
+
+/// Where a planned tensor's values come from.
+enum Source {
+    /// Shard index and tensor of an HF checkpoint; `Some(n)` = permute rows for n heads.
+    Hf {
+        shard: usize,
+        tensor: safetensors::StTensor,
+        permute: Option<usize>,
+    },
+    /// A tensor of the input GGUF (by index); copied as bytes when the type is unchanged.
+    Gguf(usize),
+}
+
+struct Planned {
+    name: String,
+    ne: Vec<u64>,
+    wanted: GgmlType,
+    ty: GgmlType,
+    source: Source,
+}
+
+/// Conversion settings.
+#[derive(Clone, Debug)]
+pub struct ConvertOptions {
+    /// `None` with a GGUF input: keep every tensor as it is (metadata rewrite only).
+    pub target: Option<Target>,
+    /// FAM defaults to store in `fam.*` (`None`: keep the input's, or write none for HF input).
+    pub fam: Option<FamSettings>,
+    /// `general.name`.
+    pub name: Option<String>,
+}
+
+/// What a conversion did.
+#[derive(Clone, Debug, Default)]
+pub struct ConvertReport {
+    pub n_tensors: usize,
+    pub n_params: u64,
+    pub tensor_bytes: u64,
+    pub bits_per_weight: f64,
+    /// (tensor, wanted type, used type) where a type did not fit.
+    pub fallbacks: Vec<(String, GgmlType, GgmlType)>,
+    pub file_bytes: u64,
+}
+
+/// Progress: (tensor name, bytes done, bytes total).
+pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, u64);
+
+/// Convert `input` (an HF checkpoint directory or a GGUF file) into a GGUF file at `output`.
+pub fn convert(
+    input: &Path,
+    output: &Path,
+    opts: &ConvertOptions,
+    progress: Progress,
+) -> Result<ConvertReport> {
+    if input.is_dir() {
+        convert_hf(input, output, opts, progress)
+    } else if input.is_file() {
+        convert_gguf(input, output, opts, progress)
+    } else {
+        Err(Error::Invalid(format!(
+            "{}: no such file or directory",
+            input.display()
+        )))
+    }
+}
+
+fn finish(
+    w: &mut GgufWriter,
+    plan: &[Planned],
+    target: Option<Target>,
+    opts: &ConvertOptions,
+) -> Result<ConvertReport> {
+    w.set("general.quantization_version", Value::U32(2));
+    if let Some(t) = target {
+        w.set("general.file_type", Value::U32(t.file_type()));
+    }
+    if let Some(n) = &opts.name {
+        w.set("general.name", Value::String(n.clone()));
+    }
+    if let Some(f) = &opts.fam {
+        f.validate()?;
+        f.write_to(w);
+    }
+    let mut r = ConvertReport::default();
+    for p in plan {
+        let info = w.add_tensor(&p.name, p.ty, &p.ne)?;
+        r.tensor_bytes += info.size;
+        r.n_params += info.n_elements();
+        if p.wanted != p.ty {
+            r.fallbacks.push((p.name.clone(), p.wanted, p.ty));
+        }
+    }
+    r.n_tensors = plan.len();
+    r.bits_per_weight = r.tensor_bytes as f64 * 8.0 / r.n_params.max(1) as f64;
+    Ok(r)
+}
+
+/// Quantize f32 rows to `ty` with ggml, rows split across threads.
+fn quantize_rows(ty: GgmlType, data: &[f32], row_len: usize) -> Result<Vec<u8>> {
+    const ROWS_PER_TASK: usize = 16;
+    let chunks: Vec<Result<Vec<u8>>> = data
+        .par_chunks(row_len * ROWS_PER_TASK)
+        .map(|c| ggml::quantize(ty, c, row_len))
+        .collect();
+    let mut out = Vec::with_capacity(
+        ty.row_size(row_len as u64).unwrap_or(0) as usize * (data.len() / row_len.max(1)),
+    );
+    for c in chunks {
+        out.extend(c?);
+    }
+    Ok(out)
+}
+
+fn write_plan(
+    w: &GgufWriter,
+    plan: &[Planned],
+    output: &Path,
+    progress: Progress,
+    mut values: impl FnMut(&Planned) -> Result<Option<Vec<u8>>>,
+) -> Result<()> {
+    let total: u64 = w.tensors().iter().map(|t| t.size).sum();
+    let mut done = 0u64;
+    w.write(output, |i, info, out| {
+        let p = &plan[i];
+        progress(&p.name, done, total);
+        let bytes = match values(p)? {
+            Some(b) => b,
+            None => return Err(Error::tensor(&p.name, "no data")),
+        };
+        if bytes.len() as u64 != info.size {
+            return Err(Error::tensor(
+                &p.name,
+                format!("produced {} bytes, expected {}", bytes.len(), info.size),
+            ));
+        }
+        std::io::Write::write_all(out, &bytes).map_err(|e| Error::io(output, "write", e))?;
+        done += info.size;
+        progress(&p.name, done, total);
+        Ok(())
+    })
+}
+
+fn convert_hf(
+    dir: &Path,
+    output: &Path,
+    opts: &ConvertOptions,
+    progress: Progress,
+) -> Result<ConvertReport> {
+    let cfg = HfConfig::read(dir)?;
+    let target = opts.target.unwrap_or(Target::Type(GgmlType::F16));
+    let weights = HfWeights::open(dir)?;
+    let tied = cfg.tied || !weights.index.iter().any(|(n, _, _)| n == "lm_head.weight");
+    // Plan: every known tensor, checked against the config.
+    let mut plan = Vec::new();
+    for (hf_name, shard, t) in &weights.index {
+        let Some((name, permute)) = gguf_name(hf_name, &cfg) else {
+            if hf_name.contains("rotary_emb.inv_freq") {
+                continue;
+            }
+            return Err(Error::tensor(hf_name, "not a tensor of this architecture"));
+        };
+        if name == "output.weight" && cfg.tied {
+            continue; // tied: the LM head is the token embedding
+        }
+        let ne: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+        let (wanted, ty) = choose(target, &name, &ne, cfg.n_layer, tied);
+        plan.push(Planned {
+            name,
+            ne,
+            wanted,
+            ty,
+            source: Source::Hf {
+                shard: *shard,
+                tensor: t.clone(),
+                permute,
+            },
+        });
+    }
+    check_shapes(&plan, &cfg)?;
+    // GGUF order: token embedding, layers in order, then the head (as llama.cpp writes).
+    plan.sort_by_key(|p| order_key(&p.name));
+    let mut w = GgufWriter::new();
+    w.set(
+        "general.architecture",
+        Value::String(cfg.arch.name().into()),
+    );
+    w.set("general.type", Value::String("model".into()));
+    let default_name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    w.set("general.name", Value::String(default_name));
+    w.set("general.source.format", Value::String("huggingface".into()));
+    w.set(
+        "general.converter",
+        Value::String(format!("famstream {}", env!("CARGO_PKG_VERSION"))),
+    );
+    for (k, v) in cfg.metadata() {
+        w.set(&k, v);
+    }
+    for (k, v) in hf::tokenizer_metadata(dir, &cfg)? {
+        w.set(&k, v);
+    }
+    let report = finish(&mut w, &plan, Some(target), opts)?;
+    write_plan(&w, &plan, output, progress, |p| {
+        let Source::Hf {
+            shard,
+            tensor,
+            permute,
+        } = &p.source
+        else {
+            return Ok(None);
+        };
+        let mut v = weights.shards[*shard].f32(tensor);
+        let row = p.ne[0] as usize;
+        if let Some(n_head) = permute {
+            v = permute_rows(&v, row, *n_head);
+        }
+        quantize_rows(p.ty, &v, row).map(Some)
+    })?;
+    Ok(ConvertReport {
+        file_bytes: std::fs::metadata(output).map(|m| m.len()).unwrap_or(0),
+        ..report
+    })
+}
+
+fn order_key(name: &str) -> (u32, usize, String) {
+    if name == "token_embd.weight" {
+        return (0, 0, String::new());
+    }
+    if let Some(rest) = name.strip_prefix("blk.") {
+        let (il, s) = rest.split_once('.').unwrap_or((rest, ""));
+        return (1, il.parse().unwrap_or(usize::MAX), s.to_string());
+    }
+    (2, 0, name.to_string())
+}
+
+/// Every tensor the runtime needs is there, with the shape the config implies.
+fn check_shapes(plan: &[Planned], cfg: &HfConfig) -> Result<()> {
+    let (e, q, kv, ff) = (
+        cfg.n_embd as u64,
+        (cfg.n_head * cfg.head_dim) as u64,
+        (cfg.n_head_kv * cfg.head_dim) as u64,
+        cfg.n_ff as u64,
+    );
+    let mut want: Vec<(String, Vec<u64>)> = vec![
+        ("token_embd.weight".into(), vec![e, cfg.n_vocab as u64]),
+        ("output_norm.weight".into(), vec![e]),
+    ];
+    if !cfg.tied && plan.iter().any(|p| p.name == "output.weight") {
+        want.push(("output.weight".into(), vec![e, cfg.n_vocab as u64]));
+    }
+    for il in 0..cfg.n_layer {
+        let n = |s: &str| format!("blk.{il}.{s}");
+        want.extend([
+            (n("attn_norm.weight"), vec![e]),
+            (n("attn_q.weight"), vec![e, q]),
+            (n("attn_k.weight"), vec![e, kv]),
+            (n("attn_v.weight"), vec![e, kv]),
+            (n("attn_output.weight"), vec![q, e]),
+            (n("ffn_norm.weight"), vec![e]),
+            (n("ffn_gate.weight"), vec![e, ff]),
+            (n("ffn_up.weight"), vec![e, ff]),
+            (n("ffn_down.weight"), vec![ff, e]),
+        ]);
+        if cfg.arch == crate::model::Arch::Qwen2 {
+            want.extend([
+                (n("attn_q.bias"), vec![q]),
+                (n("attn_k.bias"), vec![kv]),
+                (n("attn_v.bias"), vec![kv]),
+            ]);
+        }
+    }
+    for (name, ne) in want {
+        match plan.iter().find(|p| p.name == name) {
+            None => return Err(Error::tensor(&name, "missing from the checkpoint")),
+            Some(p) if p.ne != ne => {
+                return Err(Error::tensor(
+                    &name,
+                    format!(
+                        "shape {:?} (ggml order), but config.json implies {ne:?}",
+                        p.ne
+                    ),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn convert_gguf(
+    input: &Path,
+    output: &Path,
+    opts: &ConvertOptions,
+    progress: Progress,
+) -> Result<ConvertReport> {
+    let g = GgufFile::open(input)?;
+    if std::fs::canonicalize(input).ok() == std::fs::canonicalize(output).ok() {
+        return Err(Error::Invalid(
+            "the output would overwrite the input; choose another path".into(),
+        ));
+    }
+    let n_layer = g.u32(&g.arch_key("block_count")?)? as usize;
+    let tied = g.tensor("output.weight").is_none();
+    let mut w = GgufWriter::new();
+    for (k, v) in g.metadata() {
+        if k != "general.alignment" {
+            w.set(k, v.clone());
+        }
+    }
+    let mut plan = Vec::new();
+    for (i, t) in g.tensors().iter().enumerate() {
+        let (wanted, ty) = match opts.target {
+            None => (t.ty, t.ty),
+            Some(target) => {
+                let quantizable = t.ne.len() >= 2 && t.name.ends_with(".weight");
+                if quantizable {
+                    choose(target, &t.name, &t.ne, n_layer, tied)
+                } else {
+                    (t.ty, t.ty)
+                }
+            }
+        };
+        plan.push(Planned {
+            name: t.name.clone(),
+            ne: t.ne.clone(),
+            wanted,
+            ty,
+            source: Source::Gguf(i),
+        });
+    }
+    let report = finish(&mut w, &plan, opts.target, opts)?;
+    write_plan(&w, &plan, output, progress, |p| {
+        let Source::Gguf(i) = p.source else {
+            return Ok(None);
+        };
+        let t = &g.tensors()[i];
+        let bytes = g.tensor_data(t)?;
+        if p.ty == t.ty {
+            return Ok(Some(bytes.to_vec()));
+        }
+        let n = t.n_elements() as usize;
+        let v = ggml::dequantize(t.ty, bytes, n)?;
+        quantize_rows(p.ty, &v, t.ne[0] as usize).map(Some)
+    })?;
+    Ok(ConvertReport {
+        file_bytes: std::fs::metadata(output).map(|m| m.len()).unwrap_or(0),
+        ..report
+    })
+}
