@@ -8,7 +8,7 @@
 //! written to a temporary file and renamed at the end.
 //!
 //! Types: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k and the mixed `q4_k_m`.
-//! 1-D tensors (norms, biases) stay f32. A K-quant needs rows that are a multiple of 256; where
+//! 1-D tensors (norms, biases) stay f32; below 8 bits the LM head gets q6_k. A K-quant needs rows that are a multiple of 256; where
 //! a row is not (SmolLM2: 576), the tensor falls back as llama.cpp does (q4_k -> q5_0,
 //! q5_k -> q5_1, q6_k -> q8_0) and the fallback is reported.
 
@@ -103,14 +103,17 @@ fn choose(
     if ne.len() < 2 {
         return (GgmlType::F32, GgmlType::F32);
     }
+    let head = name == "output.weight" || (tied && name == "token_embd.weight");
     let want = match target {
+        // As llama.cpp does: below 8 bits the LM head (or the tied embedding that serves as
+        // one) gets Q6_K; it decides every next-token distribution and quantizes badly.
+        Target::Type(t) if head && matches!(t.0, 2 | 3 | 6 | 7 | 12 | 13) => GgmlType::Q6_K,
         Target::Type(t) => t,
         Target::Q4KM => {
             let layer = name
                 .strip_prefix("blk.")
                 .and_then(|r| r.split('.').next())
                 .and_then(|n| n.parse::<usize>().ok());
-            let head = name == "output.weight" || (tied && name == "token_embd.weight");
             let more = layer.is_some_and(|il| use_more_bits(il, n_layer))
                 && (name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight"));
             if head || more {

@@ -189,3 +189,16 @@ pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
     let lq = log_softmax(q_logits);
     lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
 }
+
+/// llama.cpp's own quantizer (`llama-quantize`): `input` GGUF -> `output` with llama.cpp file
+/// type `ftype` (2 = Q4_0, 7 = Q8_0, 15 = Q4_K_M).
+pub fn llama_quantize(input: &Path, output: &Path, ftype: u32) {
+    let (i, o) = (CString::new(input.to_str().unwrap()).unwrap(), CString::new(output.to_str().unwrap()).unwrap());
+    unsafe {
+        let mut p = sys::llama_model_quantize_default_params();
+        p.ftype = ftype as _;
+        p.nthread = 2;
+        let rc = sys::llama_model_quantize(i.as_ptr(), o.as_ptr(), &p);
+        assert_eq!(rc, 0, "llama_model_quantize failed");
+    }
+}

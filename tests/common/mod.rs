@@ -155,3 +155,33 @@ pub fn shared_text(name: &str) -> String {
         .join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
 }
+
+/// An HF-format checkpoint of the real SmolLM2 (bf16, 2 shards), made once by
+/// tools/make_hf_smollm2.py into the model cache (atomically: temp dir, then rename).
+pub fn hf_smollm2() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let cache = model_path().parent().unwrap().to_path_buf();
+        let dir = cache.join("smollm2-hf");
+        if dir.join("config.json").is_file() {
+            return dir;
+        }
+        let tmp = cache.join(format!(".smollm2-hf.tmp.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/make_hf_smollm2.py");
+        let out = Command::new("python3")
+            .arg(script)
+            .arg(&tmp)
+            .arg("--gguf")
+            .arg(model_path())
+            .output()
+            .expect("run tools/make_hf_smollm2.py");
+        assert!(out.status.success(), "make_hf_smollm2.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        if std::fs::rename(&tmp, &dir).is_err() {
+            // Another test process made it first.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        dir
+    })
+    .clone()
+}
