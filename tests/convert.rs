@@ -301,12 +301,24 @@ fn cli_convert_reports_and_fails_cleanly() {
     let bin = env!("CARGO_BIN_EXE_famstream");
     let out = dir.join("t.gguf");
     let o = std::process::Command::new(bin)
-        .args(["convert", tiny_dir("llama").join("hf").to_str().unwrap(), "-o", out.to_str().unwrap(), "--type", "q4_k_m", "--fam-block", "512"])
+        .args([
+            "convert",
+            tiny_dir("llama").join("hf").to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--type",
+            "q4_k_m",
+            "--fam-block",
+            "512",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("bits/weight") && stdout.contains("fallbacks"), "{stdout}");
+    assert!(
+        stdout.contains("bits/weight") && stdout.contains("fallbacks"),
+        "{stdout}"
+    );
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not fit rows of this tensor"));
     let g = famstream::gguf::GgufFile::open(&out).unwrap();
     assert_eq!(g.opt_u32("fam.block_size").unwrap(), Some(512));
@@ -314,11 +326,22 @@ fn cli_convert_reports_and_fails_cleanly() {
     // unknown type, missing input: exit 1, a message, no output
     for args in [vec!["--type", "q3_xs"], vec![]] {
         let bad_out = dir.join("bad.gguf");
-        let input = if args.is_empty() { dir.join("nope").to_str().unwrap().to_string() } else { tiny_dir("llama").join("hf").to_str().unwrap().to_string() };
-        let o = std::process::Command::new(bin).args(["convert", &input, "-o", bad_out.to_str().unwrap()]).args(&args).output().unwrap();
+        let input = if args.is_empty() {
+            dir.join("nope").to_str().unwrap().to_string()
+        } else {
+            tiny_dir("llama").join("hf").to_str().unwrap().to_string()
+        };
+        let o = std::process::Command::new(bin)
+            .args(["convert", &input, "-o", bad_out.to_str().unwrap()])
+            .args(&args)
+            .output()
+            .unwrap();
         assert_eq!(o.status.code(), Some(1));
         let e = String::from_utf8_lossy(&o.stderr);
-        assert!(e.starts_with("famstream: error:") && !e.contains("panicked"), "{e}");
+        assert!(
+            e.starts_with("famstream: error:") && !e.contains("panicked"),
+            "{e}"
+        );
         assert!(!bad_out.exists());
     }
 }

@@ -349,6 +349,7 @@ fn convert_hf(
             return Ok(None);
         };
         let mut v = weights.shards[*shard].f32(tensor);
+        weights.shards[*shard].release(tensor);
         let row = p.ne[0] as usize;
         if let Some(n_head) = permute {
             v = permute_rows(&v, row, *n_head);

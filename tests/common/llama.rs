@@ -193,7 +193,10 @@ pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
 /// llama.cpp's own quantizer (`llama-quantize`): `input` GGUF -> `output` with llama.cpp file
 /// type `ftype` (2 = Q4_0, 7 = Q8_0, 15 = Q4_K_M).
 pub fn llama_quantize(input: &Path, output: &Path, ftype: u32) {
-    let (i, o) = (CString::new(input.to_str().unwrap()).unwrap(), CString::new(output.to_str().unwrap()).unwrap());
+    let (i, o) = (
+        CString::new(input.to_str().unwrap()).unwrap(),
+        CString::new(output.to_str().unwrap()).unwrap(),
+    );
     unsafe {
         let mut p = sys::llama_model_quantize_default_params();
         p.ftype = ftype as _;

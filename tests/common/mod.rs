@@ -176,7 +176,11 @@ pub fn hf_smollm2() -> PathBuf {
             .arg(model_path())
             .output()
             .expect("run tools/make_hf_smollm2.py");
-        assert!(out.status.success(), "make_hf_smollm2.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "make_hf_smollm2.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         if std::fs::rename(&tmp, &dir).is_err() {
             // Another test process made it first.
             let _ = std::fs::remove_dir_all(&tmp);
