@@ -665,7 +665,10 @@ fn run(cli: Cli) -> Result<()> {
                 let segs: Vec<serde_json::Value> = r
                     .segments
                     .iter()
-                    .map(|&(start, n, ppl)| serde_json::json!({"start": start, "tokens": n, "perplexity": ppl}))
+                    .map(|g| {
+                        serde_json::json!({"start": g.start, "tokens": g.tokens, "perplexity": g.perplexity,
+                            "tokens_per_second": g.tokens_per_second(), "peak_rss_bytes": g.peak_rss_bytes})
+                    })
                     .collect();
                 let j = serde_json::json!({
                     "memory": settings.policy.as_str(), "block_size": settings.block_size,
@@ -688,8 +691,15 @@ fn run(cli: Cli) -> Result<()> {
                     r.tokens_scored,
                     r.tokens_scored as f64 / r.seconds
                 );
-                for (start, n, ppl) in &r.segments {
-                    println!("  tokens {start:>9}..{:<9} perplexity {ppl:.4}", start + n);
+                for g in &r.segments {
+                    println!(
+                        "  tokens {:>9}..{:<9} perplexity {:.4}  {:.1} tok/s  peak RSS {} MiB",
+                        g.start,
+                        g.start + g.tokens,
+                        g.perplexity,
+                        g.tokens_per_second(),
+                        g.peak_rss_bytes.unwrap_or(0) >> 20
+                    );
                 }
                 if let Some(k) = kl {
                     println!("mean KL from full attention over {kl_count} positions: {k:.4}");

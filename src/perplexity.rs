@@ -102,9 +102,48 @@ pub struct StreamReport {
     pub perplexity: f64,
     pub nll: f64,
     pub tokens_scored: usize,
-    /// (first token index of the segment, tokens scored, perplexity).
-    pub segments: Vec<(usize, usize, f64)>,
+    pub segments: Vec<Segment>,
     pub seconds: f64,
+}
+
+/// One segment of a streaming run: how well, how fast, and how much memory.
+#[derive(Clone, Debug, Default)]
+pub struct Segment {
+    /// Stream index of the first predicted token.
+    pub start: usize,
+    pub tokens: usize,
+    pub perplexity: f64,
+    /// Compute time spent on this segment's tokens.
+    pub seconds: f64,
+    /// Peak RSS of the process when the segment ended.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl Segment {
+    pub fn tokens_per_second(&self) -> f64 {
+        self.tokens as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Running sums of the segment being scored.
+#[derive(Default)]
+struct Acc {
+    start: usize,
+    nll: f64,
+    n: usize,
+    secs: f64,
+}
+
+impl Acc {
+    fn close(&self) -> Segment {
+        Segment {
+            start: self.start,
+            tokens: self.n,
+            perplexity: (self.nll / self.n as f64).exp(),
+            seconds: self.secs,
+            peak_rss_bytes: crate::util::peak_rss_bytes(),
+        }
+    }
 }
 
 /// Feed `tokens` through `state` in chunks of `chunk`, scoring each prediction. `on_logits`
@@ -127,33 +166,39 @@ pub fn streaming(
     let nv = eng.model.hp.n_vocab;
     let t0 = std::time::Instant::now();
     let (mut sum, mut count) = (0.0, 0usize);
-    let mut seg = (0usize, 0.0f64, 0usize);
+    let mut seg = Acc::default();
     let mut segments = Vec::new();
     let mut i = 0;
     while i < tokens.len() - 1 {
         // The last token is only a target.
         let end = (i + chunk).min(tokens.len() - 1);
+        let tc = std::time::Instant::now();
         let logits = state.feed(eng, &tokens[i..end], Logits::All)?;
+        let per_token = tc.elapsed().as_secs_f64() / (end - i) as f64;
         on_logits(i, &logits);
         for (r, j) in (i..end).enumerate() {
             let target = j + 1;
-            if target / segment != seg.0 / segment {
-                if seg.2 > 0 {
-                    segments.push((seg.0, seg.2, (seg.1 / seg.2 as f64).exp()));
+            if target / segment != seg.start / segment {
+                if seg.n > 0 {
+                    segments.push(seg.close());
                 }
-                seg = (target / segment * segment, 0.0, 0);
+                seg = Acc {
+                    start: target / segment * segment,
+                    ..Acc::default()
+                };
             }
             let l = nll(&logits[r * nv..(r + 1) * nv], tokens[target]);
             sum += l;
             count += 1;
-            seg.1 += l;
-            seg.2 += 1;
+            seg.nll += l;
+            seg.n += 1;
+            seg.secs += per_token;
         }
         i = end;
         on_progress(i);
     }
-    if seg.2 > 0 {
-        segments.push((seg.0, seg.2, (seg.1 / seg.2 as f64).exp()));
+    if seg.n > 0 {
+        segments.push(seg.close());
     }
     let mean = sum / count as f64;
     Ok(StreamReport {
