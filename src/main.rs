@@ -291,6 +291,14 @@ enum Command {
         /// System message.
         #[arg(long)]
         system: Option<String>,
+        /// Keep the conversation on disk under this name: resumed at start, saved after every
+        /// turn (constant size, atomic writes).
+        #[arg(long)]
+        session: Option<String>,
+        /// Where sessions live (default: $XDG_DATA_HOME/famstream/sessions or
+        /// ~/.local/share/famstream/sessions).
+        #[arg(long = "sessions-dir")]
+        sessions_dir: Option<PathBuf>,
         #[command(flatten)]
         sample: SampleArgs,
         #[command(flatten)]
@@ -351,6 +359,32 @@ enum Command {
         #[command(flatten)]
         memory: MemoryArgs,
     },
+}
+
+/// The snapshot file of a named chat session.
+fn session_file(name: &str, dir: Option<&std::path::Path>) -> Result<PathBuf> {
+    if name.is_empty()
+        || name.len() > 100
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(Error::Invalid(format!(
+            "session name `{name}`: use 1-100 letters, digits, - or _"
+        )));
+    }
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => {
+            let base = std::env::var_os("XDG_DATA_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+                .ok_or_else(|| Error::Invalid("no HOME: pass --sessions-dir".into()))?;
+            base.join("famstream/sessions")
+        }
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create", e))?;
+    Ok(dir.join(format!("{name}.famsnap")))
 }
 
 fn read_text(prompt: Option<String>, file: Option<PathBuf>) -> Result<String> {
@@ -495,19 +529,43 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chat {
             model,
             system,
+            session,
+            sessions_dir,
             sample,
             memory,
         } => {
-            let opts = sample.options()?;
+            let mut opts = sample.options()?;
             let rt = model.load()?;
             let mut eng = rt.engine()?;
-            let mut stream = memory.state(&rt, &eng, model.ctx(&rt))?;
+            let session_path = session
+                .as_deref()
+                .map(|n| session_file(n, sessions_dir.as_deref()))
+                .transpose()?;
             let mut first = true;
+            let mut turns = 0u64;
             let mut pending = String::new();
-            if let Some(s) = &system {
-                pending = rt.chat.render_turn(&Message::new("system", s), true);
-                first = false;
-            }
+            let mut stream = match &session_path {
+                Some(p) if p.exists() => {
+                    let expected = if memory.any_setting() {
+                        Some(memory.settings(&rt)?)
+                    } else {
+                        None
+                    };
+                    let (st, extra) =
+                        FamState::load(p, &rt.model, eng.backend(), expected.as_ref())?;
+                    turns = extra["turns"].as_u64().unwrap_or(0);
+                    first = false;
+                    eprintln!("(session resumed: {turns} turns, {} tokens)", st.n_past());
+                    st
+                }
+                _ => {
+                    if let Some(s) = &system {
+                        pending = rt.chat.render_turn(&Message::new("system", s), true);
+                        first = false;
+                    }
+                    memory.state(&rt, &eng, model.ctx(&rt))?
+                }
+            };
             let stdin = std::io::stdin();
             let mut out = std::io::stdout();
             loop {
@@ -528,6 +586,7 @@ fn run(cli: Cli) -> Result<()> {
                     "/exit" | "/quit" => break,
                     "/reset" => {
                         stream.reset();
+                        turns = 0;
                         first = system.is_none();
                         pending = system
                             .as_ref()
@@ -546,6 +605,8 @@ fn run(cli: Cli) -> Result<()> {
                 pending.clear();
                 first = false;
                 let tokens = rt.tokenizer.encode(&turn, false, true);
+                // A per-turn seed keeps sampled sessions reproducible across processes.
+                opts.sampler.seed = sample.seed.wrapping_add(turns);
                 let stats = rt.generate(&mut eng, &mut stream, &tokens, &opts, |piece| {
                     print!("{piece}");
                     let _ = std::io::stdout().flush();
@@ -562,6 +623,10 @@ fn run(cli: Cli) -> Result<()> {
                     .tokenizer
                     .encode(rt.chat.end_of_assistant_turn(), false, true);
                 stream.feed(&mut eng, &end, Logits::None)?;
+                turns += 1;
+                if let Some(p) = &session_path {
+                    stream.save(p, &rt.model, serde_json::json!({ "turns": turns }))?;
+                }
             }
             Ok(())
         }

@@ -278,3 +278,103 @@ fn logits_continue_from_a_saved_state_as_if_never_stopped() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("other memory settings"));
     assert!(!dir.join("x.npy").exists());
 }
+
+/// Run `chat` with `input` on stdin; returns the answers (stdout split at the `> ` prompts).
+fn chat(args: &[&str], input: &str) -> Vec<String> {
+    let m = common::model_path();
+    let mut child = famstream()
+        .args([
+            "chat",
+            "-m",
+            m.to_str().unwrap(),
+            "--temp",
+            "0",
+            "-n",
+            "24",
+            "-t",
+            "2",
+        ])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split("> ")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+#[test]
+fn a_session_continues_across_processes_as_in_one() {
+    let dir = common::scratch_dir("cli-session");
+    let d = dir.to_str().unwrap();
+    // Small blocks so the conversation crosses FAM updates and ring wrap-around.
+    let mem = [
+        "--memory",
+        "fam",
+        "--block",
+        "32",
+        "--mem-blocks",
+        "1",
+        "--fam-len",
+        "8",
+        "--sessions-dir",
+        d,
+    ];
+    let (q1, q2) = ("My name is Ada and I live in Paris.", "Where do I live?");
+    let one = chat(
+        &[&mem[..], &["--session", "one"]].concat(),
+        &format!("{q1}\n{q2}\n"),
+    );
+    assert_eq!(one.len(), 2, "{one:?}");
+    let a = chat(
+        &[&mem[..], &["--session", "two"]].concat(),
+        &format!("{q1}\n"),
+    );
+    let size1 = std::fs::metadata(dir.join("two.famsnap")).unwrap().len();
+    let b = chat(
+        &[&mem[..], &["--session", "two"]].concat(),
+        &format!("{q2}\n"),
+    );
+    let size2 = std::fs::metadata(dir.join("two.famsnap")).unwrap().len();
+    assert_eq!(a[0], one[0]);
+    assert_eq!(
+        b[0], one[1],
+        "second turn after resuming differs from one process"
+    );
+    assert!(
+        size2 >= size1 && size2 - size1 < 16,
+        "snapshot size {size1} -> {size2}"
+    );
+    // Bad session names are refused.
+    let m = common::model_path();
+    let out = famstream()
+        .args([
+            "chat",
+            "-m",
+            m.to_str().unwrap(),
+            "--session",
+            "../x",
+            "--sessions-dir",
+            d,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
