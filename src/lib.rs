@@ -86,6 +86,7 @@ pub mod sample;
 pub mod settings;
 pub mod snapshot;
 pub mod state;
+pub mod summarize;
 pub mod tokenizer;
 pub mod util;
 

@@ -284,6 +284,26 @@ enum Command {
         #[command(flatten)]
         memory: MemoryArgs,
     },
+    /// Summarize a transcript or document of any length (or answer a question about it).
+    Summarize {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The text: a file (plain, `Name: text` lines, .srt/.vtt) or - for stdin.
+        input: PathBuf,
+        /// Ask this question instead of requesting a summary.
+        #[arg(long)]
+        ask: Option<String>,
+        /// Let the model write running notes into the stream every N input tokens (0: off).
+        #[arg(long = "notes-every", default_value_t = 0)]
+        notes_every: usize,
+        /// Tokens per running note at most.
+        #[arg(long = "notes-tokens", default_value_t = 48)]
+        notes_tokens: usize,
+        #[command(flatten)]
+        sample: SampleArgs,
+        #[command(flatten)]
+        memory: MemoryArgs,
+    },
     /// Interactive chat in the terminal (type /exit to leave, /reset to start over).
     Chat {
         #[command(flatten)]
@@ -523,6 +543,70 @@ fn run(cli: Cli) -> Result<()> {
                 stats.generated_tokens,
                 stats.generate_tps(),
                 stats.finish_reason
+            );
+            Ok(())
+        }
+        Command::Summarize {
+            model,
+            input,
+            ask,
+            notes_every,
+            notes_tokens,
+            sample,
+            memory,
+        } => {
+            let text = if input.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .map_err(|e| Error::io("<stdin>", "read", e))?;
+                s
+            } else {
+                std::fs::read_to_string(&input).map_err(|e| Error::io(&input, "read", e))?
+            };
+            if text.trim().is_empty() {
+                return Err(Error::Invalid("the input is empty".into()));
+            }
+            let answer = sample.options()?;
+            let rt = model.load()?;
+            let mut eng = rt.engine()?;
+            let mut state = memory.state(&rt, &eng, model.ctx(&rt))?;
+            let opts = famstream::summarize::SummarizeOptions {
+                question: ask,
+                notes_every,
+                notes_tokens,
+                answer,
+            };
+            let pb = famstream::util::progress(0, "tokens");
+            let t0 = std::time::Instant::now();
+            let mut out = std::io::stdout().lock();
+            let stats = famstream::summarize::summarize(
+                &rt,
+                &mut eng,
+                &mut state,
+                &text,
+                &opts,
+                |done, total| {
+                    pb.set_length(total as u64);
+                    pb.set_position(done as u64);
+                },
+                |piece| {
+                    pb.finish_and_clear();
+                    let _ = out.write_all(piece.as_bytes());
+                    let _ = out.flush();
+                    true
+                },
+            )?;
+            pb.finish_and_clear();
+            let _ = writeln!(out);
+            memory.save(&rt, &state)?;
+            eprintln!(
+                "read {} tokens in {:.1}s ({:.1} tok/s), state {} MiB | answer: {} tokens, {:.1} tok/s",
+                state.n_past(),
+                t0.elapsed().as_secs_f64(),
+                state.n_past() as f64 / t0.elapsed().as_secs_f64(),
+                state.state_bytes() >> 20,
+                stats.generated_tokens,
+                stats.generate_tps()
             );
             Ok(())
         }

@@ -378,3 +378,69 @@ fn a_session_continues_across_processes_as_in_one() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn summarize_answers_from_a_transcript_file_and_stdin() {
+    let m = common::model_path();
+    let dir = common::scratch_dir("cli-summarize");
+    let f = dir.join("meeting.txt");
+    std::fs::write(
+        &f,
+        "Alice: Welcome everyone. Our budget for the bridge project is 42 thousand dollars.\n\
+         Bob: I propose we start construction on March 3rd.\n\
+         Alice: Agreed. The decision is to hire Carol as the lead engineer.\n",
+    )
+    .unwrap();
+    let ask = [
+        "--ask",
+        "What is the budget for the bridge project?",
+        "--temp",
+        "0",
+        "-n",
+        "24",
+        "-t",
+        "2",
+    ];
+    let out = famstream()
+        .args(["summarize", "-m", m.to_str().unwrap(), f.to_str().unwrap()])
+        .args(ask)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.contains("42"), "{answer}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tok/s"));
+    // The same from stdin.
+    let mut child = famstream()
+        .args(["summarize", "-m", m.to_str().unwrap(), "-"])
+        .args(ask)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(&f).unwrap())
+        .unwrap();
+    let out2 = child.wait_with_output().unwrap();
+    assert_eq!(out2.stdout, out.stdout);
+    // Empty input is an error, not an empty summary.
+    std::fs::write(dir.join("empty.txt"), "  \n").unwrap();
+    let out = famstream()
+        .args([
+            "summarize",
+            "-m",
+            m.to_str().unwrap(),
+            dir.join("empty.txt").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
