@@ -83,6 +83,7 @@ pub mod passkey;
 pub mod perplexity;
 pub mod runtime;
 pub mod sample;
+pub mod serve;
 pub mod settings;
 pub mod snapshot;
 pub mod state;

@@ -304,6 +304,34 @@ enum Command {
         #[command(flatten)]
         memory: MemoryArgs,
     },
+    /// An OpenAI-compatible HTTP server (chat/completions, completions, models, health).
+    Serve {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Address to bind (loopback by default).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port (0: any free port; the address is printed).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Live stream states kept in memory; older sessions are saved to disk.
+        #[arg(long = "max-states", default_value_t = 4)]
+        max_states: usize,
+        /// Requests waiting for compute at most (beyond: 503).
+        #[arg(long = "max-queue", default_value_t = 64)]
+        max_queue: usize,
+        /// Largest request body in bytes (beyond: 413).
+        #[arg(long = "max-body", default_value_t = 4 << 20)]
+        max_body: usize,
+        /// Largest prompt in tokens (beyond: 413).
+        #[arg(long = "max-prompt-tokens", default_value_t = 1 << 20)]
+        max_prompt_tokens: usize,
+        /// Where session snapshots live.
+        #[arg(long = "sessions-dir")]
+        sessions_dir: Option<PathBuf>,
+        #[command(flatten)]
+        memory: MemoryArgs,
+    },
     /// Interactive chat in the terminal (type /exit to leave, /reset to start over).
     Chat {
         #[command(flatten)]
@@ -381,6 +409,15 @@ enum Command {
     },
 }
 
+/// $XDG_DATA_HOME/famstream/sessions, else ~/.local/share/famstream/sessions.
+fn default_sessions_dir() -> Result<PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .ok_or_else(|| Error::Invalid("no HOME: pass --sessions-dir".into()))?;
+    Ok(base.join("famstream/sessions"))
+}
+
 /// The snapshot file of a named chat session.
 fn session_file(name: &str, dir: Option<&std::path::Path>) -> Result<PathBuf> {
     if name.is_empty()
@@ -395,13 +432,7 @@ fn session_file(name: &str, dir: Option<&std::path::Path>) -> Result<PathBuf> {
     }
     let dir = match dir {
         Some(d) => d.to_path_buf(),
-        None => {
-            let base = std::env::var_os("XDG_DATA_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-                .ok_or_else(|| Error::Invalid("no HOME: pass --sessions-dir".into()))?;
-            base.join("famstream/sessions")
-        }
+        None => default_sessions_dir()?,
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create", e))?;
     Ok(dir.join(format!("{name}.famsnap")))
@@ -609,6 +640,46 @@ fn run(cli: Cli) -> Result<()> {
                 stats.generate_tps()
             );
             Ok(())
+        }
+        Command::Serve {
+            model,
+            host,
+            port,
+            max_states,
+            max_queue,
+            max_body,
+            max_prompt_tokens,
+            sessions_dir,
+            memory,
+        } => {
+            let rt = std::sync::Arc::new(model.load()?);
+            let settings = memory.settings(&rt)?;
+            let sessions_dir = match sessions_dir {
+                Some(d) => d,
+                None => default_sessions_dir()?,
+            };
+            let opts = famstream::serve::ServeOptions {
+                host,
+                port,
+                max_states,
+                max_queue,
+                max_body,
+                max_prompt_tokens,
+                max_new_tokens: 8192,
+                memory: settings,
+                n_ctx: model.ctx(&rt),
+                sessions_dir,
+                model_name: model
+                    .model
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                http_threads: 32,
+            };
+            famstream::serve::serve(rt, opts, |addr| {
+                println!("famstream serving on http://{addr}");
+                let _ = std::io::stdout().flush();
+            })
         }
         Command::Chat {
             model,
