@@ -67,6 +67,7 @@
 //!   serves every policy, so `fam` with F = 0 is `bswa` and a window covering the stream is
 //!   `full`, bit for bit.
 
+pub mod bench;
 pub mod chat;
 pub mod convert;
 pub mod dtype;

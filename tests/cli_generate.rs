@@ -444,3 +444,70 @@ fn summarize_answers_from_a_transcript_file_and_stdin() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn bench_reports_pp_and_tg_as_json() {
+    let m = common::model_path();
+    let out = famstream()
+        .args([
+            "bench",
+            "-m",
+            m.to_str().unwrap(),
+            "-p",
+            "32",
+            "-n",
+            "4",
+            "-r",
+            "1",
+            "-t",
+            "2",
+            "--memory",
+            "sink",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(j["pp_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(j["tg_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(j["n_prompt"], 32);
+    // At a far position a windowed policy fills one window plus a block, not the whole stream.
+    let out = famstream()
+        .args([
+            "bench",
+            "-m",
+            m.to_str().unwrap(),
+            "-p",
+            "8",
+            "-n",
+            "2",
+            "-r",
+            "1",
+            "-t",
+            "2",
+            "--memory",
+            "sink",
+            "--block",
+            "32",
+            "--mem-blocks",
+            "1",
+            "--at-position",
+            "1000000",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["fill_tokens"], 96);
+    assert_eq!(j["at_position"], 1_000_000);
+}
