@@ -195,13 +195,13 @@ impl FamSettings {
                 self.mem_blocks
             )));
         }
-        if self.fam_len > self.block_size {
+        if self.policy == MemoryPolicy::Fam && self.fam_len > self.block_size {
             return Err(Error::Invalid(format!(
                 "FAM length {} exceeds the block size {}",
                 self.fam_len, self.block_size
             )));
         }
-        if self.sinks > self.block_size {
+        if self.policy == MemoryPolicy::Sink && self.sinks > self.block_size {
             return Err(Error::Invalid(format!(
                 "{} sink tokens exceed the block size {}",
                 self.sinks, self.block_size
