@@ -1,0 +1,132 @@
+//! famstream vs llama.cpp on the same GGUF, same machine, same thread count, in one run:
+//! pp512 / tg128 at short context, and decode at a far stream position (famstream `fam`/`sink`
+//! vs llama.cpp full attention). Prints a table of tokens/s and ratios.
+//!
+//! `cargo bench --bench vs_llama -- [--quick] [--at 32768]`
+//! Models: SmolLM2-135M q8_0 and q4_0, made from the fetched Q4_1 GGUF by `famstream convert`
+//! into the model cache on first use.
+
+#[path = "../tests/common/llama.rs"]
+#[allow(dead_code)]
+mod llama;
+
+use famstream::convert::{convert, ConvertOptions, Target};
+use famstream::runtime::{LoadOptions, Runtime};
+use famstream::settings::{FamSettings, MemoryPolicy};
+use std::path::PathBuf;
+use std::time::Instant;
+
+fn model(ty: &str) -> PathBuf {
+    let out = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/fetch_model.sh"))
+        .output()
+        .unwrap();
+    let src = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let dst = src.with_file_name(format!("SmolLM2-135M-Instruct.{ty}.gguf"));
+    if !dst.exists() {
+        let o = ConvertOptions {
+            target: Some(Target::parse(ty).unwrap()),
+            fam: None,
+            name: None,
+        };
+        convert(&src, &dst, &o, &mut |_, _, _| {}).unwrap();
+    }
+    dst
+}
+
+fn llama_pp_tg(
+    path: &std::path::Path,
+    threads: usize,
+    n_ctx: usize,
+    at: usize,
+    pp: usize,
+    tg: usize,
+) -> (f64, f64) {
+    let mut o = llama::LlamaOracle::new(path, n_ctx, threads);
+    let toks: Vec<u32> = o.tokenize(
+        &"The committee met on Tuesday to discuss the budget. ".repeat(4000),
+        false,
+        false,
+    );
+    o.clear();
+    if at > 0 {
+        o.eval(&toks[..at], 0, &[at - 1]);
+    }
+    let t = Instant::now();
+    o.eval(&toks[at..at + pp], at, &[pp - 1]);
+    let pps = pp as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for i in 0..tg {
+        o.eval(&[toks[at + pp + i]], at + pp + i, &[0]);
+    }
+    (pps, tg as f64 / t.elapsed().as_secs_f64())
+}
+
+fn ours(
+    path: &std::path::Path,
+    threads: usize,
+    s: FamSettings,
+    n_ctx: usize,
+    at: u64,
+    pp: usize,
+    tg: usize,
+) -> (f64, f64) {
+    let rt = Runtime::load(
+        path,
+        &LoadOptions {
+            threads,
+            device: None,
+        },
+    )
+    .unwrap();
+    let mut eng = rt.engine().unwrap();
+    let r = famstream::bench::run(&rt, &mut eng, s, n_ctx, pp, tg, at).unwrap();
+    (r.pp_tokens_per_s, r.tg_tokens_per_s)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let at: usize = args
+        .iter()
+        .position(|a| a == "--at")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32768);
+    let (pp, tg) = if quick { (128, 32) } else { (512, 128) };
+    let full = FamSettings {
+        policy: MemoryPolicy::Full,
+        ..FamSettings::default()
+    };
+    println!("| model | threads | test | famstream t/s | llama.cpp t/s | ratio |\n|---|---|---|---|---|---|");
+    for ty in ["q8_0", "q4_0"] {
+        let path = model(ty);
+        for threads in [1, 2] {
+            let (lp, lt) = llama_pp_tg(&path, threads, 2048, 0, pp, tg);
+            let (fp, ft) = ours(&path, threads, full, 2048, 0, pp, tg);
+            println!(
+                "| {ty} | {threads} | pp{pp} | {fp:.1} | {lp:.1} | {:.2} |",
+                fp / lp
+            );
+            println!(
+                "| {ty} | {threads} | tg{tg} | {ft:.1} | {lt:.1} | {:.2} |",
+                ft / lt
+            );
+        }
+    }
+    // Decode far into the stream: famstream's windowed policies vs llama.cpp full attention.
+    let path = model("q8_0");
+    let (_, lt) = llama_pp_tg(&path, 2, at + 1024, at, 16, tg / 2);
+    for p in [MemoryPolicy::Fam, MemoryPolicy::Sink] {
+        let s = FamSettings {
+            policy: p,
+            ..FamSettings::default()
+        };
+        let (_, ft) = ours(&path, 2, s, 0, at as u64, 16, tg / 2);
+        println!(
+            "| q8_0 | 2 | tg{} at {at} ({p} vs full) | {ft:.1} | {lt:.1} | {:.2} |",
+            tg / 2,
+            ft / lt
+        );
+    }
+}
