@@ -4,7 +4,8 @@
 
 use crate::error::{Error, Result};
 use crate::forward::{
-    build_fam_graph, build_kshift_graph, build_token_graph, graph_size, SinkStore, TokenBatchShape,
+    build_fam_graph, build_kshift_graph, build_kv_copy_graph, build_token_graph, graph_size,
+    SinkStore, TokenBatchShape,
 };
 use crate::ggml::{Allocator, Backend, Context, Graph, Tensor};
 use crate::kv::KvStore;
@@ -44,9 +45,9 @@ pub struct TokenResult {
 
 /// A FAM graph, described on the host.
 pub struct FamBatch<'x> {
-    /// `Some((query positions, mask [F][n_kv], zero residual))` for an update; `None` to only
-    /// (re)compute the FAM's K/V.
-    pub update: Option<(&'x [i32], &'x [f16], bool)>,
+    /// `Some((query positions, mask [F][n_kv], zero residual, renormalise))` for an update;
+    /// `None` to only (re)compute the FAM's K/V.
+    pub update: Option<(&'x [i32], &'x [f16], bool, bool)>,
     pub n_kv: usize,
     /// Positions of the (new) FAM rows.
     pub pos: &'x [i32],
@@ -211,7 +212,7 @@ impl Engine {
         if f == 0 || fam.len() != self.model.hp.n_layer || b.pos.len() != f || b.slots.len() != f {
             return Err(Error::Invalid("inconsistent FAM batch".into()));
         }
-        if let Some((q, mask, _)) = b.update {
+        if let Some((q, mask, _, _)) = b.update {
             if q.len() != f || mask.len() != f * b.n_kv || b.n_kv > kv.n_slots() {
                 return Err(Error::Invalid("inconsistent FAM update".into()));
             }
@@ -226,18 +227,39 @@ impl Engine {
         let model = self.model.clone();
         let ctx = self.new_ctx()?;
         let zero = b.update.is_some_and(|u| u.2);
-        let (graph, inp) = build_fam_graph(&ctx, &model, kv, fam, b.n_kv, b.update.is_some(), zero);
+        let renorm = b.update.is_some_and(|u| u.3);
+        let (graph, inp) = build_fam_graph(
+            &ctx,
+            &model,
+            kv,
+            fam,
+            b.n_kv,
+            b.update.is_some(),
+            zero,
+            renorm,
+        );
         self.run(&graph, || {
             inp.pos.write_i32(b.pos)?;
             inp.slots.write_bytes(0, as_bytes(b.slots))?;
-            if let (Some(t), Some((q, _, _))) = (inp.q_pos, b.update) {
+            if let (Some(t), Some((q, _, _, _))) = (inp.q_pos, b.update) {
                 t.write_i32(q)?;
             }
-            if let (Some(t), Some((_, m, _))) = (inp.mask, b.update) {
+            if let (Some(t), Some((_, m, _, _))) = (inp.mask, b.update) {
                 t.write_bytes(0, as_bytes(m))?;
             }
             Ok(())
         })
+    }
+
+    /// Copy K/V slots [from, from+n) to [to, to+n) in every layer.
+    pub fn run_kv_copy(&mut self, kv: &KvStore, from: usize, to: usize, n: usize) -> Result<()> {
+        if n == 0 || from.max(to) + n > kv.n_slots() || from.abs_diff(to) < n {
+            return Err(Error::Invalid("bad K/V copy range".into()));
+        }
+        let model = self.model.clone();
+        let ctx = self.new_ctx()?;
+        let graph = build_kv_copy_graph(&ctx, &model, kv, from, to, n);
+        self.run(&graph, || Ok(()))
     }
 
     /// Rotate the stored keys of slots [from, to) by `-delta` positions (RoPE origin moved

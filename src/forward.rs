@@ -352,6 +352,7 @@ pub fn build_fam_graph<'a>(
     n_kv: usize,
     update: bool,
     zero_residual: bool,
+    renorm: bool,
 ) -> (Graph<'a>, FamInputs<'a>) {
     let hp = &m.hp;
     let f = fam[0].ne()[1];
@@ -372,9 +373,15 @@ pub fn build_fam_graph<'a>(
                 let o = ctx.mul_mat(m.w(l.wo), attn);
                 let r = if zero_residual { o } else { ctx.add(o, x) };
                 let hn = norm(ctx, r, m.w(l.ffn_norm), hp.rms_eps);
-                let out = ctx
+                let mut out = ctx
                     .add(r, ffn(ctx, m, l, hn))
                     .set_name(&format!("fam_new-{il}"));
+                if renorm {
+                    // Keep each row's RMS: rms_norm(new) * rms(old). Without it the residual of
+                    // an un-tuned model's FAM rows grows by o + ffn every block, without bound.
+                    let rms_old = ctx.sqrt(ctx.mean(ctx.sqr(x))); // [1, F]
+                    out = ctx.mul(ctx.rms_norm(out, hp.rms_eps), rms_old);
+                }
                 // Overwrite the stored activations (after all reads of `x`: `out` depends on them).
                 let stored = ctx.cpy(out, x);
                 gf.expand(stored);
@@ -426,4 +433,25 @@ pub fn build_kshift_graph<'a>(
         gf.expand(ctx.cpy(rot, view));
     }
     (gf, shift)
+}
+
+/// Copy K/V rows [from, from+n) to [to, to+n) in every layer.
+pub fn build_kv_copy_graph<'a>(
+    ctx: &'a Context,
+    m: &'a Model,
+    kv: &'a KvStore,
+    from: usize,
+    to: usize,
+    n: usize,
+) -> Graph<'a> {
+    let mut gf = ctx.new_graph(graph_size(m.hp.n_layer));
+    let row = kv.n_embd_kv() * 2;
+    for il in 0..m.hp.n_layer {
+        for t in [kv.k(il), kv.v(il)] {
+            let src = ctx.view(t, &[kv.n_embd_kv() as i64, n as i64], &[row], from * row);
+            let dst = ctx.view(t, &[kv.n_embd_kv() as i64, n as i64], &[row], to * row);
+            gf.expand(ctx.cpy(src, dst));
+        }
+    }
+    gf
 }

@@ -358,6 +358,18 @@ impl Context {
     pub fn sub<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>) -> Tensor<'a> {
         self.wrap(unsafe { sys::ggml_sub(self.raw(), a.raw(), b.raw()) })
     }
+    /// Elementwise square.
+    pub fn sqr<'a>(&'a self, a: Tensor<'a>) -> Tensor<'a> {
+        self.wrap(unsafe { sys::ggml_sqr(self.raw(), a.raw()) })
+    }
+    /// Elementwise square root.
+    pub fn sqrt<'a>(&'a self, a: Tensor<'a>) -> Tensor<'a> {
+        self.wrap(unsafe { sys::ggml_sqrt(self.raw(), a.raw()) })
+    }
+    /// Mean of each row: [ne0, ...] -> [1, ...].
+    pub fn mean<'a>(&'a self, a: Tensor<'a>) -> Tensor<'a> {
+        self.wrap(unsafe { sys::ggml_mean(self.raw(), a.raw()) })
+    }
     pub fn scale<'a>(&'a self, a: Tensor<'a>, s: f32) -> Tensor<'a> {
         self.wrap(unsafe { sys::ggml_scale(self.raw(), a.raw(), s) })
     }

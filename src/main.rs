@@ -81,6 +81,12 @@ struct MemoryArgs {
     /// Zero residual on the first FAM update (the paper's rule): true or false.
     #[arg(long = "fam-zero-first-residual")]
     fam_zero_first_residual: Option<bool>,
+    /// How the next FAM is made: within (the paper) or reread (training-free variant).
+    #[arg(long = "fam-feedback")]
+    fam_feedback: Option<String>,
+    /// Rescale updated FAM rows to their previous RMS: true or false.
+    #[arg(long = "fam-renorm")]
+    fam_renorm: Option<bool>,
     /// Absolute position of the stream's first token (RoPE numerics checks).
     #[arg(long = "start-position", default_value_t = 0)]
     start_position: i64,
@@ -119,6 +125,12 @@ impl MemoryArgs {
         if let Some(v) = self.fam_zero_first_residual {
             s.zero_first_residual = v;
         }
+        if let Some(v) = self.fam_renorm {
+            s.renorm = v;
+        }
+        if let Some(v) = &self.fam_feedback {
+            s.feedback = v.parse()?;
+        }
         s.validate()?;
         Ok(s)
     }
@@ -133,6 +145,8 @@ impl MemoryArgs {
             || self.fam_init.is_some()
             || self.fam_query_pos.is_some()
             || self.fam_zero_first_residual.is_some()
+            || self.fam_renorm.is_some()
+            || self.fam_feedback.is_some()
     }
 
     /// The state to run on: loaded from --load-state (whose settings must match any given on

@@ -34,6 +34,7 @@ pub fn settings_json(s: &FamSettings) -> Json {
         "policy": s.policy.as_str(), "block_size": s.block_size, "mem_blocks": s.mem_blocks,
         "fam_len": s.fam_len, "sinks": s.sinks, "init": s.init.as_str(),
         "query_pos": s.query_pos.as_str(), "zero_first_residual": s.zero_first_residual,
+        "renorm": s.renorm, "feedback": s.feedback.as_str(),
     })
 }
 
@@ -54,6 +55,8 @@ pub fn settings_from_json(j: &Json) -> Result<FamSettings> {
         init: st("init")?.parse()?,
         query_pos: st("query_pos")?.parse()?,
         zero_first_residual: j["zero_first_residual"].as_bool().ok_or_else(bad)?,
+        renorm: j["renorm"].as_bool().ok_or_else(bad)?,
+        feedback: st("feedback")?.parse()?,
     })
 }
 

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::ggml::{Backend, TensorSet};
 use crate::kv::KvStore;
 use crate::model::Model;
-use crate::settings::{FamInit, FamQueryPos, FamSettings, MemoryPolicy};
+use crate::settings::{FamFeedback, FamInit, FamQueryPos, FamSettings, MemoryPolicy};
 use half::f16;
 
 /// A slot holding no token.
@@ -110,7 +110,8 @@ impl FamState {
         settings.validate()?;
         let hp = &model.hp;
         let (b, m) = (settings.block_size as usize, settings.mem_blocks as usize);
-        let n_sink = if settings.policy == MemoryPolicy::Sink {
+        // Attention sinks: the `sink` policy, and `fam` when S > 0 (FAM plus sinks).
+        let n_sink = if matches!(settings.policy, MemoryPolicy::Sink | MemoryPolicy::Fam) {
             settings.sinks as usize
         } else {
             0
@@ -137,7 +138,19 @@ impl FamState {
                 seed_tokens.len()
             )));
         }
-        let n_slots = n_sink + n_fam + ring_len;
+        // `reread` feedback computes the next FAM in F scratch slots after the ring.
+        let n_scratch = if settings.feedback == FamFeedback::Reread {
+            n_fam
+        } else {
+            0
+        };
+        if n_scratch > 0 && seed_tokens.len() != n_fam {
+            return Err(Error::Invalid(format!(
+                "reread feedback needs {n_fam} seed tokens, got {}",
+                seed_tokens.len()
+            )));
+        }
+        let n_slots = n_sink + n_fam + ring_len + n_scratch;
         let kv = KvStore::new(hp, n_slots, backend)?;
         // One [row width, rows] tensor per layer, or nothing when the policy has no such rows.
         let per_layer =
@@ -229,6 +242,17 @@ impl FamState {
             + self.fam.as_ref().map_or(0, |f| f.buffer_bytes())
             + self.sinks.as_ref().map_or(0, |s| s.buffer_bytes())
     }
+    /// RMS of each layer's FAM activations (diagnostics: how the working memory evolves).
+    pub fn fam_rms(&self) -> Result<Vec<f32>> {
+        self.fam_tensors()
+            .iter()
+            .map(|t| {
+                let v = t.read_f32()?;
+                Ok((v.iter().map(|x| x * x).sum::<f32>() / v.len().max(1) as f32).sqrt())
+            })
+            .collect()
+    }
+
     /// Bytes of host bookkeeping (constant too).
     pub fn host_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
@@ -459,6 +483,9 @@ impl FamState {
         }
         let f = self.n_fam as i64;
         let new_pos: Vec<i64> = ((t + 1) * self.b() - f..(t + 1) * self.b()).collect();
+        if self.settings.feedback == FamFeedback::Reread {
+            return self.reread(eng, t, new_pos);
+        }
         if !self.fam_valid {
             // Tail init: block 0's last F layer inputs were captured during the block.
             self.fam_pos = new_pos;
@@ -503,13 +530,61 @@ impl FamState {
             &self.kv,
             &fam,
             &FamBatch {
-                update: Some((&q_pos, &mask, zero)),
+                update: Some((&q_pos, &mask, zero, self.settings.renorm)),
                 n_kv,
                 pos: &pos,
                 slots: &slots,
             },
         )?;
         self.fam_pos = new_pos;
+        self.fam_updates += 1;
+        Ok(())
+    }
+
+    /// `reread` feedback: the seed tokens, placed at the end of block t, attend (causally among
+    /// themselves) to the old FAM and the whole block at every layer; their K/V, computed in
+    /// scratch slots, become the new FAM.
+    fn reread(&mut self, eng: &mut Engine, t: i64, new_pos: Vec<i64>) -> Result<()> {
+        let f = self.n_fam;
+        let scratch = self.ring_base() + self.ring_len;
+        let n_kv = self.kv.n_slots();
+        let mut mask = vec![f16::NEG_INFINITY; f * n_kv];
+        for r in 0..f {
+            for s in 0..n_kv {
+                let vis = if s < self.n_sink {
+                    false
+                } else if s < self.ring_base() {
+                    self.fam_valid
+                } else if s < scratch {
+                    let j = self.slot_pos[s];
+                    j != EMPTY && self.block_of(j) == t
+                } else {
+                    s - scratch <= r
+                };
+                if vis {
+                    mask[r * n_kv + s] = f16::ZERO;
+                }
+            }
+        }
+        let pos: Vec<i32> = new_pos
+            .iter()
+            .map(|&p| self.rope_pos(p))
+            .collect::<Result<_>>()?;
+        let slots: Vec<i64> = (scratch..scratch + f).map(|s| s as i64).collect();
+        let tokens = self.seed_tokens.clone();
+        let batch = TokenBatch {
+            tokens: &tokens,
+            pos: &pos,
+            slots: &slots,
+            n_kv,
+            mask: &mask,
+            out_rows: Some(&[0]),
+            ..Default::default()
+        };
+        eng.run_tokens(&self.kv, None, &batch)?;
+        eng.run_kv_copy(&self.kv, scratch, self.n_sink, f)?;
+        self.fam_pos = new_pos;
+        self.fam_valid = true;
         self.fam_updates += 1;
         Ok(())
     }

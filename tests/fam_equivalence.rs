@@ -6,7 +6,7 @@ mod common;
 use famstream::engine::Engine;
 use famstream::ggml::Backend;
 use famstream::model::Model;
-use famstream::settings::{FamInit, FamQueryPos, FamSettings, MemoryPolicy};
+use famstream::settings::{FamFeedback, FamInit, FamQueryPos, FamSettings, MemoryPolicy};
 use famstream::state::{FamState, Logits};
 use std::sync::Arc;
 
@@ -232,5 +232,55 @@ fn logits_do_not_depend_on_the_absolute_start_position() {
             out.push(st.feed(&mut eng, &tokens, Logits::All).unwrap());
         }
         assert_eq!(out[0], out[1], "{s:?}");
+    }
+}
+
+#[test]
+fn fam_variants_do_what_they_say() {
+    let m = tiny("llama");
+    let tokens: Vec<u32> = (0..160).map(|i| 5 + (i * 37) % 500).collect();
+    let base = settings(MemoryPolicy::Fam, 16, 1, 4, 0);
+    // Renormalised updates keep every layer's FAM RMS where the initial FAM had it.
+    let mut eng = engine(&m);
+    let mut st = state(
+        &m,
+        FamSettings {
+            renorm: true,
+            ..base
+        },
+        0,
+    );
+    st.feed(&mut eng, &tokens[..1], Logits::None).unwrap();
+    let r0 = st.fam_rms().unwrap();
+    st.feed(&mut eng, &tokens[1..], Logits::None).unwrap();
+    let r1 = st.fam_rms().unwrap();
+    for (a, b) in r0.iter().zip(&r1) {
+        assert!((a - b).abs() <= 1e-3 * a.max(1e-3), "{a} -> {b}");
+    }
+    // Without it the paper's update lets them drift.
+    let mut st = state(&m, base, 0);
+    st.feed(&mut eng, &tokens, Logits::None).unwrap();
+    let r2 = st.fam_rms().unwrap();
+    assert!(
+        r0.iter().zip(&r2).any(|(a, b)| (a - b).abs() > 1e-2 * a),
+        "{r0:?} vs {r2:?}"
+    );
+    // Sinks with fam, reread feedback: each changes the numbers after the first window.
+    let plain = run_all(&m, base, &tokens, 0);
+    let nv = m.hp.n_vocab;
+    for s in [
+        FamSettings { sinks: 2, ..base },
+        FamSettings {
+            feedback: FamFeedback::Reread,
+            ..base
+        },
+    ] {
+        let other = run_all(&m, s, &tokens, 0);
+        // Block 0 is the same: sinks are still in the window, and no FAM has been fed back.
+        assert!(plain[..16 * nv] == other[..16 * nv], "{s:?}");
+        assert!(
+            max_diff(&plain[48 * nv..], &other[48 * nv..]) > 1e-3,
+            "{s:?} changes nothing"
+        );
     }
 }

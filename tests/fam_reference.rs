@@ -57,6 +57,8 @@ fn every_policy_matches_the_numpy_reference() {
                 .as_str()
                 .map_or(FamQueryPos::BlockEnd, |s| s.parse().unwrap()),
             zero_first_residual: c["zero_first_residual"].as_bool().unwrap_or(false),
+            renorm: false, // the reference implements the paper's update only
+            feedback: famstream::settings::FamFeedback::Within,
         };
         let ids: Vec<u32> = c["ids"]
             .as_array()

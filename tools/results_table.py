@@ -11,7 +11,7 @@ def load(pat):
     return {f.stem: json.loads(f.read_text()) for f in sorted(d.glob(pat))}
 
 ppl = load("ppl-*.json")
-order = ["full", "bswa", "sink", "fam-seed", "fam-bos", "fam-tail", "fam-seed-zero"]
+order = ["full", "bswa", "sink", "fam-seed", "fam-bos", "fam-tail", "fam-seed-zero", "fam-reread", "fam-reread-sinks"]
 lines = [f"Measured on SmolLM2-135M-Instruct Q4_1, {d.name} scale, Moby-Dick (`tools/eval_policies.sh {d.name}`).", ""]
 segs = sorted({s["start"] for r in ppl.values() for s in r["segments"]})
 hdr = "| policy | " + " | ".join(f"ppl {s//1024}k-{(s+8192)//1024}k" for s in segs) + " | ppl all | mean KL vs full (0-8k) | state MiB | peak RSS MiB | tok/s |"
