@@ -48,7 +48,12 @@
 //! - [`engine`]: runs graphs for a state on a backend.
 //! - [`tokenizer`]: byte-level BPE (GPT-2 style) and SentencePiece BPE, from GGUF metadata.
 //! - [`sample`], [`chat`], [`runtime`]: sampling, chat templates, the embedding API.
-//! - [`perplexity`], [`passkey`]: evaluation. [`npy`], [`util`], [`inspect`]: small helpers.
+//! - [`perplexity`], [`passkey`], [`bench`]: evaluation and speed.
+//! - [`summarize`]: long documents through the state, then a summary or an answer.
+//! - [`serve`]: the OpenAI-compatible HTTP server (one compute worker, bounded live states).
+//! - [`convert`]: HF checkpoints / GGUF -> quantized GGUF (our safetensors reader, name maps,
+//!   Q/K permutation, tokenizer.json, ggml quantizers in parallel, streaming writes).
+//! - [`npy`], [`util`], [`inspect`]: small helpers.
 
 //! ## Invariants
 //!
