@@ -134,12 +134,17 @@ fn k_quant_fallbacks_are_reported() {
         &mut |_, _, _| {},
     )
     .unwrap();
-    // Rows of 64 and 128 do not hold a 256-element super-block: every matrix falls back to q5_0.
+    // Rows of 64 and 128 do not hold a 256-element super-block: every matrix falls back, q4_k to
+    // q5_0, and the LM head (q6_k below 8 bits) to q8_0.
     assert_eq!(r.fallbacks.len(), 16);
-    assert!(r
-        .fallbacks
-        .iter()
-        .all(|(_, w, u)| w.name() == "q4_K" && u.name() == "q5_0"));
+    for (name, w, u) in &r.fallbacks {
+        let want = if name == "output.weight" {
+            ("q6_K", "q8_0")
+        } else {
+            ("q4_K", "q5_0")
+        };
+        assert_eq!((w.name(), u.name()), want, "{name}");
+    }
 }
 
 #[test]
