@@ -474,6 +474,13 @@ fn session_file(name: &str, dir: Option<&std::path::Path>) -> Result<PathBuf> {
     Ok(dir.join(format!("{name}.famsnap")))
 }
 
+fn print_json(j: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(j).expect("JSON values serialize")
+    );
+}
+
 fn read_text(prompt: Option<String>, file: Option<PathBuf>) -> Result<String> {
     match (prompt, file) {
         (Some(p), _) => Ok(p),
@@ -494,10 +501,7 @@ fn run(cli: Cli) -> Result<()> {
             let g = GgufFile::open(&file)?;
             let r = famstream::inspect::report(&g)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&r).expect("JSON values serialize")
-                );
+                print_json(&r);
             } else {
                 print!("{}", famstream::inspect::render_text(&r, !no_tensors));
             }
@@ -759,10 +763,7 @@ fn run(cli: Cli) -> Result<()> {
                     "pp_tokens_per_s": r.pp_tokens_per_s, "tg_tokens_per_s": r.tg_tokens_per_s,
                     "state_bytes": r.state_bytes, "peak_rss_bytes": famstream::util::peak_rss_bytes(),
                 });
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&j).expect("JSON values serialize")
-                );
+                print_json(&j);
             } else {
                 println!(
                     "| model | threads | memory | test | at | t/s |\n|---|---|---|---|---|---|"
@@ -1001,10 +1002,7 @@ fn run(cli: Cli) -> Result<()> {
                     "kl_vs_full": kl, "kl_positions": kl_count,
                     "state_bytes": state.state_bytes(), "peak_rss_bytes": rss,
                 });
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&j).expect("JSON values serialize")
-                );
+                print_json(&j);
             } else {
                 println!(
                     "memory {} perplexity {:.4} over {} tokens ({:.1} tok/s)",
@@ -1070,10 +1068,7 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|&(n, f, t)| serde_json::json!({"filler_tokens": n, "found": f, "trials": t, "accuracy": f as f64 / t as f64}))
                     .collect();
                 let j = serde_json::json!({"memory": settings.policy.as_str(), "fam_init": settings.init.as_str(), "results": r});
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&j).expect("JSON values serialize")
-                );
+                print_json(&j);
             } else {
                 for (n, f, t) in rows {
                     println!("memory {} filler {n}: {f}/{t} found", settings.policy);
@@ -1120,10 +1115,7 @@ fn run(cli: Cli) -> Result<()> {
                     "tokens_per_second": (r.windows * r.ctx) as f64 / secs,
                     "peak_rss_bytes": famstream::util::peak_rss_bytes(),
                 });
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&j).expect("JSON values serialize")
-                );
+                print_json(&j);
             } else {
                 println!(
                     "perplexity {:.4} over {} tokens ({} windows of {}), {:.1} tok/s",

@@ -507,22 +507,7 @@ impl FamState {
             .collect::<Result<_>>()?;
         let n_kv = self.kv.n_slots();
         // FAM rows see the old FAM and the whole finished block; no memory blocks, no sinks.
-        let mut mask = vec![f16::NEG_INFINITY; f as usize * n_kv];
-        for r in 0..f as usize {
-            for s in 0..n_kv {
-                let vis = if s < self.n_sink {
-                    false
-                } else if s < self.ring_base() {
-                    true
-                } else {
-                    let j = self.slot_pos[s];
-                    j != EMPTY && self.block_of(j) == t
-                };
-                if vis {
-                    mask[r * n_kv + s] = f16::ZERO;
-                }
-            }
-        }
+        let mask = self.fam_rows_mask(t, n_kv, true);
         let zero = self.settings.zero_first_residual && self.fam_updates == 0;
         let slots = self.fam_slots();
         let fam = self.fam_tensors();
@@ -541,20 +526,18 @@ impl FamState {
         Ok(())
     }
 
-    /// `reread` feedback: the seed tokens, placed at the end of block t, attend (causally among
-    /// themselves) to the old FAM and the whole block at every layer; their K/V, computed in
-    /// scratch slots, become the new FAM.
-    fn reread(&mut self, eng: &mut Engine, t: i64, new_pos: Vec<i64>) -> Result<()> {
+    /// What the F rows computing the next FAM may see after block t: the current FAM (if
+    /// `with_fam`), every token of block t, and (`reread` scratch slots) the earlier rows.
+    fn fam_rows_mask(&self, t: i64, n_kv: usize, with_fam: bool) -> Vec<f16> {
         let f = self.n_fam;
         let scratch = self.ring_base() + self.ring_len;
-        let n_kv = self.kv.n_slots();
         let mut mask = vec![f16::NEG_INFINITY; f * n_kv];
         for r in 0..f {
             for s in 0..n_kv {
                 let vis = if s < self.n_sink {
                     false
                 } else if s < self.ring_base() {
-                    self.fam_valid
+                    with_fam
                 } else if s < scratch {
                     let j = self.slot_pos[s];
                     j != EMPTY && self.block_of(j) == t
@@ -566,6 +549,17 @@ impl FamState {
                 }
             }
         }
+        mask
+    }
+
+    /// `reread` feedback: the seed tokens, placed at the end of block t, attend (causally among
+    /// themselves) to the old FAM and the whole block at every layer; their K/V, computed in
+    /// scratch slots, become the new FAM.
+    fn reread(&mut self, eng: &mut Engine, t: i64, new_pos: Vec<i64>) -> Result<()> {
+        let f = self.n_fam;
+        let scratch = self.ring_base() + self.ring_len;
+        let n_kv = self.kv.n_slots();
+        let mask = self.fam_rows_mask(t, n_kv, self.fam_valid);
         let pos: Vec<i32> = new_pos
             .iter()
             .map(|&p| self.rope_pos(p))
