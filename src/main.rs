@@ -302,8 +302,13 @@ enum Command {
     Summarize {
         #[command(flatten)]
         model: ModelArgs,
-        /// The text: a file (plain, `Name: text` lines, .srt/.vtt) or - for stdin.
-        input: PathBuf,
+        /// The text: a file (plain, `Name: text` lines, .srt/.vtt) or - for stdin. May be
+        /// omitted with --load-state (ask about what the saved state has read).
+        input: Option<PathBuf>,
+        /// Only read the text and save the state (needs --save-state); ask later with
+        /// --load-state.
+        #[arg(long = "ingest-only")]
+        ingest_only: bool,
         /// Ask this question instead of requesting a summary.
         #[arg(long)]
         ask: Option<String>,
@@ -617,68 +622,57 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Summarize {
-            model,
-            input,
-            ask,
-            notes_every,
-            notes_tokens,
-            sample,
-            memory,
-        } => {
-            let text = if input.as_os_str() == "-" {
-                let mut s = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-                    .map_err(|e| Error::io("<stdin>", "read", e))?;
-                s
-            } else {
-                std::fs::read_to_string(&input).map_err(|e| Error::io(&input, "read", e))?
+        Command::Summarize { model, input, ingest_only, ask, notes_every, notes_tokens, sample, memory } => {
+            let text = match &input {
+                None if memory.load_state.is_some() => None,
+                None => return Err(Error::Invalid("give a file (or - for stdin), or --load-state".into())),
+                Some(p) if p.as_os_str() == "-" => {
+                    let mut s = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| Error::io("<stdin>", "read", e))?;
+                    Some(s)
+                }
+                Some(p) => Some(std::fs::read_to_string(p).map_err(|e| Error::io(p, "read", e))?),
             };
-            if text.trim().is_empty() {
+            if text.as_deref().is_some_and(|t| t.trim().is_empty()) {
                 return Err(Error::Invalid("the input is empty".into()));
+            }
+            if ingest_only && (memory.save_state.is_none() || text.is_none()) {
+                return Err(Error::Invalid("--ingest-only needs an input and --save-state".into()));
             }
             let answer = sample.options()?;
             let rt = model.load()?;
             let mut eng = rt.engine()?;
             let mut state = memory.state(&rt, &eng, model.ctx(&rt))?;
-            let opts = famstream::summarize::SummarizeOptions {
-                question: ask,
-                notes_every,
-                notes_tokens,
-                answer,
-            };
+            let opts = famstream::summarize::SummarizeOptions { question: ask, notes_every, notes_tokens, answer };
             let pb = famstream::util::progress(0, "tokens");
             let t0 = std::time::Instant::now();
-            let mut out = std::io::stdout().lock();
-            let stats = famstream::summarize::summarize(
-                &rt,
-                &mut eng,
-                &mut state,
-                &text,
-                &opts,
-                |done, total| {
+            if let Some(text) = &text {
+                famstream::summarize::ingest(&rt, &mut eng, &mut state, text, &opts, |done, total| {
                     pb.set_length(total as u64);
                     pb.set_position(done as u64);
-                },
-                |piece| {
-                    pb.finish_and_clear();
-                    let _ = out.write_all(piece.as_bytes());
-                    let _ = out.flush();
-                    true
-                },
-            )?;
+                })?;
+            }
             pb.finish_and_clear();
+            let read_secs = t0.elapsed().as_secs_f64();
+            eprintln!(
+                "read {} tokens in {:.1}s ({:.1} tok/s), state {} MiB",
+                state.n_past(),
+                read_secs,
+                state.n_past() as f64 / read_secs.max(1e-9),
+                state.state_bytes() >> 20
+            );
+            if ingest_only {
+                return memory.save(&rt, &state);
+            }
+            let mut out = std::io::stdout().lock();
+            let stats = famstream::summarize::answer(&rt, &mut eng, &mut state, &opts, |piece| {
+                let _ = out.write_all(piece.as_bytes());
+                let _ = out.flush();
+                true
+            })?;
             let _ = writeln!(out);
             memory.save(&rt, &state)?;
-            eprintln!(
-                "read {} tokens in {:.1}s ({:.1} tok/s), state {} MiB | answer: {} tokens, {:.1} tok/s",
-                state.n_past(),
-                t0.elapsed().as_secs_f64(),
-                state.n_past() as f64 / t0.elapsed().as_secs_f64(),
-                state.state_bytes() >> 20,
-                stats.generated_tokens,
-                stats.generate_tps()
-            );
+            eprintln!("answer: {} tokens, {:.1} tok/s", stats.generated_tokens, stats.generate_tps());
             Ok(())
         }
         Command::Serve {

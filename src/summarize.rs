@@ -67,23 +67,26 @@ pub fn prepare_text(raw: &str) -> String {
     out
 }
 
-/// Stream `text` through `state` and answer. `on_progress(tokens_read, total)` reports ingestion;
-/// `on_piece` receives the answer as it is generated.
-pub fn summarize(
+/// The chat template's text before and after a user message's content.
+fn user_turn(rt: &Runtime) -> Result<(String, String)> {
+    let head = rt.chat.render_turn(&Message::new("user", "\u{0}"), true);
+    let (before, after) = head.split_once('\u{0}').ok_or_else(|| Error::Invalid("chat template".into()))?;
+    Ok((before.to_string(), after.to_string()))
+}
+
+/// Stream `text` into `state` as the start of a user turn (with running notes if asked).
+/// `on_progress(tokens_read, total)` reports ingestion.
+pub fn ingest(
     rt: &Runtime,
     eng: &mut Engine,
     state: &mut FamState,
     text: &str,
     opts: &SummarizeOptions,
     mut on_progress: impl FnMut(usize, usize),
-    on_piece: impl FnMut(&str) -> bool,
-) -> Result<GenerateStats> {
+) -> Result<()> {
     let tok = &rt.tokenizer;
-    let head = rt.chat.render_turn(&Message::new("user", "\u{0}"), true);
-    let (before, after) = head
-        .split_once('\u{0}')
-        .ok_or_else(|| Error::Invalid("chat template".into()))?;
-    let mut first = tok.encode(before, true, true);
+    let (before, _) = user_turn(rt)?;
+    let mut first = tok.encode(&before, state.n_past() == 0, true);
     first.extend(tok.encode(INTRO, false, false));
     state.feed(eng, &first, Logits::None)?;
     let body = tok.encode(&prepare_text(text), false, false);
@@ -96,19 +99,35 @@ pub fn summarize(
         if opts.notes_every > 0 && since_notes >= opts.notes_every && (k + 1) * chunk < body.len() {
             since_notes = 0;
             let open = tok.encode(NOTES_OPEN, false, false);
-            let notes = GenerateOptions {
-                max_tokens: opts.notes_tokens,
-                sampler: SamplerConfig::greedy(),
-                stop: vec!["]".into()],
-            };
+            let notes = GenerateOptions { max_tokens: opts.notes_tokens, sampler: SamplerConfig::greedy(), stop: vec!["]".into()] };
             rt.generate(eng, state, &open, &notes, |_| true)?;
             state.feed(eng, &tok.encode(NOTES_CLOSE, false, false), Logits::None)?;
         }
     }
+    Ok(())
+}
+
+/// Close the user turn with the request (summary or question) and generate the answer.
+pub fn answer(rt: &Runtime, eng: &mut Engine, state: &mut FamState, opts: &SummarizeOptions, on_piece: impl FnMut(&str) -> bool) -> Result<GenerateStats> {
+    let (_, after) = user_turn(rt)?;
     let request = opts.question.as_deref().unwrap_or(SUMMARY_REQUEST);
     let close = format!("\n\n{request}{after}{}", rt.chat.generation_prompt());
-    let tail = tok.encode(&close, false, true);
+    let tail = rt.tokenizer.encode(&close, false, true);
     rt.generate(eng, state, &tail, &opts.answer, on_piece)
+}
+
+/// Stream `text` through `state` and answer: [`ingest`] then [`answer`].
+pub fn summarize(
+    rt: &Runtime,
+    eng: &mut Engine,
+    state: &mut FamState,
+    text: &str,
+    opts: &SummarizeOptions,
+    on_progress: impl FnMut(usize, usize),
+    on_piece: impl FnMut(&str) -> bool,
+) -> Result<GenerateStats> {
+    ingest(rt, eng, state, text, opts, on_progress)?;
+    answer(rt, eng, state, opts, on_piece)
 }
 
 #[cfg(test)]

@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Make a long meeting-style transcript with planted facts, for the summarization evaluation.
+
+usage: tools/make_transcript.py OUT.txt OUT.facts.json [--chars 140000]
+
+Speaker turns (`NAME: text`, one per line) are taken from ../shared/data/shakespeare_37_plays.txt
+(the plays are already "SPEAKER." then the speech). Three facts are planted as ordinary turns:
+early (5%), middle (50%) and late (95%) of the text: a number, a name and a decision. The facts
+JSON lists, for each, the question to ask and the strings an answer must contain.
+Deterministic; about 140k characters ~ 35k SmolLM2 tokens by default.
+"""
+import json, re, sys
+from pathlib import Path
+
+FACTS = [
+    (0.05, "TREASURER: For the record, the bridge fund now holds exactly 4217 gold crowns.",
+     "How many gold crowns does the bridge fund hold?", ["4217"]),
+    (0.50, "STEWARD: The new keeper of the northern lighthouse will be a woman named Rosalind Vane.",
+     "Who will be the new keeper of the northern lighthouse?", ["Rosalind"]),
+    (0.95, "CHAIR: We have decided: the council will move to Ravenna on the ninth of June.",
+     "Where will the council move?", ["Ravenna"]),
+]
+
+def turns(text):
+    """(speaker, speech) pairs from the plays' 'NAME.' + lines layout."""
+    out, who, buf = [], None, []
+    for line in text.splitlines():
+        m = re.fullmatch(r"([A-Z][A-Z' ]{1,30})\.", line.strip())
+        if m:
+            if who and buf:
+                out.append((who, " ".join(buf)))
+            who, buf = m.group(1).title(), []
+        elif who and line.strip() and not line.startswith("["):
+            buf.append(line.strip())
+    return out
+
+def main():
+    out_txt, out_json = Path(sys.argv[1]), Path(sys.argv[2])
+    chars = int(sys.argv[sys.argv.index("--chars") + 1]) if "--chars" in sys.argv else 140_000
+    src = Path(__file__).resolve().parent.parent.parent / "shared/data/shakespeare_37_plays.txt"
+    lines, n = [], 0
+    for who, speech in turns(src.read_text()):
+        lines.append(f"{who}: {speech}")
+        n += len(lines[-1]) + 1
+        if n >= chars:
+            break
+    for frac, fact, _, _ in sorted(FACTS, reverse=True):
+        lines.insert(int(len(lines) * frac), fact)
+    out_txt.write_text("\n".join(lines) + "\n")
+    out_json.write_text(json.dumps([{"position": f, "fact": t, "question": q, "expect": e} for f, t, q, e in FACTS], indent=1))
+
+if __name__ == "__main__":
+    main()
