@@ -622,13 +622,27 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Summarize { model, input, ingest_only, ask, notes_every, notes_tokens, sample, memory } => {
+        Command::Summarize {
+            model,
+            input,
+            ingest_only,
+            ask,
+            notes_every,
+            notes_tokens,
+            sample,
+            memory,
+        } => {
             let text = match &input {
                 None if memory.load_state.is_some() => None,
-                None => return Err(Error::Invalid("give a file (or - for stdin), or --load-state".into())),
+                None => {
+                    return Err(Error::Invalid(
+                        "give a file (or - for stdin), or --load-state".into(),
+                    ))
+                }
                 Some(p) if p.as_os_str() == "-" => {
                     let mut s = String::new();
-                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| Error::io("<stdin>", "read", e))?;
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                        .map_err(|e| Error::io("<stdin>", "read", e))?;
                     Some(s)
                 }
                 Some(p) => Some(std::fs::read_to_string(p).map_err(|e| Error::io(p, "read", e))?),
@@ -637,20 +651,34 @@ fn run(cli: Cli) -> Result<()> {
                 return Err(Error::Invalid("the input is empty".into()));
             }
             if ingest_only && (memory.save_state.is_none() || text.is_none()) {
-                return Err(Error::Invalid("--ingest-only needs an input and --save-state".into()));
+                return Err(Error::Invalid(
+                    "--ingest-only needs an input and --save-state".into(),
+                ));
             }
             let answer = sample.options()?;
             let rt = model.load()?;
             let mut eng = rt.engine()?;
             let mut state = memory.state(&rt, &eng, model.ctx(&rt))?;
-            let opts = famstream::summarize::SummarizeOptions { question: ask, notes_every, notes_tokens, answer };
+            let opts = famstream::summarize::SummarizeOptions {
+                question: ask,
+                notes_every,
+                notes_tokens,
+                answer,
+            };
             let pb = famstream::util::progress(0, "tokens");
             let t0 = std::time::Instant::now();
             if let Some(text) = &text {
-                famstream::summarize::ingest(&rt, &mut eng, &mut state, text, &opts, |done, total| {
-                    pb.set_length(total as u64);
-                    pb.set_position(done as u64);
-                })?;
+                famstream::summarize::ingest(
+                    &rt,
+                    &mut eng,
+                    &mut state,
+                    text,
+                    &opts,
+                    |done, total| {
+                        pb.set_length(total as u64);
+                        pb.set_position(done as u64);
+                    },
+                )?;
             }
             pb.finish_and_clear();
             let read_secs = t0.elapsed().as_secs_f64();
@@ -672,7 +700,11 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             let _ = writeln!(out);
             memory.save(&rt, &state)?;
-            eprintln!("answer: {} tokens, {:.1} tok/s", stats.generated_tokens, stats.generate_tps());
+            eprintln!(
+                "answer: {} tokens, {:.1} tok/s",
+                stats.generated_tokens,
+                stats.generate_tps()
+            );
             Ok(())
         }
         Command::Serve {

@@ -70,7 +70,9 @@ pub fn prepare_text(raw: &str) -> String {
 /// The chat template's text before and after a user message's content.
 fn user_turn(rt: &Runtime) -> Result<(String, String)> {
     let head = rt.chat.render_turn(&Message::new("user", "\u{0}"), true);
-    let (before, after) = head.split_once('\u{0}').ok_or_else(|| Error::Invalid("chat template".into()))?;
+    let (before, after) = head
+        .split_once('\u{0}')
+        .ok_or_else(|| Error::Invalid("chat template".into()))?;
     Ok((before.to_string(), after.to_string()))
 }
 
@@ -99,7 +101,11 @@ pub fn ingest(
         if opts.notes_every > 0 && since_notes >= opts.notes_every && (k + 1) * chunk < body.len() {
             since_notes = 0;
             let open = tok.encode(NOTES_OPEN, false, false);
-            let notes = GenerateOptions { max_tokens: opts.notes_tokens, sampler: SamplerConfig::greedy(), stop: vec!["]".into()] };
+            let notes = GenerateOptions {
+                max_tokens: opts.notes_tokens,
+                sampler: SamplerConfig::greedy(),
+                stop: vec!["]".into()],
+            };
             rt.generate(eng, state, &open, &notes, |_| true)?;
             state.feed(eng, &tok.encode(NOTES_CLOSE, false, false), Logits::None)?;
         }
@@ -108,7 +114,13 @@ pub fn ingest(
 }
 
 /// Close the user turn with the request (summary or question) and generate the answer.
-pub fn answer(rt: &Runtime, eng: &mut Engine, state: &mut FamState, opts: &SummarizeOptions, on_piece: impl FnMut(&str) -> bool) -> Result<GenerateStats> {
+pub fn answer(
+    rt: &Runtime,
+    eng: &mut Engine,
+    state: &mut FamState,
+    opts: &SummarizeOptions,
+    on_piece: impl FnMut(&str) -> bool,
+) -> Result<GenerateStats> {
     let (_, after) = user_turn(rt)?;
     let request = opts.question.as_deref().unwrap_or(SUMMARY_REQUEST);
     let close = format!("\n\n{request}{after}{}", rt.chat.generation_prompt());

@@ -41,7 +41,7 @@ from pathlib import Path
 d, readme = Path(sys.argv[1]), Path(sys.argv[2])
 facts = json.load(open(d / "facts.json"))
 pos = ["early", "middle", "late"]
-lines = ["Planted facts recovered from a ~35k-token transcript (`tools/eval_summarize.sh`; greedy):", "",
+lines = ["Planted facts recovered from a ~39k-token transcript (`tools/eval_summarize.sh`; greedy):", "",
          "| policy | " + " | ".join(f"--ask {p} ({f['expect'][0]})" for p, f in zip(pos, facts)) + " | in the summary |",
          "|---|" + "---|" * (len(facts) + 1)]
 for name in ["sink", "bswa", "fam-seed", "fam-reread"]:

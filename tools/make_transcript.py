@@ -7,7 +7,7 @@ Speaker turns (`NAME: text`, one per line) are taken from ../shared/data/shakesp
 (the plays are already "SPEAKER." then the speech). Three facts are planted as ordinary turns:
 early (5%), middle (50%) and late (95%) of the text: a number, a name and a decision. The facts
 JSON lists, for each, the question to ask and the strings an answer must contain.
-Deterministic; about 140k characters ~ 35k SmolLM2 tokens by default.
+Deterministic; about 140k characters ~ 39k SmolLM2 tokens by default.
 """
 import json, re, sys
 from pathlib import Path
