@@ -60,16 +60,4 @@ impl KvStore {
     pub fn bytes(&self) -> usize {
         self.set.buffer_bytes()
     }
-    /// Raw bytes of layer `il`'s K or V rows `[from, to)` (for snapshots).
-    pub fn read_rows(&self, il: usize, is_v: bool, from: usize, to: usize) -> Result<Vec<u8>> {
-        let t = if is_v { self.v(il) } else { self.k(il) };
-        let row = self.n_embd_kv * 2;
-        let all = t.read_bytes()?;
-        Ok(all[from * row..to * row].to_vec())
-    }
-    /// Write raw bytes into layer `il`'s K or V starting at row `from`.
-    pub fn write_rows(&self, il: usize, is_v: bool, from: usize, data: &[u8]) -> Result<()> {
-        let t = if is_v { self.v(il) } else { self.k(il) };
-        t.write_bytes(from * self.n_embd_kv * 2, data)
-    }
 }

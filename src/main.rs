@@ -479,6 +479,13 @@ fn session_file(name: &str, dir: Option<&std::path::Path>) -> Result<PathBuf> {
     Ok(dir.join(format!("{name}.famsnap")))
 }
 
+/// Write one piece of generated text to stdout as it arrives; never cancels.
+fn write_piece(out: &mut impl Write, piece: &str) -> bool {
+    let _ = out.write_all(piece.as_bytes());
+    let _ = out.flush();
+    true
+}
+
 fn print_json(j: &serde_json::Value) {
     println!(
         "{}",
@@ -606,9 +613,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut stream = memory.state(&rt, &eng, model.ctx(&rt))?;
             let mut out = std::io::stdout().lock();
             let stats = rt.generate(&mut eng, &mut stream, &tokens, &opts, |piece| {
-                let _ = out.write_all(piece.as_bytes());
-                let _ = out.flush();
-                true
+                write_piece(&mut out, piece)
             })?;
             let _ = writeln!(out);
             memory.save(&rt, &stream)?;
@@ -694,9 +699,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let mut out = std::io::stdout().lock();
             let stats = famstream::summarize::answer(&rt, &mut eng, &mut state, &opts, |piece| {
-                let _ = out.write_all(piece.as_bytes());
-                let _ = out.flush();
-                true
+                write_piece(&mut out, piece)
             })?;
             let _ = writeln!(out);
             memory.save(&rt, &state)?;

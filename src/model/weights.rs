@@ -4,7 +4,6 @@
 //! weights straight from the page cache. Other backends get a device copy.
 
 use super::{Arch, HParams};
-use crate::dtype::GgmlType;
 use crate::error::{Error, Result};
 use crate::ggml::{Backend, Tensor, TensorSet};
 use crate::gguf::{GgufFile, TensorInfo};
@@ -200,15 +199,6 @@ impl Model {
     }
     pub fn layer(&self, il: usize) -> &LayerWeights {
         &self.layers[il]
-    }
-    /// The largest weight type (for reporting).
-    pub fn weight_types(&self) -> Vec<GgmlType> {
-        let mut v: Vec<GgmlType> = (0..self.weights.len())
-            .map(|i| self.weights.get(i).ty())
-            .collect();
-        v.sort_by_key(|t| t.0);
-        v.dedup();
-        v
     }
 }
 
