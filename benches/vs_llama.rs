@@ -76,6 +76,7 @@ fn ours(
         &LoadOptions {
             threads,
             device: None,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -613,22 +613,50 @@ pub struct Backend {
 // SAFETY: a backend is used from one thread at a time (`compute` takes &mut self).
 unsafe impl Send for Backend {}
 
+/// What kind of device a ggml device is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cpu,
+    Gpu,
+    IntegratedGpu,
+    Accelerator,
+    Other,
+}
+
 /// A device known to ggml's registry.
 #[derive(Clone, Debug)]
 pub struct DeviceInfo {
+    /// Device name (`CPU`, `Vulkan0`, `MTL0`, `CUDA0`, ...).
     pub name: String,
     pub description: String,
+    /// Name of the backend that registered it (`CPU`, `Vulkan`, `Metal`, `CUDA`, ...).
+    pub backend: String,
+    pub kind: DeviceKind,
     pub is_cpu: bool,
+    /// The device can compute on host memory it did not allocate (Metal on unified memory):
+    /// weights can then stay in the file's memory map.
+    pub buffer_from_host_ptr: bool,
 }
 
 /// The devices ggml was built with (CPU always; Metal/Vulkan/CUDA with their cargo features).
 pub fn devices() -> Vec<DeviceInfo> {
     init_logging();
-    // SAFETY: registry queries; strings are static in ggml.
+    // SAFETY: registry queries; strings are static in ggml; props is plain data filled by ggml.
     unsafe {
         (0..sys::ggml_backend_dev_count())
             .map(|i| {
                 let d = sys::ggml_backend_dev_get(i);
+                let mut props: sys::ggml_backend_dev_props = std::mem::zeroed();
+                sys::ggml_backend_dev_get_props(d, &mut props);
+                let ty = sys::ggml_backend_dev_type(d);
+                let kind = match ty {
+                    sys::GGML_BACKEND_DEVICE_TYPE_CPU => DeviceKind::Cpu,
+                    sys::GGML_BACKEND_DEVICE_TYPE_GPU => DeviceKind::Gpu,
+                    sys::GGML_BACKEND_DEVICE_TYPE_IGPU => DeviceKind::IntegratedGpu,
+                    sys::GGML_BACKEND_DEVICE_TYPE_ACCEL => DeviceKind::Accelerator,
+                    _ => DeviceKind::Other,
+                };
+                let reg = sys::ggml_backend_dev_backend_reg(d);
                 DeviceInfo {
                     name: CStr::from_ptr(sys::ggml_backend_dev_name(d))
                         .to_string_lossy()
@@ -636,11 +664,105 @@ pub fn devices() -> Vec<DeviceInfo> {
                     description: CStr::from_ptr(sys::ggml_backend_dev_description(d))
                         .to_string_lossy()
                         .into_owned(),
-                    is_cpu: sys::ggml_backend_dev_type(d) == sys::GGML_BACKEND_DEVICE_TYPE_CPU,
+                    backend: if reg.is_null() {
+                        String::new()
+                    } else {
+                        CStr::from_ptr(sys::ggml_backend_reg_name(reg))
+                            .to_string_lossy()
+                            .into_owned()
+                    },
+                    kind,
+                    is_cpu: kind == DeviceKind::Cpu,
+                    buffer_from_host_ptr: props.caps.buffer_from_host_ptr,
                 }
             })
             .collect()
     }
+}
+
+/// The CPU device and its `CPU_REPACK` extra buffer type, if ggml offers one here.
+fn cpu_repack_buffer_type() -> Option<(sys::ggml_backend_dev_t, sys::ggml_backend_buffer_type_t)> {
+    init_logging();
+    // SAFETY: registry queries; the proc address, when present, has the documented signature
+    // `ggml_backend_dev_get_extra_bufts_t` and returns a NULL-terminated static array.
+    unsafe {
+        for i in 0..sys::ggml_backend_dev_count() {
+            let dev = sys::ggml_backend_dev_get(i);
+            if sys::ggml_backend_dev_type(dev) != sys::GGML_BACKEND_DEVICE_TYPE_CPU {
+                continue;
+            }
+            let reg = sys::ggml_backend_dev_backend_reg(dev);
+            let f = sys::ggml_backend_reg_get_proc_address(
+                reg,
+                c"ggml_backend_dev_get_extra_bufts".as_ptr(),
+            );
+            if f.is_null() {
+                return None;
+            }
+            let f: unsafe extern "C" fn(
+                sys::ggml_backend_dev_t,
+            ) -> *mut sys::ggml_backend_buffer_type_t = std::mem::transmute(f);
+            let mut p = f(dev);
+            while !p.is_null() && !(*p).is_null() {
+                if CStr::from_ptr(sys::ggml_backend_buft_name(*p)).to_bytes() == b"CPU_REPACK" {
+                    return Some((dev, *p));
+                }
+                p = p.add(1);
+            }
+        }
+        None
+    }
+}
+
+/// Choose a device for `spec`: `auto` (the first GPU ggml offers, else the CPU), `cpu`, a
+/// backend name (`vulkan`, `metal`, `cuda`: its first device) or an exact device name
+/// (`Vulkan1`).
+pub fn select_device(spec: &str) -> Result<DeviceInfo> {
+    let all = devices();
+    let list = || {
+        all.iter()
+            .map(|d| format!("{} ({})", d.name, d.description))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let spec_l = spec.to_ascii_lowercase();
+    let found = match spec_l.as_str() {
+        "auto" | "" => all
+            .iter()
+            .find(|d| matches!(d.kind, DeviceKind::Gpu | DeviceKind::IntegratedGpu))
+            .or_else(|| all.iter().find(|d| d.is_cpu)),
+        "cpu" => all.iter().find(|d| d.is_cpu),
+        _ => all
+            .iter()
+            .find(|d| d.name.eq_ignore_ascii_case(spec))
+            .or_else(|| {
+                all.iter()
+                    .find(|d| !d.is_cpu && d.backend.eq_ignore_ascii_case(spec))
+            }),
+    };
+    if let Some(d) = found {
+        return Ok(d.clone());
+    }
+    let hint = match spec_l.as_str() {
+        "vulkan" | "metal" | "cuda"
+            if !all.iter().any(|d| d.backend.eq_ignore_ascii_case(spec)) =>
+        {
+            format!(
+                "; this build has no {spec_l} devices: build with `--features {spec_l}`{}",
+                if spec_l == "vulkan" {
+                    " (software devices such as lavapipe are only used when \
+                     GGML_VK_VISIBLE_DEVICES names them, e.g. GGML_VK_VISIBLE_DEVICES=0)"
+                } else {
+                    ""
+                }
+            )
+        }
+        _ => String::new(),
+    };
+    Err(Error::Invalid(format!(
+        "no ggml device `{spec}` (available: {}){hint}",
+        list()
+    )))
 }
 
 impl Backend {
@@ -672,38 +794,56 @@ impl Backend {
         })
     }
 
-    /// A backend by device name from ggml's registry (e.g. "Vulkan0", "Metal", "CPU").
-    pub fn by_device_name(name: &str, n_threads: usize) -> Result<Backend> {
-        let dev = devices()
-            .into_iter()
-            .find(|d| d.name.eq_ignore_ascii_case(name));
-        match dev {
-            None => Err(Error::Invalid(format!(
-                "no ggml device named `{name}` (available: {})",
-                devices()
-                    .iter()
-                    .map(|d| d.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
-            Some(d) if d.is_cpu => Backend::cpu(n_threads),
-            Some(d) => {
-                let c = CString::new(d.name.clone()).expect("device names have no NUL");
-                // SAFETY: registry lookups; returns null on failure.
-                let ptr = unsafe {
-                    let dev = sys::ggml_backend_dev_by_name(c.as_ptr());
-                    sys::ggml_backend_dev_init(dev, std::ptr::null())
-                };
-                let ptr = NonNull::new(ptr)
-                    .ok_or_else(|| Error::Ggml(format!("cannot initialise device `{}`", d.name)))?;
-                Ok(Backend {
-                    ptr,
-                    threadpool: None,
-                    name: d.name,
-                    is_cpu: false,
-                })
-            }
+    /// A backend for a device spec (see [`select_device`]): `auto`, `cpu`, `vulkan`, `metal`,
+    /// `cuda` or a device name such as `Vulkan0`.
+    pub fn by_device_name(spec: &str, n_threads: usize) -> Result<Backend> {
+        let d = select_device(spec)?;
+        if d.is_cpu {
+            return Backend::cpu(n_threads);
         }
+        let c = CString::new(d.name.clone()).expect("device names have no NUL");
+        // SAFETY: registry lookups; returns null on failure.
+        let ptr = unsafe {
+            let dev = sys::ggml_backend_dev_by_name(c.as_ptr());
+            sys::ggml_backend_dev_init(dev, std::ptr::null())
+        };
+        let ptr = NonNull::new(ptr)
+            .ok_or_else(|| Error::Ggml(format!("cannot initialise device `{}`", d.name)))?;
+        Ok(Backend {
+            ptr,
+            threadpool: None,
+            name: d.name,
+            is_cpu: false,
+        })
+    }
+
+    /// Wrap host memory (the weights' memory map) as a buffer of this backend's device without
+    /// copying, if the device can compute on such memory (Metal on unified memory); `None` if it
+    /// cannot (then the caller copies).
+    ///
+    /// # Safety
+    /// As for [`Buffer::from_host_slice`]: `data` must outlive the buffer and stay unmodified.
+    pub unsafe fn buffer_from_host(&self, data: &[u8], max_tensor: usize) -> Option<Buffer> {
+        if self.is_cpu {
+            // SAFETY: forwarded.
+            return unsafe { Buffer::from_host_slice(data).ok() };
+        }
+        let info = devices().into_iter().find(|d| d.name == self.name)?;
+        if !info.buffer_from_host_ptr {
+            return None;
+        }
+        let c = CString::new(self.name.clone()).ok()?;
+        // SAFETY: valid device; ggml only reads the wrapped memory for weight tensors.
+        let b = unsafe {
+            let dev = sys::ggml_backend_dev_by_name(c.as_ptr());
+            sys::ggml_backend_dev_buffer_from_host_ptr(
+                dev,
+                data.as_ptr() as *mut c_void,
+                data.len(),
+                max_tensor,
+            )
+        };
+        NonNull::new(b).map(|ptr| Buffer { ptr })
     }
 
     pub fn name(&self) -> &str {
@@ -931,24 +1071,86 @@ impl TensorSet {
     pub fn buffer_bytes(&self) -> usize {
         self.buffers.iter().map(Buffer::size).sum()
     }
-    /// Point tensors into host memory without copying (CPU backend): `placements` gives
-    /// (tensor index, byte offset into `host`).
-    ///
-    /// # Safety
-    /// `host` must stay valid and unmodified for as long as this set exists, and be 32-byte
-    /// aligned; the tensors placed there must only be read by graphs (weights).
-    pub unsafe fn place_in_host(
+    /// Give the 2-D matmul weights among `candidates` (not yet placed) ggml's CPU repacked
+    /// layout where its kernels have one for this CPU and type (the `CPU_REPACK` buffer type:
+    /// interleaved quant blocks for the AVX2/AVX-512/NEON GEMMs, as llama.cpp does by default).
+    /// Their bytes are copied from `data(index)` and repacked into one new buffer; the rest stay
+    /// for the caller to place. Returns the indices taken and the buffer's size.
+    pub fn alloc_repacked<'d>(
         &mut self,
-        host: &[u8],
-        placements: &[(usize, usize)],
-    ) -> Result<()> {
-        // SAFETY: forwarded to the caller's guarantee.
-        let b = unsafe { Buffer::from_host_slice(host)? };
-        b.mark_weights();
-        for &(i, off) in placements {
-            b.place(self.get(i), off)?;
+        candidates: &[usize],
+        data: &dyn Fn(usize) -> Result<&'d [u8]>,
+    ) -> Result<(Vec<usize>, usize)> {
+        let Some((dev, buft)) = cpu_repack_buffer_type() else {
+            return Ok((Vec::new(), 0));
+        };
+        // Which tensors does the repack buffer take? Ask the device about a one-row matmul
+        // whose weight sits in an (empty) buffer of that type, as llama.cpp does.
+        let probe_ctx = Context::new_no_alloc(2 * candidates.len() + 2, 0)?;
+        // SAFETY: an empty buffer of a valid type, freed below.
+        let probe_buf = unsafe { sys::ggml_backend_buft_alloc_buffer(buft, 0) };
+        if probe_buf.is_null() {
+            return Ok((Vec::new(), 0));
         }
-        self.buffers.push(b);
+        let mut take = Vec::new();
+        for &i in candidates {
+            let w = self.get(i);
+            if w.has_data() || w.ne()[2] != 1 || w.ne()[3] != 1 {
+                continue;
+            }
+            let x = probe_ctx.new_tensor(GgmlType::F32, &[w.ne()[0], 1]);
+            // SAFETY: graph construction in a no-alloc context; `w` lives in this set. The
+            // weight's buffer field is set only for the query and reset before anything else
+            // sees it (it is unallocated, so nothing reads its data).
+            let ok = unsafe {
+                let op = sys::ggml_mul_mat(probe_ctx.raw(), w.raw(), x.raw());
+                (*w.raw()).buffer = probe_buf;
+                let ok = sys::ggml_backend_dev_supports_op(dev, op);
+                (*w.raw()).buffer = std::ptr::null_mut();
+                ok
+            };
+            if ok {
+                take.push(i);
+            }
+        }
+        // SAFETY: we own the probe buffer.
+        unsafe { sys::ggml_backend_buffer_free(probe_buf) };
+        if take.is_empty() {
+            return Ok((take, 0));
+        }
+        // SAFETY: size queries on a valid buffer type and unallocated tensors of this set.
+        let (align, sizes): (usize, Vec<usize>) = unsafe {
+            (
+                sys::ggml_backend_buft_get_alignment(buft),
+                take.iter()
+                    .map(|&i| sys::ggml_backend_buft_get_alloc_size(buft, self.get(i).raw()))
+                    .collect(),
+            )
+        };
+        let pad = |n: usize| n.div_ceil(align) * align;
+        let total: usize = sizes.iter().map(|&n| pad(n)).sum();
+        // SAFETY: allocation of a valid buffer type; null on failure.
+        let buf = NonNull::new(unsafe { sys::ggml_backend_buft_alloc_buffer(buft, total) })
+            .map(|ptr| Buffer { ptr })
+            .ok_or_else(|| Error::Ggml(format!("cannot allocate {total} bytes of CPU_REPACK")))?;
+        buf.mark_weights();
+        let mut off = 0;
+        for (&i, &n) in take.iter().zip(&sizes) {
+            buf.place(self.get(i), off)?;
+            // The buffer's set_tensor repacks the file's blocks into the interleaved layout.
+            self.get(i).write_bytes(0, data(i)?)?;
+            off += pad(n);
+        }
+        self.buffers.push(buf);
+        Ok((take, total))
+    }
+    /// Place tensors in `buffer` (which the set then owns) at the given byte offsets.
+    pub fn place_in_buffer(&mut self, buffer: Buffer, placements: &[(usize, usize)]) -> Result<()> {
+        buffer.mark_weights();
+        for &(i, off) in placements {
+            buffer.place(self.get(i), off)?;
+        }
+        self.buffers.push(buffer);
         Ok(())
     }
 }

@@ -33,9 +33,14 @@ struct ModelArgs {
     /// Compute threads (default: all cores).
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
-    /// ggml device (CPU, Vulkan0, Metal, ...; default CPU).
-    #[arg(long)]
-    device: Option<String>,
+    /// ggml device: auto (the first GPU ggml was built with, else the CPU), cpu, vulkan, metal,
+    /// cuda, or a device name such as Vulkan1. GPU backends need their cargo feature.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Keep every weight zero-copy in the file's map (no repacking of Q4_0/Q4_K/IQ4_NL matmul
+    /// weights into ggml's faster CPU layout; less memory, slower on those types).
+    #[arg(long = "no-repack")]
+    no_repack: bool,
     /// Context length for full attention (default: the model's training context).
     #[arg(long = "ctx")]
     ctx: Option<usize>,
@@ -45,7 +50,8 @@ impl ModelArgs {
     fn load(&self) -> Result<Runtime> {
         let opts = LoadOptions {
             threads: self.threads.unwrap_or_else(default_threads),
-            device: self.device.clone(),
+            device: Some(self.device.clone()),
+            repack: !self.no_repack,
         };
         Runtime::load(&self.model, &opts)
     }
@@ -318,6 +324,14 @@ enum Command {
         /// Tokens per running note at most.
         #[arg(long = "notes-tokens", default_value_t = 48)]
         notes_tokens: usize,
+        /// Something to look for, stated before the text (repeatable; e.g. the questions you
+        /// will --ask).
+        #[arg(long = "focus")]
+        focus: Vec<String>,
+        /// Instead of generating, print the mean log-probability (nats/token) of this answer
+        /// after the request, as JSON (for evaluations).
+        #[arg(long = "score-answer")]
+        score_answer: Option<String>,
         #[command(flatten)]
         sample: SampleArgs,
         #[command(flatten)]
@@ -634,6 +648,8 @@ fn run(cli: Cli) -> Result<()> {
             ask,
             notes_every,
             notes_tokens,
+            focus,
+            score_answer,
             sample,
             memory,
         } => {
@@ -668,6 +684,7 @@ fn run(cli: Cli) -> Result<()> {
                 question: ask,
                 notes_every,
                 notes_tokens,
+                focus,
                 answer,
             };
             let pb = famstream::util::progress(0, "tokens");
@@ -696,6 +713,15 @@ fn run(cli: Cli) -> Result<()> {
             );
             if ingest_only {
                 return memory.save(&rt, &state);
+            }
+            if let Some(reply) = &score_answer {
+                let (lp, n) =
+                    famstream::summarize::score_answer(&rt, &mut eng, &mut state, &opts, reply)?;
+                print_json(&serde_json::json!({
+                    "answer": reply, "mean_logprob": lp, "answer_tokens": n,
+                    "tokens_read": state.n_past(),
+                }));
+                return Ok(());
             }
             let mut out = std::io::stdout().lock();
             let stats = famstream::summarize::answer(&rt, &mut eng, &mut state, &opts, |piece| {
@@ -1019,7 +1045,8 @@ fn run(cli: Cli) -> Result<()> {
                     .iter()
                     .map(|g| {
                         serde_json::json!({"start": g.start, "tokens": g.tokens, "perplexity": g.perplexity,
-                            "tokens_per_second": g.tokens_per_second(), "peak_rss_bytes": g.peak_rss_bytes})
+                            "tokens_per_second": g.tokens_per_second(), "peak_rss_bytes": g.peak_rss_bytes,
+                            "cpu_seconds": g.cpu_seconds})
                     })
                     .collect();
                 let j = serde_json::json!({

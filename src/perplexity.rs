@@ -117,6 +117,8 @@ pub struct Segment {
     pub seconds: f64,
     /// Peak RSS of the process when the segment ended.
     pub peak_rss_bytes: Option<u64>,
+    /// Process CPU time (all threads) spent on this segment's tokens.
+    pub cpu_seconds: Option<f64>,
 }
 
 impl Segment {
@@ -132,6 +134,7 @@ struct Acc {
     nll: f64,
     n: usize,
     secs: f64,
+    cpu: Option<f64>,
 }
 
 impl Acc {
@@ -142,6 +145,7 @@ impl Acc {
             perplexity: (self.nll / self.n as f64).exp(),
             seconds: self.secs,
             peak_rss_bytes: crate::util::peak_rss_bytes(),
+            cpu_seconds: self.cpu,
         }
     }
 }
@@ -173,8 +177,12 @@ pub fn streaming(
         // The last token is only a target.
         let end = (i + chunk).min(tokens.len() - 1);
         let tc = std::time::Instant::now();
+        let cpu0 = crate::util::process_cpu_seconds();
         let logits = state.feed(eng, &tokens[i..end], Logits::All)?;
         let per_token = tc.elapsed().as_secs_f64() / (end - i) as f64;
+        let cpu_per_token = cpu0
+            .zip(crate::util::process_cpu_seconds())
+            .map(|(a, b)| (b - a) / (end - i) as f64);
         on_logits(i, &logits);
         for (r, j) in (i..end).enumerate() {
             let target = j + 1;
@@ -193,6 +201,7 @@ pub fn streaming(
             seg.nll += l;
             seg.n += 1;
             seg.secs += per_token;
+            seg.cpu = cpu_per_token.map(|c| seg.cpu.unwrap_or(0.0) + c);
         }
         i = end;
         on_progress(i);

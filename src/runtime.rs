@@ -33,8 +33,13 @@ use std::time::Instant;
 pub struct LoadOptions {
     /// Compute threads (default: all cores).
     pub threads: usize,
-    /// ggml device name (`CPU`, `Vulkan0`, `Metal`, ...); `None` = CPU.
+    /// ggml device (`auto`, `cpu`, `vulkan`, `metal`, `cuda` or a device name such as
+    /// `Vulkan0`; see [`crate::ggml::select_device`]); `None` = CPU.
     pub device: Option<String>,
+    /// Let ggml's CPU backend repack matmul weights into its faster interleaved layout where it
+    /// has one (Q4_0, Q4_K, IQ4_NL on AVX2/NEON; a copy of those weights in memory). `false`
+    /// keeps every weight zero-copy in the file's map.
+    pub repack: bool,
 }
 
 impl Default for LoadOptions {
@@ -42,6 +47,7 @@ impl Default for LoadOptions {
         LoadOptions {
             threads: default_threads(),
             device: None,
+            repack: true,
         }
     }
 }
@@ -170,7 +176,7 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Tokenizer> {
 impl Runtime {
     pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Runtime> {
         let backend = Self::backend(opts.device.as_deref(), opts.threads)?;
-        let model = Model::load(path, &backend)?;
+        let model = Model::load_with(path, &backend, opts.repack)?;
         let tokenizer = tokenizer_from_gguf(&model.gguf)?;
         if tokenizer.n_vocab() != model.hp.n_vocab {
             return Err(Error::metadata(

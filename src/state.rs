@@ -4,7 +4,7 @@
 //! ## Slot layout (per layer, K and V in f16)
 //!
 //! ```text
-//! [ sinks: S | FAM: F | ring: (M+1)*B  (windowed policies)  or  n_ctx  (full) ]
+//! [ sinks: S | FAM: F | ring: (M+1)*B  (windowed policies)  or  n_ctx rounded up to KV_PAD  (full) ]
 //! ```
 //! Token at stream index i lives in ring slot `ring_base + i % ((M+1)*B)`: block t occupies ring
 //! block `t % (M+1)`, so starting block t+1 overwrites block t-M, which has just left every
@@ -35,6 +35,12 @@ use crate::settings::{FamFeedback, FamInit, FamQueryPos, FamSettings, MemoryPoli
 use half::f16;
 
 /// A slot holding no token.
+/// Attention graphs read K/V slots [0, n_kv) with n_kv rounded up to a multiple of this (the
+/// extra slots are masked), as llama.cpp pads its cache for flash attention: fewer distinct graph
+/// shapes, and the sizes GPU flash-attention kernels are exercised with. (ggml's Vulkan backend
+/// corrupted host memory on lavapipe after decoding with K/V lengths growing one slot at a time;
+/// with padded lengths it does not: tests/backend_vulkan.rs.)
+pub const KV_PAD: usize = 256;
 const EMPTY: i64 = i64::MIN;
 /// Stored keys are re-based when the window start is this far past the RoPE origin. Positions
 /// handed to ggml then stay below REBASE_INTERVAL + window, where f32 angles (pos * theta) are
@@ -75,7 +81,7 @@ pub struct FamState {
     /// S and F as laid out (0 when the policy does not use them).
     n_sink: usize,
     n_fam: usize,
-    /// Ring slots: (M+1)*B, or n_ctx for `full`.
+    /// Ring slots: (M+1)*B, or n_ctx rounded up to [`KV_PAD`] for `full`.
     ring_len: usize,
     /// Stream index held by each slot, or EMPTY.
     slot_pos: Vec<i64>,
@@ -128,7 +134,7 @@ impl FamState {
                         "the full policy needs a context length > 0".into(),
                     ));
                 }
-                n_ctx
+                n_ctx.next_multiple_of(KV_PAD)
             }
             _ => (m + 1) * b,
         };
@@ -303,9 +309,12 @@ impl FamState {
             .map(|s| s as i64)
             .collect()
     }
-    /// Slots [0, n) that any row may attend to now.
+    /// Slots [0, n) that any row may attend to now, rounded up to a multiple of [`KV_PAD`]
+    /// within the ring (the extra slots are masked).
     fn n_kv(&self, upto: i64) -> usize {
-        self.ring_base() + (upto.max(0) as usize).min(self.ring_len)
+        let end = self.ring_base() + self.ring_len;
+        let used = self.ring_base() + (upto.max(0) as usize).min(self.ring_len);
+        used.next_multiple_of(KV_PAD).min(end)
     }
 
     /// Whether token row `i` (in block t) may attend to `slot`.

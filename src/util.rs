@@ -10,6 +10,21 @@ pub fn rss_bytes() -> Option<u64> {
     proc_status_kb("VmRSS:").map(|kb| kb * 1024)
 }
 
+/// CPU time (user + system, all threads) this process has used, in seconds, if known (Linux
+/// `/proc/self/stat`, in units of USER_HZ = 100 on every Linux ABI). Unlike wall time it is not
+/// stretched by other processes competing for the cores, so a long benchmark can run beside other
+/// work; with one compute thread there is no spin-waiting in it either.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may contain spaces; fields after its closing ')' are numeric.
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After ')' come field 3 (state) .. ; utime is field 14 and stime field 15.
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 fn proc_status_kb(key: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with(key))?;

@@ -28,6 +28,7 @@ fn ppl(path: &Path, tokens: &[u32]) -> f64 {
         &LoadOptions {
             threads: 2,
             device: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -48,6 +49,7 @@ fn smollm2_from_hugging_face_format_converts_and_keeps_its_quality() {
         &LoadOptions {
             threads: 2,
             device: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -111,6 +113,7 @@ fn smollm2_from_hugging_face_format_converts_and_keeps_its_quality() {
             &LoadOptions {
                 threads: 2,
                 device: None,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -60,6 +60,7 @@ fn greedy_generation_matches_llama_cpp() {
         &LoadOptions {
             threads: 2,
             device: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -125,6 +126,7 @@ fn perplexity_matches_llama_cpp_on_moby_dick() {
         &LoadOptions {
             threads: 2,
             device: None,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Make a long meeting-style transcript with planted facts, for the summarization evaluation.
 
-usage: tools/make_transcript.py OUT.txt OUT.facts.json [--chars 140000]
+usage: tools/make_transcript.py OUT.txt OUT.facts.json [--chars 140000] [--no-facts]
 
 Speaker turns (`NAME: text`, one per line) are taken from ../shared/data/shakespeare_37_plays.txt
 (the plays are already "SPEAKER." then the speech). Three facts are planted as ordinary turns:
 early (5%), middle (50%) and late (95%) of the text: a number, a name and a decision. The facts
-JSON lists, for each, the question to ask and the strings an answer must contain.
+JSON lists, for each, the question to ask, the strings an answer must contain and a reference
+answer (for log-likelihood scoring). --no-facts writes the same transcript without the planted
+lines (the control for tools/eval_layouts.sh).
 Deterministic; about 140k characters ~ 39k SmolLM2 tokens by default.
 """
 import json, re, sys
@@ -14,11 +16,11 @@ from pathlib import Path
 
 FACTS = [
     (0.05, "TREASURER: For the record, the bridge fund now holds exactly 4217 gold crowns.",
-     "How many gold crowns does the bridge fund hold?", ["4217"]),
+     "How many gold crowns does the bridge fund hold?", ["4217"], "The bridge fund holds 4217 gold crowns."),
     (0.50, "STEWARD: The new keeper of the northern lighthouse will be a woman named Rosalind Vane.",
-     "Who will be the new keeper of the northern lighthouse?", ["Rosalind"]),
+     "Who will be the new keeper of the northern lighthouse?", ["Rosalind"], "Rosalind Vane will be the new keeper."),
     (0.95, "CHAIR: We have decided: the council will move to Ravenna on the ninth of June.",
-     "Where will the council move?", ["Ravenna"]),
+     "Where will the council move?", ["Ravenna"], "The council will move to Ravenna."),
 ]
 
 def turns(text):
@@ -44,10 +46,11 @@ def main():
         n += len(lines[-1]) + 1
         if n >= chars:
             break
-    for frac, fact, _, _ in sorted(FACTS, reverse=True):
-        lines.insert(int(len(lines) * frac), fact)
+    if "--no-facts" not in sys.argv:
+        for frac, fact, *_ in sorted(FACTS, reverse=True):
+            lines.insert(int(len(lines) * frac), fact)
     out_txt.write_text("\n".join(lines) + "\n")
-    out_json.write_text(json.dumps([{"position": f, "fact": t, "question": q, "expect": e} for f, t, q, e in FACTS], indent=1))
+    out_json.write_text(json.dumps([{"position": f, "fact": t, "question": q, "expect": e, "answer": a} for f, t, q, e, a in FACTS], indent=1))
 
 if __name__ == "__main__":
     main()

@@ -37,6 +37,8 @@ pub struct Model {
     output: Option<usize>,
     layers: Vec<LayerWeights>,
     device: String,
+    /// Weights are read in place from the file's memory map (no copy).
+    zero_copy: bool,
     pub gguf: GgufFile,
 }
 
@@ -95,13 +97,21 @@ impl<'g> Loader<'g> {
 }
 
 impl Model {
-    /// Open a GGUF file and load its weights for `backend`'s device.
+    /// Open a GGUF file and load its weights for `backend`'s device (with ggml's CPU
+    /// repacking where it has one, like llama.cpp).
     pub fn load(path: impl AsRef<Path>, backend: &Backend) -> Result<Model> {
-        let gguf = GgufFile::open(path)?;
-        Self::from_gguf(gguf, backend)
+        Self::load_with(path, backend, true)
     }
 
-    pub fn from_gguf(gguf: GgufFile, backend: &Backend) -> Result<Model> {
+    /// [`Model::load`], choosing whether matmul weights may be repacked for ggml's CPU kernels
+    /// (`repack`: faster Q4_0/Q4_K/IQ4_NL matmuls, at the cost of a copy of those weights in
+    /// memory) or all stay zero-copy in the file's map.
+    pub fn load_with(path: impl AsRef<Path>, backend: &Backend, repack: bool) -> Result<Model> {
+        let gguf = GgufFile::open(path)?;
+        Self::from_gguf(gguf, backend, repack)
+    }
+
+    pub fn from_gguf(gguf: GgufFile, backend: &Backend, repack: bool) -> Result<Model> {
         let hp = HParams::from_gguf(&gguf)?;
         if hp.rope_dims != hp.head_dim {
             return Err(Error::Unsupported(format!(
@@ -151,21 +161,46 @@ impl Model {
             });
         }
         let Loader { mut set, infos, .. } = ld;
-        if backend.is_cpu() {
-            // Zero-copy: the weight tensors point into the map.
-            let placements: Vec<(usize, usize)> = infos
+        // ggml's CPU kernels are faster on some types (Q4_0 on AVX2/AVX-512) with the weights
+        // interleaved; those matmul weights are copied into a repack buffer, the rest stay in
+        // the map.
+        let mut repacked = Vec::new();
+        if repack && backend.is_cpu() {
+            let mut mm: Vec<usize> = layers
                 .iter()
-                .enumerate()
-                .map(|(i, t)| (i, gguf.tensor_file_offset(t) as usize))
+                .flat_map(|l| [l.wq, l.wk, l.wv, l.wo, l.ffn_gate, l.ffn_up, l.ffn_down])
                 .collect();
-            // SAFETY: the map lives in `gguf`, which this Model owns and drops after `weights`
-            // (field order); it is read-only and page-aligned (so 32-byte aligned), and every
-            // tensor offset is a multiple of the file's alignment (validated by the reader).
-            // Graphs only read weight tensors.
-            unsafe { set.place_in_host(gguf.bytes(), &placements)? };
+            mm.extend(output);
+            let (take, _) = set.alloc_repacked(&mm, &|i| gguf.tensor_data(infos[i]))?;
+            for &i in &take {
+                gguf.release(infos[i]);
+            }
+            repacked = take;
+        }
+        let placements: Vec<(usize, usize)> = infos
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !repacked.contains(i))
+            .map(|(i, t)| (i, gguf.tensor_file_offset(t) as usize))
+            .collect();
+        let max_tensor = infos.iter().map(|t| t.size as usize).max().unwrap_or(0);
+        // Zero-copy where the device can compute on the map (CPU; Metal on unified memory): the
+        // weight tensors point into the page cache.
+        // SAFETY: the map lives in `gguf`, which this Model owns and drops after `weights`
+        // (field order); it is read-only and page-aligned (so 32-byte aligned), and every
+        // tensor offset is a multiple of the file's alignment (validated by the reader).
+        // Graphs only read weight tensors.
+        let mapped = unsafe { backend.buffer_from_host(gguf.bytes(), max_tensor) };
+        let zero_copy = mapped.is_some() && repacked.is_empty();
+        if let Some(buf) = mapped {
+            set.place_in_buffer(buf, &placements)?;
         } else {
+            // Discrete devices (Vulkan, CUDA): one device copy of the weights.
             set.alloc_all(backend)?;
             for (i, t) in infos.iter().enumerate() {
+                if repacked.contains(&i) {
+                    continue;
+                }
                 set.get(i).write_bytes(0, gguf.tensor_data(t)?)?;
             }
         }
@@ -177,8 +212,15 @@ impl Model {
             output,
             layers,
             device: backend.name().to_string(),
+            zero_copy,
             gguf,
         })
+    }
+
+    /// True when all weights are computed on in place from the memory map (CPU, Metal), none
+    /// copied to a device or repacked.
+    pub fn weights_zero_copy(&self) -> bool {
+        self.zero_copy
     }
 
     pub fn device(&self) -> &str {

@@ -27,6 +27,17 @@ unsafe extern "C" fn quiet(level: sys::ggml_log_level, text: *const i8, _: *mut 
 
 impl LlamaOracle {
     pub fn new(path: &Path, n_ctx: usize, n_threads: usize) -> LlamaOracle {
+        Self::with_gpu_layers(path, n_ctx, n_threads, 0)
+    }
+
+    /// With `n_gpu_layers` > 0, llama.cpp offloads that many layers to its first GPU device
+    /// (in a build with a GPU backend).
+    pub fn with_gpu_layers(
+        path: &Path,
+        n_ctx: usize,
+        n_threads: usize,
+        n_gpu_layers: i32,
+    ) -> LlamaOracle {
         static INIT: Once = Once::new();
         INIT.call_once(|| unsafe {
             sys::llama_backend_init();
@@ -35,7 +46,7 @@ impl LlamaOracle {
         let c = CString::new(path.to_str().unwrap()).unwrap();
         unsafe {
             let mut mp = sys::llama_model_default_params();
-            mp.n_gpu_layers = 0;
+            mp.n_gpu_layers = n_gpu_layers;
             let model = sys::llama_model_load_from_file(c.as_ptr(), mp);
             assert!(!model.is_null(), "llama.cpp failed to load {path:?}");
             let mut cp = sys::llama_context_default_params();
