@@ -3,6 +3,9 @@
 //! vs llama.cpp full attention). Prints a table of tokens/s and ratios.
 //!
 //! `cargo bench --bench vs_llama -- [--quick] [--at 32768]`
+//! `cargo bench --bench vs_llama -- --llama-rss 8192 [--model q4_1]`: only llama.cpp, which
+//! evaluates that many tokens with a context of that size and prints its peak RSS (run it as its
+//! own process to compare with famstream's; nothing of famstream is loaded).
 //! Models: SmolLM2-135M q8_0 and q4_0, made from the fetched Q4_1 GGUF by `famstream convert`
 //! into the model cache on first use.
 
@@ -85,8 +88,56 @@ fn ours(
     (r.pp_tokens_per_s, r.tg_tokens_per_s)
 }
 
+/// llama.cpp alone: a context of `n` tokens filled with `n` tokens; prints peak RSS as JSON.
+fn llama_rss(path: &std::path::Path, n: usize) {
+    let mut o = llama::LlamaOracle::new(path, n, 2);
+    let toks: Vec<u32> = o.tokenize(
+        &"The committee met on Tuesday to discuss the budget. ".repeat(n / 8 + 16),
+        false,
+        false,
+    );
+    o.clear();
+    let mut at = 0;
+    while at < n {
+        let k = 512.min(n - at);
+        o.eval(&toks[at..at + k], at, &[k - 1]);
+        at += k;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0);
+    println!(
+        "{{\"engine\": \"llama.cpp\", \"model\": {:?}, \"n_ctx\": {n}, \"tokens\": {n}, \"peak_rss_bytes\": {}}}",
+        path.display().to_string(),
+        hwm * 1024
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--llama-rss") {
+        let n: usize = args[i + 1].parse().expect("--llama-rss N");
+        let ty = args
+            .iter()
+            .position(|a| a == "--model")
+            .map(|i| args[i + 1].clone())
+            .unwrap_or_else(|| "q4_1".into());
+        let path = if ty == "q4_1" {
+            let out = std::process::Command::new("bash")
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/fetch_model.sh"))
+                .output()
+                .unwrap();
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        } else {
+            model(&ty)
+        };
+        llama_rss(&path, n);
+        return;
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let at: usize = args
         .iter()

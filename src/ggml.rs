@@ -31,7 +31,11 @@ use std::sync::Once;
 fn init_logging() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        unsafe extern "C" fn log(level: sys::ggml_log_level, text: *const i8, _: *mut c_void) {
+        unsafe extern "C" fn log(
+            level: sys::ggml_log_level,
+            text: *const std::ffi::c_char,
+            _: *mut c_void,
+        ) {
             if level == sys::GGML_LOG_LEVEL_WARN || level == sys::GGML_LOG_LEVEL_ERROR {
                 if !text.is_null() {
                     // SAFETY: ggml passes a NUL-terminated string valid for this call.

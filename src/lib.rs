@@ -19,7 +19,10 @@
 //!
 //! 1. [`gguf::GgufFile::open`] maps the file and validates header and tensor table.
 //! 2. [`model::Model::from_gguf`] reads [`model::HParams`], checks every weight's shape, and makes
-//!    ggml tensors that point into the map (CPU) or copies them to the device.
+//!    ggml tensors that point into the map where the device computes on host memory (CPU; Metal
+//!    through `buffer_from_host_ptr`), or copies them to the device (Vulkan, CUDA). On the CPU,
+//!    matmul weights of types ggml repacks (Q4_0, Q4_K, IQ4_NL) go to its `CPU_REPACK` buffer
+//!    (a copy, as in llama.cpp; `--no-repack` keeps all zero-copy).
 //! 3. [`runtime::Runtime`] adds the [`tokenizer::Tokenizer`] (from `tokenizer.ggml.*`) and the
 //!    [`chat::ChatTemplate`]; [`engine::Engine`] owns a backend, its threadpool and the graph
 //!    allocator.
@@ -38,7 +41,8 @@
 //!   (atomic: temp file + rename). Knows the format, nothing about transformers.
 //! - [`ggml`]: the only module that calls into ggml (through `llama-cpp-sys-2`): contexts,
 //!   tensors tied to their context's lifetime, graphs, backends with a persistent threadpool,
-//!   the graph allocator, quantize/dequantize.
+//!   device selection through ggml's registry (`--device`), the graph allocator,
+//!   quantize/dequantize.
 //! - [`model`]: hyperparameters and weights of the `llama` and `qwen2` architectures.
 //! - [`forward`]: the model as ggml graphs (token graph, FAM update graph, K-shift graph).
 //! - [`kv`]: per-layer K/V slot storage (f16).
@@ -68,6 +72,9 @@
 //! - A `FamState`'s memory is fixed at creation: it depends on the model and (B, M, F, S), never on
 //!   the stream's length. Positions handed to ggml stay small (RoPE origin rebasing), so numerics
 //!   do not degrade with stream length.
+//! - Graphs only touch tensors through ggml's backend API (buffers, `tensor_set/get`), so the same
+//!   code runs on any ggml device; K/V lengths seen by attention are padded to
+//!   [`state::KV_PAD`] slots, as llama.cpp does.
 //! - The engine never decides what a row may see; the state's mask does. The same graph code
 //!   serves every policy, so `fam` with F = 0 is `bswa` and a window covering the stream is
 //!   `full`, bit for bit.

@@ -11,15 +11,14 @@ mod common;
 use famstream::engine::Engine;
 use famstream::ggml::{select_device, Backend, DeviceKind};
 use famstream::model::Model;
-use famstream::settings::{FamInit, FamSettings, MemoryPolicy};
+use famstream::settings::{FamSettings, MemoryPolicy};
 use famstream::state::{FamState, Logits};
 use std::sync::{Arc, Once};
 
 /// Our Vulkan logits against llama.cpp's own Vulkan run (all layers offloaded) on the same
-/// device and tokens: the same ggml kernels on the same device, so they agree closely; what is
-/// left comes from graph-level differences (llama.cpp looks up embeddings on the CPU, fuses
-/// differently).
-const VULKAN_VS_LLAMA_VULKAN_MEAN_KL: f64 = 2e-3;
+/// device and tokens: the same ggml kernels on the same device and the same graph up to where
+/// the embedding lookup runs, so they agree to rounding (measured: 0.0).
+const VULKAN_VS_LLAMA_VULKAN_MEAN_KL: f64 = 1e-5;
 /// CPU vs Vulkan: the CPU backend quantizes activations to q8_1 and dots them with the Q4_1
 /// weights in integer arithmetic; Vulkan's shaders compute differently (f16 where the device
 /// has it). This is ggml's own CPU/Vulkan difference, measured in the test as llama.cpp-Vulkan vs
@@ -131,21 +130,14 @@ fn compare(p: &[f32], q: &[f32], nv: usize) -> (f64, f64) {
     (kl / n as f64, same as f64 / n as f64)
 }
 
-/// Small blocks so that 256 tokens wrap the ring several times and run several FAM updates.
+/// Small blocks so that 256 tokens wrap the ring several times. `fam` with F > 0 is refused on
+/// Vulkan (see `fam_is_refused_on_vulkan`); with F = 0 it runs the bswa path.
 fn policies() -> Vec<FamSettings> {
     vec![
         settings(MemoryPolicy::Full, 32, 2, 0, 0),
         settings(MemoryPolicy::Bswa, 32, 2, 0, 0),
         settings(MemoryPolicy::Sink, 32, 2, 0, 4),
-        settings(MemoryPolicy::Fam, 32, 2, 8, 0),
-        FamSettings {
-            init: FamInit::Bos,
-            ..settings(MemoryPolicy::Fam, 32, 2, 8, 4)
-        },
-        FamSettings {
-            init: FamInit::TailOfBlock,
-            ..settings(MemoryPolicy::Fam, 32, 2, 8, 0)
-        },
+        settings(MemoryPolicy::Fam, 32, 2, 0, 0),
     ]
 }
 
@@ -207,10 +199,6 @@ fn fam_equivalences_hold_on_vulkan() {
     let d = load(vulkan);
     let nv = d.model.hp.n_vocab;
     let tokens = prose_tokens(150);
-    // F = 0 is bswa, exactly, on this device too
-    let bswa = run_all(&d, settings(MemoryPolicy::Bswa, 32, 1, 0, 0), &tokens, 0);
-    let fam0 = run_all(&d, settings(MemoryPolicy::Fam, 32, 1, 0, 0), &tokens, 0);
-    assert!(bswa == fam0, "fam with F = 0 must equal bswa exactly");
     // windows covering the stream are full attention ((M+1)B = 7 x 32 >= 150)
     let full = run_all(&d, settings(MemoryPolicy::Full, 32, 1, 0, 0), &tokens, 32);
     for s in [
@@ -232,13 +220,12 @@ fn fam_equivalences_hold_on_vulkan() {
         assert!(kl < COVERING_WINDOW_MEAN_KL, "{s:?}: {kl}");
     }
     // token by token equals block prefill (lavapipe decodes ~2 tokens/s, so a shorter stream
-    // with small blocks: the ring wraps and FAM updates several times in 96 tokens)
+    // with small blocks: the ring wraps several times in 96 tokens)
     let tokens = &tokens[..96];
     for s in [
         settings(MemoryPolicy::Full, 16, 1, 0, 0),
         settings(MemoryPolicy::Bswa, 16, 1, 0, 0),
         settings(MemoryPolicy::Sink, 16, 1, 0, 4),
-        settings(MemoryPolicy::Fam, 16, 1, 4, 0),
     ] {
         let batch = run_all(&d, s, tokens, 0);
         let stream = run_all(&d, s, tokens, 1);
@@ -249,6 +236,23 @@ fn fam_equivalences_hold_on_vulkan() {
         );
         assert!(kl < STREAM_VS_BATCH_MEAN_KL, "{s:?}: {kl}");
     }
+}
+
+/// Known failure, refused with a clear error instead of run: on lavapipe, ggml's Vulkan backend
+/// corrupts host memory in the FAM update graph (seen as glibc heap-corruption aborts and
+/// segfaults inside libvulkan_lvp, with FAM rows of 4 and 8 and padded K/V lengths). Not yet
+/// isolated to an op; the CPU backend runs the same graphs correctly (tests/fam_reference.rs).
+#[test]
+fn fam_is_refused_on_vulkan() {
+    let d = load(vulkan);
+    let backend = vulkan();
+    let s = settings(MemoryPolicy::Fam, 32, 2, 8, 0);
+    let seed: Vec<u32> = (0..8).collect();
+    let e = FamState::new(&d.model, &backend, s, 0, seed, 1)
+        .err()
+        .expect("fam with F > 0 must be refused on Vulkan")
+        .to_string();
+    assert!(e.contains("fam policy on a Vulkan device"), "{e}");
 }
 
 #[test]

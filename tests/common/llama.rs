@@ -16,7 +16,11 @@ pub struct LlamaOracle {
 }
 
 /// llama.cpp's log, errors only (they explain a refused file).
-unsafe extern "C" fn quiet(level: sys::ggml_log_level, text: *const i8, _: *mut std::ffi::c_void) {
+unsafe extern "C" fn quiet(
+    level: sys::ggml_log_level,
+    text: *const std::ffi::c_char,
+    _: *mut std::ffi::c_void,
+) {
     if level == sys::GGML_LOG_LEVEL_ERROR && !text.is_null() {
         eprint!(
             "llama.cpp: {}",
