@@ -44,3 +44,29 @@ if new == text and "<!-- results:begin -->" not in text:
     new = text + f"\n<!-- results:begin -->\n{table}\n<!-- results:end -->\n"
 readme.write_text(new)
 print(table)
+
+# Long streams (tools/bench_constant_memory.sh): Moby-Dick, then the Shakespeare plays, one
+# compute thread; perplexity per 8192-token segment (every 4th shown), peak RSS and CPU time.
+mem = {f.stem: json.loads(f.read_text()) for f in sorted((d.parent / "memory").glob("*.json"))}
+if mem:
+    lines = ["Long streams, one compute thread, B=1024, M=3, S=4 (`tools/bench_constant_memory.sh`): "
+             "Moby-Dick (~290k tokens) then the Shakespeare plays.", ""]
+    hdr = "| tokens | " + " | ".join(f"{p} ppl | {p} CPU ms/token | {p} peak RSS MiB" for p in mem) + " |"
+    lines += [hdr, "|" + "---|" * (hdr.count("|") - 1)]
+    n = max(len(r["segments"]) for r in mem.values())
+    for i in list(range(0, n, 4)) + [n - 1]:
+        cells = []
+        for r in mem.values():
+            s = r["segments"][i] if i < len(r["segments"]) else None
+            cells += ([f"{s['perplexity']:.2f}", f"{s['cpu_seconds'] / s['tokens'] * 1e3:.2f}", f"{s['peak_rss_bytes'] / 2**20:.0f}"]
+                      if s else ["-", "-", "-"])
+        start = max(r["segments"][min(i, len(r["segments"]) - 1)]["start"] for r in mem.values())
+        lines.append(f"| {start // 1024}k | " + " | ".join(cells) + " |")
+    long_table = "\n".join(lines)
+    text = readme.read_text()
+    if "<!-- longrun:begin -->" in text:
+        text = re.sub(r"<!-- longrun:begin -->.*<!-- longrun:end -->", f"<!-- longrun:begin -->\n{long_table}\n<!-- longrun:end -->", text, flags=re.S)
+    else:
+        text = text.replace("<!-- results:end -->", f"<!-- results:end -->\n\n<!-- longrun:begin -->\n{long_table}\n<!-- longrun:end -->")
+    readme.write_text(text)
+    print(long_table)
