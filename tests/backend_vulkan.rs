@@ -166,8 +166,14 @@ fn vulkan_logits_equal_cpu_logits_for_every_policy() {
     // the policies differ from each other on this input, so agreement above is not vacuous
     let (kl_bswa_full, _) = compare(&runs[0], &runs[1], nv);
     let (kl_sink_bswa, _) = compare(&runs[1], &runs[2], nv);
-    assert!(kl_bswa_full > 10.0 * VULKAN_VS_CPU_MEAN_KL, "{kl_bswa_full}");
-    assert!(kl_sink_bswa > 10.0 * VULKAN_VS_CPU_MEAN_KL, "{kl_sink_bswa}");
+    assert!(
+        kl_bswa_full > 10.0 * VULKAN_VS_CPU_MEAN_KL,
+        "{kl_bswa_full}"
+    );
+    assert!(
+        kl_sink_bswa > 10.0 * VULKAN_VS_CPU_MEAN_KL,
+        "{kl_sink_bswa}"
+    );
     // and F = 0 is bswa on this device too
     assert!(runs[3] == runs[1], "fam with F = 0 must equal bswa exactly");
 }
