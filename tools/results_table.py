@@ -54,7 +54,7 @@ if mem:
     hdr = "| tokens | " + " | ".join(f"{p} ppl | {p} CPU ms/token | {p} peak RSS MiB" for p in mem) + " |"
     lines += [hdr, "|" + "---|" * (hdr.count("|") - 1)]
     n = max(len(r["segments"]) for r in mem.values())
-    for i in list(range(0, n, 4)) + [n - 1]:
+    for i in sorted(set(range(0, n, 4)) | {n - 1}):
         cells = []
         for r in mem.values():
             s = r["segments"][i] if i < len(r["segments"]) else None
