@@ -103,17 +103,11 @@ fn llama_rss(path: &std::path::Path, n: usize) {
         o.eval(&toks[at..at + k], at, &[k - 1]);
         at += k;
     }
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .unwrap_or(0);
+    let hwm = famstream::util::peak_rss_bytes().unwrap_or(0);
     println!(
         "{{\"engine\": \"llama.cpp\", \"model\": {:?}, \"n_ctx\": {n}, \"tokens\": {n}, \"peak_rss_bytes\": {}}}",
         path.display().to_string(),
-        hwm * 1024
+        hwm
     );
 }
 
