@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::{prose_tokens, settings};
+
 use famstream::engine::Engine;
 use famstream::ggml::{select_device, Backend, DeviceKind};
 use famstream::model::Model;
@@ -74,17 +76,6 @@ fn load(make: fn() -> Backend) -> Dev {
     }
 }
 
-fn settings(policy: MemoryPolicy, b: u32, m: u32, f: u32, s: u32) -> FamSettings {
-    FamSettings {
-        policy,
-        block_size: b,
-        mem_blocks: m,
-        fam_len: f,
-        sinks: s,
-        ..FamSettings::default()
-    }
-}
-
 /// Logits of every position, `chunk` tokens per call (0: all at once).
 fn run_all(d: &Dev, s: FamSettings, tokens: &[u32], chunk: usize) -> Vec<f32> {
     let backend = (d.make)();
@@ -101,20 +92,6 @@ fn run_all(d: &Dev, s: FamSettings, tokens: &[u32], chunk: usize) -> Vec<f32> {
             .flat_map(|c| st.feed(&mut eng, c, Logits::All).unwrap())
             .collect()
     }
-}
-
-fn prose_tokens(n: usize) -> Vec<u32> {
-    let tok = famstream::runtime::tokenizer_from_gguf(
-        &famstream::gguf::GgufFile::open(common::model_path()).unwrap(),
-    )
-    .unwrap();
-    let mut t = tok.encode(
-        &common::shared_text("moby_dick.txt")[..20_000],
-        false,
-        false,
-    );
-    t.truncate(n);
-    t
 }
 
 /// (mean KL, share of equal argmax) of two runs' logits.

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::{prose_tokens, settings};
+
 use famstream::engine::Engine;
 use famstream::ggml::Backend;
 use famstream::model::Model;
@@ -41,17 +43,6 @@ fn state(m: &Arc<Model>, s: FamSettings, n_ctx: usize) -> FamState {
     FamState::new(m, &Backend::cpu(1).unwrap(), s, n_ctx, seed, 1).unwrap()
 }
 
-fn settings(policy: MemoryPolicy, b: u32, m: u32, f: u32, s: u32) -> FamSettings {
-    FamSettings {
-        policy,
-        block_size: b,
-        mem_blocks: m,
-        fam_len: f,
-        sinks: s,
-        ..FamSettings::default()
-    }
-}
-
 /// Logits of every position, feeding `chunk` tokens per call (0: all at once).
 fn run_all(m: &Arc<Model>, s: FamSettings, tokens: &[u32], chunk: usize) -> Vec<f32> {
     let mut eng = engine(m);
@@ -80,20 +71,6 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max)
-}
-
-fn prose_tokens(n: usize) -> Vec<u32> {
-    let rt = famstream::runtime::tokenizer_from_gguf(
-        &famstream::gguf::GgufFile::open(common::model_path()).unwrap(),
-    )
-    .unwrap();
-    let mut t = rt.encode(
-        &common::shared_text("moby_dick.txt")[..20_000],
-        false,
-        false,
-    );
-    t.truncate(n);
-    t
 }
 
 #[test]

@@ -189,3 +189,32 @@ pub fn hf_smollm2() -> PathBuf {
     })
     .clone()
 }
+
+/// The first `n` tokens of Moby-Dick (its first 20k characters), with the real model's tokenizer.
+pub fn prose_tokens(n: usize) -> Vec<u32> {
+    let tok = famstream::runtime::tokenizer_from_gguf(
+        &famstream::gguf::GgufFile::open(model_path()).unwrap(),
+    )
+    .unwrap();
+    let mut t = tok.encode(&shared_text("moby_dick.txt")[..20_000], false, false);
+    t.truncate(n);
+    t
+}
+
+/// Memory settings with block size `b`, `m` memory blocks, `f` FAM rows and `s` sinks.
+pub fn settings(
+    policy: famstream::settings::MemoryPolicy,
+    b: u32,
+    m: u32,
+    f: u32,
+    s: u32,
+) -> famstream::settings::FamSettings {
+    famstream::settings::FamSettings {
+        policy,
+        block_size: b,
+        mem_blocks: m,
+        fam_len: f,
+        sinks: s,
+        ..Default::default()
+    }
+}
