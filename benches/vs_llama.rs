@@ -2,7 +2,8 @@
 //! pp512 / tg128 at short context, and decode at a far stream position (famstream `fam`/`sink`
 //! vs llama.cpp full attention). Prints a table of tokens/s and ratios.
 //!
-//! `cargo bench --bench vs_llama -- [--quick] [--at 32768]`
+//! `cargo bench --bench vs_llama -- [--quick] [--reps 5] [--short] [--at 32768]` (medians of
+//! `--reps` alternating runs; `--short`: only pp/tg at short context)
 //! `cargo bench --bench vs_llama -- --llama-rss 8192 [--model q4_1]`: only llama.cpp, which
 //! evaluates that many tokens with a context of that size and prints its peak RSS (run it as its
 //! own process to compare with famstream's; nothing of famstream is loaded).
@@ -145,11 +146,31 @@ fn main() {
         ..FamSettings::default()
     };
     println!("| model | threads | test | famstream t/s | llama.cpp t/s | ratio |\n|---|---|---|---|---|---|");
+    // Each engine is run `reps` times, alternating, and the medians are compared: a single run
+    // of a few seconds moves by several percent with the CPU clock and the page cache.
+    let reps: usize = args
+        .iter()
+        .position(|a| a == "--reps")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
     for ty in ["q8_0", "q4_0"] {
         let path = model(ty);
         for threads in [1, 2] {
-            let (lp, lt) = llama_pp_tg(&path, threads, 2048, 0, pp, tg);
-            let (fp, ft) = ours(&path, threads, full, 2048, 0, pp, tg);
+            let (mut lps, mut lts, mut fps, mut fts) = (vec![], vec![], vec![], vec![]);
+            for _ in 0..reps.max(1) {
+                let (lp, lt) = llama_pp_tg(&path, threads, 2048, 0, pp, tg);
+                let (fp, ft) = ours(&path, threads, full, 2048, 0, pp, tg);
+                lps.push(lp);
+                lts.push(lt);
+                fps.push(fp);
+                fts.push(ft);
+            }
+            let (lp, lt, fp, ft) = (median(lps), median(lts), median(fps), median(fts));
             println!(
                 "| {ty} | {threads} | pp{pp} | {fp:.1} | {lp:.1} | {:.2} |",
                 fp / lp
@@ -159,6 +180,9 @@ fn main() {
                 ft / lt
             );
         }
+    }
+    if args.iter().any(|a| a == "--short") {
+        return;
     }
     // Decode far into the stream: famstream's windowed policies vs llama.cpp full attention.
     let path = model("q8_0");

@@ -437,6 +437,10 @@ enum Command {
         /// Report perplexity per segment of this many tokens (streaming mode).
         #[arg(long = "segment", default_value_t = 8192)]
         segment: usize,
+        /// Append each segment to this file as one JSON line as soon as it is complete
+        /// (streaming mode), so a run of hours leaves its measurements even if it is stopped.
+        #[arg(long = "segment-log")]
+        segment_log: Option<PathBuf>,
         /// Also report the mean KL divergence from full attention over the first N positions.
         #[arg(long = "kl-vs-full", default_value_t = 0)]
         kl_vs_full: usize,
@@ -498,6 +502,13 @@ fn write_piece(out: &mut impl Write, piece: &str) -> bool {
     let _ = out.write_all(piece.as_bytes());
     let _ = out.flush();
     true
+}
+
+/// One streaming-perplexity segment as JSON (the `--json` report and `--segment-log` lines).
+fn segment_json(g: &famstream::perplexity::Segment) -> serde_json::Value {
+    serde_json::json!({"start": g.start, "tokens": g.tokens, "perplexity": g.perplexity,
+        "tokens_per_second": g.tokens_per_second(), "peak_rss_bytes": g.peak_rss_bytes,
+        "cpu_seconds": g.cpu_seconds})
 }
 
 fn print_json(j: &serde_json::Value) {
@@ -975,9 +986,20 @@ fn run(cli: Cli) -> Result<()> {
             max_tokens,
             json,
             segment,
+            segment_log,
             kl_vs_full,
             memory,
         } if memory.memory.is_some() => {
+            let mut seg_log = match &segment_log {
+                Some(p) => Some(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                        .map_err(|e| Error::io(p, "open", e))?,
+                ),
+                None => None,
+            };
             let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, "read", e))?;
             let rt = model.load()?;
             let mut tokens = rt.tokenizer.encode(&text, rt.tokenizer.add_bos(), false);
@@ -1035,20 +1057,19 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 },
                 |done| pb.set_position(done as u64),
+                |g| {
+                    if let Some(f) = seg_log.as_mut() {
+                        // Best effort: the log is a by-product; the result is the final report.
+                        let _ = writeln!(f, "{}", segment_json(g));
+                        let _ = f.flush();
+                    }
+                },
             )?;
             pb.finish_and_clear();
             let kl = (kl_count > 0).then(|| kl_sum / kl_count as f64);
             let rss = famstream::util::peak_rss_bytes();
             if json {
-                let segs: Vec<serde_json::Value> = r
-                    .segments
-                    .iter()
-                    .map(|g| {
-                        serde_json::json!({"start": g.start, "tokens": g.tokens, "perplexity": g.perplexity,
-                            "tokens_per_second": g.tokens_per_second(), "peak_rss_bytes": g.peak_rss_bytes,
-                            "cpu_seconds": g.cpu_seconds})
-                    })
-                    .collect();
+                let segs: Vec<serde_json::Value> = r.segments.iter().map(segment_json).collect();
                 let j = serde_json::json!({
                     "memory": settings.policy.as_str(), "block_size": settings.block_size,
                     "mem_blocks": settings.mem_blocks, "fam_len": settings.fam_len, "sinks": settings.sinks,

@@ -152,7 +152,8 @@ impl Acc {
 
 /// Feed `tokens` through `state` in chunks of `chunk`, scoring each prediction. `on_logits`
 /// sees each chunk's logits (row-major) with the stream index of its first row, and
-/// `on_progress(tokens_done)` reports progress.
+/// `on_progress(tokens_done)` reports progress and `on_segment` sees each segment as soon as it
+/// is complete (so a run of hours leaves its measurements behind even if it is stopped).
 pub fn streaming(
     eng: &mut Engine,
     state: &mut FamState,
@@ -161,6 +162,7 @@ pub fn streaming(
     chunk: usize,
     mut on_logits: impl FnMut(usize, &[f32]),
     mut on_progress: impl FnMut(usize),
+    mut on_segment: impl FnMut(&Segment),
 ) -> Result<StreamReport> {
     if tokens.len() < 2 || segment == 0 || chunk == 0 {
         return Err(Error::Invalid(
@@ -188,7 +190,9 @@ pub fn streaming(
             let target = j + 1;
             if target / segment != seg.start / segment {
                 if seg.n > 0 {
-                    segments.push(seg.close());
+                    let done = seg.close();
+                    on_segment(&done);
+                    segments.push(done);
                 }
                 seg = Acc {
                     start: target / segment * segment,
@@ -207,7 +211,9 @@ pub fn streaming(
         on_progress(i);
     }
     if seg.n > 0 {
-        segments.push(seg.close());
+        let done = seg.close();
+        on_segment(&done);
+        segments.push(done);
     }
     let mean = sum / count as f64;
     Ok(StreamReport {

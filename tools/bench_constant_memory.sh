@@ -10,7 +10,10 @@
 # The per-segment perplexities over the Moby-Dick part are the long rows of the results table
 # (tools/results_table.py reads results/memory/*.json too).
 # About 2 hours per policy for 520k tokens on one core of this machine (~70 tok/s at a full window).
-#   POLICIES="fam sink" TOKENS=520000 tools/bench_constant_memory.sh
+# Each segment is also appended to results/memory/<policy>.segments.jsonl as soon as it is done,
+# so a stopped run still leaves its measurements. `fam-reread` is fam with the training-free
+# reread feedback (the paper's rule diverges on an un-tuned model; see the README).
+#   POLICIES="fam-reread sink bswa" TOKENS=520000 tools/bench_constant_memory.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 M=$(tools/fetch_model.sh)
@@ -18,10 +21,18 @@ cargo build --release --quiet
 mkdir -p results/memory
 text=target/moby_then_shakespeare.txt
 [ -s $text ] || cat ../shared/data/moby_dick.txt ../shared/data/shakespeare_37_plays.txt > $text
-for p in ${POLICIES:-fam sink bswa}; do
+for p in ${POLICIES:-fam-reread sink bswa}; do
+  case $p in
+    fam-reread) args="--memory fam --fam-feedback reread" ;;
+    *) args="--memory $p" ;;
+  esac
   f=results/memory/$p.json
-  [ -s "$f" ] || nice -n 10 target/release/famstream perplexity -m "$M" -t 1 -f $text \
-      --memory $p --max-tokens ${TOKENS:-520000} --segment 8192 --json > "$f.tmp" && mv "$f.tmp" "$f"
+  if [ ! -s "$f" ]; then
+    rm -f "results/memory/$p.segments.jsonl"
+    nice -n 10 target/release/famstream perplexity -m "$M" -t 1 -f $text $args \
+      --max-tokens ${TOKENS:-520000} --segment 8192 --segment-log "results/memory/$p.segments.jsonl" \
+      --json > "$f.tmp" && mv "$f.tmp" "$f"
+  fi
   python3 - "$f" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
