@@ -93,6 +93,29 @@ impl Engine {
         Context::new_no_alloc(2 * g, g)
     }
 
+    /// Size the compute buffer for a token batch of `shape` on `kv` (and `sinks`), without
+    /// computing anything; smaller graphs then fit without the buffer growing.
+    pub fn reserve_tokens(
+        &mut self,
+        kv: &KvStore,
+        sinks: Option<&[Tensor<'_>]>,
+        shape: TokenBatchShape,
+    ) -> Result<()> {
+        let model = self.model.clone();
+        let ctx = self.new_ctx()?;
+        let store = sinks.map(|s| SinkStore { k_raw: s.to_vec() });
+        let (graph, _, _) = build_token_graph(&ctx, &model, kv, store.as_ref(), shape);
+        self.alloc.reserve(&graph)
+    }
+
+    /// Size the compute buffer for a FAM update over `n_kv` slots (see [`Self::reserve_tokens`]).
+    pub fn reserve_fam(&mut self, kv: &KvStore, fam: &[Tensor<'_>], n_kv: usize) -> Result<()> {
+        let model = self.model.clone();
+        let ctx = self.new_ctx()?;
+        let (graph, _) = build_fam_graph(&ctx, &model, kv, fam, n_kv, true, false, true);
+        self.alloc.reserve(&graph)
+    }
+
     /// Allocate, let `fill` write the inputs, compute.
     fn run(&mut self, graph: &Graph<'_>, fill: impl FnOnce() -> Result<()>) -> Result<()> {
         self.alloc.alloc_graph(graph)?;

@@ -916,6 +916,15 @@ impl Allocator {
             Err(Error::Ggml("cannot allocate the compute graph".into()))
         }
     }
+    /// Size the compute buffer for `graph` (and anything smaller) without allocating its tensors.
+    pub fn reserve(&mut self, graph: &Graph<'_>) -> Result<()> {
+        // SAFETY: valid allocator and graph.
+        if unsafe { sys::ggml_gallocr_reserve(self.ptr.as_ptr(), graph.raw()) } {
+            Ok(())
+        } else {
+            Err(Error::Ggml("cannot reserve the compute buffer".into()))
+        }
+    }
     /// Bytes of the compute buffer.
     pub fn buffer_size(&self) -> usize {
         // SAFETY: valid allocator, buffer 0.

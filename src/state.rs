@@ -144,16 +144,6 @@ impl FamState {
                 seed_tokens.len()
             )));
         }
-        if n_fam > 0 && backend.name().starts_with("Vulkan") {
-            // Known failure, not yet isolated: ggml's Vulkan backend (on lavapipe, the only
-            // Vulkan device we can test) corrupts host memory while running the FAM graphs.
-            // Refuse rather than risk it; every other policy is tested on Vulkan.
-            return Err(Error::Unsupported(
-                "the fam policy on a Vulkan device (ggml-vulkan corrupts memory in the FAM update \
-                 graph); use --device cpu, or another policy"
-                    .into(),
-            ));
-        }
         // `reread` feedback computes the next FAM in F scratch slots after the ring.
         let n_scratch = if settings.feedback == FamFeedback::Reread {
             n_fam
@@ -390,8 +380,42 @@ impl FamState {
         Ok(())
     }
 
+    /// Size the engine's compute buffer for the largest graphs this stream will run (a full
+    /// batch over all slots, with its sink and capture rows; the FAM update),
+    /// before its first graph, so the buffer never grows between computes. That is llama.cpp's
+    /// practice too (it reserves the worst-case graph up front), and it is required on ggml's
+    /// Vulkan backend: there a compute buffer that grows after a graph has run (a short batch,
+    /// then a longer one) corrupted host memory on lavapipe, in roughly half of the runs
+    /// (tests/backend_vulkan.rs `growing_batches_on_vulkan`).
+    fn reserve(&self, eng: &mut Engine) -> Result<()> {
+        let mut n = MAX_BATCH;
+        if self.windowed() {
+            n = n.min(self.b() as usize);
+        }
+        let n = n.max(self.n_fam).max(1);
+        // Every row's logits (perplexity, `Logits::All`) need a batch x vocabulary buffer
+        // (200 MB at B = 1024): reserved on devices where growing later is unsafe; the CPU
+        // reserves for the common case (logits of the last row) and grows if asked for more.
+        let all_logits = !eng.backend().is_cpu();
+        let shape = crate::forward::TokenBatchShape {
+            n_tokens: n,
+            n_kv: self.kv.n_slots(),
+            n_out: if all_logits { None } else { Some(1) },
+            n_capture: self.n_fam.min(n),
+            n_sink_capture: self.n_sink.min(n),
+            n_sink_rotate: self.n_sink,
+        };
+        let sinks = self.sink_tensors();
+        eng.reserve_tokens(&self.kv, sinks.as_deref(), shape)?;
+        if self.n_fam > 0 {
+            eng.reserve_fam(&self.kv, &self.fam_tensors(), self.kv.n_slots())?;
+        }
+        Ok(())
+    }
+
     /// Compute the initial FAM (fam.md §5) and rebase for the stream's start.
     fn initialise(&mut self, eng: &mut Engine) -> Result<()> {
+        self.reserve(eng)?;
         self.initialised = true;
         self.origin = self.start_position;
         if self.n_fam == 0 {
@@ -441,7 +465,10 @@ impl FamState {
                 let pos: Vec<i32> = (-n..0).map(|i| self.rope_pos(i)).collect::<Result<_>>()?;
                 let base = self.ring_base();
                 let slots: Vec<i64> = (0..n).map(|k| (base as i64) + k).collect();
-                let n_kv = base + n as usize;
+                // Padded like every other batch's K/V length (see KV_PAD); the padding is hidden.
+                let n_kv = (base + n as usize)
+                    .next_multiple_of(KV_PAD)
+                    .min(self.kv.n_slots());
                 let mut mask = vec![f16::NEG_INFINITY; (n as usize) * n_kv];
                 for r in 0..n as usize {
                     mask[r * n_kv + base..r * n_kv + base + r + 1].fill(f16::ZERO);

@@ -43,13 +43,18 @@ const STREAM_VS_BATCH_MEAN_KL: f64 = 0.02;
 
 /// ggml's Vulkan backend skips CPU-type devices (lavapipe) unless they are named explicitly; the
 /// variable must be set before ggml's device registry first initialises.
-fn vulkan() -> Backend {
+/// Every test calls this (through `vulkan()` or `cpu()`) before touching ggml, whichever runs first.
+fn lavapipe_visible() {
     static ENV: Once = Once::new();
     ENV.call_once(|| {
         if std::env::var_os("GGML_VK_VISIBLE_DEVICES").is_none() {
             std::env::set_var("GGML_VK_VISIBLE_DEVICES", "0");
         }
     });
+}
+
+fn vulkan() -> Backend {
+    lavapipe_visible();
     let d = select_device("vulkan").expect("a Vulkan device (install mesa-vulkan-drivers)");
     assert!(d.name.starts_with("Vulkan"), "{d:?}");
     assert_ne!(
@@ -66,6 +71,7 @@ struct Dev {
 }
 
 fn cpu() -> Backend {
+    lavapipe_visible();
     Backend::cpu(2).unwrap()
 }
 
@@ -107,8 +113,8 @@ fn compare(p: &[f32], q: &[f32], nv: usize) -> (f64, f64) {
     (kl / n as f64, same as f64 / n as f64)
 }
 
-/// Small blocks so that 256 tokens wrap the ring several times. `fam` with F > 0 is refused on
-/// Vulkan (see `fam_is_refused_on_vulkan`); with F = 0 it runs the bswa path.
+/// Small blocks so that 256 tokens wrap the ring several times. `fam` with F = 0 runs the bswa
+/// path; F > 0 is in `fam_on_vulkan_equals_fam_on_cpu`.
 fn policies() -> Vec<FamSettings> {
     vec![
         settings(MemoryPolicy::Full, 32, 2, 0, 0),
@@ -208,6 +214,10 @@ fn fam_equivalences_hold_on_vulkan() {
         settings(MemoryPolicy::Full, 16, 1, 0, 0),
         settings(MemoryPolicy::Bswa, 16, 1, 0, 0),
         settings(MemoryPolicy::Sink, 16, 1, 0, 4),
+        FamSettings {
+            feedback: famstream::settings::FamFeedback::Reread,
+            ..settings(MemoryPolicy::Fam, 16, 1, 4, 0)
+        },
     ] {
         let batch = run_all(&d, s, tokens, 0);
         let stream = run_all(&d, s, tokens, 1);
@@ -220,21 +230,104 @@ fn fam_equivalences_hold_on_vulkan() {
     }
 }
 
-/// Known failure, refused with a clear error instead of run: on lavapipe, ggml's Vulkan backend
-/// corrupts host memory in the FAM update graph (seen as glibc heap-corruption aborts and
-/// segfaults inside libvulkan_lvp, with FAM rows of 4 and 8 and padded K/V lengths). Not yet
-/// isolated to an op; the CPU backend runs the same graphs correctly (tests/fam_reference.rs).
+/// How many 32-token blocks of the paper's FAM rule (`within` feedback) are compared with the
+/// CPU. That rule is an unstable feedback loop on this un-tuned model (each update feeds a
+/// layer its own output; the FAM rows' RMS grows every block and perplexity diverges on the CPU
+/// too, README "Results"), so it amplifies the backends' rounding difference block after block.
+/// Measured per-block KL(cpu || vulkan), seed init: 9e-3, 6e-3, 6e-3, 5e-3, then 1e-2, 2e-2,
+/// 3e-2, 0.16; tail init: 2e-2, 6e-3, 7e-3, 7e-3, then 1.4e-2 to 4e-2. The stable variants (BOS
+/// init, reread feedback) stay at 4e-3 to 1.2e-2 over all 8 blocks and are checked throughout.
+const DRIFTING_FAM_BLOCKS_CHECKED: usize = 4;
+
+/// The FAM policy (F > 0) on Vulkan against the CPU backend: the paper's update (seed, BOS and
+/// tail-of-block inits) and the reread feedback, with the ring wrapping several times (B = 32,
+/// M = 2, F = 8, 256 tokens: 7 FAM updates).
 #[test]
-fn fam_is_refused_on_vulkan() {
-    let d = load(vulkan);
-    let backend = vulkan();
-    let s = settings(MemoryPolicy::Fam, 32, 2, 8, 0);
-    let seed: Vec<u32> = (0..8).collect();
-    let e = FamState::new(&d.model, &backend, s, 0, seed, 1)
-        .err()
-        .expect("fam with F > 0 must be refused on Vulkan")
-        .to_string();
-    assert!(e.contains("fam policy on a Vulkan device"), "{e}");
+fn fam_on_vulkan_equals_fam_on_cpu() {
+    use famstream::settings::{FamFeedback, FamInit};
+    let tokens = prose_tokens(256);
+    let on_cpu = load(cpu);
+    let on_vk = load(vulkan);
+    let nv = on_cpu.model.hp.n_vocab;
+    let fam = settings(MemoryPolicy::Fam, 32, 2, 8, 0);
+    let mut runs = Vec::new();
+    for (s, blocks) in [
+        (fam, DRIFTING_FAM_BLOCKS_CHECKED),
+        (
+            FamSettings {
+                init: FamInit::Bos,
+                ..fam
+            },
+            8,
+        ),
+        (
+            FamSettings {
+                init: FamInit::TailOfBlock,
+                ..fam
+            },
+            DRIFTING_FAM_BLOCKS_CHECKED,
+        ),
+        (
+            FamSettings {
+                feedback: FamFeedback::Reread,
+                ..fam
+            },
+            8,
+        ),
+    ] {
+        let a = run_all(&on_cpu, s, &tokens, 0);
+        let b = run_all(&on_vk, s, &tokens, 0);
+        let n = blocks * 32 * nv;
+        let (kl, agree) = compare(&a[..n], &b[..n], nv);
+        eprintln!(
+            "fam/{}/{}: first {blocks} blocks: mean KL(cpu || vulkan) = {kl:.2e}, argmax \
+             agreement {agree:.3}",
+            s.init, s.feedback
+        );
+        assert!(kl < VULKAN_VS_CPU_MEAN_KL, "{s:?}: mean KL {kl}");
+        assert!(agree >= VULKAN_VS_CPU_ARGMAX_AGREEMENT, "{s:?}: {agree}");
+        runs.push(b);
+    }
+    // the FAM rows change the logits (vs F = 0, i.e. bswa), so agreement is not vacuous
+    let bswa = run_all(
+        &on_vk,
+        settings(MemoryPolicy::Bswa, 32, 2, 0, 0),
+        &tokens,
+        0,
+    );
+    for r in &runs {
+        let (kl, _) = compare(&bswa, r, nv);
+        assert!(kl > 10.0 * VULKAN_VS_CPU_MEAN_KL, "{kl}");
+    }
+}
+
+/// A short batch, then longer ones, on a new engine: the compute buffer would grow after the
+/// first graph ran, which on lavapipe corrupted host memory (heap-corruption aborts or segfaults
+/// in 5 of 6 runs of this sequence) until each stream reserved its largest graphs up front
+/// (`FamState::reserve`). Three fresh engines, each compared with the CPU backend.
+#[test]
+fn growing_batches_on_vulkan() {
+    let tokens = prose_tokens(104);
+    let on_cpu = load(cpu);
+    let on_vk = load(vulkan);
+    let nv = on_cpu.model.hp.n_vocab;
+    let s = settings(MemoryPolicy::Full, 32, 2, 0, 0);
+    let run = |d: &Dev| {
+        let backend = (d.make)();
+        let mut st = FamState::new(&d.model, &backend, s, tokens.len(), vec![], 1).unwrap();
+        let mut eng = Engine::new(d.model.clone(), backend).unwrap();
+        let mut out = st.feed(&mut eng, &tokens[..8], Logits::Last).unwrap();
+        for c in tokens[8..].chunks(32) {
+            out.extend(st.feed(&mut eng, c, Logits::All).unwrap());
+        }
+        out
+    };
+    let want = run(&on_cpu);
+    for _ in 0..3 {
+        let (kl, agree) = compare(&want, &run(&on_vk), nv);
+        assert!(kl < VULKAN_VS_CPU_MEAN_KL, "mean KL {kl}");
+        assert!(agree >= VULKAN_VS_CPU_ARGMAX_AGREEMENT, "{agree}");
+    }
 }
 
 #[test]
