@@ -1,5 +1,23 @@
 //! Small process-level helpers.
 
+/// Drop the pages lying wholly inside bytes [start, end) of a read-only file mapping from this
+/// process's resident set: they stay in the page cache and are read again from the file if
+/// touched. Used once data was copied elsewhere (repacked weights, converted tensors) so it is
+/// not counted twice. Assumes 4 KiB pages; on a kernel with larger pages the advice is refused
+/// (unaligned) and nothing happens, which is only a missed saving.
+pub fn release_pages(map: &memmap2::Mmap, start: usize, end: usize) {
+    const PAGE: usize = 4096;
+    let first = start.div_ceil(PAGE) * PAGE;
+    let last = end.min(map.len()) / PAGE * PAGE;
+    if last > first {
+        // SAFETY: a read-only private file mapping: MADV_DONTNEED only drops clean pages, which
+        // are read again from the file if touched, so slices into them stay valid.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
+        };
+    }
+}
+
 /// Peak resident set size of this process in bytes (Linux `VmHWM`), if known.
 pub fn peak_rss_bytes() -> Option<u64> {
     proc_status_kb("VmHWM:").map(|kb| kb * 1024)

@@ -14,10 +14,7 @@
 # so a stopped run still leaves its measurements. `fam-reread` is fam with the training-free
 # reread feedback (the paper's rule diverges on an un-tuned model; see the README).
 #   POLICIES="fam-reread sink bswa" TOKENS=520000 tools/bench_constant_memory.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
-M=$(tools/fetch_model.sh)
-cargo build --release --quiet
+source "$(dirname "$0")/lib.sh"
 mkdir -p results/memory
 text=target/moby_then_shakespeare.txt
 [ -s $text ] || cat ../shared/data/moby_dick.txt ../shared/data/shakespeare_37_plays.txt > $text
@@ -29,7 +26,7 @@ for p in ${POLICIES:-fam-reread sink bswa}; do
   f=results/memory/$p.json
   if [ ! -s "$f" ]; then
     rm -f "results/memory/$p.segments.jsonl"
-    nice -n 10 target/release/famstream perplexity -m "$M" -t 1 -f $text $args \
+    nice -n 10 $BIN perplexity -m "$M" -t 1 -f $text $args \
       --max-tokens ${TOKENS:-520000} --segment 8192 --segment-log "results/memory/$p.segments.jsonl" \
       --json > "$f.tmp" && mv "$f.tmp" "$f"
   fi

@@ -7,11 +7,7 @@
 #  2. decode time per token at position 10k vs 1M, fam and sink (famstream bench --at-position).
 #  3. peak RSS: famstream at position 1M (sink, Q4_1) vs llama.cpp with an 8k context filled
 #     with 8k tokens (each its own process).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-M=$(tools/fetch_model.sh)
-cargo build --release --quiet
-BIN=target/release/famstream
+source "$(dirname "$0")/lib.sh"
 out=results/speed
 mkdir -p "$out"
 cargo bench --bench vs_llama -- --at 32768 | tee "$out/vs_llama.txt"

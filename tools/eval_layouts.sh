@@ -12,11 +12,7 @@
 # Writes results/layouts/*.json and the README table between <!-- layouts:begin/end -->.
 # ~12k-token transcript (the early and middle facts are 11k and 6k tokens before the question,
 # outside the 4k-token window). About 3 minutes per policy and layout on 2 cores.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-M=$(tools/fetch_model.sh)
-cargo build --release --quiet
-BIN=target/release/famstream
+source "$(dirname "$0")/lib.sh"
 out=results/layouts
 mkdir -p "$out"
 python3 tools/make_transcript.py "$out/with.txt" "$out/facts.json" --chars 44000

@@ -7,12 +7,8 @@
 # Usage: tools/eval_policies.sh [quick|full]
 #   full  : 204,800 tokens of perplexity, passkey at 2k/8k/32k/128k (hours on 2 cores)
 #   quick : 32,768 tokens, passkey at 2k/8k (1 trial each)
-set -euo pipefail
-cd "$(dirname "$0")/.."
 scale=${1:-quick}
-M=$(tools/fetch_model.sh)
-BIN=target/release/famstream
-cargo build --release --quiet
+source "$(dirname "$0")/lib.sh"
 TEXT=../shared/data/moby_dick.txt
 T=${THREADS:-2}
 out=results/$scale

@@ -4,11 +4,7 @@
 # (--ask, greedy) and a summary is generated; we count the facts recovered. Writes
 # results/summarize/*.json and the README table between <!-- summarize:begin/end -->.
 # Usage: tools/eval_summarize.sh   (about 2 minutes per policy on 2 cores)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-M=$(tools/fetch_model.sh)
-cargo build --release --quiet
-BIN=target/release/famstream
+source "$(dirname "$0")/lib.sh"
 out=results/summarize
 mkdir -p "$out"
 python3 tools/make_transcript.py "$out/transcript.txt" "$out/facts.json"

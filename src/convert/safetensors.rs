@@ -158,18 +158,7 @@ impl SafeTensors {
     /// Drop a converted tensor's pages from this process's resident set (they stay in the page
     /// cache), so the converter's RSS stays near one tensor instead of the whole input.
     pub fn release(&self, t: &StTensor) {
-        let page = 4096;
-        let start = t.start.div_ceil(page) * page;
-        if t.end > start + page {
-            let len = (t.end - start) / page * page;
-            // SAFETY: a read-only private file mapping: MADV_DONTNEED only drops clean pages,
-            // which are read again from the file if touched; no slice into them is alive here
-            // (the caller converted the tensor to an owned Vec already).
-            let _ = unsafe {
-                self.map
-                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
-            };
-        }
+        crate::util::release_pages(&self.map, t.start, t.end);
     }
 
     /// A tensor's values as f32.

@@ -499,8 +499,6 @@ impl GgufFile {
     pub fn tensor_file_offset(&self, t: &TensorInfo) -> u64 {
         self.data_offset + t.offset
     }
-    /// Zero-copy view of a tensor's bytes. Infos of this file were validated at open time to lie
-    /// inside it; an info from elsewhere that does not is an error, not a panic.
     /// Drop the pages lying wholly inside tensor `t`'s data from this process's resident set
     /// (they stay in the page cache and are read again if touched). For weights that were
     /// copied elsewhere (repacked), so the file's pages are not counted twice.
@@ -508,24 +506,17 @@ impl GgufFile {
         let Source::Map(map) = &self.source else {
             return;
         };
-        let page = 4096;
         let (Ok(s), Ok(n)) = (
             usize::try_from(self.data_offset + t.offset),
             usize::try_from(t.size),
         ) else {
             return;
         };
-        let start = s.div_ceil(page) * page;
-        let end = (s + n).min(map.len()) / page * page;
-        if end > start {
-            // SAFETY: a read-only private file mapping: MADV_DONTNEED only drops clean pages,
-            // which are read again from the file if touched. Slices into them stay valid.
-            let _ = unsafe {
-                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
-            };
-        }
+        crate::util::release_pages(map, s, s.saturating_add(n));
     }
 
+    /// Zero-copy view of a tensor's bytes. Infos of this file were validated at open time to lie
+    /// inside it; an info from elsewhere that does not is an error, not a panic.
     pub fn tensor_data(&self, t: &TensorInfo) -> Result<&[u8]> {
         let range = self
             .data_offset
