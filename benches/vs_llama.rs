@@ -2,8 +2,9 @@
 //! pp512 / tg128 at short context, and decode at a far stream position (famstream `fam`/`sink`
 //! vs llama.cpp full attention). Prints a table of tokens/s and ratios.
 //!
-//! `cargo bench --bench vs_llama -- [--quick] [--reps 5] [--short] [--at 32768]` (medians of
-//! `--reps` alternating runs; `--short`: only pp/tg at short context)
+//! `cargo bench --bench vs_llama -- [--quick] [--reps 5] [--short] [--only q4_0:1] [--at 32768]`
+//! (medians of `--reps` alternating runs; `--short`: only pp/tg at short context; `--only`: one
+//! model type and thread count)
 //! `cargo bench --bench vs_llama -- --llama-rss 8192 [--model q4_1]`: only llama.cpp, which
 //! evaluates that many tokens with a context of that size and prints its peak RSS (run it as its
 //! own process to compare with famstream's; nothing of famstream is loaded).
@@ -158,9 +159,21 @@ fn main() {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
+    // `--only q4_0:1`: one model type and thread count (e.g. to profile one row).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     for ty in ["q8_0", "q4_0"] {
         let path = model(ty);
         for threads in [1, 2] {
+            if only
+                .as_ref()
+                .is_some_and(|o| *o != format!("{ty}:{threads}"))
+            {
+                continue;
+            }
             let (mut lps, mut lts, mut fps, mut fts) = (vec![], vec![], vec![], vec![]);
             for _ in 0..reps.max(1) {
                 let (lp, lt) = llama_pp_tg(&path, threads, 2048, 0, pp, tg);

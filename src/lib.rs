@@ -74,7 +74,10 @@
 //!   do not degrade with stream length.
 //! - Graphs only touch tensors through ggml's backend API (buffers, `tensor_set/get`), so the same
 //!   code runs on any ggml device; K/V lengths seen by attention are padded to
-//!   [`state::KV_PAD`] slots, as llama.cpp does.
+//!   [`state::KV_PAD`] slots, as llama.cpp does, and each stream reserves the engine's compute
+//!   buffer for its largest graphs before its first compute, so on a GPU device the buffer never
+//!   grows between computes (ggml's Vulkan backend corrupted memory when it did; the CPU reserves
+//!   for last-row logits and grows only if every row's logits are asked for).
 //! - The engine never decides what a row may see; the state's mask does. The same graph code
 //!   serves every policy, so `fam` with F = 0 is `bswa` and a window covering the stream is
 //!   `full`, bit for bit.

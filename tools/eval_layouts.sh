@@ -11,7 +11,9 @@
 #   notes  - plain + running notes the model writes every 1024 tokens (--notes-every 1024)
 # Writes results/layouts/*.json and the README table between <!-- layouts:begin/end -->.
 # ~12k-token transcript (the early and middle facts are 11k and 6k tokens before the question,
-# outside the 4k-token window). About 3 minutes per policy and layout on 2 cores.
+# outside the 4k-token window). About 3 minutes per policy and layout on 2 cores. Policies:
+# sink, bswa, fam (the paper's rule), fam-reread (fam with the reread feedback).
+#   POLICIES="sink fam-reread" LAYOUTS="plain notes" THREADS=1 tools/eval_layouts.sh
 source "$(dirname "$0")/lib.sh"
 out=results/layouts
 mkdir -p "$out"
@@ -23,7 +25,11 @@ for policy in ${POLICIES:-sink fam}; do
   for layout in ${LAYOUTS:-plain focus notes}; do
     name=$policy-$layout
     [ -s "$out/$name.json" ] && { echo "have $name"; continue; }
-    flags=(--memory "$policy" -t "${THREADS:-2}")
+    case $policy in
+      fam-reread) flags=(--memory fam --fam-feedback reread) ;;
+      *) flags=(--memory "$policy") ;;
+    esac
+    flags+=(-t "${THREADS:-2}")
     case $layout in
       focus) while read -r q; do flags+=(--focus "$q"); done < <(python3 -c "import json; [print(f['question']) for f in json.load(open('$out/facts.json'))]") ;;
       notes) flags+=(--notes-every 1024) ;;
