@@ -11,6 +11,7 @@ use crate::ggml::{Allocator, Backend, Context, Graph, Tensor};
 use crate::kv::KvStore;
 use crate::model::Model;
 use half::f16;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// One batch of token rows, described on the host.
@@ -59,6 +60,17 @@ pub struct Engine {
     pub model: Arc<Model>,
     backend: Backend,
     alloc: Allocator,
+    /// Graph shapes the compute buffer was already reserved for (see [`Self::reserve_tokens`]).
+    reserved: HashSet<Reserved>,
+}
+
+/// What a compute-buffer reservation covered: the buffer's size depends only on graph shapes
+/// (state tensors live in their own buffers), so one reservation serves every stream of a shape.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Reserved {
+    Tokens(TokenBatchShape, bool),
+    Fam(usize, usize),
+    Kshift(usize, usize),
 }
 
 impl Engine {
@@ -76,6 +88,7 @@ impl Engine {
             model,
             backend,
             alloc,
+            reserved: HashSet::new(),
         })
     }
 
@@ -101,6 +114,12 @@ impl Engine {
         sinks: Option<&[Tensor<'_>]>,
         shape: TokenBatchShape,
     ) -> Result<()> {
+        if !self
+            .reserved
+            .insert(Reserved::Tokens(shape, sinks.is_some()))
+        {
+            return Ok(());
+        }
         let model = self.model.clone();
         let ctx = self.new_ctx()?;
         let store = sinks.map(|s| SinkStore { k_raw: s.to_vec() });
@@ -110,9 +129,24 @@ impl Engine {
 
     /// Size the compute buffer for a FAM update over `n_kv` slots (see [`Self::reserve_tokens`]).
     pub fn reserve_fam(&mut self, kv: &KvStore, fam: &[Tensor<'_>], n_kv: usize) -> Result<()> {
+        let f = fam.first().map_or(0, |t| t.ne()[1] as usize);
+        if !self.reserved.insert(Reserved::Fam(f, n_kv)) {
+            return Ok(());
+        }
         let model = self.model.clone();
         let ctx = self.new_ctx()?;
         let (graph, _) = build_fam_graph(&ctx, &model, kv, fam, n_kv, true, false, true);
+        self.alloc.reserve(&graph)
+    }
+
+    /// Size the compute buffer for a K-shift of slots [from, to) (see [`Self::reserve_tokens`]).
+    pub fn reserve_kshift(&mut self, kv: &KvStore, from: usize, to: usize) -> Result<()> {
+        if !self.reserved.insert(Reserved::Kshift(from, to)) {
+            return Ok(());
+        }
+        let model = self.model.clone();
+        let ctx = self.new_ctx()?;
+        let (graph, _) = build_kshift_graph(&ctx, &model, kv, from, to);
         self.alloc.reserve(&graph)
     }
 

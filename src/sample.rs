@@ -86,12 +86,24 @@ impl Sampler {
     /// Pick the next token from `logits` (one row of n_vocab).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let c = self.cfg.clone();
+        let penalised = c.repeat_penalty != 1.0 && c.repeat_last_n > 0;
+        if c.temperature <= 0.0 && !penalised {
+            // Greedy without penalties: no candidate list (a vocabulary-sized allocation per
+            // token). Same rule as `argmax`: the first of equal maxima.
+            let mut best = 0;
+            for (i, &l) in logits.iter().enumerate() {
+                if l > logits[best] {
+                    best = i;
+                }
+            }
+            return best as u32;
+        }
         let mut cand: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
             .map(|(i, &l)| (i as u32, l))
             .collect();
-        if c.repeat_penalty != 1.0 && c.repeat_last_n > 0 {
+        if penalised {
             let start = self.history.len().saturating_sub(c.repeat_last_n);
             let mut seen: Vec<u32> = self.history[start..].to_vec();
             seen.sort_unstable();

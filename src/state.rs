@@ -381,7 +381,7 @@ impl FamState {
     }
 
     /// Size the engine's compute buffer for the largest graphs this stream will run (a full
-    /// batch over all slots, with its sink and capture rows; the FAM update),
+    /// batch over all slots, with its sink and capture rows; the FAM update; the K-shift),
     /// before its first graph, so the buffer never grows between computes. That is llama.cpp's
     /// practice too (it reserves the worst-case graph up front), and it is required on ggml's
     /// Vulkan backend: there a compute buffer that grows after a graph has run (a short batch,
@@ -410,12 +410,15 @@ impl FamState {
         if self.n_fam > 0 {
             eng.reserve_fam(&self.kv, &self.fam_tensors(), self.kv.n_slots())?;
         }
+        if self.windowed() {
+            // the RoPE rebase (see `rebase`)
+            eng.reserve_kshift(&self.kv, self.n_sink, self.kv.n_slots())?;
+        }
         Ok(())
     }
 
     /// Compute the initial FAM (fam.md §5) and rebase for the stream's start.
     fn initialise(&mut self, eng: &mut Engine) -> Result<()> {
-        self.reserve(eng)?;
         self.initialised = true;
         self.origin = self.start_position;
         if self.n_fam == 0 {
@@ -653,6 +656,9 @@ impl FamState {
                 self.n_ctx
             )));
         }
+        // Every feed, not only the first: a state loaded from a snapshot, or fed by another
+        // engine, reserves too (a no-op where the engine already holds these shapes).
+        self.reserve(eng)?;
         if !self.initialised {
             self.initialise(eng)?;
         }
@@ -739,7 +745,11 @@ impl FamState {
             }
             self.n_past += n as u64;
             if want == Logits::All || (want == Logits::Last && last_chunk) {
-                out.extend_from_slice(&r.logits);
+                if out.is_empty() {
+                    out = r.logits; // the usual case (one chunk): no second copy
+                } else {
+                    out.extend_from_slice(&r.logits);
+                }
             }
             if self.windowed() && self.n_past as i64 % self.b() == 0 {
                 self.end_block(eng, t)?;

@@ -214,9 +214,11 @@ fn fam_equivalences_hold_on_vulkan() {
         settings(MemoryPolicy::Full, 16, 1, 0, 0),
         settings(MemoryPolicy::Bswa, 16, 1, 0, 0),
         settings(MemoryPolicy::Sink, 16, 1, 0, 4),
+        // (fam with reread feedback, the stable FAM variant, in the configuration of
+        // `fam_on_vulkan_equals_fam_on_cpu`; 96 tokens are 3 blocks, 2 FAM updates)
         FamSettings {
             feedback: famstream::settings::FamFeedback::Reread,
-            ..settings(MemoryPolicy::Fam, 16, 1, 4, 0)
+            ..settings(MemoryPolicy::Fam, 32, 2, 8, 0)
         },
     ] {
         let batch = run_all(&d, s, tokens, 0);

@@ -139,6 +139,10 @@ fn streaming_one_token_at_a_time_equals_block_prefill() {
             zero_first_residual: false,
             ..settings(MemoryPolicy::Fam, 32, 1, 8, 0)
         },
+        FamSettings {
+            feedback: FamFeedback::Reread,
+            ..settings(MemoryPolicy::Fam, 32, 1, 8, 0)
+        },
     ] {
         let batch = run_all(&m, s, &tokens, 0);
         let stream = run_all(&m, s, &tokens, 1);
