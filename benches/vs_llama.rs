@@ -135,12 +135,14 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let at: usize = args
-        .iter()
-        .position(|a| a == "--at")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32768);
+    // The value after flag `name`, if any.
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let at: usize = value("--at").and_then(|v| v.parse().ok()).unwrap_or(32768);
     let (pp, tg) = if quick { (128, 32) } else { (512, 128) };
     let full = FamSettings {
         policy: MemoryPolicy::Full,
@@ -149,22 +151,13 @@ fn main() {
     println!("| model | threads | test | famstream t/s | llama.cpp t/s | ratio |\n|---|---|---|---|---|---|");
     // Each engine is run `reps` times, alternating, and the medians are compared: a single run
     // of a few seconds moves by several percent with the CPU clock and the page cache.
-    let reps: usize = args
-        .iter()
-        .position(|a| a == "--reps")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let reps: usize = value("--reps").and_then(|v| v.parse().ok()).unwrap_or(5);
     let median = |mut v: Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
     // `--only q4_0:1`: one model type and thread count (e.g. to profile one row).
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
+    let only = value("--only");
     for ty in ["q8_0", "q4_0"] {
         let path = model(ty);
         for threads in [1, 2] {
