@@ -11,8 +11,10 @@ use crate::ggml::{Allocator, Backend, Context, Graph, Tensor};
 use crate::kv::KvStore;
 use crate::model::Model;
 use half::f16;
-use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(0);
 
 /// One batch of token rows, described on the host.
 #[derive(Default)]
@@ -60,17 +62,8 @@ pub struct Engine {
     pub model: Arc<Model>,
     backend: Backend,
     alloc: Allocator,
-    /// Graph shapes the compute buffer was already reserved for (see [`Self::reserve_tokens`]).
-    reserved: HashSet<Reserved>,
-}
-
-/// What a compute-buffer reservation covered: the buffer's size depends only on graph shapes
-/// (state tensors live in their own buffers), so one reservation serves every stream of a shape.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum Reserved {
-    Tokens(TokenBatchShape, bool),
-    Fam(usize, usize),
-    Kshift(usize, usize),
+    /// Unique per engine in this process (a stream reserves compute space once per engine).
+    id: u64,
 }
 
 impl Engine {
@@ -88,8 +81,13 @@ impl Engine {
             model,
             backend,
             alloc,
-            reserved: HashSet::new(),
+            id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
         })
+    }
+
+    /// This engine's identity, unique in the process.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn backend(&self) -> &Backend {
@@ -107,19 +105,14 @@ impl Engine {
     }
 
     /// Size the compute buffer for a token batch of `shape` on `kv` (and `sinks`), without
-    /// computing anything; smaller graphs then fit without the buffer growing.
+    /// computing anything; smaller graphs then fit without the buffer growing (a graph no larger
+    /// than the buffer leaves it as it is).
     pub fn reserve_tokens(
         &mut self,
         kv: &KvStore,
         sinks: Option<&[Tensor<'_>]>,
         shape: TokenBatchShape,
     ) -> Result<()> {
-        if !self
-            .reserved
-            .insert(Reserved::Tokens(shape, sinks.is_some()))
-        {
-            return Ok(());
-        }
         let model = self.model.clone();
         let ctx = self.new_ctx()?;
         let store = sinks.map(|s| SinkStore { k_raw: s.to_vec() });
@@ -129,10 +122,6 @@ impl Engine {
 
     /// Size the compute buffer for a FAM update over `n_kv` slots (see [`Self::reserve_tokens`]).
     pub fn reserve_fam(&mut self, kv: &KvStore, fam: &[Tensor<'_>], n_kv: usize) -> Result<()> {
-        let f = fam.first().map_or(0, |t| t.ne()[1] as usize);
-        if !self.reserved.insert(Reserved::Fam(f, n_kv)) {
-            return Ok(());
-        }
         let model = self.model.clone();
         let ctx = self.new_ctx()?;
         let (graph, _) = build_fam_graph(&ctx, &model, kv, fam, n_kv, true, false, true);
@@ -141,9 +130,6 @@ impl Engine {
 
     /// Size the compute buffer for a K-shift of slots [from, to) (see [`Self::reserve_tokens`]).
     pub fn reserve_kshift(&mut self, kv: &KvStore, from: usize, to: usize) -> Result<()> {
-        if !self.reserved.insert(Reserved::Kshift(from, to)) {
-            return Ok(());
-        }
         let model = self.model.clone();
         let ctx = self.new_ctx()?;
         let (graph, _) = build_kshift_graph(&ctx, &model, kv, from, to);

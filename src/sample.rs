@@ -89,14 +89,8 @@ impl Sampler {
         let penalised = c.repeat_penalty != 1.0 && c.repeat_last_n > 0;
         if c.temperature <= 0.0 && !penalised {
             // Greedy without penalties: no candidate list (a vocabulary-sized allocation per
-            // token). Same rule as `argmax`: the first of equal maxima.
-            let mut best = 0;
-            for (i, &l) in logits.iter().enumerate() {
-                if l > logits[best] {
-                    best = i;
-                }
-            }
-            return best as u32;
+            // token).
+            return first_max(logits.iter().copied()) as u32;
         }
         let mut cand: Vec<(u32, f32)> = logits
             .iter()
@@ -170,13 +164,19 @@ impl Sampler {
 }
 
 fn argmax(c: &[(u32, f32)]) -> u32 {
-    let mut best = 0;
-    for (i, x) in c.iter().enumerate() {
-        if x.1 > c[best].1 {
-            best = i;
+    c[first_max(c.iter().map(|x| x.1))].0
+}
+
+/// Index of the first of the largest values (0 when empty; a later value wins only if it is
+/// strictly greater, so ties go to the lower index).
+fn first_max(values: impl Iterator<Item = f32>) -> usize {
+    let mut best = (0, f32::NAN);
+    for (i, v) in values.enumerate() {
+        if i == 0 || v > best.1 {
+            best = (i, v);
         }
     }
-    c[best].0
+    best.0
 }
 
 fn softmax(c: &[(u32, f32)], temp: f32) -> Vec<f64> {

@@ -97,6 +97,8 @@ pub struct FamState {
     fam_updates: u64,
     /// Whether the initial FAM has been computed (lazily, at the first feed).
     initialised: bool,
+    /// The engine whose compute buffer was reserved for this stream's graphs (see `reserve`).
+    reserved_for: Option<u64>,
     /// BOS + seed text tokens, F of them (`seed` init).
     seed_tokens: Vec<u32>,
     bos: u32,
@@ -198,6 +200,7 @@ impl FamState {
             fam_valid: false,
             fam_updates: 0,
             initialised: false,
+            reserved_for: None,
             seed_tokens,
             bos,
         })
@@ -656,9 +659,12 @@ impl FamState {
                 self.n_ctx
             )));
         }
-        // Every feed, not only the first: a state loaded from a snapshot, or fed by another
-        // engine, reserves too (a no-op where the engine already holds these shapes).
-        self.reserve(eng)?;
+        // Once per engine, not only on the first feed: a state loaded from a snapshot, or fed by
+        // another engine, reserves there too.
+        if self.reserved_for != Some(eng.id()) {
+            self.reserve(eng)?;
+            self.reserved_for = Some(eng.id());
+        }
         if !self.initialised {
             self.initialise(eng)?;
         }
