@@ -56,6 +56,7 @@ fn model_steps(c: &mut Criterion) {
         &LoadOptions {
             threads: 2,
             device: None,
+            ..Default::default()
         },
     )
     .unwrap();
