@@ -30,19 +30,5 @@ for p in ${POLICIES:-fam-reread sink bswa}; do
       --max-tokens ${TOKENS:-520000} --segment 8192 --segment-log "results/memory/$p.segments.jsonl" \
       --json > "$f.tmp" && mv "$f.tmp" "$f"
   fi
-  python3 - "$f" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-seg = r["segments"]
-near = lambda pos: min(seg, key=lambda s: abs(s["start"] + s["tokens"] / 2 - pos))
-a, b = near(20000), seg[-1]
-t0, t1 = near(10000), near(500000)
-cpu = lambda s: s["cpu_seconds"] / s["tokens"] * 1e3
-wall = lambda s: 1e3 / s["tokens_per_second"]
-print(f'{r["memory"]}: peak RSS after {a["start"]+a["tokens"]} tokens {a["peak_rss_bytes"]/2**20:.1f} MiB, '
-      f'after {b["start"]+b["tokens"]} tokens {b["peak_rss_bytes"]/2**20:.1f} MiB '
-      f'(ratio {b["peak_rss_bytes"]/a["peak_rss_bytes"]:.4f}); CPU ms/token at {t0["start"]} {cpu(t0):.2f}, '
-      f'at {t1["start"]} {cpu(t1):.2f} (ratio {cpu(t1)/cpu(t0):.3f}); wall ms/token {wall(t0):.2f} -> {wall(t1):.2f} '
-      f'(ratio {wall(t1)/wall(t0):.3f})')
-PY
+  python3 tools/longrun.py "$f"
 done

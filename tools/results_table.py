@@ -49,38 +49,34 @@ print(table)
 # compute thread; perplexity per 8192-token segment (every 4th shown), peak RSS and CPU time.
 # A run still going (or stopped) has only its per-segment log, <policy>.segments.jsonl.
 mdir = d.parent / "memory"
-mem = {f.stem: json.loads(f.read_text()) for f in sorted(mdir.glob("*.json"))}
+from longrun import load, summary  # tools/, this script's directory
+mem = {}
+for f in sorted(mdir.glob("*.json")):
+    mem[f.stem] = load(f)
 for f in sorted(mdir.glob("*.segments.jsonl")):
     p = f.name[: -len(".segments.jsonl")]
     if p not in mem:
-        segs = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+        segs, finished = load(f)
         if segs:
-            mem[p] = {"segments": segs, "partial": True}
+            mem[p] = (segs, finished)
 if mem:
     lines = ["Long streams, one compute thread, B=1024, M=3, S=4 (`tools/bench_constant_memory.sh`): "
              "Moby-Dick (~290k tokens) then the Shakespeare plays. `fam-reread` is fam (F=64) with "
              "the reread feedback, plus the 4 sinks.", ""]
-    for p, r in mem.items():
-        seg = r["segments"]
-        near = lambda pos: min(seg, key=lambda s: abs(s["start"] + s["tokens"] / 2 - pos))
-        a, b, t0 = near(20000), seg[-1], near(10000)
-        cpu = lambda s: s["cpu_seconds"] / s["tokens"] * 1e3
-        end = b["start"] + b["tokens"]
-        lines.append(f"- {p}: {end} tokens streamed{' (run not finished)' if r.get('partial') else ''}; "
-                     f"peak RSS {a['peak_rss_bytes'] / 2**20:.1f} MiB after {a['start'] + a['tokens']} tokens, "
-                     f"{b['peak_rss_bytes'] / 2**20:.1f} MiB after {end} (ratio {b['peak_rss_bytes'] / a['peak_rss_bytes']:.4f}); "
-                     f"CPU ms/token {cpu(t0):.2f} at {t0['start']}, {cpu(b):.2f} at {b['start']} (ratio {cpu(b) / cpu(t0):.3f})")
+    for p, (segs, finished) in mem.items():
+        lines.append("- " + summary(p, segs, finished))
     lines.append("")
     hdr = "| tokens | " + " | ".join(f"{p} ppl | {p} CPU ms/token | {p} peak RSS MiB" for p in mem) + " |"
     lines += [hdr, "|" + "---|" * (hdr.count("|") - 1)]
-    n = max(len(r["segments"]) for r in mem.values())
+    runs = [segs for segs, _ in mem.values()]
+    n = max(len(segs) for segs in runs)
     for i in sorted(set(range(0, n, 4)) | {n - 1}):
         cells = []
-        for r in mem.values():
-            s = r["segments"][i] if i < len(r["segments"]) else None
+        for segs in runs:
+            s = segs[i] if i < len(segs) else None
             cells += ([f"{s['perplexity']:.2f}", f"{s['cpu_seconds'] / s['tokens'] * 1e3:.2f}", f"{s['peak_rss_bytes'] / 2**20:.0f}"]
                       if s else ["-", "-", "-"])
-        start = max(r["segments"][min(i, len(r["segments"]) - 1)]["start"] for r in mem.values())
+        start = max(segs[min(i, len(segs) - 1)]["start"] for segs in runs)
         lines.append(f"| {start // 1024}k | " + " | ".join(cells) + " |")
     long_table = "\n".join(lines)
     text = readme.read_text()

@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""The constant-memory / constant-time summary of one long streaming-perplexity run (its
+`--json` report or its `--segment-log` lines): peak RSS after ~20k tokens vs at the end (goal:
+within 2%), CPU and wall time per token at ~10k vs ~500k (goal: within 10%). Used by
+tools/bench_constant_memory.sh and tools/results_table.py.
+
+usage: tools/longrun.py RUN.json|RUN.segments.jsonl"""
+import json, sys
+from pathlib import Path
+
+
+def load(path):
+    """(segments, finished) of a run's report, or of its segment log if the run has not ended."""
+    p = Path(path)
+    if p.suffix == ".jsonl":
+        return [json.loads(l) for l in p.read_text().splitlines() if l.strip()], False
+    return json.loads(p.read_text())["segments"], True
+
+
+def summary(name, seg, finished=True):
+    near = lambda pos: min(seg, key=lambda s: abs(s["start"] + s["tokens"] / 2 - pos))
+    a, b = near(20000), seg[-1]
+    t0, t1 = near(10000), near(500000)
+    cpu = lambda s: s["cpu_seconds"] / s["tokens"] * 1e3
+    wall = lambda s: 1e3 / s["tokens_per_second"]
+    end = b["start"] + b["tokens"]
+    return (f"{name}: {end} tokens streamed{'' if finished else ' (run not finished)'}; "
+            f"peak RSS {a['peak_rss_bytes'] / 2**20:.1f} MiB after {a['start'] + a['tokens']} tokens, "
+            f"{b['peak_rss_bytes'] / 2**20:.1f} MiB after {end} (ratio {b['peak_rss_bytes'] / a['peak_rss_bytes']:.4f}); "
+            f"CPU ms/token {cpu(t0):.2f} at {t0['start']}, {cpu(t1):.2f} at {t1['start']} (ratio {cpu(t1) / cpu(t0):.3f}); "
+            f"wall ms/token {wall(t0):.2f} -> {wall(t1):.2f} (ratio {wall(t1) / wall(t0):.3f})")
+
+
+if __name__ == "__main__":
+    p = Path(sys.argv[1])
+    name = p.name.split(".")[0]
+    print(summary(name, *load(p)))
