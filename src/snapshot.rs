@@ -23,12 +23,6 @@ pub const VERSION: u32 = 1;
 /// Largest header accepted (the JSON header is a few KiB).
 const MAX_HEADER: usize = 1 << 20;
 
-/// The parts of a snapshot, as saved and loaded by `FamState`.
-pub struct Snapshot {
-    pub header: Json,
-    pub body: Vec<u8>,
-}
-
 pub fn settings_json(s: &FamSettings) -> Json {
     json!({
         "policy": s.policy.as_str(), "block_size": s.block_size, "mem_blocks": s.mem_blocks,
@@ -60,9 +54,14 @@ pub fn settings_from_json(j: &Json) -> Result<FamSettings> {
     })
 }
 
-/// Write header + body atomically.
-pub fn write(path: &Path, snap: &Snapshot) -> Result<()> {
-    let header = serde_json::to_vec(&snap.header).expect("JSON values serialize");
+/// Write header + body atomically. The body comes in `parts` (one tensor's bytes each), so a
+/// snapshot never needs a second copy of the whole state in memory.
+pub fn write(
+    path: &Path,
+    header: &Json,
+    parts: impl IntoIterator<Item = Result<Vec<u8>>>,
+) -> Result<()> {
+    let header = serde_json::to_vec(header).expect("JSON values serialize");
     let mut f = AtomicFile::create(path)?;
     let mut h = Fnv64::new();
     let io = |e| Error::io(path, "write", e);
@@ -72,43 +71,115 @@ pub fn write(path: &Path, snap: &Snapshot) -> Result<()> {
         &VERSION.to_le_bytes(),
         &(header.len() as u32).to_le_bytes(),
         &header,
-        &snap.body,
     ] {
         h.write(part);
         w.write_all(part).map_err(io)?;
+    }
+    for part in parts {
+        let part = part?;
+        h.write(&part);
+        w.write_all(&part).map_err(io)?;
     }
     w.write_all(&h.finish().to_le_bytes()).map_err(io)?;
     f.commit()
 }
 
-/// Read and verify a snapshot file (magic, version, checksum).
-pub fn read(path: &Path) -> Result<Snapshot> {
-    let b = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
-    let bad =
-        |what: String| Error::Invalid(format!("{}: not a usable snapshot: {what}", path.display()));
-    if b.len() < 8 + 4 + 4 + 8 || &b[..8] != MAGIC {
-        return Err(bad("bad magic or truncated".into()));
+/// A snapshot being read: the header is parsed and the body is read part by part
+/// ([`Reader::take`]); [`Reader::finish`] verifies the checksum. Whoever fills a state from the
+/// parts must drop that state when `finish` fails.
+pub struct Reader {
+    path: std::path::PathBuf,
+    file: std::io::BufReader<std::fs::File>,
+    hash: Fnv64,
+    pub header: Json,
+    /// Bytes of the body not yet taken.
+    remaining: u64,
+}
+
+impl Reader {
+    /// Open `path` and check its magic, version, length and header.
+    pub fn open(path: &Path) -> Result<Reader> {
+        let f = std::fs::File::open(path).map_err(|e| Error::io(path, "read", e))?;
+        let len = f.metadata().map_err(|e| Error::io(path, "read", e))?.len();
+        let mut r = Reader {
+            path: path.to_path_buf(),
+            file: std::io::BufReader::with_capacity(1 << 20, f),
+            hash: Fnv64::new(),
+            header: Json::Null,
+            remaining: 0,
+        };
+        let fixed = 8 + 4 + 4;
+        if len < fixed + 8 {
+            return Err(r.bad("bad magic or truncated".into()));
+        }
+        let start = r.read(fixed as usize)?;
+        if &start[..8] != MAGIC {
+            return Err(r.bad("bad magic or truncated".into()));
+        }
+        let version = u32::from_le_bytes(start[8..12].try_into().expect("4 bytes"));
+        if version != VERSION {
+            return Err(r.bad(format!(
+                "version {version}, this famstream reads version {VERSION}"
+            )));
+        }
+        let hlen = u32::from_le_bytes(start[12..16].try_into().expect("4 bytes")) as u64;
+        if hlen as usize > MAX_HEADER || fixed + hlen + 8 > len {
+            return Err(r.bad(format!("header length {hlen}")));
+        }
+        let header = r.read(hlen as usize)?;
+        r.header = serde_json::from_slice(&header).map_err(|e| r.bad(format!("header: {e}")))?;
+        r.remaining = len - fixed - hlen - 8;
+        Ok(r)
     }
-    let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
-        return Err(bad(format!(
-            "version {version}, this famstream reads version {VERSION}"
-        )));
+
+    fn bad(&self, what: String) -> Error {
+        Error::Invalid(format!(
+            "{}: not a usable snapshot: {what}",
+            self.path.display()
+        ))
     }
-    let (payload, sum) = b.split_at(b.len() - 8);
-    let mut h = Fnv64::new();
-    h.write(payload);
-    if h.finish().to_le_bytes() != sum {
-        return Err(bad("checksum mismatch (truncated or corrupted)".into()));
+
+    fn read(&mut self, n: usize) -> Result<Vec<u8>> {
+        use std::io::Read;
+        let mut b = vec![0u8; n];
+        self.file
+            .read_exact(&mut b)
+            .map_err(|e| Error::io(&self.path, "read", e))?;
+        self.hash.write(&b);
+        Ok(b)
     }
-    let hlen = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes")) as usize;
-    if hlen > MAX_HEADER || 16 + hlen > payload.len() {
-        return Err(bad(format!("header length {hlen}")));
+
+    /// Bytes of body in the file (to compare with the size the header implies before reading).
+    pub fn body_len(&self) -> u64 {
+        self.remaining
     }
-    let header: Json =
-        serde_json::from_slice(&b[16..16 + hlen]).map_err(|e| bad(format!("header: {e}")))?;
-    Ok(Snapshot {
-        header,
-        body: payload[16 + hlen..].to_vec(),
-    })
+
+    /// The next `n` bytes of the body.
+    pub fn take(&mut self, n: usize) -> Result<Vec<u8>> {
+        if n as u64 > self.remaining {
+            return Err(self.bad("body shorter than its header says".into()));
+        }
+        self.remaining -= n as u64;
+        self.read(n)
+    }
+
+    /// Check that the whole body was taken and that the checksum matches.
+    pub fn finish(mut self) -> Result<()> {
+        if self.remaining != 0 {
+            return Err(self.bad(format!("{} bytes of body left over", self.remaining)));
+        }
+        let sum = self.hash.finish().to_le_bytes();
+        let stored = {
+            use std::io::Read;
+            let mut b = [0u8; 8];
+            self.file
+                .read_exact(&mut b)
+                .map_err(|e| Error::io(&self.path, "read", e))?;
+            b
+        };
+        if sum != stored {
+            return Err(self.bad("checksum mismatch (truncated or corrupted)".into()));
+        }
+        Ok(())
+    }
 }

@@ -767,6 +767,22 @@ impl FamState {
 }
 
 impl FamState {
+    /// The state's tensors in snapshot order: per layer K, V; then per layer FAM rows; then
+    /// per layer sink keys.
+    fn snapshot_tensors(&self) -> Vec<crate::ggml::Tensor<'_>> {
+        let mut out = Vec::new();
+        for il in 0..self.n_layer {
+            out.push(self.kv.k(il));
+            out.push(self.kv.v(il));
+        }
+        for set in [&self.fam, &self.sinks].into_iter().flatten() {
+            for il in 0..self.n_layer {
+                out.push(set.get(il));
+            }
+        }
+        out
+    }
+
     /// Save the whole stream state (and the caller's `extra` JSON) to `path`, atomically.
     pub fn save(
         &self,
@@ -774,7 +790,7 @@ impl FamState {
         model: &Model,
         extra: serde_json::Value,
     ) -> Result<()> {
-        use crate::snapshot::{settings_json, write, Snapshot};
+        use crate::snapshot::{settings_json, write};
         let header = serde_json::json!({
             "model_fingerprint": format!("{:016x}", model.fingerprint()),
             "settings": settings_json(&self.settings),
@@ -785,20 +801,11 @@ impl FamState {
             "initialised": self.initialised, "seed_tokens": self.seed_tokens, "bos": self.bos,
             "extra": extra,
         });
-        let mut body: Vec<u8> = Vec::with_capacity(self.state_bytes() + 8 * self.slot_pos.len());
-        for p in &self.slot_pos {
-            body.extend_from_slice(&p.to_le_bytes());
-        }
-        for il in 0..self.n_layer {
-            body.extend(self.kv.k(il).read_bytes()?);
-            body.extend(self.kv.v(il).read_bytes()?);
-        }
-        for set in [&self.fam, &self.sinks].into_iter().flatten() {
-            for il in 0..self.n_layer {
-                body.extend(set.get(il).read_bytes()?);
-            }
-        }
-        write(path.as_ref(), &Snapshot { header, body })
+        let positions: Vec<u8> = self.slot_pos.iter().flat_map(|p| p.to_le_bytes()).collect();
+        let tensors = self.snapshot_tensors();
+        let parts =
+            std::iter::once(Ok(positions)).chain(tensors.into_iter().map(|t| t.read_bytes()));
+        write(path.as_ref(), &header, parts)
     }
 
     /// Load a snapshot for `model`. Refuses snapshots of another model, or (when `expected` is
@@ -809,10 +816,10 @@ impl FamState {
         backend: &Backend,
         expected: Option<&FamSettings>,
     ) -> Result<(FamState, serde_json::Value)> {
-        use crate::snapshot::{read, settings_from_json};
+        use crate::snapshot::{settings_from_json, Reader};
         let path = path.as_ref();
-        let snap = read(path)?;
-        let h = &snap.header;
+        let mut snap = Reader::open(path)?;
+        let h = &snap.header.clone();
         let bad = |what: String| Error::Invalid(format!("{}: {what}", path.display()));
         let fp = format!("{:016x}", model.fingerprint());
         if h["model_fingerprint"].as_str() != Some(fp.as_str()) {
@@ -868,44 +875,24 @@ impl FamState {
         if st.fam_pos.len() != st.n_fam {
             return Err(bad("fam_pos length".into()));
         }
-        // Body: exact size check first, then copy.
+        // Body: exact size check first, then copy tensor by tensor; the checksum is verified
+        // at the end (a corrupted file's state is dropped, never returned).
         let n_slots = st.slot_pos.len();
-        let kv_bytes = |t: crate::ggml::Tensor<'_>| t.nbytes();
-        let mut expect = 8 * n_slots;
-        for il in 0..st.n_layer {
-            expect += kv_bytes(st.kv.k(il)) + kv_bytes(st.kv.v(il));
-        }
-        for set in [&st.fam, &st.sinks].into_iter().flatten() {
-            for il in 0..st.n_layer {
-                expect += set.get(il).nbytes();
-            }
-        }
-        if snap.body.len() != expect {
+        let tensors = st.snapshot_tensors();
+        let expect = 8 * n_slots + tensors.iter().map(|t| t.nbytes()).sum::<usize>();
+        if snap.body_len() != expect as u64 {
             return Err(bad(format!(
                 "body of {} bytes, expected {expect}",
-                snap.body.len()
+                snap.body_len()
             )));
         }
-        let mut off = 0;
-        let mut take = |n: usize| {
-            let s = &snap.body[off..off + n];
-            off += n;
-            s
-        };
-        for (i, c) in take(8 * n_slots).chunks_exact(8).enumerate() {
-            st.slot_pos[i] = i64::from_le_bytes(c.try_into().expect("8 bytes"));
+        let positions = snap.take(8 * n_slots)?;
+        for t in tensors {
+            t.write_bytes(0, &snap.take(t.nbytes())?)?;
         }
-        for il in 0..st.n_layer {
-            let k = st.kv.k(il);
-            k.write_bytes(0, take(k.nbytes()))?;
-            let v = st.kv.v(il);
-            v.write_bytes(0, take(v.nbytes()))?;
-        }
-        for set in [&st.fam, &st.sinks].into_iter().flatten() {
-            for il in 0..st.n_layer {
-                let t = set.get(il);
-                t.write_bytes(0, take(t.nbytes()))?;
-            }
+        snap.finish()?;
+        for (p, c) in st.slot_pos.iter_mut().zip(positions.chunks_exact(8)) {
+            *p = i64::from_le_bytes(c.try_into().expect("8 bytes"));
         }
         Ok((st, h["extra"].clone()))
     }

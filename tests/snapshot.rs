@@ -114,8 +114,16 @@ fn bad_snapshots_are_refused() {
     std::fs::write(dir.join("corrupt.snap"), &c).unwrap();
     assert!(err(&dir.join("corrupt.snap"), &m, None).contains("checksum mismatch"));
     // truncated
+    // truncated: the body is shorter than the header's shapes imply (checked before reading)
     std::fs::write(dir.join("trunc.snap"), &bytes[..bytes.len() - 1000]).unwrap();
-    assert!(err(&dir.join("trunc.snap"), &m, None).contains("checksum mismatch"));
+    let e = err(&dir.join("trunc.snap"), &m, None);
+    assert!(e.contains("body of") && e.contains("expected"), "{e}");
+    // corrupted header: refused while parsing it, before any body is read
+    let mut c = bytes.clone();
+    c[17] = b'#';
+    std::fs::write(dir.join("header.snap"), &c).unwrap();
+    let e = err(&dir.join("header.snap"), &m, None);
+    assert!(e.contains("header"), "{e}");
     std::fs::write(dir.join("tiny.snap"), &bytes[..10]).unwrap();
     assert!(err(&dir.join("tiny.snap"), &m, None).contains("truncated"));
     // not a snapshot
