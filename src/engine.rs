@@ -7,6 +7,7 @@ use crate::forward::{
     build_fam_graph, build_kshift_graph, build_kv_copy_graph, build_token_graph, graph_size,
     SinkStore, TokenBatchShape,
 };
+use crate::forward::{TokenInputs, TokenOutputs};
 use crate::ggml::{Allocator, Backend, Context, Graph, Tensor};
 use crate::kv::KvStore;
 use crate::model::Model;
@@ -64,7 +65,38 @@ pub struct Engine {
     alloc: Allocator,
     /// Unique per engine in this process (a stream reserves compute space once per engine).
     id: u64,
+    /// The last token graph, kept for the next batch of the same shape on the same store: a
+    /// decoded token then builds nothing, and allocates nothing while no other graph ran in
+    /// between (llama.cpp reuses its decode graph the same way).
+    token_graph: Option<CachedTokenGraph>,
 }
+
+/// What a cached token graph was built for: equal keys give identical graphs.
+#[derive(PartialEq, Eq, Clone, Copy)]
+struct TokenGraphKey {
+    shape: TokenBatchShape,
+    model: *const Model,
+    kv: u64,
+    /// First sink tensor's header (sink stores live and die with their K/V store).
+    sinks: Option<usize>,
+}
+
+struct CachedTokenGraph {
+    key: TokenGraphKey,
+    /// The allocator generation at which this graph's tensors were placed (`None`: not yet).
+    placed_at: Option<u64>,
+    // The handles below point into `ctx`, the engine's model and the K/V store `key.kv`.
+    // They are used only while the key matches, that is while the caller passes that very
+    // store (so it is alive) and the engine still holds that model.
+    graph: Graph<'static>,
+    inp: TokenInputs<'static>,
+    out: TokenOutputs<'static>,
+    _ctx: Context,
+}
+
+// SAFETY: the cached graph is plain ggml memory owned by (or, for the store and the model,
+// borrowed for the duration of each use by) the engine; ggml has no thread affinity.
+unsafe impl Send for CachedTokenGraph {}
 
 impl Engine {
     /// An engine for `model` computing on `backend` (the one the model was loaded for).
@@ -82,6 +114,7 @@ impl Engine {
             backend,
             alloc,
             id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
+            token_graph: None,
         })
     }
 
@@ -201,11 +234,46 @@ impl Engine {
             n_sink_capture: b.sink_capture.len(),
             n_sink_rotate: b.sink_rotate.len(),
         };
-        let model = self.model.clone();
-        let ctx = self.new_ctx()?;
-        let store = sinks.map(|s| SinkStore { k_raw: s.to_vec() });
-        let (graph, inp, out) = build_token_graph(&ctx, &model, kv, store.as_ref(), shape);
-        self.run(&graph, || {
+        let key = TokenGraphKey {
+            shape,
+            model: Arc::as_ptr(&self.model),
+            kv: kv.id(),
+            sinks: sinks.and_then(|s| s.first()).map(|t| t.addr()),
+        };
+        if self.token_graph.as_ref().is_none_or(|c| c.key != key) {
+            self.token_graph = None;
+            let model = self.model.clone();
+            let ctx = self.new_ctx()?;
+            let store = sinks.map(|s| SinkStore { k_raw: s.to_vec() });
+            let (graph, inp, out) = build_token_graph(&ctx, &model, kv, store.as_ref(), shape);
+            // SAFETY: only lifetimes change. The handles point into `ctx` (moved into the cache
+            // with them), the model (held by the engine, checked by the key) and `kv` (checked
+            // by its unique id on every use); see `CachedTokenGraph`.
+            let (graph, inp, out) = unsafe {
+                (
+                    std::mem::transmute::<Graph<'_>, Graph<'static>>(graph),
+                    std::mem::transmute::<TokenInputs<'_>, TokenInputs<'static>>(inp),
+                    std::mem::transmute::<TokenOutputs<'_>, TokenOutputs<'static>>(out),
+                )
+            };
+            self.token_graph = Some(CachedTokenGraph {
+                key,
+                placed_at: None,
+                graph,
+                inp,
+                out,
+                _ctx: ctx,
+            });
+        }
+        let c = self.token_graph.as_mut().expect("set above");
+        if c.placed_at != Some(self.alloc.generation()) {
+            // Placements are lost once another graph was allocated (or space reserved).
+            c.placed_at = None;
+            self.alloc.alloc_graph(&c.graph)?;
+            c.placed_at = Some(self.alloc.generation());
+        }
+        let (inp, out) = (&c.inp, &c.out);
+        {
             let tokens: Vec<i32> = b.tokens.iter().map(|&t| t as i32).collect();
             inp.tokens.write_i32(&tokens)?;
             inp.pos.write_i32(b.pos)?;
@@ -235,8 +303,8 @@ impl Engine {
                     as_bytes(&b.sink_rotate.iter().map(|c| c.1).collect::<Vec<_>>()),
                 )?;
             }
-            Ok(())
-        })?;
+        }
+        self.backend.compute(&c.graph)?;
         let logits = out.logits.read_f32()?;
         let layer_inputs = out
             .layer_inputs

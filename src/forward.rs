@@ -46,7 +46,7 @@ pub struct TokenOutputs<'a> {
 }
 
 /// Graph dimensions of a token batch.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TokenBatchShape {
     pub n_tokens: usize,
     /// Attend over KV slots [0, n_kv).

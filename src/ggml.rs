@@ -170,6 +170,10 @@ impl<'a> Tensor<'a> {
         // SAFETY: the header lives in the context arena for 'a; we only read plain fields.
         unsafe { self.ptr.as_ref() }
     }
+    /// The header's address: an identity for as long as the tensor lives.
+    pub fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
     /// Shape, ggml order (`ne[0]` is the row length).
     pub fn ne(&self) -> [i64; 4] {
         self.hdr().ne
@@ -299,10 +303,18 @@ impl<'a> Tensor<'a> {
     /// Read an f32 tensor.
     pub fn read_f32(&self) -> Result<Vec<f32>> {
         self.check_type(GgmlType::F32)?;
-        let b = self.read_bytes()?;
-        Ok(b.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        let n = self.nbytes() / 4;
+        // One copy straight into the result: no zero-fill, no byte buffer in between (this
+        // runs on every decoded token for the logits).
+        let mut out = Vec::<f32>::with_capacity(n);
+        let spare = out.spare_capacity_mut();
+        // SAFETY: `spare` holds n uninitialised f32; read_f32_into only writes into its slice
+        // (it never reads it), and it fills all n values or fails, before set_len.
+        let dst = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<f32>(), n) };
+        self.read_f32_into(0, dst)?;
+        // SAFETY: all n values were written above.
+        unsafe { out.set_len(n) };
+        Ok(out)
     }
     /// Read part of an f32 tensor into `out`: `out.len()` values starting at element `start`.
     pub fn read_f32_into(&self, start: usize, out: &mut [f32]) -> Result<()> {
@@ -891,6 +903,10 @@ impl Drop for Backend {
 /// keeps and grows as needed, so repeated graphs of the same shape allocate nothing.
 pub struct Allocator {
     ptr: NonNull<sys::ggml_gallocr>,
+    /// Bumped by every allocation or reservation: a graph allocated at generation g still has
+    /// valid placements while the generation is g (nothing else was placed over them and the
+    /// buffer was not reallocated).
+    generation: u64,
 }
 
 // SAFETY: owned allocator, used through &mut.
@@ -904,11 +920,12 @@ impl Allocator {
             sys::ggml_gallocr_new(buft)
         };
         NonNull::new(ptr)
-            .map(|ptr| Allocator { ptr })
+            .map(|ptr| Allocator { ptr, generation: 0 })
             .ok_or_else(|| Error::Ggml("cannot create a graph allocator".into()))
     }
     /// Allocate every unallocated tensor of `graph`.
     pub fn alloc_graph(&mut self, graph: &Graph<'_>) -> Result<()> {
+        self.generation += 1;
         // SAFETY: valid allocator and graph.
         if unsafe { sys::ggml_gallocr_alloc_graph(self.ptr.as_ptr(), graph.raw()) } {
             Ok(())
@@ -918,12 +935,17 @@ impl Allocator {
     }
     /// Size the compute buffer for `graph` (and anything smaller) without allocating its tensors.
     pub fn reserve(&mut self, graph: &Graph<'_>) -> Result<()> {
+        self.generation += 1;
         // SAFETY: valid allocator and graph.
         if unsafe { sys::ggml_gallocr_reserve(self.ptr.as_ptr(), graph.raw()) } {
             Ok(())
         } else {
             Err(Error::Ggml("cannot reserve the compute buffer".into()))
         }
+    }
+    /// See the field: changes whenever placements made before may have become invalid.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
     /// Bytes of the compute buffer.
     pub fn buffer_size(&self) -> usize {

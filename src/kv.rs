@@ -9,8 +9,13 @@ use crate::error::Result;
 use crate::ggml::{Backend, Tensor, TensorSet};
 use crate::model::HParams;
 
+/// Identities of K/V stores, unique in the process (an engine's cached graph names the store
+/// it writes to by this id, never by an address that a later store could reuse).
+static NEXT_KV_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub struct KvStore {
     set: TensorSet,
+    id: u64,
     n_layer: usize,
     n_slots: usize,
     /// Row width: n_head_kv * head_dim.
@@ -36,6 +41,7 @@ impl KvStore {
         set.alloc_all(backend)?;
         Ok(KvStore {
             set,
+            id: NEXT_KV_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             n_layer: hp.n_layer,
             n_slots,
             n_embd_kv,
@@ -46,6 +52,10 @@ impl KvStore {
     }
     pub fn v(&self, il: usize) -> Tensor<'_> {
         self.set.get(2 * il + 1)
+    }
+    /// This store's identity, unique in the process.
+    pub fn id(&self) -> u64 {
+        self.id
     }
     pub fn n_slots(&self) -> usize {
         self.n_slots

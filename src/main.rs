@@ -444,6 +444,10 @@ enum Command {
         /// Also report the mean KL divergence from full attention over the first N positions.
         #[arg(long = "kl-vs-full", default_value_t = 0)]
         kl_vs_full: usize,
+        /// Stream without scoring: no logits are computed (as `summarize` and `chat` read their
+        /// input), and each segment reports only time per token and peak RSS.
+        #[arg(long = "no-scores", conflicts_with = "kl_vs_full")]
+        no_scores: bool,
         #[command(flatten)]
         memory: MemoryArgs,
     },
@@ -988,6 +992,7 @@ fn run(cli: Cli) -> Result<()> {
             segment,
             segment_log,
             kl_vs_full,
+            no_scores,
             memory,
         } if memory.memory.is_some() => {
             let mut seg_log = match &segment_log {
@@ -1035,6 +1040,7 @@ fn run(cli: Cli) -> Result<()> {
                 &tokens,
                 segment,
                 chunk,
+                !no_scores,
                 |start, logits| {
                     let Some((e, st)) = reference.as_mut() else {
                         return;
@@ -1073,7 +1079,8 @@ fn run(cli: Cli) -> Result<()> {
                 let j = serde_json::json!({
                     "memory": settings.policy.as_str(), "block_size": settings.block_size,
                     "mem_blocks": settings.mem_blocks, "fam_len": settings.fam_len, "sinks": settings.sinks,
-                    "fam_init": settings.init.as_str(), "perplexity": r.perplexity, "nll": r.nll,
+                    "fam_init": settings.init.as_str(), "scored": !no_scores,
+                    "perplexity": r.perplexity, "nll": r.nll,
                     "tokens_scored": r.tokens_scored, "segments": segs, "seconds": r.seconds,
                     "tokens_per_second": r.tokens_scored as f64 / r.seconds,
                     "kl_vs_full": kl, "kl_positions": kl_count,
@@ -1093,7 +1100,7 @@ fn run(cli: Cli) -> Result<()> {
                         "  tokens {:>9}..{:<9} perplexity {:.4}  {:.1} tok/s  peak RSS {} MiB",
                         g.start,
                         g.start + g.tokens,
-                        g.perplexity,
+                        g.perplexity, // NaN with --no-scores
                         g.tokens_per_second(),
                         g.peak_rss_bytes.unwrap_or(0) >> 20
                     );

@@ -150,7 +150,8 @@ impl Acc {
     }
 }
 
-/// Feed `tokens` through `state` in chunks of `chunk`, scoring each prediction. `on_logits`
+/// Feed `tokens` through `state` in chunks of `chunk`, scoring each prediction (unless `score`
+/// is false: then no logits are computed and perplexities are NaN). `on_logits`
 /// sees each chunk's logits (row-major) with the stream index of its first row, and
 /// `on_progress(tokens_done)` reports progress and `on_segment` sees each segment as soon as it
 /// is complete (so a run of hours leaves its measurements behind even if it is stopped).
@@ -160,6 +161,7 @@ pub fn streaming(
     tokens: &[u32],
     segment: usize,
     chunk: usize,
+    score: bool,
     mut on_logits: impl FnMut(usize, &[f32]),
     mut on_progress: impl FnMut(usize),
     mut on_segment: impl FnMut(&Segment),
@@ -180,7 +182,8 @@ pub fn streaming(
         let end = (i + chunk).min(tokens.len() - 1);
         let tc = std::time::Instant::now();
         let cpu0 = crate::util::process_cpu_seconds();
-        let logits = state.feed(eng, &tokens[i..end], Logits::All)?;
+        let want = if score { Logits::All } else { Logits::None };
+        let logits = state.feed(eng, &tokens[i..end], want)?;
         let per_token = tc.elapsed().as_secs_f64() / (end - i) as f64;
         let cpu_per_token = cpu0
             .zip(crate::util::process_cpu_seconds())
@@ -199,7 +202,12 @@ pub fn streaming(
                     ..Acc::default()
                 };
             }
-            let l = nll(&logits[r * nv..(r + 1) * nv], tokens[target]);
+            // Without scores every segment's perplexity (and the mean) comes out NaN.
+            let l = if score {
+                nll(&logits[r * nv..(r + 1) * nv], tokens[target])
+            } else {
+                f64::NAN
+            };
             sum += l;
             count += 1;
             seg.nll += l;
