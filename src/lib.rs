@@ -48,8 +48,11 @@
 //! - [`kv`]: per-layer K/V slot storage (f16).
 //! - [`state`]: `FamState`, the fixed-size per-stream state and the memory policies.
 //! - [`settings`]: the `fam.*` keys and memory policies (`full`, `bswa`, `sink`, `fam`).
-//! - [`snapshot`]: the on-disk state format (versioned, checksummed).
-//! - [`engine`]: runs graphs for a state on a backend.
+//! - [`snapshot`]: the on-disk state format (versioned, checksummed), written and read one
+//!   tensor at a time (saving a session never holds a second copy of its state).
+//! - [`engine`]: runs graphs for a state on a backend; keeps the last token graph and reuses it
+//!   for the next batch of the same shape on the same K/V store (a decoded token builds and
+//!   places nothing while no other graph ran in between).
 //! - [`tokenizer`]: byte-level BPE (GPT-2 style) and SentencePiece BPE, from GGUF metadata.
 //! - [`sample`], [`chat`], [`runtime`]: sampling, chat templates, the embedding API.
 //! - [`perplexity`], [`passkey`], [`bench`]: evaluation and speed.
@@ -68,7 +71,9 @@
 //! - `llama_*` functions (llama.cpp proper) are never called by the library or CLI; tests and
 //!   benches use them as an independent oracle. Compute goes through `ggml_*` only.
 //! - Every output file is written to a temporary name and renamed when complete.
-//! - `unsafe` lives in [`ggml`] (FFI) and in [`gguf`] (the mmap); each block says why it is sound.
+//! - `unsafe` lives in [`ggml`] (FFI), in [`gguf`] (the mmap) and in [`engine`] (the cached
+//!   token graph's handles outlive their borrow; they are used only while their key names the
+//!   very K/V store and model passed in); each block says why it is sound.
 //! - A `FamState`'s memory is fixed at creation: it depends on the model and (B, M, F, S), never on
 //!   the stream's length. Positions handed to ggml stay small (RoPE origin rebasing), so numerics
 //!   do not degrade with stream length.
