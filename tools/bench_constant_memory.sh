@@ -14,20 +14,28 @@
 # so a stopped run still leaves its measurements. `fam-reread` is fam with the training-free
 # reread feedback (the paper's rule diverges on an un-tuned model; see the README).
 #   POLICIES="fam-reread sink bswa" TOKENS=520000 tools/bench_constant_memory.sh
+# STREAM=1: pure ingestion instead (`perplexity --no-scores`: no logits, as summarize and chat
+# read their input), THREADS=2 and TOKENS=1000001 by default, into results/stream/: the
+# "peak RSS for 1M streamed tokens" of the speed targets (~2 hours per policy at 2 threads).
 source "$(dirname "$0")/lib.sh"
-mkdir -p results/memory
 text=target/moby_then_shakespeare.txt
 [ -s $text ] || cat ../shared/data/moby_dick.txt ../shared/data/shakespeare_37_plays.txt > $text
+if [ "${STREAM:-0}" = 1 ]; then
+  dir=results/stream extra=--no-scores threads=${THREADS:-2} tokens=${TOKENS:-1000001}
+else
+  dir=results/memory extra= threads=${THREADS:-1} tokens=${TOKENS:-520000}
+fi
+mkdir -p $dir
 for p in ${POLICIES:-fam-reread sink bswa}; do
   case $p in
     fam-reread) args="--memory fam --fam-feedback reread" ;;
     *) args="--memory $p" ;;
   esac
-  f=results/memory/$p.json
+  f=$dir/$p.json
   if [ ! -s "$f" ]; then
-    rm -f "results/memory/$p.segments.jsonl"
-    nice -n 10 $BIN perplexity -m "$M" -t 1 -f $text $args \
-      --max-tokens ${TOKENS:-520000} --segment 8192 --segment-log "results/memory/$p.segments.jsonl" \
+    rm -f "$dir/$p.segments.jsonl"
+    nice -n 10 $BIN perplexity -m "$M" -t $threads -f $text $args $extra \
+      --max-tokens $tokens --segment 8192 --segment-log "$dir/$p.segments.jsonl" \
       --json > "$f.tmp" && mv "$f.tmp" "$f"
   fi
   python3 tools/longrun.py "$f"

@@ -24,10 +24,13 @@ def summary(name, seg, finished=True):
     cpu = lambda s: s["cpu_seconds"] / s["tokens"] * 1e3
     wall = lambda s: 1e3 / s["tokens_per_second"]
     end = b["start"] + b["tokens"]
+    far = ""
+    if end > 600000:  # a 1M stream: also the last segment's time
+        far = f", {cpu(b):.2f} at {b['start']} (ratio {cpu(b) / cpu(t0):.3f})"
     return (f"{name}: {end} tokens streamed{'' if finished else ' (run not finished)'}; "
             f"peak RSS {a['peak_rss_bytes'] / 2**20:.1f} MiB after {a['start'] + a['tokens']} tokens, "
             f"{b['peak_rss_bytes'] / 2**20:.1f} MiB after {end} (ratio {b['peak_rss_bytes'] / a['peak_rss_bytes']:.4f}); "
-            f"CPU ms/token {cpu(t0):.2f} at {t0['start']}, {cpu(t1):.2f} at {t1['start']} (ratio {cpu(t1) / cpu(t0):.3f}); "
+            f"CPU ms/token {cpu(t0):.2f} at {t0['start']}, {cpu(t1):.2f} at {t1['start']} (ratio {cpu(t1) / cpu(t0):.3f}){far}; "
             f"wall ms/token {wall(t0):.2f} -> {wall(t1):.2f} (ratio {wall(t1) / wall(t0):.3f})")
 
 

@@ -86,3 +86,35 @@ if mem:
         text = text.replace("<!-- results:end -->", f"<!-- results:end -->\n\n<!-- longrun:begin -->\n{long_table}\n<!-- longrun:end -->")
     readme.write_text(text)
     print(long_table)
+
+# Pure-ingestion streams (STREAM=1 tools/bench_constant_memory.sh, `perplexity --no-scores`):
+# peak RSS and time per token along up to 1M tokens, against llama.cpp's peak RSS with an 8k
+# context (results/speed/rss-llama-8k.json, tools/bench_targets.sh).
+sdir = d.parent / "stream"
+streams = {}
+for f in sorted(sdir.glob("*.json")):
+    streams[f.stem] = load(f)
+for f in sorted(sdir.glob("*.segments.jsonl")):
+    p = f.name[: -len(".segments.jsonl")]
+    if p not in streams:
+        segs, finished = load(f)
+        if segs:
+            streams[p] = (segs, finished)
+if streams:
+    lines = ["Streams without scoring (`STREAM=1 tools/bench_constant_memory.sh`: `perplexity "
+             "--no-scores`, two compute threads, defaults B=1024, M=3, S=4), Moby-Dick then the plays:", ""]
+    llama = d.parent / "speed" / "rss-llama-8k.json"
+    l_rss = json.loads(llama.read_text())["peak_rss_bytes"] if llama.exists() else None
+    for p, (segs, finished) in streams.items():
+        line = "- " + summary(p, segs, finished)
+        if l_rss:
+            end_rss = segs[-1]["peak_rss_bytes"]
+            line += (f"; peak RSS at the end vs llama.cpp with an 8k context: "
+                     f"{end_rss / 2**20:.0f} / {l_rss / 2**20:.0f} MiB = {end_rss / l_rss:.2f}")
+        lines.append(line)
+    stream_text = "\n".join(lines)
+    text = readme.read_text()
+    if "<!-- stream:begin -->" in text:
+        text = re.sub(r"<!-- stream:begin -->.*<!-- stream:end -->", f"<!-- stream:begin -->\n{stream_text}\n<!-- stream:end -->", text, flags=re.S)
+        readme.write_text(text)
+    print(stream_text)
