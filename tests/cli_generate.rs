@@ -148,6 +148,71 @@ fn perplexity_json_on_a_text_file() {
 }
 
 #[test]
+fn streaming_perplexity_logs_segments_with_or_without_scores() {
+    let m = common::model_path();
+    let dir = common::scratch_dir("cli-ppl-stream");
+    let f = dir.join("t.txt");
+    std::fs::write(&f, &common::shared_text("moby_dick.txt")[..4000]).unwrap();
+    let run = |no_scores: bool| {
+        let log = dir.join(format!("seg-{no_scores}.jsonl"));
+        let _ = std::fs::remove_file(&log);
+        let mut cmd = famstream();
+        cmd.args([
+            "perplexity",
+            "-m",
+            m.to_str().unwrap(),
+            "-f",
+            f.to_str().unwrap(),
+        ])
+        .args(["--memory", "bswa", "--block", "64", "--mem-blocks", "1"])
+        .args(["--max-tokens", "300", "--segment", "100", "--json"])
+        .arg("--segment-log")
+        .arg(&log);
+        if no_scores {
+            cmd.arg("--no-scores");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (j, lines)
+    };
+    let (scored, scored_log) = run(false);
+    let (plain, plain_log) = run(true);
+    // 299 predictions (targets 1..299) in segments of 100, each logged as soon as it was done, in both modes.
+    for (j, log) in [(&scored, &scored_log), (&plain, &plain_log)] {
+        let segs = j["segments"].as_array().unwrap();
+        assert_eq!(segs.len(), 3, "{j}");
+        assert_eq!(log.len(), 3);
+        for (s, l) in segs.iter().zip(log) {
+            assert_eq!(s["start"], l["start"]);
+            assert_eq!(s["tokens"], l["tokens"]);
+            assert!(l["peak_rss_bytes"].as_u64().unwrap() > 0);
+        }
+        assert_eq!(segs[0]["tokens"], 99); // the first token is only context
+    }
+    assert_eq!(scored["scored"], true);
+    let ppl = scored["perplexity"].as_f64().unwrap();
+    assert!(ppl > 2.0 && ppl < 500.0, "{ppl}");
+    assert!(scored_log
+        .iter()
+        .all(|l| l["perplexity"].as_f64().is_some()));
+    // Without scores: no perplexity anywhere, the same state.
+    assert_eq!(plain["scored"], false);
+    assert!(plain["perplexity"].is_null());
+    assert!(plain_log.iter().all(|l| l["perplexity"].is_null()));
+    assert_eq!(plain["state_bytes"], scored["state_bytes"]);
+}
+
+#[test]
 fn bad_inputs_fail_with_a_message_and_no_panic() {
     let m = common::model_path();
     let dir = common::scratch_dir("cli-badin");
