@@ -72,22 +72,23 @@ pub struct Engine {
 }
 
 /// What a cached token graph was built for: equal keys give identical graphs.
-#[derive(PartialEq, Eq, Clone, Copy)]
+#[derive(PartialEq, Eq)]
 struct TokenGraphKey {
     shape: TokenBatchShape,
-    model: *const Model,
     kv: u64,
-    /// First sink tensor's header (sink stores live and die with their K/V store).
-    sinks: Option<usize>,
+    /// The sink tensors' headers (sink stores live and die with their K/V store).
+    sinks: Option<Vec<usize>>,
 }
 
 struct CachedTokenGraph {
     key: TokenGraphKey,
-    /// The allocator generation at which this graph's tensors were placed (`None`: not yet).
-    placed_at: Option<u64>,
-    // The handles below point into `ctx`, the engine's model and the K/V store `key.kv`.
-    // They are used only while the key matches, that is while the caller passes that very
-    // store (so it is alive) and the engine still holds that model.
+    /// The model the graph reads (held, so its address cannot be reused while cached).
+    model: Arc<Model>,
+    /// The allocator generation at which this graph's tensors were placed.
+    placed_at: u64,
+    // The handles below point into `ctx`, `model` and the K/V store `key.kv`. They are used
+    // only while the key matches, that is while the caller passes that very store (so it is
+    // alive), and while the engine still holds that model.
     graph: Graph<'static>,
     inp: TokenInputs<'static>,
     out: TokenOutputs<'static>,
@@ -236,11 +237,19 @@ impl Engine {
         };
         let key = TokenGraphKey {
             shape,
-            model: Arc::as_ptr(&self.model),
             kv: kv.id(),
-            sinks: sinks.and_then(|s| s.first()).map(|t| t.addr()),
+            sinks: sinks.map(|s| s.iter().map(|t| t.addr()).collect()),
         };
-        if self.token_graph.as_ref().is_none_or(|c| c.key != key) {
+        // Reuse only while nothing else was placed since (allocator generation): ggml's
+        // allocator treats tensors that already have data as placed, so a graph cannot be
+        // re-placed after the buffer moved (it grows by reallocation); it is rebuilt instead.
+        // Between decoded tokens of a block nothing else runs, so decode keeps its graph.
+        let reusable = self.token_graph.as_ref().is_some_and(|c| {
+            c.key == key
+                && Arc::ptr_eq(&c.model, &self.model)
+                && c.placed_at == self.alloc.generation()
+        });
+        if !reusable {
             self.token_graph = None;
             let model = self.model.clone();
             let ctx = self.new_ctx()?;
@@ -256,22 +265,18 @@ impl Engine {
                     std::mem::transmute::<TokenOutputs<'_>, TokenOutputs<'static>>(out),
                 )
             };
+            self.alloc.alloc_graph(&graph)?;
             self.token_graph = Some(CachedTokenGraph {
                 key,
-                placed_at: None,
+                model,
+                placed_at: self.alloc.generation(),
                 graph,
                 inp,
                 out,
                 _ctx: ctx,
             });
         }
-        let c = self.token_graph.as_mut().expect("set above");
-        if c.placed_at != Some(self.alloc.generation()) {
-            // Placements are lost once another graph was allocated (or space reserved).
-            c.placed_at = None;
-            self.alloc.alloc_graph(&c.graph)?;
-            c.placed_at = Some(self.alloc.generation());
-        }
+        let c = self.token_graph.as_ref().expect("set above");
         let (inp, out) = (&c.inp, &c.out);
         {
             let tokens: Vec<i32> = b.tokens.iter().map(|&t| t as i32).collect();

@@ -903,9 +903,9 @@ impl Drop for Backend {
 /// keeps and grows as needed, so repeated graphs of the same shape allocate nothing.
 pub struct Allocator {
     ptr: NonNull<sys::ggml_gallocr>,
-    /// Bumped by every allocation or reservation: a graph allocated at generation g still has
-    /// valid placements while the generation is g (nothing else was placed over them and the
-    /// buffer was not reallocated).
+    /// Bumped by every allocation or reservation. A graph placed at generation g keeps valid
+    /// placements while the generation is g; after that it must be rebuilt, not placed again
+    /// (ggml's allocator skips tensors that already have data, and a growing buffer moves).
     generation: u64,
 }
 

@@ -444,8 +444,8 @@ enum Command {
         /// Also report the mean KL divergence from full attention over the first N positions.
         #[arg(long = "kl-vs-full", default_value_t = 0)]
         kl_vs_full: usize,
-        /// Stream without scoring: no logits are computed (as `summarize` and `chat` read their
-        /// input), and each segment reports only time per token and peak RSS.
+        /// Stream without scoring (with --memory): logits only for each chunk's last row, as
+        /// `summarize` and `chat` read their input; segments report time per token and peak RSS.
         #[arg(long = "no-scores", conflicts_with = "kl_vs_full")]
         no_scores: bool,
         #[command(flatten)]
@@ -1088,19 +1088,29 @@ fn run(cli: Cli) -> Result<()> {
                 });
                 print_json(&j);
             } else {
-                println!(
-                    "memory {} perplexity {:.4} over {} tokens ({:.1} tok/s)",
-                    settings.policy,
-                    r.perplexity,
-                    r.tokens_scored,
-                    r.tokens_scored as f64 / r.seconds
-                );
-                for g in &r.segments {
+                let tps = r.tokens_scored as f64 / r.seconds;
+                if no_scores {
+                    let n = r.tokens_scored;
                     println!(
-                        "  tokens {:>9}..{:<9} perplexity {:.4}  {:.1} tok/s  peak RSS {} MiB",
+                        "memory {} streamed {n} tokens ({tps:.1} tok/s)",
+                        settings.policy
+                    );
+                } else {
+                    println!(
+                        "memory {} perplexity {:.4} over {} tokens ({tps:.1} tok/s)",
+                        settings.policy, r.perplexity, r.tokens_scored
+                    );
+                }
+                for g in &r.segments {
+                    let ppl = if g.perplexity.is_nan() {
+                        "-".to_string() // --no-scores
+                    } else {
+                        format!("{:.4}", g.perplexity)
+                    };
+                    println!(
+                        "  tokens {:>9}..{:<9} perplexity {ppl}  {:.1} tok/s  peak RSS {} MiB",
                         g.start,
                         g.start + g.tokens,
-                        g.perplexity, // NaN with --no-scores
                         g.tokens_per_second(),
                         g.peak_rss_bytes.unwrap_or(0) >> 20
                     );
@@ -1160,6 +1170,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Perplexity {
+            no_scores: true, ..
+        } => Err(Error::Invalid(
+            "--no-scores streams through a memory policy: add --memory P".into(),
+        )),
         Command::Perplexity {
             model,
             file,

@@ -151,7 +151,8 @@ impl Acc {
 }
 
 /// Feed `tokens` through `state` in chunks of `chunk`, scoring each prediction (unless `score`
-/// is false: then no logits are computed and perplexities are NaN). `on_logits`
+/// is false: then only each chunk's last row gets logits, unread, and perplexities are NaN).
+/// `on_logits`
 /// sees each chunk's logits (row-major) with the stream index of its first row, and
 /// `on_progress(tokens_done)` reports progress and `on_segment` sees each segment as soon as it
 /// is complete (so a run of hours leaves its measurements behind even if it is stopped).

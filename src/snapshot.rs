@@ -84,27 +84,27 @@ pub fn write(
     f.commit()
 }
 
-/// A snapshot being read: the header is parsed and the body is read part by part
-/// ([`Reader::take`]); [`Reader::finish`] verifies the checksum. Whoever fills a state from the
-/// parts must drop that state when `finish` fails.
+/// A snapshot being read. [`Reader::open`] verifies the whole file's checksum in a streaming
+/// pass before it parses anything, then the body is read part by part ([`Reader::take`]);
+/// [`Reader::finish`] checks that all of it was taken.
 pub struct Reader {
     path: std::path::PathBuf,
     file: std::io::BufReader<std::fs::File>,
-    hash: Fnv64,
     pub header: Json,
     /// Bytes of the body not yet taken.
     remaining: u64,
 }
 
 impl Reader {
-    /// Open `path` and check its magic, version, length and header.
+    /// Open `path`: check its magic and length, its checksum (one pass over the file, nothing
+    /// kept in memory), then its version and header.
     pub fn open(path: &Path) -> Result<Reader> {
+        use std::io::{Read, Seek};
         let f = std::fs::File::open(path).map_err(|e| Error::io(path, "read", e))?;
         let len = f.metadata().map_err(|e| Error::io(path, "read", e))?.len();
         let mut r = Reader {
             path: path.to_path_buf(),
             file: std::io::BufReader::with_capacity(1 << 20, f),
-            hash: Fnv64::new(),
             header: Json::Null,
             remaining: 0,
         };
@@ -112,17 +112,38 @@ impl Reader {
         if len < fixed + 8 {
             return Err(r.bad("bad magic or truncated".into()));
         }
-        let start = r.read(fixed as usize)?;
-        if &start[..8] != MAGIC {
+        if &r.read(8)?[..] != MAGIC {
             return Err(r.bad("bad magic or truncated".into()));
         }
-        let version = u32::from_le_bytes(start[8..12].try_into().expect("4 bytes"));
+        // Checksum over everything before the last 8 bytes.
+        let mut h = Fnv64::new();
+        h.write(MAGIC);
+        let mut left = len - 8 - 8;
+        let mut buf = vec![0u8; 1 << 20];
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            r.file
+                .read_exact(&mut buf[..n])
+                .map_err(|e| Error::io(path, "read", e))?;
+            h.write(&buf[..n]);
+            left -= n as u64;
+        }
+        drop(buf);
+        let stored = r.read(8)?;
+        if h.finish().to_le_bytes()[..] != stored[..] {
+            return Err(r.bad("checksum mismatch (truncated or corrupted)".into()));
+        }
+        r.file
+            .seek(std::io::SeekFrom::Start(8))
+            .map_err(|e| Error::io(path, "read", e))?;
+        let start = r.read(8)?;
+        let version = u32::from_le_bytes(start[..4].try_into().expect("4 bytes"));
         if version != VERSION {
             return Err(r.bad(format!(
                 "version {version}, this famstream reads version {VERSION}"
             )));
         }
-        let hlen = u32::from_le_bytes(start[12..16].try_into().expect("4 bytes")) as u64;
+        let hlen = u32::from_le_bytes(start[4..8].try_into().expect("4 bytes")) as u64;
         if hlen as usize > MAX_HEADER || fixed + hlen + 8 > len {
             return Err(r.bad(format!("header length {hlen}")));
         }
@@ -145,7 +166,6 @@ impl Reader {
         self.file
             .read_exact(&mut b)
             .map_err(|e| Error::io(&self.path, "read", e))?;
-        self.hash.write(&b);
         Ok(b)
     }
 
@@ -163,22 +183,10 @@ impl Reader {
         self.read(n)
     }
 
-    /// Check that the whole body was taken and that the checksum matches.
-    pub fn finish(mut self) -> Result<()> {
+    /// Check that the whole body was taken.
+    pub fn finish(self) -> Result<()> {
         if self.remaining != 0 {
             return Err(self.bad(format!("{} bytes of body left over", self.remaining)));
-        }
-        let sum = self.hash.finish().to_le_bytes();
-        let stored = {
-            use std::io::Read;
-            let mut b = [0u8; 8];
-            self.file
-                .read_exact(&mut b)
-                .map_err(|e| Error::io(&self.path, "read", e))?;
-            b
-        };
-        if sum != stored {
-            return Err(self.bad("checksum mismatch (truncated or corrupted)".into()));
         }
         Ok(())
     }

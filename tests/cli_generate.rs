@@ -210,6 +210,20 @@ fn streaming_perplexity_logs_segments_with_or_without_scores() {
     assert!(plain["perplexity"].is_null());
     assert!(plain_log.iter().all(|l| l["perplexity"].is_null()));
     assert_eq!(plain["state_bytes"], scored["state_bytes"]);
+    // Only a memory policy streams: without one the flag is refused, not ignored.
+    let out = famstream()
+        .args([
+            "perplexity",
+            "-m",
+            m.to_str().unwrap(),
+            "-f",
+            f.to_str().unwrap(),
+        ])
+        .arg("--no-scores")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--memory"));
 }
 
 #[test]
