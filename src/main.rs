@@ -448,6 +448,14 @@ enum Command {
         /// `summarize` and `chat` read their input; segments report time per token and peak RSS.
         #[arg(long = "no-scores", conflicts_with = "kl_vs_full")]
         no_scores: bool,
+        /// Save the stream's state to FILE every --checkpoint-every tokens, and resume from it
+        /// when FILE exists (same model, settings and text): a run of hours survives being
+        /// stopped. Delete FILE to start over. Needs --memory.
+        #[arg(long = "checkpoint", conflicts_with_all = ["kl_vs_full"])]
+        checkpoint: Option<PathBuf>,
+        /// Tokens between checkpoints.
+        #[arg(long = "checkpoint-every", default_value_t = 65536)]
+        checkpoint_every: usize,
         #[command(flatten)]
         memory: MemoryArgs,
     },
@@ -993,6 +1001,8 @@ fn run(cli: Cli) -> Result<()> {
             segment_log,
             kl_vs_full,
             no_scores,
+            checkpoint,
+            checkpoint_every,
             memory,
         } if memory.memory.is_some() => {
             let mut seg_log = match &segment_log {
@@ -1014,7 +1024,46 @@ fn run(cli: Cli) -> Result<()> {
             let settings = memory.settings(&rt)?;
             let mut eng = rt.engine()?;
             let n_ctx = model.ctx(&rt);
-            let mut state = memory.state(&rt, &eng, n_ctx)?;
+            // A checkpoint names the tokens it has read by their hash, so a resumed run is
+            // refused on another text (or tokenizer); the model and settings are checked by the
+            // snapshot itself.
+            let read_hash = |n: usize| {
+                let mut h = famstream::util::Fnv64::new();
+                for t in &tokens[..n] {
+                    h.write(&t.to_le_bytes());
+                }
+                format!("{:016x}", h.finish())
+            };
+            let (mut state, from) = match &checkpoint {
+                Some(p) if p.exists() => {
+                    if memory.load_state.is_some() {
+                        return Err(Error::Invalid(
+                            "--load-state and an existing --checkpoint both give a state".into(),
+                        ));
+                    }
+                    let (st, extra) = FamState::load(p, &rt.model, eng.backend(), Some(&settings))?;
+                    let bad =
+                        |what: &str| Error::Invalid(format!("checkpoint {}: {what}", p.display()));
+                    let next = extra["next"]
+                        .as_u64()
+                        .ok_or_else(|| bad("not a perplexity checkpoint"))?
+                        as usize;
+                    if next >= tokens.len().saturating_sub(1) {
+                        return Err(bad(&format!(
+                            "it has read {next} tokens; this text has {} to score (delete it to \
+                             start over)",
+                            tokens.len()
+                        )));
+                    }
+                    if extra["read_hash"].as_str() != Some(read_hash(next).as_str()) {
+                        return Err(bad("it was made on another text (delete it to start over)"));
+                    }
+                    eprintln!("resuming from checkpoint {} at token {next}", p.display());
+                    (st, next)
+                }
+                _ => (memory.state(&rt, &eng, n_ctx)?, 0),
+            };
+            let mut last_checkpoint = from;
             let chunk = if settings.policy == MemoryPolicy::Full {
                 512
             } else {
@@ -1041,6 +1090,7 @@ fn run(cli: Cli) -> Result<()> {
                 segment,
                 chunk,
                 !no_scores,
+                from,
                 |start, logits| {
                     let Some((e, st)) = reference.as_mut() else {
                         return;
@@ -1070,6 +1120,17 @@ fn run(cli: Cli) -> Result<()> {
                         let _ = f.flush();
                     }
                 },
+                |read, st| {
+                    if let Some(p) = &checkpoint {
+                        if read - last_checkpoint >= checkpoint_every {
+                            let extra =
+                                serde_json::json!({"next": read, "read_hash": read_hash(read)});
+                            st.save(p, &rt.model, extra)?;
+                            last_checkpoint = read;
+                        }
+                    }
+                    Ok(())
+                },
             )?;
             pb.finish_and_clear();
             let kl = (kl_count > 0).then(|| kl_sum / kl_count as f64);
@@ -1080,6 +1141,7 @@ fn run(cli: Cli) -> Result<()> {
                     "memory": settings.policy.as_str(), "block_size": settings.block_size,
                     "mem_blocks": settings.mem_blocks, "fam_len": settings.fam_len, "sinks": settings.sinks,
                     "fam_init": settings.init.as_str(), "scored": !no_scores,
+                    "resumed_from": from,
                     "perplexity": r.perplexity, "nll": r.nll,
                     "tokens_scored": r.tokens_scored, "segments": segs, "seconds": r.seconds,
                     "tokens_per_second": r.tokens_scored as f64 / r.seconds,
@@ -1171,9 +1233,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Perplexity {
-            no_scores: true, ..
-        } => Err(Error::Invalid(
-            "--no-scores streams through a memory policy: add --memory P".into(),
+            no_scores,
+            checkpoint,
+            memory,
+            ..
+        } if memory.memory.is_none() && (no_scores || checkpoint.is_some()) => Err(Error::Invalid(
+            "--no-scores and --checkpoint stream through a memory policy: add --memory P".into(),
         )),
         Command::Perplexity {
             model,

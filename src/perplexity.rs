@@ -150,12 +150,14 @@ impl Acc {
     }
 }
 
-/// Feed `tokens` through `state` in chunks of `chunk`, scoring each prediction (unless `score`
+/// Feed `tokens[from..]` through `state` (which has read `tokens[..from]`) in chunks of `chunk`,
+/// scoring each prediction (unless `score`
 /// is false: then only each chunk's last row gets logits, unread, and perplexities are NaN).
 /// `on_logits`
 /// sees each chunk's logits (row-major) with the stream index of its first row, and
 /// `on_progress(tokens_done)` reports progress and `on_segment` sees each segment as soon as it
-/// is complete (so a run of hours leaves its measurements behind even if it is stopped).
+/// is complete (so a run of hours leaves its measurements behind even if it is stopped), and
+/// `on_chunk(tokens_read, state)` may checkpoint the state after each chunk.
 pub fn streaming(
     eng: &mut Engine,
     state: &mut FamState,
@@ -163,11 +165,13 @@ pub fn streaming(
     segment: usize,
     chunk: usize,
     score: bool,
+    from: usize,
     mut on_logits: impl FnMut(usize, &[f32]),
     mut on_progress: impl FnMut(usize),
     mut on_segment: impl FnMut(&Segment),
+    mut on_chunk: impl FnMut(usize, &FamState) -> Result<()>,
 ) -> Result<StreamReport> {
-    if tokens.len() < 2 || segment == 0 || chunk == 0 {
+    if tokens.len() < 2 || segment == 0 || chunk == 0 || from >= tokens.len() - 1 {
         return Err(Error::Invalid(
             "streaming perplexity needs at least 2 tokens and non-zero segment/chunk sizes".into(),
         ));
@@ -177,7 +181,7 @@ pub fn streaming(
     let (mut sum, mut count) = (0.0, 0usize);
     let mut seg = Acc::default();
     let mut segments = Vec::new();
-    let mut i = 0;
+    let mut i = from;
     while i < tokens.len() - 1 {
         // The last token is only a target.
         let end = (i + chunk).min(tokens.len() - 1);
@@ -218,6 +222,7 @@ pub fn streaming(
         }
         i = end;
         on_progress(i);
+        on_chunk(i, state)?;
     }
     if seg.n > 0 {
         let done = seg.close();

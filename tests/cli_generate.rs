@@ -226,6 +226,83 @@ fn streaming_perplexity_logs_segments_with_or_without_scores() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--memory"));
 }
 
+/// A streaming run stopped after a checkpoint and started again continues where the checkpoint
+/// left off and scores the rest exactly as a run that never stopped.
+#[test]
+fn streaming_perplexity_resumes_from_its_checkpoint() {
+    let m = common::model_path();
+    let dir = common::scratch_dir("cli-ppl-resume");
+    let f = dir.join("t.txt");
+    std::fs::write(&f, &common::shared_text("moby_dick.txt")[..5000]).unwrap();
+    let other = dir.join("other.txt");
+    std::fs::write(&other, &common::shared_text("austen_emma.txt")[..5000]).unwrap();
+    let ck = dir.join("run.ckpt");
+    let _ = std::fs::remove_file(&ck);
+    let run = |text: &std::path::Path, max: &str, checkpoint: bool| {
+        let mut cmd = famstream();
+        cmd.args([
+            "perplexity",
+            "-m",
+            m.to_str().unwrap(),
+            "-f",
+            text.to_str().unwrap(),
+        ])
+        .args([
+            "--memory",
+            "sink",
+            "--block",
+            "64",
+            "--mem-blocks",
+            "1",
+            "--sinks",
+            "2",
+        ])
+        .args(["--max-tokens", max, "--segment", "100", "--json"]);
+        if checkpoint {
+            cmd.arg("--checkpoint")
+                .arg(&ck)
+                .args(["--checkpoint-every", "128"]);
+        }
+        cmd.output().unwrap()
+    };
+    let report = |out: std::process::Output| -> serde_json::Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // "Stopped": a first run that reads 300 tokens, checkpointing after 128 and 256.
+    let first = report(run(&f, "300", true));
+    assert_eq!(first["resumed_from"], 0);
+    assert!(ck.exists());
+    // Started again on the whole text: resumes at 256.
+    let resumed = report(run(&f, "600", true));
+    assert_eq!(resumed["resumed_from"], 256);
+    let never = report(run(&f, "600", false));
+    let by_start = |j: &serde_json::Value, start: u64| {
+        j["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["start"] == start)
+            .cloned()
+            .unwrap_or_else(|| panic!("no segment at {start}: {j}"))
+    };
+    for start in [300, 400, 500] {
+        let (a, b) = (by_start(&resumed, start), by_start(&never, start));
+        assert_eq!(a["tokens"], b["tokens"]);
+        // Same state bytes, same shapes, same kernels: the same numbers.
+        assert_eq!(a["perplexity"], b["perplexity"], "segment {start}");
+    }
+    // The checkpoint belongs to its text: another one is refused with a clear message.
+    let out = run(&other, "600", true);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another text"), "{err}");
+}
+
 #[test]
 fn bad_inputs_fail_with_a_message_and_no_panic() {
     let m = common::model_path();

@@ -11,11 +11,13 @@
 # (tools/results_table.py reads results/memory/*.json too).
 # About 2 hours per policy for 520k tokens on one core of this machine (~70 tok/s at a full window).
 # Each segment is also appended to results/memory/<policy>.segments.jsonl as soon as it is done,
-# so a stopped run still leaves its measurements. `fam-reread` is fam with the training-free
-# reread feedback (the paper's rule diverges on an un-tuned model; see the README).
+# so a stopped run still leaves its measurements, and the state is checkpointed every 64k
+# tokens (target/checkpoints/), so running the script again resumes a stopped run.
+# `fam-reread` is fam with the training-free reread feedback (the paper's rule diverges on an
+# un-tuned model; see the README).
 #   POLICIES="fam-reread sink bswa" TOKENS=520000 tools/bench_constant_memory.sh
-# STREAM=1: pure ingestion instead (`perplexity --no-scores`: no logits, as summarize and chat
-# read their input), THREADS=2 and TOKENS=1000001 by default, into results/stream/: the
+# STREAM=1: pure ingestion instead (`perplexity --no-scores`: no per-token logits, as summarize
+# and chat read their input), THREADS=2 and TOKENS=1000001 by default, into results/stream/: the
 # "peak RSS for 1M streamed tokens" of the speed targets (~2 hours per policy at 2 threads).
 source "$(dirname "$0")/lib.sh"
 text=target/moby_then_shakespeare.txt
@@ -32,11 +34,15 @@ for p in ${POLICIES:-fam-reread sink bswa}; do
     *) args="--memory $p" ;;
   esac
   f=$dir/$p.json
+  # A stopped run resumes from its checkpoint (every 64k tokens) when started again; its
+  # segment log keeps growing, and the final JSON covers the resumed part only.
+  ck=target/checkpoints/$(basename $dir)-$p.snap
+  mkdir -p target/checkpoints
   if [ ! -s "$f" ]; then
-    rm -f "$dir/$p.segments.jsonl"
+    [ -e "$ck" ] || rm -f "$dir/$p.segments.jsonl"
     nice -n 10 $BIN perplexity -m "$M" -t $threads -f $text $args $extra \
       --max-tokens $tokens --segment 8192 --segment-log "$dir/$p.segments.jsonl" \
-      --json > "$f.tmp" && mv "$f.tmp" "$f"
+      --checkpoint "$ck" --json > "$f.tmp" && mv "$f.tmp" "$f"
   fi
   python3 tools/longrun.py "$f"
 done

@@ -13,7 +13,19 @@ def load(path):
     """(segments, finished) of a run's report, or of its segment log if the run has not ended."""
     p = Path(path)
     if p.suffix == ".jsonl":
-        return [json.loads(l) for l in p.read_text().splitlines() if l.strip()], False
+        # A resumed run (perplexity --checkpoint) logs again the segments after its checkpoint:
+        # keep the last record of each segment.
+        segs = {}
+        for l in p.read_text().splitlines():
+            if l.strip():
+                s = json.loads(l)
+                segs[s["start"]] = s
+        return [segs[k] for k in sorted(segs)], False
+    # A finished run's segment log is its complete record (the report of a resumed run covers
+    # only the part after its checkpoint).
+    log = p.with_name(p.name[: -len(".json")] + ".segments.jsonl")
+    if log.exists():
+        return load(log)[0], True
     return json.loads(p.read_text())["segments"], True
 
 
