@@ -29,6 +29,21 @@ def load(path):
     return json.loads(p.read_text())["segments"], True
 
 
+def runs(directory):
+    """{policy: (segments, finished)} of every run in `directory`: finished runs (<policy>.json)
+    and runs still going or stopped (only <policy>.segments.jsonl)."""
+    out = {}
+    for f in sorted(Path(directory).glob("*.json")):
+        out[f.stem] = load(f)
+    for f in sorted(Path(directory).glob("*.segments.jsonl")):
+        p = f.name[: -len(".segments.jsonl")]
+        if p not in out:
+            segs, finished = load(f)
+            if segs:
+                out[p] = (segs, finished)
+    return out
+
+
 def summary(name, seg, finished=True):
     near = lambda pos: min(seg, key=lambda s: abs(s["start"] + s["tokens"] / 2 - pos))
     a, b = near(20000), seg[-1]

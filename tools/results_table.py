@@ -49,16 +49,8 @@ print(table)
 # compute thread; perplexity per 8192-token segment (every 4th shown), peak RSS and CPU time.
 # A run still going (or stopped) has only its per-segment log, <policy>.segments.jsonl.
 mdir = d.parent / "memory"
-from longrun import load, summary  # tools/, this script's directory
-mem = {}
-for f in sorted(mdir.glob("*.json")):
-    mem[f.stem] = load(f)
-for f in sorted(mdir.glob("*.segments.jsonl")):
-    p = f.name[: -len(".segments.jsonl")]
-    if p not in mem:
-        segs, finished = load(f)
-        if segs:
-            mem[p] = (segs, finished)
+from longrun import runs as runs_in, summary  # tools/, this script's directory
+mem = runs_in(mdir)
 if mem:
     lines = ["Long streams, one compute thread, B=1024, M=3, S=4 (`tools/bench_constant_memory.sh`): "
              "Moby-Dick (~290k tokens) then the Shakespeare plays. `fam-reread` is fam (F=64) with "
@@ -91,15 +83,7 @@ if mem:
 # peak RSS and time per token along up to 1M tokens, against llama.cpp's peak RSS with an 8k
 # context (results/speed/rss-llama-8k.json, tools/bench_targets.sh).
 sdir = d.parent / "stream"
-streams = {}
-for f in sorted(sdir.glob("*.json")):
-    streams[f.stem] = load(f)
-for f in sorted(sdir.glob("*.segments.jsonl")):
-    p = f.name[: -len(".segments.jsonl")]
-    if p not in streams:
-        segs, finished = load(f)
-        if segs:
-            streams[p] = (segs, finished)
+streams = runs_in(sdir)
 if streams:
     lines = ["Streams without scoring (`STREAM=1 tools/bench_constant_memory.sh`: `perplexity "
              "--no-scores`, two compute threads, defaults B=1024, M=3, S=4), Moby-Dick then the plays:", ""]
