@@ -2,9 +2,10 @@
 //! pp512 / tg128 at short context, and decode at a far stream position (famstream `fam`/`sink`
 //! vs llama.cpp full attention). Prints a table of tokens/s and ratios.
 //!
-//! `cargo bench --bench vs_llama -- [--quick] [--reps 5] [--short] [--only q4_0:1] [--at 32768]`
+//! `cargo bench --bench vs_llama -- [--quick] [--reps 5] [--short] [--only q4_0:1] [--at 32768]
+//! [--pp 512 --tg 128]`
 //! (medians of `--reps` alternating runs; `--short`: only pp/tg at short context; `--only`: one
-//! model type and thread count)
+//! model type and thread count; `--side ours|llama`: run only one engine, e.g. to profile it)
 //! `cargo bench --bench vs_llama -- --llama-rss 8192 [--model q4_1]`: only llama.cpp, which
 //! evaluates that many tokens with a context of that size and prints its peak RSS (run it as its
 //! own process to compare with famstream's; nothing of famstream is loaded).
@@ -143,21 +144,35 @@ fn main() {
             .cloned()
     };
     let at: usize = value("--at").and_then(|v| v.parse().ok()).unwrap_or(32768);
-    let (pp, tg) = if quick { (128, 32) } else { (512, 128) };
+    let (mut pp, mut tg) = if quick { (128, 32) } else { (512, 128) };
+    // `--pp N --tg N`: other lengths (e.g. a short prompt and a long decode to profile decode).
+    pp = value("--pp").and_then(|v| v.parse().ok()).unwrap_or(pp);
+    tg = value("--tg").and_then(|v| v.parse().ok()).unwrap_or(tg);
     let full = FamSettings {
         policy: MemoryPolicy::Full,
         ..FamSettings::default()
     };
-    println!("| model | threads | test | famstream t/s | llama.cpp t/s | ratio |\n|---|---|---|---|---|---|");
-    // Each engine is run `reps` times, alternating, and the medians are compared: a single run
-    // of a few seconds moves by several percent with the CPU clock and the page cache.
+    println!(
+        "| model | threads | test | famstream t/s | llama.cpp t/s | ratio | paired ratios: median (min-max) |\n|---|---|---|---|---|---|---|"
+    );
+    // Each engine is run `reps` times, alternating (and alternating which goes first), and the
+    // medians are compared: a single run of a few seconds moves by several percent with the CPU
+    // clock and the page cache. The ratios of each back-to-back pair show that spread.
     let reps: usize = value("--reps").and_then(|v| v.parse().ok()).unwrap_or(5);
-    let median = |mut v: Vec<f64>| {
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
+    let spread = |f: &[f64], l: &[f64]| {
+        let r: Vec<f64> = f.iter().zip(l).map(|(f, l)| f / l).collect();
+        let (lo, hi) = r.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        format!("{:.3} ({lo:.3}-{hi:.3})", median(&r))
+    };
     // `--only q4_0:1`: one model type and thread count (e.g. to profile one row).
     let only = value("--only");
+    let side = value("--side");
+    let runs = |name: &str| side.as_ref().is_none_or(|s| s == name);
     for ty in ["q8_0", "q4_0"] {
         let path = model(ty);
         for threads in [1, 2] {
@@ -168,22 +183,43 @@ fn main() {
                 continue;
             }
             let (mut lps, mut lts, mut fps, mut fts) = (vec![], vec![], vec![], vec![]);
-            for _ in 0..reps.max(1) {
-                let (lp, lt) = llama_pp_tg(&path, threads, 2048, 0, pp, tg);
-                let (fp, ft) = ours(&path, threads, full, 2048, 0, pp, tg);
+            for rep in 0..reps.max(1) {
+                let llama = || {
+                    if runs("llama") {
+                        llama_pp_tg(&path, threads, 2048, 0, pp, tg)
+                    } else {
+                        (f64::NAN, f64::NAN)
+                    }
+                };
+                let famstream = || {
+                    if runs("ours") {
+                        ours(&path, threads, full, 2048, 0, pp, tg)
+                    } else {
+                        (f64::NAN, f64::NAN)
+                    }
+                };
+                let ((lp, lt), (fp, ft)) = if rep % 2 == 0 {
+                    let l = llama();
+                    (l, famstream())
+                } else {
+                    let f = famstream();
+                    (llama(), f)
+                };
                 lps.push(lp);
                 lts.push(lt);
                 fps.push(fp);
                 fts.push(ft);
             }
-            let (lp, lt, fp, ft) = (median(lps), median(lts), median(fps), median(fts));
+            let (lp, lt, fp, ft) = (median(&lps), median(&lts), median(&fps), median(&fts));
             println!(
-                "| {ty} | {threads} | pp{pp} | {fp:.1} | {lp:.1} | {:.2} |",
-                fp / lp
+                "| {ty} | {threads} | pp{pp} | {fp:.1} | {lp:.1} | {:.2} | {} |",
+                fp / lp,
+                spread(&fps, &lps)
             );
             println!(
-                "| {ty} | {threads} | tg{tg} | {ft:.1} | {lt:.1} | {:.2} |",
-                ft / lt
+                "| {ty} | {threads} | tg{tg} | {ft:.1} | {lt:.1} | {:.2} | {} |",
+                ft / lt,
+                spread(&fts, &lts)
             );
         }
     }
@@ -200,7 +236,7 @@ fn main() {
         };
         let (_, ft) = ours(&path, 2, s, 0, at as u64, 16, tg / 2);
         println!(
-            "| q8_0 | 2 | tg{} at {at} ({p} vs full) | {ft:.1} | {lt:.1} | {:.2} |",
+            "| q8_0 | 2 | tg{} at {at} ({p} vs full) | {ft:.1} | {lt:.1} | {:.2} | - |",
             tg / 2,
             ft / lt
         );
