@@ -166,7 +166,9 @@ fn main() {
     };
     let spread = |f: &[f64], l: &[f64]| {
         let r: Vec<f64> = f.iter().zip(l).map(|(f, l)| f / l).collect();
-        let (lo, hi) = r.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        let (lo, hi) = r
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
         format!("{:.3} ({lo:.3}-{hi:.3})", median(&r))
     };
     // `--only q4_0:1`: one model type and thread count (e.g. to profile one row).

@@ -9,6 +9,25 @@ fn famstream() -> Command {
     Command::new(env!("CARGO_BIN_EXE_famstream"))
 }
 
+/// `famstream perplexity -m <the real model> -f <text>`, to add arguments to.
+fn perplexity(text: &std::path::Path) -> Command {
+    let mut cmd = famstream();
+    cmd.args(["perplexity", "-m", common::model_path().to_str().unwrap()])
+        .arg("-f")
+        .arg(text);
+    cmd
+}
+
+/// A command's JSON report, after checking that it succeeded (its stderr otherwise).
+fn json_report(out: std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn run_streams_text_and_reports_speed() {
     let m = common::model_path();
@@ -115,31 +134,15 @@ fn logits_writes_an_npy_array_of_every_position() {
 
 #[test]
 fn perplexity_json_on_a_text_file() {
-    let m = common::model_path();
     let dir = common::scratch_dir("cli-ppl");
     let f = dir.join("t.txt");
     std::fs::write(&f, &common::shared_text("austen_emma.txt")[..8000]).unwrap();
-    let out = famstream()
-        .args([
-            "perplexity",
-            "-m",
-            m.to_str().unwrap(),
-            "-f",
-            f.to_str().unwrap(),
-            "--ctx",
-            "256",
-            "--max-tokens",
-            "512",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let j = json_report(
+        perplexity(&f)
+            .args(["--ctx", "256", "--max-tokens", "512", "--json"])
+            .output()
+            .unwrap(),
     );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ppl = j["perplexity"].as_f64().unwrap();
     assert!(ppl > 2.0 && ppl < 200.0, "{ppl}");
     assert_eq!(j["windows"], 2);
@@ -149,35 +152,21 @@ fn perplexity_json_on_a_text_file() {
 
 #[test]
 fn streaming_perplexity_logs_segments_with_or_without_scores() {
-    let m = common::model_path();
     let dir = common::scratch_dir("cli-ppl-stream");
     let f = dir.join("t.txt");
     std::fs::write(&f, &common::shared_text("moby_dick.txt")[..4000]).unwrap();
     let run = |no_scores: bool| {
         let log = dir.join(format!("seg-{no_scores}.jsonl"));
         let _ = std::fs::remove_file(&log);
-        let mut cmd = famstream();
-        cmd.args([
-            "perplexity",
-            "-m",
-            m.to_str().unwrap(),
-            "-f",
-            f.to_str().unwrap(),
-        ])
-        .args(["--memory", "bswa", "--block", "64", "--mem-blocks", "1"])
-        .args(["--max-tokens", "300", "--segment", "100", "--json"])
-        .arg("--segment-log")
-        .arg(&log);
+        let mut cmd = perplexity(&f);
+        cmd.args(["--memory", "bswa", "--block", "64", "--mem-blocks", "1"])
+            .args(["--max-tokens", "300", "--segment", "100", "--json"])
+            .arg("--segment-log")
+            .arg(&log);
         if no_scores {
             cmd.arg("--no-scores");
         }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let j = json_report(cmd.output().unwrap());
         let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
             .unwrap()
             .lines()
@@ -211,17 +200,7 @@ fn streaming_perplexity_logs_segments_with_or_without_scores() {
     assert!(plain_log.iter().all(|l| l["perplexity"].is_null()));
     assert_eq!(plain["state_bytes"], scored["state_bytes"]);
     // Only a memory policy streams: without one the flag is refused, not ignored.
-    let out = famstream()
-        .args([
-            "perplexity",
-            "-m",
-            m.to_str().unwrap(),
-            "-f",
-            f.to_str().unwrap(),
-        ])
-        .arg("--no-scores")
-        .output()
-        .unwrap();
+    let out = perplexity(&f).arg("--no-scores").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--memory"));
 }
@@ -230,7 +209,6 @@ fn streaming_perplexity_logs_segments_with_or_without_scores() {
 /// left off and scores the rest exactly as a run that never stopped.
 #[test]
 fn streaming_perplexity_resumes_from_its_checkpoint() {
-    let m = common::model_path();
     let dir = common::scratch_dir("cli-ppl-resume");
     let f = dir.join("t.txt");
     std::fs::write(&f, &common::shared_text("moby_dick.txt")[..5000]).unwrap();
@@ -239,15 +217,8 @@ fn streaming_perplexity_resumes_from_its_checkpoint() {
     let ck = dir.join("run.ckpt");
     let _ = std::fs::remove_file(&ck);
     let run = |text: &std::path::Path, max: &str, checkpoint: bool| {
-        let mut cmd = famstream();
+        let mut cmd = perplexity(text);
         cmd.args([
-            "perplexity",
-            "-m",
-            m.to_str().unwrap(),
-            "-f",
-            text.to_str().unwrap(),
-        ])
-        .args([
             "--memory",
             "sink",
             "--block",
@@ -265,22 +236,14 @@ fn streaming_perplexity_resumes_from_its_checkpoint() {
         }
         cmd.output().unwrap()
     };
-    let report = |out: std::process::Output| -> serde_json::Value {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
     // "Stopped": a first run that reads 300 tokens, checkpointing after 128 and 256.
-    let first = report(run(&f, "300", true));
+    let first = json_report(run(&f, "300", true));
     assert_eq!(first["resumed_from"], 0);
     assert!(ck.exists());
     // Started again on the whole text: resumes at 256.
-    let resumed = report(run(&f, "600", true));
+    let resumed = json_report(run(&f, "600", true));
     assert_eq!(resumed["resumed_from"], 256);
-    let never = report(run(&f, "600", false));
+    let never = json_report(run(&f, "600", false));
     let by_start = |j: &serde_json::Value, start: u64| {
         j["segments"]
             .as_array()
@@ -623,12 +586,7 @@ fn bench_reports_pp_and_tg_as_json() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = json_report(out);
     assert!(j["pp_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(j["tg_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert_eq!(j["n_prompt"], 32);
@@ -658,12 +616,7 @@ fn bench_reports_pp_and_tg_as_json() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = json_report(out);
     assert_eq!(j["fill_tokens"], 96);
     assert_eq!(j["at_position"], 1_000_000);
 }
