@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use famstream::chat::Message;
 use famstream::gguf::GgufFile;
+use famstream::perplexity::StreamProgress;
 use famstream::runtime::{default_threads, GenerateOptions, LoadOptions, Runtime};
 use famstream::sample::SamplerConfig;
 use famstream::settings::{FamInit, FamQueryPos, FamSettings, MemoryPolicy};
@@ -448,10 +449,11 @@ enum Command {
         /// `summarize` and `chat` read their input; segments report time per token and peak RSS.
         #[arg(long = "no-scores", conflicts_with = "kl_vs_full")]
         no_scores: bool,
-        /// Save the stream's state to FILE every --checkpoint-every tokens, and resume from it
-        /// when FILE exists (same model, settings and text): a run of hours survives being
-        /// stopped. Delete FILE to start over. Needs --memory.
-        #[arg(long = "checkpoint", conflicts_with_all = ["kl_vs_full"])]
+        /// Save the stream's state and the run so far to FILE every --checkpoint-every tokens
+        /// (never within the --kl-vs-full positions), and resume from it when FILE exists (same
+        /// model, settings, text and --kl-vs-full): a run of hours survives being stopped and
+        /// reports as if it never stopped. Delete FILE to start over. Needs --memory.
+        #[arg(long = "checkpoint")]
         checkpoint: Option<PathBuf>,
         /// Tokens between checkpoints.
         #[arg(long = "checkpoint-every", default_value_t = 65536)]
@@ -1034,7 +1036,11 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 format!("{:016x}", h.finish())
             };
-            let (mut state, from) = match &checkpoint {
+            // What else a resumed run must share with the stopped one.
+            let run_settings = serde_json::json!({
+                "segment": segment, "scored": !no_scores, "kl_vs_full": kl_vs_full,
+            });
+            let (mut state, progress, kl0) = match &checkpoint {
                 Some(p) if p.exists() => {
                     if memory.load_state.is_some() {
                         return Err(Error::Invalid(
@@ -1058,11 +1064,37 @@ fn run(cli: Cli) -> Result<()> {
                     if extra["read_hash"].as_str() != Some(read_hash(next).as_str()) {
                         return Err(bad("it was made on another text (delete it to start over)"));
                     }
+                    // (Older checkpoints did not record these.)
+                    if !extra["run"].is_null() && extra["run"] != run_settings {
+                        return Err(bad(&format!(
+                            "it was made with {} (delete it to start over)",
+                            extra["run"]
+                        )));
+                    }
+                    // Checkpoints before the run so far was saved with them resume with only
+                    // the tokens read: their report then covers the resumed part.
+                    let progress = StreamProgress::from_json(&extra["progress"])
+                        .filter(|p| p.next == next)
+                        .unwrap_or(StreamProgress {
+                            next,
+                            ..StreamProgress::default()
+                        });
+                    let kl = (
+                        famstream::perplexity::f64_from(&extra["kl_sum"]).unwrap_or(0.0),
+                        extra["kl_count"].as_u64().unwrap_or(0) as usize,
+                    );
                     eprintln!("resuming from checkpoint {} at token {next}", p.display());
-                    (st, next)
+                    (st, progress, kl)
                 }
-                _ => (memory.state(&rt, &eng, n_ctx)?, 0),
+                _ => (
+                    memory.state(&rt, &eng, n_ctx)?,
+                    StreamProgress::default(),
+                    (0.0, 0),
+                ),
             };
+            let from = progress.next;
+            // (sum, count) of the KL divergences, shared by the scoring and checkpoint closures.
+            let kl_acc = std::cell::Cell::new(kl0);
             let mut last_checkpoint = from;
             let chunk = if settings.policy == MemoryPolicy::Full {
                 512
@@ -1073,14 +1105,13 @@ fn run(cli: Cli) -> Result<()> {
             let kl_n = kl_vs_full
                 .min(tokens.len().saturating_sub(1))
                 .min(rt.model.hp.n_ctx_train);
-            let mut reference = if kl_n > 0 {
+            let mut reference = if kl_n > from {
                 let e = rt.engine()?;
                 let st = FamState::full(&rt.model, e.backend(), kl_n + 1)?;
                 Some((e, st))
             } else {
                 None
             };
-            let (mut kl_sum, mut kl_count) = (0.0f64, 0usize);
             let nv = rt.model.hp.n_vocab;
             let pb = famstream::util::progress(tokens.len() as u64, "tokens");
             let r = famstream::perplexity::streaming(
@@ -1090,7 +1121,7 @@ fn run(cli: Cli) -> Result<()> {
                 segment,
                 chunk,
                 !no_scores,
-                from,
+                progress,
                 |start, logits| {
                     let Some((e, st)) = reference.as_mut() else {
                         return;
@@ -1104,13 +1135,15 @@ fn run(cli: Cli) -> Result<()> {
                     else {
                         return;
                     };
+                    let (mut sum, mut count) = kl_acc.get();
                     for r in 0..end - start {
-                        kl_sum += famstream::perplexity::kl(
+                        sum += famstream::perplexity::kl(
                             &full[r * nv..(r + 1) * nv],
                             &logits[r * nv..(r + 1) * nv],
                         );
-                        kl_count += 1;
+                        count += 1;
                     }
+                    kl_acc.set((sum, count));
                 },
                 |done| pb.set_position(done as u64),
                 |g| {
@@ -1120,11 +1153,18 @@ fn run(cli: Cli) -> Result<()> {
                         let _ = f.flush();
                     }
                 },
-                |read, st| {
-                    if let Some(p) = &checkpoint {
+                |progress, st| {
+                    let read = progress.next;
+                    // Inside the KL positions the full-attention reference would be needed too.
+                    if let (Some(p), true) = (&checkpoint, read >= kl_n) {
                         if read - last_checkpoint >= checkpoint_every {
-                            let extra =
-                                serde_json::json!({"next": read, "read_hash": read_hash(read)});
+                            let (kl_sum, kl_count) = kl_acc.get();
+                            let extra = serde_json::json!({
+                                "next": read, "read_hash": read_hash(read),
+                                "run": run_settings, "kl_count": kl_count,
+                                "kl_sum": famstream::perplexity::f64_json(kl_sum),
+                                "progress": progress.to_json(),
+                            });
                             st.save(p, &rt.model, extra)?;
                             last_checkpoint = read;
                         }
@@ -1133,6 +1173,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
             )?;
             pb.finish_and_clear();
+            let (kl_sum, kl_count) = kl_acc.get();
             let kl = (kl_count > 0).then(|| kl_sum / kl_count as f64);
             let rss = famstream::util::peak_rss_bytes();
             if json {

@@ -206,7 +206,9 @@ fn streaming_perplexity_logs_segments_with_or_without_scores() {
 }
 
 /// A streaming run stopped after a checkpoint and started again continues where the checkpoint
-/// left off and scores the rest exactly as a run that never stopped.
+/// left off and reports exactly what a run that never stopped reports: every segment, the total
+/// perplexity and the KL divergence from full attention (whose positions end before the first
+/// checkpoint).
 #[test]
 fn streaming_perplexity_resumes_from_its_checkpoint() {
     let dir = common::scratch_dir("cli-ppl-resume");
@@ -216,19 +218,11 @@ fn streaming_perplexity_resumes_from_its_checkpoint() {
     std::fs::write(&other, &common::shared_text("austen_emma.txt")[..5000]).unwrap();
     let ck = dir.join("run.ckpt");
     let _ = std::fs::remove_file(&ck);
-    let run = |text: &std::path::Path, max: &str, checkpoint: bool| {
+    let run = |text: &std::path::Path, max: &str, checkpoint: bool, kl: &str| {
         let mut cmd = perplexity(text);
-        cmd.args([
-            "--memory",
-            "sink",
-            "--block",
-            "64",
-            "--mem-blocks",
-            "1",
-            "--sinks",
-            "2",
-        ])
-        .args(["--max-tokens", max, "--segment", "100", "--json"]);
+        cmd.args(["--memory", "sink", "--block", "64", "--mem-blocks", "1"])
+            .args(["--sinks", "2", "--kl-vs-full", kl])
+            .args(["--max-tokens", max, "--segment", "100", "--json"]);
         if checkpoint {
             cmd.arg("--checkpoint")
                 .arg(&ck)
@@ -237,33 +231,35 @@ fn streaming_perplexity_resumes_from_its_checkpoint() {
         cmd.output().unwrap()
     };
     // "Stopped": a first run that reads 300 tokens, checkpointing after 128 and 256.
-    let first = json_report(run(&f, "300", true));
+    let first = json_report(run(&f, "300", true, "100"));
     assert_eq!(first["resumed_from"], 0);
     assert!(ck.exists());
-    // Started again on the whole text: resumes at 256.
-    let resumed = json_report(run(&f, "600", true));
+    // Started again on the whole text: resumes at 256, inside the segment of 200-299.
+    let resumed = json_report(run(&f, "600", true, "100"));
     assert_eq!(resumed["resumed_from"], 256);
-    let never = json_report(run(&f, "600", false));
-    let by_start = |j: &serde_json::Value, start: u64| {
-        j["segments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["start"] == start)
-            .cloned()
-            .unwrap_or_else(|| panic!("no segment at {start}: {j}"))
-    };
-    for start in [300, 400, 500] {
-        let (a, b) = (by_start(&resumed, start), by_start(&never, start));
-        assert_eq!(a["tokens"], b["tokens"]);
-        // Same state bytes, same shapes, same kernels: the same numbers.
-        assert_eq!(a["perplexity"], b["perplexity"], "segment {start}");
+    let never = json_report(run(&f, "600", false, "100"));
+    let segments = |j: &serde_json::Value| j["segments"].as_array().unwrap().clone();
+    let (a, b) = (segments(&resumed), segments(&never));
+    assert_eq!(a.len(), 6, "{resumed}");
+    assert_eq!(a.len(), b.len());
+    for (a, b) in a.iter().zip(&b) {
+        // Same state bytes, same shapes, same kernels, sums saved bit for bit: the same numbers.
+        for k in ["start", "tokens", "perplexity"] {
+            assert_eq!(a[k], b[k], "{k} of the segment at {}", b["start"]);
+        }
     }
-    // The checkpoint belongs to its text: another one is refused with a clear message.
-    let out = run(&other, "600", true);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("another text"), "{err}");
+    for k in ["perplexity", "tokens_scored", "kl_vs_full", "kl_positions"] {
+        assert_eq!(resumed[k], never[k], "{k}");
+    }
+    assert_eq!(never["kl_positions"], 100);
+    // The checkpoint belongs to its text and its run: another text, or another KL range, is
+    // refused with a clear message.
+    for (text, kl, says) in [(&other, "100", "another text"), (&f, "50", "made with")] {
+        let out = run(text, "600", true, kl);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+    }
 }
 
 #[test]

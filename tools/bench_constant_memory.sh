@@ -35,7 +35,8 @@ for p in ${POLICIES:-fam-reread sink bswa}; do
   esac
   f=$dir/$p.json
   # A stopped run resumes from its checkpoint (every 64k tokens) when started again; its
-  # segment log keeps growing, and the final JSON covers the resumed part only.
+  # segment log keeps growing (the segments after the checkpoint are logged again), and the
+  # final JSON covers the whole run (checkpoints hold the run so far).
   ck=target/checkpoints/$(basename $dir)-$p.snap
   mkdir -p target/checkpoints
   if [ ! -s "$f" ]; then

@@ -4,19 +4,25 @@
 # passkey retrieval at several filler lengths. Writes JSON to results/ and regenerates the
 # README table with tools/results_table.py.
 #
-# Usage: tools/eval_policies.sh [quick|full]
-#   full  : 204,800 tokens of perplexity, passkey at 2k/8k/32k/128k (hours on 2 cores)
+# Usage: [JOBS=2] [THREADS=N] tools/eval_policies.sh [quick|full]
+#   full  : 204,800 tokens of perplexity, passkey at 2k/8k/32k/128k (~6 hours on 2 cores)
 #   quick : 32,768 tokens, passkey at 2k/8k (1 trial each)
+# JOBS=2 runs two measurements at a time, one compute thread each (THREADS defaults to 1 then,
+# else 2): on 2 cores that is more tokens/s in all than one job on two threads. Every result is
+# its own JSON file, and a file that exists is not measured again; the perplexity runs also
+# checkpoint their stream every 64k tokens (target/checkpoints/), so running the script again
+# after it was stopped continues where it was. DRY=1 lists what is left to measure.
 scale=${1:-quick}
 source "$(dirname "$0")/lib.sh"
 TEXT=../shared/data/moby_dick.txt
-T=${THREADS:-2}
+JOBS=${JOBS:-1}
+if [ "$JOBS" -gt 1 ]; then T=${THREADS:-1}; else T=${THREADS:-2}; fi
 out=results/$scale
-mkdir -p "$out"
+mkdir -p "$out" target/checkpoints
 if [ "$scale" = full ]; then
-  PPL_TOKENS=204800; FILLERS=(2000 8000 32000 128000); TRIALS=(3 3 2 1)
+  PPL_TOKENS=204800; FILLERS=(128000 32000 8000 2000); TRIALS=(1 2 3 3)
 else
-  PPL_TOKENS=32768; FILLERS=(2000 8000); TRIALS=(1 1)
+  PPL_TOKENS=32768; FILLERS=(8000 2000); TRIALS=(1 1)
 fi
 # name:flags. The paper's FAM (within-layer feedback) is run without sinks, as specified.
 policies=(
@@ -28,30 +34,43 @@ policies=(
   "fam-reread:--memory fam --sinks 0 --fam-feedback reread"
 )
 if [ "$scale" = full ]; then
-  policies+=("fam-seed-zero:--memory fam --sinks 0 --fam-init seed --fam-zero-first-residual true" "fam-reread-sinks:--memory fam --fam-feedback reread")
+  policies+=("fam-reread-sinks:--memory fam --fam-feedback reread")
 fi
 name() { echo "${1%%:*}"; }
 flags() { echo "${1#*:}"; }
 
-run() { # file, command...
-  local f=$1; shift
-  if [ -s "$f" ]; then echo "have $f"; return; fi
-  echo "+ $*" >&2
-  "$@" > "$f.tmp" && mv "$f.tmp" "$f"
-}
-
+# The measurements, longest first: "output file<TAB>command" each.
+tasks=()
+task() { local f=$1; shift; tasks+=("$f"$'\t'"$*"); }
 # Full attention: up to its context limit.
-run "$out/ppl-full.json" $BIN perplexity -m "$M" -f $TEXT -t $T --memory full --max-tokens 8192 --segment 8192 --json
+task "$out/ppl-full.json" $BIN perplexity -m "$M" -f $TEXT -t $T --memory full --max-tokens 8192 --segment 8192 --json
 for p in "${policies[@]}"; do
-  run "$out/ppl-$(name "$p").json" $BIN perplexity -m "$M" -f $TEXT -t $T $(flags "$p") --max-tokens $PPL_TOKENS --segment 8192 --kl-vs-full 8192 --json
+  task "$out/ppl-$(name "$p").json" $BIN perplexity -m "$M" -f $TEXT -t $T $(flags "$p") --max-tokens $PPL_TOKENS \
+    --segment 8192 --kl-vs-full 8192 --checkpoint target/checkpoints/$scale-ppl-$(name "$p").snap --json
 done
 for i in "${!FILLERS[@]}"; do
   n=${FILLERS[$i]}; tr=${TRIALS[$i]}
   if [ "$n" -le 8000 ]; then
-    run "$out/passkey-full-$n.json" $BIN passkey -m "$M" -t $T --memory full --filler-tokens $n --trials $tr --json
+    task "$out/passkey-full-$n.json" $BIN passkey -m "$M" -t $T --memory full --filler-tokens $n --trials $tr --json
   fi
   for p in "${policies[@]}"; do
-    run "$out/passkey-$(name "$p")-$n.json" $BIN passkey -m "$M" -t $T $(flags "$p") --filler-tokens $n --trials $tr --json
+    task "$out/passkey-$(name "$p")-$n.json" $BIN passkey -m "$M" -t $T $(flags "$p") --filler-tokens $n --trials $tr --json
   done
 done
+
+# DRY=1: list what would be measured (those not measured yet), measure nothing.
+if [ "${DRY:-0}" = 1 ]; then
+  for t in "${tasks[@]}"; do [ -s "${t%%$'\t'*}" ] || echo "${t#*$'\t'}"; done
+  exit 0
+fi
+run_task() { # "file<TAB>command"
+  local f=${1%%$'\t'*} cmd=${1#*$'\t'}
+  if [ -s "$f" ]; then echo "have $f"; return 0; fi
+  echo "+ $cmd" >&2
+  nice -n 10 $cmd > "$f.tmp" && mv "$f.tmp" "$f"
+}
+export -f run_task
+status=0
+printf '%s\0' "${tasks[@]}" | xargs -0 -n 1 -P "$JOBS" bash -c 'run_task "$1"' _ || status=$?
 python3 tools/results_table.py "$out" README.md
+exit $status
