@@ -1036,9 +1036,19 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 format!("{:016x}", h.finish())
             };
+            let chunk = if settings.policy == MemoryPolicy::Full {
+                512
+            } else {
+                settings.block_size as usize
+            };
+            // Lockstep reference for --kl-vs-full: full attention on its own engine, over the
+            // first kl_n positions.
+            let kl_n = kl_vs_full
+                .min(tokens.len().saturating_sub(1))
+                .min(rt.model.hp.n_ctx_train);
             // What else a resumed run must share with the stopped one.
             let run_settings = serde_json::json!({
-                "segment": segment, "scored": !no_scores, "kl_vs_full": kl_vs_full,
+                "segment": segment, "chunk": chunk, "scored": !no_scores, "kl_positions": kl_n,
             });
             let (mut state, progress, kl0) = match &checkpoint {
                 Some(p) if p.exists() => {
@@ -1064,25 +1074,43 @@ fn run(cli: Cli) -> Result<()> {
                     if extra["read_hash"].as_str() != Some(read_hash(next).as_str()) {
                         return Err(bad("it was made on another text (delete it to start over)"));
                     }
-                    // (Older checkpoints did not record these.)
-                    if !extra["run"].is_null() && extra["run"] != run_settings {
-                        return Err(bad(&format!(
-                            "it was made with {} (delete it to start over)",
-                            extra["run"]
-                        )));
-                    }
-                    // Checkpoints before the run so far was saved with them resume with only
-                    // the tokens read: their report then covers the resumed part.
-                    let progress = StreamProgress::from_json(&extra["progress"])
-                        .filter(|p| p.next == next)
-                        .unwrap_or(StreamProgress {
+                    let (progress, kl) = if extra["run"].is_null() {
+                        // Made before checkpoints held the run so far: only the tokens read.
+                        if kl_n > 0 {
+                            return Err(bad(
+                                "it holds no KL sums (made by an older famstream); delete it \
+                                 to start over",
+                            ));
+                        }
+                        eprintln!(
+                            "warning: checkpoint {} holds only the state: the report covers \
+                             the tokens after {next}",
+                            p.display()
+                        );
+                        let progress = StreamProgress {
                             next,
                             ..StreamProgress::default()
-                        });
-                    let kl = (
-                        famstream::perplexity::f64_from(&extra["kl_sum"]).unwrap_or(0.0),
-                        extra["kl_count"].as_u64().unwrap_or(0) as usize,
-                    );
+                        };
+                        (progress, (0.0, 0))
+                    } else {
+                        if extra["run"] != run_settings {
+                            return Err(bad(&format!(
+                                "it was made with {}, this run is {run_settings} (delete it to \
+                                 start over)",
+                                extra["run"]
+                            )));
+                        }
+                        let progress = StreamProgress::from_json(&extra["progress"])
+                            .filter(|p| p.next == next)
+                            .ok_or_else(|| bad("its record of the run so far is damaged"))?;
+                        let kl_sum = famstream::perplexity::f64_from(&extra["kl_sum"]);
+                        let kl_count = extra["kl_count"].as_u64().map(|c| c as usize);
+                        match (kl_sum, kl_count) {
+                            // Checkpoints are taken only after the KL positions.
+                            (Some(s), Some(c)) if c == kl_n && next >= kl_n => (progress, (s, c)),
+                            _ => return Err(bad("its KL sums are damaged")),
+                        }
+                    };
                     eprintln!("resuming from checkpoint {} at token {next}", p.display());
                     (st, progress, kl)
                 }
@@ -1096,15 +1124,6 @@ fn run(cli: Cli) -> Result<()> {
             // (sum, count) of the KL divergences, shared by the scoring and checkpoint closures.
             let kl_acc = std::cell::Cell::new(kl0);
             let mut last_checkpoint = from;
-            let chunk = if settings.policy == MemoryPolicy::Full {
-                512
-            } else {
-                settings.block_size as usize
-            };
-            // Lockstep reference for --kl-vs-full: full attention on its own engine.
-            let kl_n = kl_vs_full
-                .min(tokens.len().saturating_sub(1))
-                .min(rt.model.hp.n_ctx_train);
             let mut reference = if kl_n > from {
                 let e = rt.engine()?;
                 let st = FamState::full(&rt.model, e.backend(), kl_n + 1)?;
@@ -1155,8 +1174,10 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 |progress, st| {
                     let read = progress.next;
-                    // Inside the KL positions the full-attention reference would be needed too.
-                    if let (Some(p), true) = (&checkpoint, read >= kl_n) {
+                    // Inside the KL positions the full-attention reference would be needed
+                    // too; and only whole chunks, so a resumed run feeds the chunks (graph
+                    // shapes) of one that never stopped.
+                    if let (Some(p), true) = (&checkpoint, read >= kl_n && read % chunk == 0) {
                         if read - last_checkpoint >= checkpoint_every {
                             let (kl_sum, kl_count) = kl_acc.get();
                             let extra = serde_json::json!({

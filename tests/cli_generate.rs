@@ -230,6 +230,11 @@ fn streaming_perplexity_resumes_from_its_checkpoint() {
         }
         cmd.output().unwrap()
     };
+    // No checkpoint inside the KL positions (the reference would be lost), nor after the last,
+    // partial chunk (a resumed run would feed other chunks): none in a run of 180 tokens
+    // with --kl-vs-full 150, in chunks of 64.
+    json_report(run(&f, "180", true, "150"));
+    assert!(!ck.exists());
     // "Stopped": a first run that reads 300 tokens, checkpointing after 128 and 256.
     let first = json_report(run(&f, "300", true, "100"));
     assert_eq!(first["resumed_from"], 0);

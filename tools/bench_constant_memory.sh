@@ -43,7 +43,7 @@ for p in ${POLICIES:-fam-reread sink bswa}; do
     [ -e "$ck" ] || rm -f "$dir/$p.segments.jsonl"
     nice -n 10 $BIN perplexity -m "$M" -t $threads -f $text $args $extra \
       --max-tokens $tokens --segment 8192 --segment-log "$dir/$p.segments.jsonl" \
-      --checkpoint "$ck" --json > "$f.tmp" && mv "$f.tmp" "$f"
+      --checkpoint "$ck" --json > "$f.tmp" && mv "$f.tmp" "$f" && rm -f "$ck"
   fi
   python3 tools/longrun.py "$f"
 done

@@ -39,35 +39,40 @@ fi
 name() { echo "${1%%:*}"; }
 flags() { echo "${1#*:}"; }
 
-# The measurements, longest first: "output file<TAB>command" each.
+# The measurements, the long ones first: "output file<TAB>checkpoint or -<TAB>command" each
+# (the command quoted for eval).
 tasks=()
-task() { local f=$1; shift; tasks+=("$f"$'\t'"$*"); }
+task() { local f=$1 ck=$2; shift 2; tasks+=("$f"$'\t'"$ck"$'\t'"$(printf '%q ' "$@")"); }
 # Full attention: up to its context limit.
-task "$out/ppl-full.json" $BIN perplexity -m "$M" -f $TEXT -t $T --memory full --max-tokens 8192 --segment 8192 --json
+task "$out/ppl-full.json" - $BIN perplexity -m "$M" -f $TEXT -t $T --memory full --max-tokens 8192 --segment 8192 --json
 for p in "${policies[@]}"; do
-  task "$out/ppl-$(name "$p").json" $BIN perplexity -m "$M" -f $TEXT -t $T $(flags "$p") --max-tokens $PPL_TOKENS \
-    --segment 8192 --kl-vs-full 8192 --checkpoint target/checkpoints/$scale-ppl-$(name "$p").snap --json
+  ck=target/checkpoints/$scale-ppl-$(name "$p").snap
+  task "$out/ppl-$(name "$p").json" $ck $BIN perplexity -m "$M" -f $TEXT -t $T $(flags "$p") \
+    --max-tokens $PPL_TOKENS --segment 8192 --kl-vs-full 8192 --checkpoint $ck --json
 done
 for i in "${!FILLERS[@]}"; do
   n=${FILLERS[$i]}; tr=${TRIALS[$i]}
   if [ "$n" -le 8000 ]; then
-    task "$out/passkey-full-$n.json" $BIN passkey -m "$M" -t $T --memory full --filler-tokens $n --trials $tr --json
+    task "$out/passkey-full-$n.json" - $BIN passkey -m "$M" -t $T --memory full --filler-tokens $n --trials $tr --json
   fi
   for p in "${policies[@]}"; do
-    task "$out/passkey-$(name "$p")-$n.json" $BIN passkey -m "$M" -t $T $(flags "$p") --filler-tokens $n --trials $tr --json
+    task "$out/passkey-$(name "$p")-$n.json" - $BIN passkey -m "$M" -t $T $(flags "$p") --filler-tokens $n --trials $tr --json
   done
 done
 
-# DRY=1: list what would be measured (those not measured yet), measure nothing.
+# DRY=1: list what would be measured (those not measured yet), measure nothing (the binary is
+# still built and the model fetched, by lib.sh).
 if [ "${DRY:-0}" = 1 ]; then
-  for t in "${tasks[@]}"; do [ -s "${t%%$'\t'*}" ] || echo "${t#*$'\t'}"; done
+  for t in "${tasks[@]}"; do [ -s "${t%%$'\t'*}" ] || echo "${t##*$'\t'}"; done
   exit 0
 fi
-run_task() { # "file<TAB>command"
-  local f=${1%%$'\t'*} cmd=${1#*$'\t'}
+run_task() { # "file<TAB>checkpoint<TAB>command"
+  local f=${1%%$'\t'*} cmd=${1##*$'\t'} ck=${1#*$'\t'}
+  ck=${ck%%$'\t'*}
   if [ -s "$f" ]; then echo "have $f"; return 0; fi
   echo "+ $cmd" >&2
-  nice -n 10 $cmd > "$f.tmp" && mv "$f.tmp" "$f"
+  # A finished run's checkpoint goes: measuring again (after deleting the result) starts over.
+  eval "nice -n 10 $cmd" > "$f.tmp" && mv "$f.tmp" "$f" && { [ "$ck" = - ] || rm -f "$ck"; }
 }
 export -f run_task
 status=0

@@ -21,8 +21,8 @@ def load(path):
                 s = json.loads(l)
                 segs[s["start"]] = s
         return [segs[k] for k in sorted(segs)], False
-    # A finished run's segment log is its complete record (the report of a resumed run covers
-    # only the part after its checkpoint).
+    # A finished run's segment log is its complete record (the report of a run resumed from a
+    # checkpoint of an older famstream covers only the part after it).
     log = p.with_name(p.name[: -len(".json")] + ".segments.jsonl")
     if log.exists():
         return load(log)[0], True
