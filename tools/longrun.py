@@ -44,21 +44,40 @@ def runs(directory):
     return out
 
 
-def summary(name, seg, finished=True):
+def summary(name, seg, finished=True, k=5):
+    """One line: peak RSS after ~20k tokens and at the end, and time per token at ~10k, ~500k
+    and (for a stream past 600k) at its end. A time is the median over the k segments nearest
+    the point (the first segment, while the window fills, left out): one segment can be slowed by
+    another process on the machine, and with two compute threads ggml's spin-waiting then also
+    inflates CPU time."""
     near = lambda pos: min(seg, key=lambda s: abs(s["start"] + s["tokens"] / 2 - pos))
     a, b = near(20000), seg[-1]
-    t0, t1 = near(10000), near(500000)
+    full = [s for s in seg if s["start"] > 0] or seg
+
+    def around(pos):
+        group = sorted(full, key=lambda s: abs(s["start"] + s["tokens"] / 2 - pos))[:k]
+        return sorted(group, key=lambda s: s["start"])
+
+    def med(group, f):
+        v = sorted(f(s) for s in group)
+        return v[len(v) // 2]
+
     cpu = lambda s: s["cpu_seconds"] / s["tokens"] * 1e3
     wall = lambda s: 1e3 / s["tokens_per_second"]
+    span = lambda g: f"{g[0]['start'] // 1024}k-{(g[-1]['start'] + g[-1]['tokens']) // 1024}k"
     end = b["start"] + b["tokens"]
+    g0, g1 = around(10000), around(500000)
+    c0, c1 = med(g0, cpu), med(g1, cpu)
     far = ""
-    if end > 600000:  # a 1M stream: also the last segment's time
-        far = f", {cpu(b):.2f} at {b['start']} (ratio {cpu(b) / cpu(t0):.3f})"
+    if end > 600000:  # a 1M stream: also its end
+        g2 = around(end)
+        far = f", {med(g2, cpu):.2f} over {span(g2)} (ratio {med(g2, cpu) / c0:.3f})"
     return (f"{name}: {end} tokens streamed{'' if finished else ' (run not finished)'}; "
             f"peak RSS {a['peak_rss_bytes'] / 2**20:.1f} MiB after {a['start'] + a['tokens']} tokens, "
             f"{b['peak_rss_bytes'] / 2**20:.1f} MiB after {end} (ratio {b['peak_rss_bytes'] / a['peak_rss_bytes']:.4f}); "
-            f"CPU ms/token {cpu(t0):.2f} at {t0['start']}, {cpu(t1):.2f} at {t1['start']} (ratio {cpu(t1) / cpu(t0):.3f}){far}; "
-            f"wall ms/token {wall(t0):.2f} -> {wall(t1):.2f} (ratio {wall(t1) / wall(t0):.3f})")
+            f"CPU ms/token (median of {k} segments) {c0:.2f} over {span(g0)}, {c1:.2f} over {span(g1)} "
+            f"(ratio {c1 / c0:.3f}){far}; wall ms/token {med(g0, wall):.2f} -> {med(g1, wall):.2f} "
+            f"(ratio {med(g1, wall) / med(g0, wall):.3f})")
 
 
 if __name__ == "__main__":
