@@ -98,6 +98,14 @@ if streams:
             line += (f"; peak RSS at the end vs llama.cpp with an 8k context: "
                      f"{end_rss / 2**20:.0f} / {l_rss / 2**20:.0f} MiB = {end_rss / l_rss:.2f}")
         lines.append(line)
+    # Along each stream: every 128k tokens (and the last segment), one segment each.
+    for p, (segs, finished) in streams.items():
+        lines += ["", f"{p}, one 8k segment every 128k tokens:", "",
+                  "| tokens | CPU ms/token | wall tok/s | peak RSS MiB |", "|---|---|---|---|"]
+        pick = [s for s in segs if s["start"] % (128 * 1024) == 0] + [segs[-1]]
+        for s in sorted({s["start"]: s for s in pick}.values(), key=lambda s: s["start"]):
+            lines.append(f"| {s['start'] // 1024}k | {s['cpu_seconds'] / s['tokens'] * 1e3:.2f} | "
+                         f"{s['tokens_per_second']:.0f} | {s['peak_rss_bytes'] / 2**20:.1f} |")
     stream_text = "\n".join(lines)
     text = readme.read_text()
     if "<!-- stream:begin -->" in text:
