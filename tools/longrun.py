@@ -50,12 +50,12 @@ def summary(name, seg, finished=True, k=5):
     the point (the first segment, while the window fills, left out): one segment can be slowed by
     another process on the machine, and with two compute threads ggml's spin-waiting then also
     inflates CPU time."""
-    near = lambda pos: min(seg, key=lambda s: abs(s["start"] + s["tokens"] / 2 - pos))
-    a, b = near(20000), seg[-1]
+    dist = lambda pos: lambda s: abs(s["start"] + s["tokens"] / 2 - pos)  # to the segment's middle
+    a, b = min(seg, key=dist(20000)), seg[-1]
     full = [s for s in seg if s["start"] > 0] or seg
 
     def around(pos):
-        group = sorted(full, key=lambda s: abs(s["start"] + s["tokens"] / 2 - pos))[:k]
+        group = sorted(full, key=dist(pos))[:k]
         return sorted(group, key=lambda s: s["start"])
 
     def med(group, f):
