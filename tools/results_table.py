@@ -13,20 +13,26 @@ def load(pat):
 ppl = load("ppl-*.json")
 order = ["full", "bswa", "sink", "fam-seed", "fam-bos", "fam-tail", "fam-seed-zero", "fam-reread", "fam-reread-sinks"]
 lines = [f"Measured on SmolLM2-135M-Instruct Q4_1, {d.name} scale, Moby-Dick (`tools/eval_policies.sh {d.name}`).", ""]
-segs = sorted({s["start"] for r in ppl.values() for s in r["segments"]})
-# A long run (the full scale's 25 segments) shows its first 32k, then every 32k, and its last.
-segs = [s for i, s in enumerate(segs) if s < 32768 or s % 32768 == 0 or i == len(segs) - 1]
-hdr = "| policy | " + " | ".join(f"ppl {s//1024}k-{(s+8192)//1024}k" for s in segs) + " | ppl all | mean KL vs full (0-8k) | state MiB | peak RSS MiB | tok/s |"
+# One row per policy (the whole run), then one row per 8192-token segment with a column per
+# policy: every segment of the stream is shown (the full scale has 25).
+present = [n for n in order if f"ppl-{n}" in ppl]
+hdr = "| policy | tokens scored | ppl all | ppl 0k-8k | mean KL vs full (0-8k) | state MiB | peak RSS MiB | tok/s |"
 lines += [hdr, "|" + "---|" * (hdr.count("|") - 1)]
-for name in order:
-    r = ppl.get(f"ppl-{name}")
-    if not r:
-        continue
-    by = {s["start"]: s["perplexity"] for s in r["segments"]}
-    cells = [f"{by[s]:.2f}" if s in by else "-" for s in segs]
+for name in present:
+    r = ppl[f"ppl-{name}"]
+    first = next((s["perplexity"] for s in r["segments"] if s["start"] == 0), None)
     kl = r.get("kl_vs_full")
-    lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['perplexity']:.2f} | {'-' if kl is None else f'{kl:.4f}'} | "
-                 f"{r['state_bytes']/2**20:.0f} | {r['peak_rss_bytes']/2**20:.0f} | {r['tokens_per_second']:.0f} |")
+    lines.append(f"| {name} | {r['tokens_scored']} | {r['perplexity']:.2f} | {'-' if first is None else f'{first:.2f}'} | "
+                 f"{'-' if kl is None else f'{kl:.4f}'} | {r['state_bytes']/2**20:.0f} | {r['peak_rss_bytes']/2**20:.0f} | "
+                 f"{r['tokens_per_second']:.0f} |")
+segs = sorted({s["start"] for r in ppl.values() for s in r["segments"]})
+lines += ["", "Perplexity per 8192-token segment of the stream (`-`: beyond full attention's 8k context):", ""]
+hdr = "| tokens | " + " | ".join(present) + " |"
+lines += [hdr, "|" + "---|" * (hdr.count("|") - 1)]
+by = {n: {s["start"]: s["perplexity"] for s in ppl[f"ppl-{n}"]["segments"]} for n in present}
+for s in segs:
+    cells = [f"{by[n][s]:.2f}" if s in by[n] else "-" for n in present]
+    lines.append(f"| {s//1024}k-{(s+8192)//1024}k | " + " | ".join(cells) + " |")
 pk = load("passkey-*.json")
 fillers = sorted({res["filler_tokens"] for r in pk.values() for res in r["results"]})
 lines += ["", "Passkey retrieval (found / trials):", ""]
