@@ -1203,6 +1203,7 @@ fn run(cli: Cli) -> Result<()> {
                     "memory": settings.policy.as_str(), "block_size": settings.block_size,
                     "mem_blocks": settings.mem_blocks, "fam_len": settings.fam_len, "sinks": settings.sinks,
                     "fam_init": settings.init.as_str(), "scored": !no_scores,
+                    "threads": model.threads.unwrap_or_else(default_threads),
                     "resumed_from": from,
                     "perplexity": r.perplexity, "nll": r.nll,
                     "tokens_scored": r.tokens_scored, "segments": segs, "seconds": r.seconds,

@@ -94,11 +94,18 @@ sdir = d.parent / "stream"
 streams = runs_in(sdir)
 if streams:
     lines = ["Streams without scoring (`STREAM=1 tools/bench_constant_memory.sh`: `perplexity "
-             "--no-scores`, two compute threads, defaults B=1024, M=3, S=4), Moby-Dick then the plays:", ""]
+             "--no-scores`, defaults B=1024, M=3, S=4), Moby-Dick then the plays:", ""]
+
+    def threads(p):
+        # Reports record their compute threads; the first (fam-reread) predates the field and
+        # ran with the script's STREAM default, THREADS=2.
+        f = sdir / f"{p}.json"
+        t = json.loads(f.read_text()).get("threads") if f.exists() else None
+        return f"{t} compute threads" if t else "2 compute threads, the script's default; not recorded then"
     llama = d.parent / "speed" / "rss-llama-8k.json"
     l_rss = json.loads(llama.read_text())["peak_rss_bytes"] if llama.exists() else None
     for p, (segs, finished) in streams.items():
-        line = "- " + summary(p, segs, finished)
+        line = "- " + summary(p, segs, finished).replace(":", f" ({threads(p)}):", 1)
         if l_rss:
             end_rss = segs[-1]["peak_rss_bytes"]
             line += (f"; peak RSS at the end vs llama.cpp with an 8k context: "
