@@ -1203,6 +1203,7 @@ fn run(cli: Cli) -> Result<()> {
                     "memory": settings.policy.as_str(), "block_size": settings.block_size,
                     "mem_blocks": settings.mem_blocks, "fam_len": settings.fam_len, "sinks": settings.sinks,
                     "fam_init": settings.init.as_str(), "scored": !no_scores,
+                    "fam_feedback": settings.feedback.as_str(),
                     "threads": model.threads.unwrap_or_else(default_threads),
                     "resumed_from": from,
                     "perplexity": r.perplexity, "nll": r.nll,
@@ -1263,6 +1264,7 @@ fn run(cli: Cli) -> Result<()> {
             let settings = memory.settings(&rt)?;
             let mut eng = rt.engine()?;
             let mut rows = Vec::new();
+            let mut details = Vec::new();
             for &n in &filler_tokens {
                 let mut found = 0;
                 for i in 0..trials {
@@ -1270,6 +1272,10 @@ fn run(cli: Cli) -> Result<()> {
                     let key = famstream::passkey::key_for(seed, i);
                     let t = famstream::passkey::trial(&rt, &mut eng, &mut st, n, key)?;
                     found += t.found as usize;
+                    details.push(serde_json::json!({
+                        "filler_tokens": n, "key": key, "answer": t.answer, "found": t.found,
+                        "prompt_tokens": t.prompt_tokens, "seconds": t.seconds,
+                    }));
                     if !json {
                         eprintln!(
                             "filler {n}: key {key} -> {:?} {} ({:.1}s)",
@@ -1286,7 +1292,14 @@ fn run(cli: Cli) -> Result<()> {
                     .iter()
                     .map(|&(n, f, t)| serde_json::json!({"filler_tokens": n, "found": f, "trials": t, "accuracy": f as f64 / t as f64}))
                     .collect();
-                let j = serde_json::json!({"memory": settings.policy.as_str(), "fam_init": settings.init.as_str(), "results": r});
+                let j = serde_json::json!({
+                    "memory": settings.policy.as_str(), "fam_init": settings.init.as_str(),
+                    "block_size": settings.block_size, "mem_blocks": settings.mem_blocks,
+                    "fam_len": settings.fam_len, "sinks": settings.sinks,
+                    "fam_feedback": settings.feedback.as_str(),
+                    "threads": model.threads.unwrap_or_else(default_threads),
+                    "results": r, "trials": details,
+                });
                 print_json(&j);
             } else {
                 for (n, f, t) in rows {

@@ -621,3 +621,46 @@ fn bench_reports_pp_and_tg_as_json() {
     assert_eq!(j["fill_tokens"], 96);
     assert_eq!(j["at_position"], 1_000_000);
 }
+
+/// `passkey` as the evaluation runs it, on the real model: with the key inside what attention
+/// sees (full attention over ~1,070 tokens) the model reads every key back; with a window that
+/// has dropped it (64-token blocks, one memory block: the key's sentence left the window ~900
+/// tokens before the question) no key is found. The report lists each trial's key and answer.
+#[test]
+fn passkey_finds_the_key_only_while_attention_still_sees_it() {
+    let m = common::model_path();
+    let passkey = |memory: &[&str]| {
+        json_report(
+            famstream()
+                .args(["passkey", "-m", m.to_str().unwrap(), "-t", "2", "--json"])
+                .args(["--filler-tokens", "1000", "--trials", "2"])
+                .args(memory)
+                .output()
+                .unwrap(),
+        )
+    };
+    let keys_found = |j: &serde_json::Value| -> Vec<bool> {
+        let trials = j["trials"].as_array().unwrap();
+        assert_eq!(trials.len(), 2, "{j}");
+        trials
+            .iter()
+            .map(|t| {
+                let key = t["key"].as_u64().unwrap().to_string();
+                let answer = t["answer"].as_str().unwrap();
+                assert!(t["prompt_tokens"].as_u64().unwrap() > 1000, "{t}");
+                // The report's verdict is the answer's digits containing the key.
+                let digits: String = answer.chars().filter(char::is_ascii_digit).collect();
+                assert_eq!(t["found"].as_bool().unwrap(), digits.contains(&key), "{t}");
+                digits.contains(&key)
+            })
+            .collect()
+    };
+    let full = passkey(&["--memory", "full"]);
+    assert_eq!(keys_found(&full), [true, true], "{full}");
+    assert_eq!(full["results"][0]["found"], 2);
+    let windowed = passkey(&["--memory", "bswa", "--block", "64", "--mem-blocks", "1"]);
+    assert_eq!(keys_found(&windowed), [false, false], "{windowed}");
+    assert_eq!(windowed["results"][0]["found"], 0);
+    // Both runs asked for the same keys.
+    assert_eq!(full["trials"][0]["key"], windowed["trials"][0]["key"]);
+}
