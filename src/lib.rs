@@ -30,7 +30,8 @@
 //!    may see, and runs [`forward::build_token_graph`] (embed -> per layer RMSNorm, QKV, RoPE,
 //!    write K/V to slots, flash attention over the slots, o_proj, residual, RMSNorm, SwiGLU,
 //!    residual -> final norm -> LM head). After each block it runs
-//!    [`forward::build_fam_graph`] (the FAM update of every layer, batched).
+//!    [`forward::build_fam_graph`] (the FAM update of every layer, batched), or, with the
+//!    `reread` feedback, the seed tokens through the token graph into scratch slots.
 //! 5. [`sample::Sampler`] picks the next token; [`tokenizer::StreamDecoder`] emits UTF-8.
 //!
 //! ## Module map
@@ -70,12 +71,16 @@
 //!   size before use.
 //! - `llama_*` functions (llama.cpp proper) are never called by the library or CLI; tests and
 //!   benches use them as an independent oracle. Compute goes through `ggml_*` only.
-//! - Every output file is written to a temporary name and renamed when complete.
-//! - `unsafe` lives in [`ggml`] (FFI), in [`gguf`] (the mmap) and in [`engine`] (the cached
-//!   token graph's handles outlive their borrow; they are used only while their key names the
-//!   very K/V store and model passed in); each block says why it is sound.
-//! - A `FamState`'s memory is fixed at creation: it depends on the model and (B, M, F, S), never on
-//!   the stream's length. Positions handed to ggml stay small (RoPE origin rebasing), so numerics
+//! - Every output file is written to a temporary name and renamed when complete (append-only
+//!   logs, `perplexity --segment-log`, aside: a stopped run keeps its lines).
+//! - `unsafe` lives in [`ggml`] (FFI), in [`gguf`] and [`convert`]'s safetensors reader (the
+//!   mmaps), in [`model`] (a backend buffer over the mapped file), in [`util`] (`madvise` on a read-only map)
+//!   and in [`engine`] (the cached token graph's handles outlive their borrow; they are used
+//!   only while their key names the very K/V store and model passed in); each block says why
+//!   it is sound.
+//! - A `FamState`'s memory is fixed at creation: it depends on the model and (B, M, F, S) and the
+//!   FAM feedback (`reread` adds F scratch slots), or n_ctx for `full`, never on the stream's
+//!   length. Positions handed to ggml stay small (RoPE origin rebasing), so numerics
 //!   do not degrade with stream length.
 //! - Graphs only touch tensors through ggml's backend API (buffers, `tensor_set/get`), so the same
 //!   code runs on any ggml device; K/V lengths seen by attention are padded to
@@ -84,7 +89,7 @@
 //!   grows between computes (ggml's Vulkan backend corrupted memory when it did; the CPU reserves
 //!   for last-row logits and grows only if every row's logits are asked for).
 //! - The engine never decides what a row may see; the state's mask does. The same graph code
-//!   serves every policy, so `fam` with F = 0 is `bswa` and a window covering the stream is
+//!   serves every policy, so `fam` with F = 0 and S = 0 is `bswa` and a window covering the stream is
 //!   `full`, bit for bit.
 
 pub mod bench;

@@ -24,6 +24,12 @@ t = i // B:
                     of the seed ids run alone (full causal) at -F..-1; `bos` = F copies of [BOS]'s
                     layer inputs run alone at -1, P = -F..-1; `tail` = no FAM in block 0, then
                     block 0's last F layer inputs at B-F..B-1 (no update for block 0).
+                    With S > 0 the token rows also see the sinks exactly as in `sink` (FAM rows
+                    never do). `renorm`: each updated row is rms_norm(F_new_l) * rms(Fm_l).
+                    feedback `reread` (training-free, not the paper's): after each complete block
+                    t the seed ids are run again at (t+1)B-F..(t+1)B-1, through every layer, each
+                    layer's rows seeing the old FAM keys, all block-t keys and the seed rows
+                    before them (causal); their layer-l inputs become Fm_l (no tail/FAM-row rule).
 Goldens: logits [N, vocab] of the token rows. Weights/RoPE/GQA conventions as in check_gguf.py
 (llama: adjacent pairs, qwen2: NEOX halves; q head h uses kv head h // (n_head / n_head_kv)).
 
@@ -35,7 +41,8 @@ import numpy as np
 import gguf
 
 ROOT = Path(__file__).resolve().parent.parent
-PARAMS = ("block_size", "mem_blocks", "fam_len", "sinks", "init", "seed_ids", "query_pos", "zero_first_residual")
+PARAMS = ("block_size", "mem_blocks", "fam_len", "sinks", "init", "seed_ids", "query_pos", "zero_first_residual",
+          "feedback", "renorm")
 
 
 class Model:
@@ -159,9 +166,30 @@ def initial_fam(m, init, F, seed_ids):
     return None, None
 
 
-def forward_fam(m, ids, B, M, F, init="seed", seed_ids=None, query_pos="block-end", zero_first_residual=True):
-    """FAM, combined layout: per block and layer, rows [Fm_l ; block tokens], one masked softmax."""
-    assert 0 <= F <= B and query_pos in ("block-end", "prev-fam")
+def reread_fam(m, seed_ids, fam, P, X, blk, new_pos):
+    """`reread` feedback after block `blk`: the seed ids' layer inputs at new_pos, each layer's rows
+    attending to [old FAM keys | block keys | seed keys (causal)]."""
+    F, y, out = len(seed_ids), m.embed(seed_ids), []
+    nf = 0 if fam is None else F
+    vis = np.ones((F, nf + len(blk) + F), bool)
+    vis[:, nf + len(blk):] = np.tril(np.ones((F, F), bool))
+    for l in range(m.n_layer):
+        out.append(y)
+        q, k, v = m.qkv(l, y)
+        _, kb, vb = m.qkv(l, X[l][blk])
+        ks, vs = [m.rope(kb, blk), m.rope(k, new_pos)], [vb, v]
+        if nf:
+            _, kf, vf = m.qkv(l, fam[l])
+            ks, vs = [m.rope(kf, P)] + ks, [vf] + vs
+        y = m.finish(l, y, m.attend(m.rope(q, new_pos), np.concatenate(ks), np.concatenate(vs), vis))
+    return out
+
+
+def forward_fam(m, ids, B, M, F, init="seed", seed_ids=None, query_pos="block-end", zero_first_residual=True,
+                S=0, feedback="within", renorm=False):
+    """FAM, combined layout: per block and layer, rows [Fm_l ; block tokens], one masked softmax
+    over [sinks | memory blocks | FAM keys | block keys]."""
+    assert 0 <= F <= B and query_pos in ("block-end", "prev-fam") and feedback in ("within", "reread")
     n, L = len(ids), m.n_layer
     X = [np.zeros((n, m.n_embd)) for _ in range(L + 1)]  # X[l][i]: residual entering layer l
     X[0] = m.embed(ids)
@@ -176,25 +204,36 @@ def forward_fam(m, ids, B, M, F, init="seed", seed_ids=None, query_pos="block-en
         zero = zero_first_residual and n_updates == 0
         q_pos = np.concatenate([(end_pos if query_pos == "block-end" else P) if nf else [], blk])
         k_pos = np.concatenate([P if nf else [], blk])
-        # mask over columns [mem | FAM | block]
-        vis = np.zeros((nf + len(blk), len(mem) + nf + len(blk)), bool)
-        vis[:nf, len(mem):] = True  # FAM rows: old FAM keys + the whole block, no memory
-        vis[nf:, :len(mem) + nf] = True  # token rows: memory window + all old FAM keys
-        vis[nf:, len(mem) + nf:] = np.tril(np.ones((len(blk), len(blk)), bool))  # causal in block
+        # sinks that have left the window, at virtual positions just before it (as in `sink`)
+        sk = np.array([j for j in range(min(S, n)) if j // B < t - M], np.int64)
+        sk_pos = max(0, t - M) * B - S + sk
+        ns = len(sk)
+        # mask over columns [sinks | mem | FAM | block]
+        vis = np.zeros((nf + len(blk), ns + len(mem) + nf + len(blk)), bool)
+        vis[:nf, ns + len(mem):] = True  # FAM rows: old FAM keys + the whole block, no memory/sinks
+        vis[nf:, :ns + len(mem) + nf] = True  # token rows: sinks + memory window + all old FAM keys
+        vis[nf:, ns + len(mem) + nf:] = np.tril(np.ones((len(blk), len(blk)), bool))  # causal in block
         new_fam = []
         for l in range(L):
             rows = np.concatenate([fam[l] if nf else np.zeros((0, m.n_embd)), X[l][blk]])
             q, k, v = m.qkv(l, rows)
             _, km, vm = m.qkv(l, X[l][mem])  # memory K/V recomputed from stored layer inputs
-            keys = np.concatenate([m.rope(km, mem), m.rope(k, k_pos)])
-            o = m.attend(m.rope(q, q_pos), keys, np.concatenate([vm, v]), vis)
+            _, ksk, vsk = m.qkv(l, X[l][sk])
+            keys = np.concatenate([m.rope(ksk, sk_pos), m.rope(km, mem), m.rope(k, k_pos)])
+            o = m.attend(m.rope(q, q_pos), keys, np.concatenate([vsk, vm, v]), vis)
             resid = rows.copy()
             if zero:
                 resid[:nf] = 0.0  # first update of the stream: zero residual for the FAM rows
             out = m.finish(l, resid, o)
+            if renorm and nf:  # rms_norm(new) * rms(old)
+                new = out[:nf]
+                out[:nf] = new / np.sqrt((new * new).mean(-1, keepdims=True) + m.eps) \
+                    * np.sqrt((rows[:nf] ** 2).mean(-1, keepdims=True))
             X[l + 1][blk] = out[nf:]  # token rows go on to layer l+1 ...
             new_fam.append(out[:nf])  # ... FAM rows' outputs are F_new_l, kept for next block
-        if update:
+        if feedback == "reread" and F > 0 and len(blk) == B:
+            fam, P = reread_fam(m, seed_ids, fam, P, X, blk, end_pos), end_pos
+        elif update:
             fam, P, n_updates = new_fam, end_pos, n_updates + 1
         elif F > 0 and fam is None and len(blk) == B:  # tail init, after block 0
             fam, P = [X[l][blk[-F:]] for l in range(L)], end_pos
@@ -202,7 +241,8 @@ def forward_fam(m, ids, B, M, F, init="seed", seed_ids=None, query_pos="block-en
 
 
 def forward_policy(weights, ids, policy, block_size=None, mem_blocks=None, fam_len=0, sinks=0,
-                   init=None, seed_ids=None, query_pos=None, zero_first_residual=None):
+                   init=None, seed_ids=None, query_pos=None, zero_first_residual=None, feedback=None,
+                   renorm=None):
     """Logits [N, vocab] (float64) of `ids` under a memory policy; weights = Model or GGUF path."""
     m = weights if isinstance(weights, Model) else Model(weights)
     if policy == "full":
@@ -211,7 +251,8 @@ def forward_policy(weights, ids, policy, block_size=None, mem_blocks=None, fam_l
         return forward_windowed(m, ids, block_size, mem_blocks, sinks if policy == "sink" else 0)
     assert policy == "fam", policy
     return forward_fam(m, ids, block_size, mem_blocks, fam_len, init, seed_ids,
-                       query_pos or "block-end", True if zero_first_residual is None else zero_first_residual)
+                       query_pos or "block-end", True if zero_first_residual is None else zero_first_residual,
+                       sinks, feedback or "within", bool(renorm))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +260,7 @@ def forward_policy(weights, ids, policy, block_size=None, mem_blocks=None, fam_l
 # masks), FAM update run separately after each complete block from cached per-layer state.
 
 def naive_forward(m, ids, policy, block_size=None, mem_blocks=None, fam_len=0, sinks=0, init=None,
-                  seed_ids=None, query_pos=None, zero_first_residual=True, pos0=0):
+                  seed_ids=None, query_pos=None, zero_first_residual=True, feedback=None, renorm=None, pos0=0):
     B, M, S, F, L = block_size or 1 << 30, mem_blocks or 0, sinks, fam_len, m.n_layer
     kraw, vals, xin = [[] for _ in range(L)], [[] for _ in range(L)], [[] for _ in range(L)]
     fam, P, n_updates, out = None, None, 0, []
@@ -239,7 +280,7 @@ def naive_forward(m, ids, policy, block_size=None, mem_blocks=None, fam_len=0, s
             for j in range(i + 1):
                 if policy == "full" or j // B >= t - M:
                     ks.append(rot(kraw[l][j], pos0 + j)); vs.append(vals[l][j])
-                elif policy == "sink" and j < S:
+                elif policy in ("sink", "fam") and j < S:
                     ks.append(rot(kraw[l][j], max(0, t - M) * B - S + j)); vs.append(vals[l][j])
             if policy == "fam" and fam is not None:
                 _, kf, vf = m.qkv(l, fam[l])
@@ -249,6 +290,19 @@ def naive_forward(m, ids, policy, block_size=None, mem_blocks=None, fam_len=0, s
         out.append(m.logits(x)[0])
         if policy == "fam" and F and (i + 1) % B == 0:  # block t complete: separate FAM step
             blk, new_p = np.arange(t * B, i + 1), np.arange((t + 1) * B - F, (t + 1) * B, dtype=np.float64)
+            if feedback == "reread":  # the seed again, one row at a time, explicit key lists
+                y, new, sk, sv = [m.embed([tok])[0] for tok in seed_ids], [], [], []
+                for l in range(L):
+                    new.append(np.array(y))
+                    ks = [rot(kraw[l][j], j) for j in blk] + ([] if fam is None else list(m.rope(m.qkv(l, fam[l])[1], P)))
+                    vs = [vals[l][j] for j in blk] + ([] if fam is None else list(m.qkv(l, fam[l])[2]))
+                    for r in range(F):
+                        q, k, v = m.qkv(l, y[r][None])
+                        ks.append(rot(k[0], new_p[r])); vs.append(v[0])
+                        o = m.attend(m.rope(q, new_p[r:r + 1]), np.array(ks), np.array(vs), np.ones((1, len(ks)), bool))
+                        y[r] = m.finish(l, y[r][None], o)[0]
+                fam, P = new, new_p
+                continue
             if fam is None:  # tail init
                 fam, P = [np.array(xin[l][-F:]) for l in range(L)], new_p
                 continue
@@ -260,7 +314,10 @@ def naive_forward(m, ids, policy, block_size=None, mem_blocks=None, fam_len=0, s
                 qp = new_p if query_pos == "block-end" else P
                 o = np.concatenate([m.attend(m.rope(qf[r:r + 1], qp[r:r + 1]), keys, vv, np.ones((1, len(keys)), bool))
                                     for r in range(F)])
-                new.append(m.finish(l, np.zeros_like(fam[l]) if zero else fam[l], o))
+                nl = m.finish(l, np.zeros_like(fam[l]) if zero else fam[l], o)
+                if renorm:
+                    nl = nl / np.sqrt((nl ** 2).mean(-1, keepdims=True) + m.eps) * np.sqrt((fam[l] ** 2).mean(-1, keepdims=True))
+                new.append(nl)
             fam, P, n_updates = new, new_p, n_updates + 1
     return np.array(out), xin
 
@@ -281,7 +338,7 @@ def plain_forward(m, ids):
 def cases_for(arch, ids):
     B, M, F, S, seed = 8, 1, 4, 2, [1, 17, 42, 99]
     none = dict(block_size=None, mem_blocks=None, fam_len=0, sinks=0, init=None, seed_ids=None,
-                query_pos=None, zero_first_residual=None)
+                query_pos=None, zero_first_residual=None, feedback=None, renorm=None)
     fam = lambda init, qp, zero, f=F: dict(none, block_size=B, mem_blocks=M, fam_len=f, init=init,
                                            seed_ids=seed if init == "seed" else None, query_pos=qp, zero_first_residual=zero)
     spec = [("full", "full", none), ("bswa", "bswa", dict(none, block_size=B, mem_blocks=M)),
@@ -292,7 +349,12 @@ def cases_for(arch, ids):
             ("fam_seed_prevfam_zero", "fam", fam("seed", "prev-fam", True)),
             ("fam_seed_blockend_nozero", "fam", fam("seed", "block-end", False)),
             ("fam_f0", "fam", fam("bos", "block-end", True, f=0)),
-            ("bswa_m5", "bswa", dict(none, block_size=B, mem_blocks=5))]
+            ("bswa_m5", "bswa", dict(none, block_size=B, mem_blocks=5)),
+            # the runtime's training-free variants, and fam with sinks (the long-run setup)
+            ("fam_seed_sinks", "fam", dict(fam("seed", "block-end", False), sinks=S)),
+            ("fam_seed_renorm", "fam", dict(fam("seed", "block-end", False), renorm=True)),
+            ("fam_reread", "fam", dict(fam("seed", "block-end", False), feedback="reread")),
+            ("fam_reread_sinks", "fam", dict(fam("seed", "block-end", False), feedback="reread", sinks=S))]
     return [dict(arch=arch, file=f"{arch}_{name}.npy", policy=pol, **p, ids=ids) for name, pol, p in spec]
 
 
@@ -326,7 +388,9 @@ def main():
         note("bswa M=5 vs full", np.abs(r("bswa_m5") - r("full")).max())
         for a, b in [("bswa", "full"), ("sink", "bswa"), ("fam_seed_blockend_zero", "bswa"),
                      ("fam_bos_blockend_zero", "fam_seed_blockend_zero"), ("fam_tail_blockend_zero", "fam_seed_blockend_zero"),
-                     ("fam_seed_prevfam_zero", "fam_seed_blockend_zero"), ("fam_seed_blockend_nozero", "fam_seed_blockend_zero")]:
+                     ("fam_seed_prevfam_zero", "fam_seed_blockend_zero"), ("fam_seed_blockend_nozero", "fam_seed_blockend_zero"),
+                     ("fam_seed_sinks", "fam_seed_blockend_nozero"), ("fam_seed_renorm", "fam_seed_blockend_nozero"),
+                     ("fam_reread", "fam_seed_blockend_nozero"), ("fam_reread_sinks", "fam_reread")]:
             d = np.abs(r(a) - r(b)).max(); first = int(np.argmax(np.abs(r(a) - r(b)).max(1) > 1e-9))
             print(f"{arch}: {a:26s} differs from {b:24s} by max {d:.3e} (first differing row {first})")
             assert d > 1e-3, "goldens would not distinguish these policies"
