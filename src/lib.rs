@@ -74,8 +74,8 @@
 //! - Every output file is written to a temporary name and renamed when complete (append-only
 //!   logs, `perplexity --segment-log`, aside: a stopped run keeps its lines).
 //! - `unsafe` lives in [`ggml`] (FFI), in [`gguf`] and [`convert`]'s safetensors reader (the
-//!   mmaps), in [`model`] (a backend buffer over the mapped file), in [`util`] (`madvise` on a read-only map)
-//!   and in [`engine`] (the cached token graph's handles outlive their borrow; they are used
+//!   mmaps), in [`model`] (a backend buffer over the mapped file), in [`util`] (`madvise` on a
+//!   read-only map) and in [`engine`] (the cached token graph's handles outlive their borrow; they are used
 //!   only while their key names the very K/V store and model passed in); each block says why
 //!   it is sound.
 //! - A `FamState`'s memory is fixed at creation: it depends on the model and (B, M, F, S) and the
@@ -89,8 +89,8 @@
 //!   grows between computes (ggml's Vulkan backend corrupted memory when it did; the CPU reserves
 //!   for last-row logits and grows only if every row's logits are asked for).
 //! - The engine never decides what a row may see; the state's mask does. The same graph code
-//!   serves every policy, so `fam` with F = 0 and S = 0 is `bswa` and a window covering the stream is
-//!   `full`, bit for bit.
+//!   serves every policy, so `fam` with F = 0 and S = 0 is `bswa` and a window covering the
+//!   stream is `full`, bit for bit.
 
 pub mod bench;
 pub mod chat;
