@@ -75,9 +75,9 @@
 //!   logs, `perplexity --segment-log`, aside: a stopped run keeps its lines).
 //! - `unsafe` lives in [`ggml`] (FFI), in [`gguf`] and [`convert`]'s safetensors reader (the
 //!   mmaps), in [`model`] (a backend buffer over the mapped file), in [`util`] (`madvise` on a
-//!   read-only map) and in [`engine`] (the cached token graph's handles outlive their borrow; they are used
-//!   only while their key names the very K/V store and model passed in); each block says why
-//!   it is sound.
+//!   read-only map) and in [`engine`] (the cached token graph's handles outlive their borrow;
+//!   they are used only while their key names the very K/V store and model passed in); each
+//!   block says why it is sound.
 //! - A `FamState`'s memory is fixed at creation: it depends on the model and (B, M, F, S) and the
 //!   FAM feedback (`reread` adds F scratch slots), or n_ctx for `full`, never on the stream's
 //!   length. Positions handed to ggml stay small (RoPE origin rebasing), so numerics
