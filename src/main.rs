@@ -178,6 +178,30 @@ impl MemoryArgs {
         Ok(st)
     }
 
+    /// Refuse the state flags a command would ignore: a silently ignored `--save-state` loses a
+    /// user's work, an ignored `--load-state` or `--start-position` measures something else.
+    /// `not_saved`: why, when the command saves no state.
+    fn refuse_unused(&self, cmd: &str, loads: bool, not_saved: Option<&str>) -> Result<()> {
+        let mut unused = Vec::new();
+        if let (Some(_), Some(why)) = (&self.save_state, not_saved) {
+            unused.push(format!("--save-state ({why})"));
+        }
+        if !loads && self.load_state.is_some() {
+            unused.push("--load-state".to_string());
+        }
+        if !loads && self.start_position != 0 {
+            unused.push("--start-position".to_string());
+        }
+        if unused.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
+                "`{cmd}` does not use {}",
+                unused.join(", ")
+            )))
+        }
+    }
+
     /// Save the state if --save-state was given.
     fn save(&self, rt: &Runtime, st: &FamState) -> Result<()> {
         if let Some(p) = &self.save_state {
@@ -772,6 +796,7 @@ fn run(cli: Cli) -> Result<()> {
             sessions_dir,
             memory,
         } => {
+            memory.refuse_unused("serve", false, Some("sessions are saved by name"))?;
             let rt = std::sync::Arc::new(model.load()?);
             let settings = memory.settings(&rt)?;
             let sessions_dir = match sessions_dir {
@@ -810,6 +835,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             memory,
         } => {
+            memory.refuse_unused("bench", false, Some("bench keeps no state"))?;
             let rt = model.load()?;
             let settings = memory.settings(&rt)?;
             let mut eng = rt.engine()?;
@@ -872,6 +898,7 @@ fn run(cli: Cli) -> Result<()> {
             sample,
             memory,
         } => {
+            memory.refuse_unused("chat", true, Some("use --session NAME"))?;
             let mut opts = sample.options()?;
             let rt = model.load()?;
             let mut eng = rt.engine()?;
@@ -1007,6 +1034,7 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint_every,
             memory,
         } if memory.memory.is_some() => {
+            memory.refuse_unused("perplexity", true, Some("use --checkpoint"))?;
             let mut seg_log = match &segment_log {
                 Some(p) => Some(
                     std::fs::OpenOptions::new()
@@ -1260,6 +1288,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             memory,
         } => {
+            memory.refuse_unused("passkey", true, Some("passkey saves no state"))?;
             let rt = model.load()?;
             let settings = memory.settings(&rt)?;
             let mut eng = rt.engine()?;
@@ -1316,6 +1345,20 @@ fn run(cli: Cli) -> Result<()> {
         } if memory.memory.is_none() && (no_scores || checkpoint.is_some()) => Err(Error::Invalid(
             "--no-scores and --checkpoint stream through a memory policy: add --memory P".into(),
         )),
+        // Windowed perplexity (llama-perplexity's scoring) has no stream state.
+        Command::Perplexity { memory, .. }
+            if memory.memory.is_none()
+                && (memory.any_setting()
+                    || memory.load_state.is_some()
+                    || memory.save_state.is_some()
+                    || memory.start_position != 0) =>
+        {
+            Err(Error::Invalid(
+                "memory flags apply to streaming perplexity: add --memory P (without it, \
+                 perplexity is scored in independent --ctx windows)"
+                    .into(),
+            ))
+        }
         Command::Perplexity {
             model,
             file,

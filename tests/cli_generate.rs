@@ -307,6 +307,62 @@ fn bad_inputs_fail_with_a_message_and_no_panic() {
         assert!(err.starts_with("famstream: error:"), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+    // A state flag the command would ignore is refused, named, and nothing is written.
+    let snap = dir.join("never.snap");
+    let text = dir.join("t.txt");
+    std::fs::write(&text, "Call me Ishmael.").unwrap();
+    for (args, named) in [
+        (
+            vec!["bench", "-m", m.to_str().unwrap(), "--save-state"],
+            "--save-state",
+        ),
+        (
+            vec![
+                "passkey",
+                "-m",
+                m.to_str().unwrap(),
+                "--filler-tokens",
+                "10",
+                "--save-state",
+            ],
+            "--save-state",
+        ),
+        (
+            vec![
+                "perplexity",
+                "-m",
+                m.to_str().unwrap(),
+                "-f",
+                text.to_str().unwrap(),
+                "--memory",
+                "sink",
+                "--save-state",
+            ],
+            "--checkpoint",
+        ),
+        (
+            vec![
+                "perplexity",
+                "-m",
+                m.to_str().unwrap(),
+                "-f",
+                text.to_str().unwrap(),
+                "--sinks",
+                "2",
+                "--save-state",
+            ],
+            "--memory P",
+        ),
+    ] {
+        let out = famstream().args(&args).arg(&snap).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.starts_with("famstream: error:") && err.contains(named),
+            "{args:?}: {err}"
+        );
+        assert!(!snap.exists(), "{args:?}");
+    }
 }
 
 #[test]
