@@ -171,11 +171,24 @@ impl MemoryArgs {
                 None
             };
             let (st, _) = FamState::load(p, &rt.model, eng.backend(), expected.as_ref())?;
+            self.same_start(&st, &p.display().to_string())?;
             return Ok(st);
         }
         let mut st = rt.new_state(eng, self.settings(rt)?, n_ctx)?;
         st.set_start_position(self.start_position)?;
         Ok(st)
+    }
+
+    /// A loaded stream keeps its own start position: `--start-position` may only repeat it.
+    fn same_start(&self, st: &FamState, what: &str) -> Result<()> {
+        if self.start_position != 0 && self.start_position != st.start_position() {
+            return Err(Error::Invalid(format!(
+                "--start-position {} differs from the start position {} of the stream in {what}",
+                self.start_position,
+                st.start_position()
+            )));
+        }
+        Ok(())
     }
 
     /// Refuse the state flags a command would ignore: a silently ignored `--save-state` loses a
@@ -911,6 +924,12 @@ fn run(cli: Cli) -> Result<()> {
             let mut pending = String::new();
             let mut stream = match &session_path {
                 Some(p) if p.exists() => {
+                    if memory.load_state.is_some() {
+                        return Err(Error::Invalid(format!(
+                            "session {} exists: it is resumed, so --load-state would be ignored",
+                            p.display()
+                        )));
+                    }
                     let expected = if memory.any_setting() {
                         Some(memory.settings(&rt)?)
                     } else {
@@ -918,6 +937,7 @@ fn run(cli: Cli) -> Result<()> {
                     };
                     let (st, extra) =
                         FamState::load(p, &rt.model, eng.backend(), expected.as_ref())?;
+                    memory.same_start(&st, &p.display().to_string())?;
                     turns = extra["turns"].as_u64().unwrap_or(0);
                     first = false;
                     eprintln!("(session resumed: {turns} turns, {} tokens)", st.n_past());
@@ -1086,6 +1106,7 @@ fn run(cli: Cli) -> Result<()> {
                         ));
                     }
                     let (st, extra) = FamState::load(p, &rt.model, eng.backend(), Some(&settings))?;
+                    memory.same_start(&st, &p.display().to_string())?;
                     let bad =
                         |what: &str| Error::Invalid(format!("checkpoint {}: {what}", p.display()));
                     let next = extra["next"]
@@ -1290,7 +1311,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             memory.refuse_unused("passkey", true, Some("passkey saves no state"))?;
             let rt = model.load()?;
-            let settings = memory.settings(&rt)?;
+            let mut settings = memory.settings(&rt)?;
             let mut eng = rt.engine()?;
             let mut rows = Vec::new();
             let mut details = Vec::new();
@@ -1298,6 +1319,7 @@ fn run(cli: Cli) -> Result<()> {
                 let mut found = 0;
                 for i in 0..trials {
                     let mut st = memory.state(&rt, &eng, model.ctx(&rt))?;
+                    settings = st.settings; // a loaded state's own (reported below)
                     let key = famstream::passkey::key_for(seed, i);
                     let t = famstream::passkey::trial(&rt, &mut eng, &mut st, n, key)?;
                     found += t.found as usize;
@@ -1346,16 +1368,22 @@ fn run(cli: Cli) -> Result<()> {
             "--no-scores and --checkpoint stream through a memory policy: add --memory P".into(),
         )),
         // Windowed perplexity (llama-perplexity's scoring) has no stream state.
-        Command::Perplexity { memory, .. }
-            if memory.memory.is_none()
-                && (memory.any_setting()
-                    || memory.load_state.is_some()
-                    || memory.save_state.is_some()
-                    || memory.start_position != 0) =>
+        Command::Perplexity {
+            memory,
+            segment_log,
+            kl_vs_full,
+            ..
+        } if memory.memory.is_none()
+            && (memory.any_setting()
+                || segment_log.is_some()
+                || kl_vs_full > 0
+                || memory.load_state.is_some()
+                || memory.save_state.is_some()
+                || memory.start_position != 0) =>
         {
             Err(Error::Invalid(
-                "memory flags apply to streaming perplexity: add --memory P (without it, \
-                 perplexity is scored in independent --ctx windows)"
+                "memory flags, --segment-log and --kl-vs-full apply to streaming perplexity: \
+                 add --memory P (without it, perplexity is scored in independent --ctx windows)"
                     .into(),
             ))
         }

@@ -234,6 +234,13 @@ impl FamSettings {
                 self.fam_len, self.block_size
             )));
         }
+        if self.renorm && self.feedback == FamFeedback::Reread {
+            return Err(Error::Invalid(
+                "FAM renorm rescales the `within` feedback's updated rows; the reread \
+                 feedback has none (drop --fam-renorm or use --fam-feedback within)"
+                    .into(),
+            ));
+        }
         if matches!(self.policy, MemoryPolicy::Sink | MemoryPolicy::Fam)
             && self.sinks > self.block_size
         {

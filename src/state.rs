@@ -243,6 +243,10 @@ impl FamState {
     pub fn n_past(&self) -> u64 {
         self.n_past
     }
+    /// Absolute position of the stream's first token (0 unless set).
+    pub fn start_position(&self) -> i64 {
+        self.start_position
+    }
     /// Tokens the `full` policy can hold (0 for windowed policies: unlimited).
     pub fn n_ctx(&self) -> usize {
         self.n_ctx

@@ -307,23 +307,51 @@ fn bad_inputs_fail_with_a_message_and_no_panic() {
         assert!(err.starts_with("famstream: error:"), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
-    // A state flag the command would ignore is refused, named, and nothing is written.
-    let snap = dir.join("never.snap");
+    // A flag the command would ignore is refused, named; no state is written.
+    let snap = dir.join("s.snap");
     let text = dir.join("t.txt");
     std::fs::write(&text, "Call me Ishmael.").unwrap();
-    for (args, named) in [
-        (
-            vec!["bench", "-m", m.to_str().unwrap(), "--save-state"],
+    let (m, t, s) = (
+        m.to_str().unwrap(),
+        text.to_str().unwrap(),
+        snap.to_str().unwrap(),
+    );
+    let out = famstream()
+        .args(["logits", "-m", m, "-p", "x", "--out"])
+        .arg(dir.join("l.npy"))
+        .args([
+            "--memory",
+            "sink",
+            "--start-position",
+            "5",
             "--save-state",
+            s,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let never = dir.join("never.snap");
+    let n = never.to_str().unwrap();
+    for (args, named) in [
+        (vec!["bench", "-m", m, "--save-state", n], "--save-state"),
+        (vec!["bench", "-m", m, "--load-state", s], "--load-state"),
+        (
+            vec!["serve", "-m", m, "--start-position", "3"],
+            "--start-position",
         ),
         (
             vec![
                 "passkey",
                 "-m",
-                m.to_str().unwrap(),
+                m,
                 "--filler-tokens",
                 "10",
                 "--save-state",
+                n,
             ],
             "--save-state",
         ),
@@ -331,38 +359,79 @@ fn bad_inputs_fail_with_a_message_and_no_panic() {
             vec![
                 "perplexity",
                 "-m",
-                m.to_str().unwrap(),
+                m,
                 "-f",
-                text.to_str().unwrap(),
+                t,
                 "--memory",
                 "sink",
                 "--save-state",
+                n,
             ],
             "--checkpoint",
         ),
         (
-            vec![
-                "perplexity",
-                "-m",
-                m.to_str().unwrap(),
-                "-f",
-                text.to_str().unwrap(),
-                "--sinks",
-                "2",
-                "--save-state",
-            ],
+            vec!["perplexity", "-m", m, "-f", t, "--sinks", "2"],
             "--memory P",
         ),
+        (
+            vec!["perplexity", "-m", m, "-f", t, "--kl-vs-full", "64"],
+            "--memory P",
+        ),
+        // A loaded stream keeps its start position (5): another one is refused.
+        (
+            vec![
+                "run",
+                "-m",
+                m,
+                "-p",
+                "x",
+                "-n",
+                "1",
+                "--load-state",
+                s,
+                "--start-position",
+                "7",
+            ],
+            "start position 5",
+        ),
+        (
+            vec![
+                "run",
+                "-m",
+                m,
+                "-p",
+                "x",
+                "--memory",
+                "fam",
+                "--fam-feedback",
+                "reread",
+            ]
+            .into_iter()
+            .chain(["--fam-renorm", "true"])
+            .collect(),
+            "renorm",
+        ),
     ] {
-        let out = famstream().args(&args).arg(&snap).output().unwrap();
+        let out = famstream().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(
             err.starts_with("famstream: error:") && err.contains(named),
             "{args:?}: {err}"
         );
-        assert!(!snap.exists(), "{args:?}");
+        assert!(!never.exists(), "{args:?}");
     }
+    // Repeating the loaded stream's own start position is fine.
+    let out = famstream()
+        .args(["run", "-m", m, "-p", "x", "-n", "1", "--load-state", s])
+        .args(["--start-position", "5"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

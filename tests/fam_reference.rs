@@ -1,7 +1,7 @@
 //! Every memory policy against the numpy reference (tools/fam_reference.py): a different
 //! computation (whole-sequence masks and the paper's combined FAM layout, in float64) on the tiny
 //! llama and qwen2 checkpoints. The runtime's training-free variants (reread feedback, renorm)
-//! and fam with sinks (the default fam setup, S = 4) are cases too.
+//! and fam with sinks (the default fam setup has S = 4; the cases use S = 2) are cases too.
 
 use famstream::engine::Engine;
 use famstream::ggml::Backend;

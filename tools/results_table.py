@@ -26,13 +26,15 @@ for name in present:
                  f"{'-' if kl is None else f'{kl:.4f}'} | {r['state_bytes']/2**20:.0f} | {r['peak_rss_bytes']/2**20:.0f} | "
                  f"{r['tokens_per_second']:.0f} |")
 segs = sorted({s["start"] for r in ppl.values() for s in r["segments"]})
-lines += ["", "Perplexity per 8192-token segment of the stream (`-`: beyond full attention's 8k context):", ""]
+ends = {s["start"]: s["start"] + s["tokens"] for r in ppl.values() for s in r["segments"]}
+lines += ["", "Perplexity per 8192-token segment of the stream (`-`: not measured; full attention "
+          "stops at its 8k context):", ""]
 hdr = "| tokens | " + " | ".join(present) + " |"
 lines += [hdr, "|" + "---|" * (hdr.count("|") - 1)]
 by = {n: {s["start"]: s["perplexity"] for s in ppl[f"ppl-{n}"]["segments"]} for n in present}
 for s in segs:
     cells = [f"{by[n][s]:.2f}" if s in by[n] else "-" for n in present]
-    lines.append(f"| {s//1024}k-{(s+8192)//1024}k | " + " | ".join(cells) + " |")
+    lines.append(f"| {s // 1024}k-{round(ends[s] / 1024)}k | " + " | ".join(cells) + " |")
 pk = load("passkey-*.json")
 fillers = sorted({res["filler_tokens"] for r in pk.values() for res in r["results"]})
 lines += ["", "Passkey retrieval (found / trials):", ""]
@@ -97,15 +99,19 @@ if streams:
              "--no-scores`, defaults B=1024, M=3, S=4), Moby-Dick then the plays:", ""]
 
     def threads(p):
-        # Reports record their compute threads; the first (fam-reread) predates the field and
-        # ran with the script's STREAM default, THREADS=2.
+        # Final reports record their compute threads (a run still going has no report yet); the
+        # first (fam-reread) predates the field and ran with the script's STREAM default, 2.
         f = sdir / f"{p}.json"
-        t = json.loads(f.read_text()).get("threads") if f.exists() else None
+        if not f.exists():
+            return None
+        t = json.loads(f.read_text()).get("threads")
         return f"{t} compute threads" if t else "2 compute threads, the script's default; not recorded then"
     llama = d.parent / "speed" / "rss-llama-8k.json"
     l_rss = json.loads(llama.read_text())["peak_rss_bytes"] if llama.exists() else None
     for p, (segs, finished) in streams.items():
-        line = "- " + summary(p, segs, finished).replace(":", f" ({threads(p)}):", 1)
+        line = "- " + summary(p, segs, finished)
+        if threads(p):
+            line = line.replace(":", f" ({threads(p)}):", 1)
         if l_rss:
             end_rss = segs[-1]["peak_rss_bytes"]
             line += (f"; peak RSS at the end vs llama.cpp with an 8k context: "
