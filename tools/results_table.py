@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Render results/<scale>/*.json (from tools/eval_policies.sh) as Markdown tables and put them in
-README.md between the markers <!-- results:begin --> and <!-- results:end -->.
+README.md between the markers <!-- results:begin --> and <!-- results:end --> (quick scale), or
+<!-- results-<scale>:begin/end --> (another scale), then the long-stream tables.
 
 usage: tools/results_table.py RESULTS_DIR README.md"""
 import json, sys, re
@@ -37,9 +38,9 @@ for s in segs:
     lines.append(f"| {s // 1024}k-{round(ends[s] / 1024)}k | " + " | ".join(cells) + " |")
 pk = load("passkey-*.json")
 fillers = sorted({res["filler_tokens"] for r in pk.values() for res in r["results"]})
-lines += ["", "Passkey retrieval (found / trials):", ""]
+lines += ["", "Passkey retrieval (found / trials):" if pk else "Passkey retrieval: not measured yet at this scale.", ""]
 hdr = "| policy | " + " | ".join(f"{n//1000}k filler" for n in fillers) + " |"
-lines += [hdr, "|" + "---|" * (hdr.count("|") - 1)]
+lines += [hdr, "|" + "---|" * (hdr.count("|") - 1)] if pk else []
 for name in order:
     cells = []
     for n in fillers:
@@ -48,10 +49,17 @@ for name in order:
     if any(c != "-" for c in cells):
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 table = "\n".join(lines)
+# Each scale has its own block: <!-- results:begin/end --> (quick), <!-- results-full:... --> (full);
+# a missing block goes after the last results block there is.
+tag = "results" if d.name == "quick" else f"results-{d.name}"
+begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
 text = readme.read_text()
-new = re.sub(r"<!-- results:begin -->.*<!-- results:end -->", f"<!-- results:begin -->\n{table}\n<!-- results:end -->", text, flags=re.S)
-if new == text and "<!-- results:begin -->" not in text:
-    new = text + f"\n<!-- results:begin -->\n{table}\n<!-- results:end -->\n"
+block = f"{begin}\n{table}\n{end}"
+if begin in text:
+    new = re.sub(re.escape(begin) + ".*" + re.escape(end), lambda _: block, text, flags=re.S)
+else:
+    ends = [m.end() for m in re.finditer(r"<!-- results(-[a-z]+)?:end -->", text)]
+    new = text[:ends[-1]] + "\n\n" + block + text[ends[-1]:] if ends else text + "\n" + block + "\n"
 readme.write_text(new)
 print(table)
 
