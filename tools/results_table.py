@@ -113,7 +113,7 @@ if streams:
         if not f.exists():
             return None
         t = json.loads(f.read_text()).get("threads")
-        return f"{t} compute threads" if t else "2 compute threads, the script's default; not recorded then"
+        return f"{t} compute thread{'s' if t != 1 else ''}" if t else "2 compute threads, the script's default; not recorded then"
     llama = d.parent / "speed" / "rss-llama-8k.json"
     l_rss = json.loads(llama.read_text())["peak_rss_bytes"] if llama.exists() else None
     for p, (segs, finished) in streams.items():
