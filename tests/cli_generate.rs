@@ -20,12 +20,27 @@ fn perplexity(text: &std::path::Path) -> Command {
 
 /// A command's JSON report, after checking that it succeeded (its stderr otherwise).
 fn json_report(out: std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&succeeded(out).stdout).unwrap()
+}
+
+/// A command's output, after checking that it succeeded (its stderr otherwise).
+fn succeeded(out: std::process::Output) -> std::process::Output {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    out
+}
+
+/// The stderr of a command that must be refused: exit code 1, famstream's error prefix, no panic.
+fn refused(args: &[&str]) -> String {
+    let out = famstream().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert!(err.starts_with("famstream: error:"), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    err
 }
 
 #[test]
@@ -47,11 +62,7 @@ fn run_streams_text_and_reports_speed() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeded(out);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("Paris"), "greedy answer: {text:?}");
     let err = String::from_utf8(out.stderr).unwrap();
@@ -88,11 +99,7 @@ fn chat_answers_two_turns_from_stdin() {
         .write_all(b"What is the capital of France?\nAnd of Italy?\n/exit\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeded(out);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("Paris"), "{text}");
     assert!(
@@ -118,11 +125,7 @@ fn logits_writes_an_npy_array_of_every_position() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(out);
     let (shape, data) = famstream::npy::read_f32(&out_path).unwrap();
     assert_eq!(shape[1], 49152);
     assert!(shape[0] >= 7);
@@ -301,11 +304,7 @@ fn bad_inputs_fail_with_a_message_and_no_panic() {
             "4096",
         ],
     ] {
-        let out = famstream().args(&args).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert!(err.starts_with("famstream: error:"), "{args:?}: {err}");
-        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        refused(&args);
     }
     // A flag the command would ignore is refused, named; no state is written.
     let snap = dir.join("s.snap");
@@ -329,11 +328,7 @@ fn bad_inputs_fail_with_a_message_and_no_panic() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(out);
     let never = dir.join("never.snap");
     let n = never.to_str().unwrap();
     for (args, named) in [
@@ -405,20 +400,14 @@ fn bad_inputs_fail_with_a_message_and_no_panic() {
                 "fam",
                 "--fam-feedback",
                 "reread",
-            ]
-            .into_iter()
-            .chain(["--fam-renorm", "true"])
-            .collect(),
+                "--fam-renorm",
+                "true",
+            ],
             "renorm",
         ),
     ] {
-        let out = famstream().args(&args).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert!(
-            err.starts_with("famstream: error:") && err.contains(named),
-            "{args:?}: {err}"
-        );
+        let err = refused(&args);
+        assert!(err.contains(named), "{args:?}: {err}");
         assert!(!never.exists(), "{args:?}");
     }
     // Repeating the loaded stream's own start position is fine.
@@ -427,11 +416,7 @@ fn bad_inputs_fail_with_a_message_and_no_panic() {
         .args(["--start-position", "5"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(out);
 }
 
 #[test]
@@ -456,11 +441,7 @@ fn logits_continue_from_a_saved_state_as_if_never_stopped() {
             .args(mem)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(out);
     };
     let a = "It was the best of times, it was the worst of times, it was the age of wisdom,";
     let b = " it was the age of foolishness, it was the epoch of belief.";
@@ -552,11 +533,7 @@ fn chat(args: &[&str], input: &str) -> Vec<String> {
         .write_all(input.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeded(out);
     String::from_utf8(out.stdout)
         .unwrap()
         .split("> ")
@@ -651,11 +628,7 @@ fn summarize_answers_from_a_transcript_file_and_stdin() {
         .args(ask)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeded(out);
     let answer = String::from_utf8_lossy(&out.stdout);
     assert!(answer.contains("42"), "{answer}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("tok/s"));
