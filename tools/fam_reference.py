@@ -294,8 +294,10 @@ def naive_forward(m, ids, policy, block_size=None, mem_blocks=None, fam_len=0, s
                 y, new, sk, sv = [m.embed([tok])[0] for tok in seed_ids], [], [], []
                 for l in range(L):
                     new.append(np.array(y))
-                    ks = [rot(kraw[l][j], j) for j in blk] + ([] if fam is None else list(m.rope(m.qkv(l, fam[l])[1], P)))
-                    vs = [vals[l][j] for j in blk] + ([] if fam is None else list(m.qkv(l, fam[l])[2]))
+                    ks, vs = [rot(kraw[l][j], j) for j in blk], [vals[l][j] for j in blk]
+                    if fam is not None:
+                        _, kf, vf = m.qkv(l, fam[l])
+                        ks += list(m.rope(kf, P)); vs += list(vf)
                     for r in range(F):
                         q, k, v = m.qkv(l, y[r][None])
                         ks.append(rot(k[0], new_p[r])); vs.append(v[0])

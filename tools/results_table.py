@@ -117,9 +117,9 @@ if streams:
     llama = d.parent / "speed" / "rss-llama-8k.json"
     l_rss = json.loads(llama.read_text())["peak_rss_bytes"] if llama.exists() else None
     for p, (segs, finished) in streams.items():
-        line = "- " + summary(p, segs, finished)
-        if threads(p):
-            line = line.replace(":", f" ({threads(p)}):", 1)
+        line, t = "- " + summary(p, segs, finished), threads(p)
+        if t:
+            line = line.replace(":", f" ({t}):", 1)
         if l_rss:
             end_rss = segs[-1]["peak_rss_bytes"]
             line += (f"; peak RSS at the end vs llama.cpp with an 8k context: "
