@@ -1245,7 +1245,15 @@ fn run(cli: Cli) -> Result<()> {
             pb.finish_and_clear();
             let (kl_sum, kl_count) = kl_acc.get();
             let kl = (kl_count > 0).then(|| kl_sum / kl_count as f64);
-            let rss = famstream::util::peak_rss_bytes();
+            // The run's peak: a resumed run's segments from before the checkpoint carry the
+            // peak of the process that read them (with --kl-vs-full, one that also held the
+            // full-attention reference), so the report is that of a run that never stopped.
+            let rss = r
+                .segments
+                .iter()
+                .filter_map(|g| g.peak_rss_bytes)
+                .chain(famstream::util::peak_rss_bytes())
+                .max();
             if json {
                 let segs: Vec<serde_json::Value> = r.segments.iter().map(segment_json).collect();
                 let j = serde_json::json!({

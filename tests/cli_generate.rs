@@ -260,6 +260,12 @@ fn streaming_perplexity_resumes_from_its_checkpoint() {
         assert_eq!(resumed[k], never[k], "{k}");
     }
     assert_eq!(never["kl_positions"], 100);
+    // The run's peak RSS counts the segments read before the checkpoint, by the first process.
+    let seg_peak = a
+        .iter()
+        .map(|s| s["peak_rss_bytes"].as_u64().unwrap())
+        .max();
+    assert!(resumed["peak_rss_bytes"].as_u64() >= seg_peak, "{resumed}");
     // The checkpoint belongs to its text and its run: another text, or another KL range, is
     // refused with a clear message.
     for (text, kl, says) in [(&other, "100", "another text"), (&f, "50", "made with")] {

@@ -23,8 +23,11 @@ for name in present:
     r = ppl[f"ppl-{name}"]
     first = next((s["perplexity"] for s in r["segments"] if s["start"] == 0), None)
     kl = r.get("kl_vs_full")
+    # The run's peak RSS: a run resumed from a checkpoint reported only its own process's peak
+    # before famstream took its earlier segments' into account; the segments carry them.
+    rss = max([r["peak_rss_bytes"]] + [s["peak_rss_bytes"] for s in r["segments"] if s.get("peak_rss_bytes")])
     lines.append(f"| {name} | {r['tokens_scored']} | {r['perplexity']:.2f} | {'-' if first is None else f'{first:.2f}'} | "
-                 f"{'-' if kl is None else f'{kl:.4f}'} | {r['state_bytes']/2**20:.0f} | {r['peak_rss_bytes']/2**20:.0f} | "
+                 f"{'-' if kl is None else f'{kl:.4f}'} | {r['state_bytes']/2**20:.0f} | {rss/2**20:.0f} | "
                  f"{r['tokens_per_second']:.0f} |")
 segs = sorted({s["start"] for r in ppl.values() for s in r["segments"]})
 ends = {s["start"]: s["start"] + s["tokens"] for r in ppl.values() for s in r["segments"]}
