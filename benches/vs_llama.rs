@@ -13,7 +13,6 @@
 //! into the model cache on first use.
 
 #[path = "../tests/common/llama.rs"]
-#[allow(dead_code)]
 mod llama;
 
 use famstream::convert::{convert, ConvertOptions, Target};

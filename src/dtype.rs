@@ -106,7 +106,7 @@ impl GgmlType {
     /// the type is unknown.
     pub fn row_size(self, ne0: u64) -> Option<u64> {
         let info = self.info()?;
-        if ne0 % info.blck != 0 {
+        if !ne0.is_multiple_of(info.blck) {
             return None;
         }
         (ne0 / info.blck).checked_mul(info.size)

@@ -36,12 +36,12 @@ fn init_logging() {
             text: *const std::ffi::c_char,
             _: *mut c_void,
         ) {
-            if level == sys::GGML_LOG_LEVEL_WARN || level == sys::GGML_LOG_LEVEL_ERROR {
-                if !text.is_null() {
-                    // SAFETY: ggml passes a NUL-terminated string valid for this call.
-                    let s = unsafe { CStr::from_ptr(text) };
-                    eprint!("ggml: {}", s.to_string_lossy());
-                }
+            if (level == sys::GGML_LOG_LEVEL_WARN || level == sys::GGML_LOG_LEVEL_ERROR)
+                && !text.is_null()
+            {
+                // SAFETY: ggml passes a NUL-terminated string valid for this call.
+                let s = unsafe { CStr::from_ptr(text) };
+                eprint!("ggml: {}", s.to_string_lossy());
             }
         }
         // SAFETY: `log` is a valid callback for the whole program; user data is unused.
@@ -555,7 +555,7 @@ impl Buffer {
     /// `data` must stay valid (and unmodified while graphs read it) for the buffer's lifetime,
     /// and must be aligned to 32 bytes. ggml only reads weight tensors; it never writes them.
     pub unsafe fn from_host_slice(data: &[u8]) -> Result<Buffer> {
-        if (data.as_ptr() as usize) % 32 != 0 {
+        if !(data.as_ptr() as usize).is_multiple_of(32) {
             return Err(Error::Ggml("host buffer is not 32-byte aligned".into()));
         }
         // SAFETY: caller guarantees lifetime; ggml does not write weight memory.
@@ -985,7 +985,7 @@ pub fn quantize(ty: GgmlType, src: &[f32], n_per_row: usize) -> Result<Vec<u8>> 
     if !can_quantize(ty) {
         return Err(Error::Unsupported(format!("quantizing to {ty}")));
     }
-    if n_per_row == 0 || src.len() % n_per_row != 0 {
+    if n_per_row == 0 || !src.len().is_multiple_of(n_per_row) {
         return Err(Error::Invalid(format!(
             "{} values are not rows of {n_per_row}",
             src.len()

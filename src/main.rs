@@ -258,10 +258,13 @@ struct SampleArgs {
 
 impl SampleArgs {
     fn options(&self) -> Result<GenerateOptions> {
-        if !(self.temp >= 0.0)
+        // Written so that NaN fails every check.
+        if self.temp.is_nan()
+            || self.temp < 0.0
             || !(0.0..=1.0).contains(&self.top_p)
             || !(0.0..=1.0).contains(&self.min_p)
-            || !(self.repeat_penalty > 0.0)
+            || self.repeat_penalty.is_nan()
+            || self.repeat_penalty <= 0.0
         {
             return Err(Error::Invalid(
                 "sampling: need temp >= 0, top-p and min-p in [0, 1], repeat-penalty > 0".into(),

@@ -361,7 +361,7 @@ impl Raw {
         self.u32(ty).u64(offset)
     }
     fn pad_data(&mut self, data_bytes: usize) -> &mut Self {
-        while self.0.len() % 32 != 0 {
+        while !self.0.len().is_multiple_of(32) {
             self.0.push(0);
         }
         self.0.extend(std::iter::repeat_n(0u8, data_bytes));

@@ -89,7 +89,8 @@ fn fallback(t: GgmlType) -> GgmlType {
 }
 
 fn use_more_bits(il: usize, n_layer: usize) -> bool {
-    il < n_layer / 8 || il >= 7 * n_layer / 8 || (il >= n_layer / 8 && (il - n_layer / 8) % 3 == 2)
+    // The first and last eighth of the layers, and every third layer in between.
+    il < n_layer / 8 || il >= 7 * n_layer / 8 || (il - n_layer / 8) % 3 == 2
 }
 
 /// The type a tensor gets: (wanted, used).
@@ -123,11 +124,11 @@ fn choose(
             }
         }
     };
-    let used = if ne[0] % want.block_size() == 0 {
+    let used = if ne[0].is_multiple_of(want.block_size()) {
         want
     } else {
         let f = fallback(want);
-        if ne[0] % f.block_size() == 0 {
+        if ne[0].is_multiple_of(f.block_size()) {
             f
         } else {
             GgmlType::F16

@@ -137,7 +137,7 @@ impl HParams {
                 format!("degenerate hyperparameters {hp:?}"),
             ));
         }
-        if hp.rope_dims > hp.head_dim || hp.rope_dims % 2 != 0 {
+        if hp.rope_dims > hp.head_dim || !hp.rope_dims.is_multiple_of(2) {
             return Err(Error::metadata(
                 &k("rope.dimension_count"),
                 format!("{} rotated dims for heads of {}", hp.rope_dims, hp.head_dim),
