@@ -11,7 +11,8 @@
 # else 2): on 2 cores that is more tokens/s in all than one job on two threads. Every result is
 # its own JSON file, and a file that exists is not measured again; the perplexity runs also
 # checkpoint their stream every 64k tokens (target/checkpoints/), so running the script again
-# after it was stopped continues where it was. DRY=1 lists what is left to measure.
+# after it was stopped continues where it was. Two runs of the script at once share the work:
+# each task is locked while it is measured. DRY=1 lists what is left to measure.
 scale=${1:-quick}
 source "$(dirname "$0")/lib.sh"
 TEXT=../shared/data/moby_dick.txt
@@ -20,9 +21,9 @@ if [ "$JOBS" -gt 1 ]; then T=${THREADS:-1}; else T=${THREADS:-2}; fi
 out=results/$scale
 mkdir -p "$out" target/checkpoints
 if [ "$scale" = full ]; then
-  PPL_TOKENS=204800; FILLERS=(128000 32000 8000 2000); TRIALS=(1 2 3 3)
+  PPL_TOKENS=204800; FILLERS=(2000 8000 32000 128000); TRIALS=(3 3 2 1)
 else
-  PPL_TOKENS=32768; FILLERS=(8000 2000); TRIALS=(1 1)
+  PPL_TOKENS=32768; FILLERS=(2000 8000); TRIALS=(1 1)
 fi
 # name:flags. The paper's FAM (within-layer feedback) is run without sinks, as specified.
 policies=(
@@ -39,8 +40,9 @@ fi
 name() { echo "${1%%:*}"; }
 flags() { echo "${1#*:}"; }
 
-# The measurements, the long ones first: "output file<TAB>checkpoint or -<TAB>command" each
-# (the command quoted for eval).
+# The measurements, perplexity first, then passkey from the shortest filler (so the full-attention
+# ceiling and the fillers inside the window come before the hours at 128k): "output
+# file<TAB>checkpoint or -<TAB>command" each (the command quoted for eval).
 tasks=()
 task() { local f=$1 ck=$2; shift 2; tasks+=("$f"$'\t'"$ck"$'\t'"$(printf '%q ' "$@")"); }
 # Full attention: up to its context limit.
@@ -70,6 +72,10 @@ run_task() { # "file<TAB>checkpoint<TAB>command"
   local f=${1%%$'\t'*} cmd=${1##*$'\t'} ck=${1#*$'\t'}
   ck=${ck%%$'\t'*}
   if [ -s "$f" ]; then echo "have $f"; return 0; fi
+  # A task is measured by one queue at a time: if another run of this script holds its lock,
+  # it is skipped here (fd 9 stays open, so the lock is held, until this task's shell exits).
+  exec 9> "target/checkpoints/${f//\//_}.lock"
+  flock -n 9 || { echo "running in another queue: $f"; return 0; }
   echo "+ $cmd" >&2
   # A finished run's checkpoint goes: measuring again (after deleting the result) starts over.
   eval "nice -n 10 $cmd" > "$f.tmp" && mv "$f.tmp" "$f" && { [ "$ck" = - ] || rm -f "$ck"; }
