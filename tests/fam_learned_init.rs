@@ -1,0 +1,108 @@
+//! The `learned` FAM init: a `fam.init_memory` tensor in the model file becomes each layer's
+//! initial FAM rows, and a tensor of the wrong shape is refused with an error naming it.
+
+mod common;
+
+use famstream::dtype::GgmlType;
+use famstream::engine::Engine;
+use famstream::ggml::Backend;
+use famstream::gguf::{GgufFile, GgufWriter};
+use famstream::model::Model;
+use famstream::settings::{FamSettings, MemoryPolicy};
+use famstream::state::{FamState, Logits};
+use std::sync::Arc;
+
+const F: usize = 4;
+
+/// A copy of the tiny llama checkpoint with a `fam.init_memory` tensor of shape `ne` whose
+/// layer `il` is filled with `value(il)`. Returns the path.
+fn with_learned(tag: &str, ne: [u64; 3], value: impl Fn(usize) -> f32) -> std::path::PathBuf {
+    let src = format!(
+        "{}/tests/golden/tiny/llama/model.f32.gguf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let g = GgufFile::open(&src).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in g.metadata() {
+        w.set(k, v.clone());
+    }
+    let mut data: Vec<Vec<u8>> = Vec::new();
+    for t in g.tensors() {
+        w.add_tensor(&t.name, t.ty, &t.ne).unwrap();
+        data.push(g.tensor_data(t).unwrap().to_vec());
+    }
+    w.add_tensor("fam.init_memory", GgmlType::F32, &ne).unwrap();
+    let per_layer = (ne[0] * ne[1]) as usize;
+    let fam: Vec<u8> = (0..ne[2] as usize)
+        .flat_map(|il| std::iter::repeat_n(value(il), per_layer))
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    data.push(fam);
+    let path = common::scratch_dir(tag).join("learned.gguf");
+    let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
+    w.write_with_data(&path, &refs).unwrap();
+    path
+}
+
+fn dims() -> (u64, u64) {
+    let src = format!(
+        "{}/tests/golden/tiny/llama/model.f32.gguf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let g = GgufFile::open(&src).unwrap();
+    let n_embd = g.tensor("token_embd.weight").unwrap().ne[0];
+    let n_layer = g
+        .tensors()
+        .iter()
+        .filter(|t| t.name.ends_with(".attn_norm.weight"))
+        .count() as u64;
+    (n_embd, n_layer)
+}
+
+fn fam_state(path: &std::path::Path) -> (Arc<Model>, Engine, FamState) {
+    let m = Arc::new(Model::load(path, &Backend::cpu(1).unwrap()).unwrap());
+    let eng = Engine::new(m.clone(), Backend::cpu(1).unwrap()).unwrap();
+    let s = FamSettings {
+        policy: MemoryPolicy::Fam,
+        block_size: 16,
+        mem_blocks: 1,
+        fam_len: F as u32,
+        sinks: 0,
+        ..FamSettings::default()
+    };
+    let st = FamState::new(&m, eng.backend(), s, 512, vec![1, 17, 42, 99], 1).unwrap();
+    (m, eng, st)
+}
+
+#[test]
+fn a_learned_fam_tensor_is_the_initial_memory() {
+    let (n_embd, n_layer) = dims();
+    let value = |il: usize| 0.25 + il as f32;
+    let path = with_learned("learned-ok", [n_embd, F as u64, n_layer], value);
+    let (_m, mut eng, mut st) = fam_state(&path);
+    // Fewer tokens than a block: the FAM rows are the initial ones, not yet updated.
+    st.feed(&mut eng, &[1, 5, 9], Logits::Last).unwrap();
+    let rms = st.fam_rms().unwrap();
+    assert!(n_layer > 0);
+    assert_eq!(rms.len(), n_layer as usize);
+    for (il, r) in rms.iter().enumerate() {
+        // Every element of layer il is value(il), so its RMS is value(il) up to f32 rounding.
+        assert!(
+            (r - value(il)).abs() < 1e-5,
+            "layer {il}: rms {r}, want {}",
+            value(il)
+        );
+    }
+}
+
+#[test]
+fn a_learned_fam_tensor_of_the_wrong_shape_is_refused() {
+    let (n_embd, n_layer) = dims();
+    let path = with_learned("learned-bad", [n_embd, F as u64 + 1, n_layer], |_| 1.0);
+    let (_m, mut eng, mut st) = fam_state(&path);
+    let err = st
+        .feed(&mut eng, &[1, 5, 9], Logits::Last)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fam.init_memory"), "{err}");
+}
