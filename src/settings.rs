@@ -128,7 +128,8 @@ impl Default for FamSettings {
     /// the un-tuned SmolLM2 (README, Results): over 200k tokens of Moby-Dick it scores 39.47,
     /// against full attention's 37.43 within its 8k context (KL 0.009 from full over 0-8k),
     /// while `bswa` scores 57% worse and the paper's FAM, which an un-tuned model has never
-    /// learned to read or write, diverges block after block. A model file can set `fam.policy` (e.g. a FAM-tuned checkpoint).
+    /// learned to read or write, diverges block after block. A model file can set `fam.policy`
+    /// (e.g. a FAM-tuned checkpoint).
     fn default() -> Self {
         FamSettings {
             policy: MemoryPolicy::Sink,

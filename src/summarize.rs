@@ -20,7 +20,8 @@
 //!
 //! Which layout helps an un-tuned model recall early facts was measured by
 //! `tools/eval_layouts.sh` with [`score_answer`]: the log-likelihood the model gives a planted
-//! fact's answer, with the fact in the text minus without it (README, "Summarizing a long transcript").
+//! fact's answer, with the fact in the text minus without it (README, "Summarizing a long
+//! transcript").
 
 use crate::chat::Message;
 use crate::engine::Engine;

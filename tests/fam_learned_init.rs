@@ -7,21 +7,24 @@ use famstream::dtype::GgmlType;
 use famstream::engine::Engine;
 use famstream::ggml::Backend;
 use famstream::gguf::{GgufFile, GgufWriter};
-use famstream::model::Model;
+use famstream::model::{HParams, Model};
 use famstream::settings::{FamSettings, MemoryPolicy};
 use famstream::state::{FamState, Logits};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const F: usize = 4;
 
-/// A copy of the tiny llama checkpoint with a `fam.init_memory` tensor of shape `ne` whose
-/// layer `il` is filled with `value(il)`. Returns the path.
-fn with_learned(tag: &str, ne: [u64; 3], value: impl Fn(usize) -> f32) -> std::path::PathBuf {
+/// A copy of the tiny llama checkpoint with a f32 `fam.init_memory` tensor of shape
+/// [n_embd, rows, n_layer] whose layer `il` is filled with `value(il)`. Returns the path and
+/// the model's layer count.
+fn with_learned(tag: &str, rows: u64, value: impl Fn(usize) -> f32) -> (PathBuf, usize) {
     let src = format!(
         "{}/tests/golden/tiny/llama/model.f32.gguf",
         env!("CARGO_MANIFEST_DIR")
     );
     let g = GgufFile::open(&src).unwrap();
+    let hp = HParams::from_gguf(&g).unwrap();
     let mut w = GgufWriter::new();
     for (k, v) in g.metadata() {
         w.set(k, v.clone());
@@ -31,9 +34,10 @@ fn with_learned(tag: &str, ne: [u64; 3], value: impl Fn(usize) -> f32) -> std::p
         w.add_tensor(&t.name, t.ty, &t.ne).unwrap();
         data.push(g.tensor_data(t).unwrap().to_vec());
     }
+    let ne = [hp.n_embd as u64, rows, hp.n_layer as u64];
     w.add_tensor("fam.init_memory", GgmlType::F32, &ne).unwrap();
-    let per_layer = (ne[0] * ne[1]) as usize;
-    let fam: Vec<u8> = (0..ne[2] as usize)
+    let per_layer = hp.n_embd * rows as usize;
+    let fam: Vec<u8> = (0..hp.n_layer)
         .flat_map(|il| std::iter::repeat_n(value(il), per_layer))
         .flat_map(|x| x.to_le_bytes())
         .collect();
@@ -41,25 +45,10 @@ fn with_learned(tag: &str, ne: [u64; 3], value: impl Fn(usize) -> f32) -> std::p
     let path = common::scratch_dir(tag).join("learned.gguf");
     let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
     w.write_with_data(&path, &refs).unwrap();
-    path
+    (path, hp.n_layer)
 }
 
-fn dims() -> (u64, u64) {
-    let src = format!(
-        "{}/tests/golden/tiny/llama/model.f32.gguf",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let g = GgufFile::open(&src).unwrap();
-    let n_embd = g.tensor("token_embd.weight").unwrap().ne[0];
-    let n_layer = g
-        .tensors()
-        .iter()
-        .filter(|t| t.name.ends_with(".attn_norm.weight"))
-        .count() as u64;
-    (n_embd, n_layer)
-}
-
-fn fam_state(path: &std::path::Path) -> (Arc<Model>, Engine, FamState) {
+fn fam_state(path: &Path) -> (Arc<Model>, Engine, FamState) {
     let m = Arc::new(Model::load(path, &Backend::cpu(1).unwrap()).unwrap());
     let eng = Engine::new(m.clone(), Backend::cpu(1).unwrap()).unwrap();
     let s = FamSettings {
@@ -76,15 +65,14 @@ fn fam_state(path: &std::path::Path) -> (Arc<Model>, Engine, FamState) {
 
 #[test]
 fn a_learned_fam_tensor_is_the_initial_memory() {
-    let (n_embd, n_layer) = dims();
     let value = |il: usize| 0.25 + il as f32;
-    let path = with_learned("learned-ok", [n_embd, F as u64, n_layer], value);
+    let (path, n_layer) = with_learned("learned-ok", F as u64, value);
     let (_m, mut eng, mut st) = fam_state(&path);
     // Fewer tokens than a block: the FAM rows are the initial ones, not yet updated.
     st.feed(&mut eng, &[1, 5, 9], Logits::Last).unwrap();
     let rms = st.fam_rms().unwrap();
     assert!(n_layer > 0);
-    assert_eq!(rms.len(), n_layer as usize);
+    assert_eq!(rms.len(), n_layer);
     for (il, r) in rms.iter().enumerate() {
         // Every element of layer il is value(il), so its RMS is value(il) up to f32 rounding.
         assert!(
@@ -97,8 +85,7 @@ fn a_learned_fam_tensor_is_the_initial_memory() {
 
 #[test]
 fn a_learned_fam_tensor_of_the_wrong_shape_is_refused() {
-    let (n_embd, n_layer) = dims();
-    let path = with_learned("learned-bad", [n_embd, F as u64 + 1, n_layer], |_| 1.0);
+    let (path, _) = with_learned("learned-bad", F as u64 + 1, |_| 1.0);
     let (_m, mut eng, mut st) = fam_state(&path);
     let err = st
         .feed(&mut eng, &[1, 5, 9], Logits::Last)
