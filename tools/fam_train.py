@@ -1,0 +1,654 @@
+#!/usr/bin/env python3
+"""Train a FAM (learned initial memory + LoRA) for a llama/qwen2 HF checkpoint; export a GGUF adapter.
+
+An independent PyTorch implementation of famstream's FAM forward (fam.md; same settings as the
+runtime: B, M, F, S, init, query position, first residual, renorm; feedback `within`), written
+from the spec and checked against the numpy reference's goldens (`goldens` below), not against
+the Rust engine. Trainable: a soft prompt of F embeddings (the paper's learned initial FAM: run
+alone through the layers at positions -F..-1, each layer's input rows become that layer's initial
+FAM) and LoRA on the chosen linears. Full backpropagation through every block of a sample.
+
+Subcommands:
+  train   RUN_DIR --model HF_DIR [...]   trains; resumes from RUN_DIR/ckpt.pt when started again
+                                         with the same settings; RUN_DIR/log.jsonl gets a line per
+                                         step (loss, tokens/s) and per evaluation (held-out recall)
+  eval    RUN_DIR [--k 1 2 4] [--trials N]   held-out recall (Moby-Dick filler, held-out templates
+                                         and values) with 95% Wilson intervals, trained FAM vs the
+                                         same FAM with its rows zeroed at the question block
+  export  RUN_DIR --base-gguf GGUF --out ADAPTER.gguf
+                                         GGUF adapter in llama.cpp's LoRA layout + fam.init_memory
+                                         + the fam.* settings it was trained with
+  goldens                                tests/golden/adapter/: a random adapter for each tiny
+                                         checkpoint and this forward's logits (the Rust test
+                                         tests/adapter_golden.rs compares famstream with them);
+                                         first checks this forward against tests/golden/fam/
+
+CPU by default (threads: --threads); `--device cuda` runs the same code on a GPU.
+Requirements: tools/requirements-models.txt (torch, safetensors, tokenizers, numpy, gguf).
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as Fn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+HF_LIN = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+          "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+GGUF_LIN = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output", "gate": "ffn_gate", "up": "ffn_up",
+            "down": "ffn_down"}
+
+
+# ------------------------------------------------------------------------------------------------
+# The model: frozen base weights from an HF checkpoint, LoRA, the FAM forward.
+
+class Model(torch.nn.Module):
+    def __init__(self, hf_dir, rank=8, alpha=16.0, targets=TARGETS, fam_len=16, device="cpu", seed=0):
+        super().__init__()
+        from safetensors.torch import load_file
+        hf_dir = Path(hf_dir)
+        cfg = json.loads((hf_dir / "config.json").read_text())
+        self.arch = cfg["model_type"]
+        if self.arch not in ("llama", "qwen2"):
+            raise SystemExit(f"{hf_dir}: model_type {self.arch!r} is not supported (llama, qwen2)")
+        rp = cfg.get("rope_parameters") or {}
+        scaling = cfg.get("rope_scaling") or ({} if rp.get("rope_type", "default") == "default" else rp)
+        if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+            raise SystemExit(f"{hf_dir}: rope scaling {scaling} is not supported")
+        self.base = float(rp.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+        self.L, self.d = cfg["num_hidden_layers"], cfg["hidden_size"]
+        self.H, self.KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+        self.hd = cfg.get("head_dim") or self.d // self.H
+        self.eps = cfg["rms_norm_eps"]
+        self.bos = cfg.get("bos_token_id", 1)
+        self.cfg, self.device = cfg, device
+        files = sorted(hf_dir.glob("*.safetensors"))
+        if not files:
+            raise SystemExit(f"{hf_dir}: no *.safetensors")
+        w = {}
+        for f in files:
+            w.update({k: v.to(torch.float32) for k, v in load_file(str(f)).items()})
+        self.w = {k: v.to(device) for k, v in w.items()}
+        self.embed_w = self.w["model.embed_tokens.weight"]
+        self.head_w = self.w.get("lm_head.weight", self.embed_w)
+        self.vocab = self.head_w.shape[0]
+        # LoRA: A [r, n_in] (small random), B [n_out, r] (zero): the adapter starts as the identity
+        g = torch.Generator().manual_seed(seed)
+        self.rank, self.alpha, self.targets = rank, alpha, tuple(targets)
+        self.lora = torch.nn.ParameterDict()
+        for l in range(self.L):
+            for t in self.targets:
+                W = self.lin_w(l, t)
+                self.lora[f"{l}_{t}_a"] = torch.nn.Parameter(
+                    (torch.randn(rank, W.shape[1], generator=g) / math.sqrt(W.shape[1])).to(device))
+                self.lora[f"{l}_{t}_b"] = torch.nn.Parameter(torch.zeros(W.shape[0], rank, device=device))
+        self.F = fam_len
+        self.prompt = torch.nn.Parameter(torch.zeros(fam_len, self.d, device=device))
+
+    def lin_w(self, l, t):
+        return self.w[f"model.layers.{l}.{HF_LIN[t]}.weight"]
+
+    def lin(self, x, l, t):
+        p = f"model.layers.{l}.{HF_LIN[t]}."
+        y = x @ self.w[p + "weight"].T
+        if p + "bias" in self.w:
+            y = y + self.w[p + "bias"]
+        if t in self.targets:
+            y = y + (x @ self.lora[f"{l}_{t}_a"].T) @ self.lora[f"{l}_{t}_b"].T * (self.alpha / self.rank)
+        return y
+
+    def rms(self, x, w):
+        x32 = x.float()
+        return x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps) * w
+
+    def rope(self, x, pos):
+        """x [N, heads, T, hd]; pos [T] (may be negative); HF rotate_half layout, angles in float64."""
+        pos = torch.as_tensor(pos, dtype=torch.float64)
+        inv = self.base ** (-torch.arange(0, self.hd, 2, dtype=torch.float64) / self.hd)
+        ang = pos[:, None] * inv[None, :]
+        ang = torch.cat([ang, ang], -1)
+        c, s = ang.cos().to(x.dtype).to(x.device), ang.sin().to(x.dtype).to(x.device)
+        h = self.hd // 2
+        rot = torch.cat([-x[..., h:], x[..., :h]], -1)
+        return x * c + rot * s
+
+    def qkv(self, l, x):
+        """x [N, T, d] layer-l inputs -> unrotated q [N, H, T, hd], k, v [N, KV, T, hd]."""
+        N, T, _ = x.shape
+        h = self.rms(x, self.w[f"model.layers.{l}.input_layernorm.weight"])
+        q = self.lin(h, l, "q").view(N, T, self.H, self.hd).transpose(1, 2)
+        k = self.lin(h, l, "k").view(N, T, self.KV, self.hd).transpose(1, 2)
+        v = self.lin(h, l, "v").view(N, T, self.KV, self.hd).transpose(1, 2)
+        return q, k, v
+
+    def attend(self, q, k, v, visible):
+        """q [N, H, R, hd] rotated; k, v [N, KV, C, hd]; visible bool [R, C] -> [N, R, H*hd]."""
+        rep = self.H // self.KV
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        o = Fn.scaled_dot_product_attention(q, k, v, attn_mask=visible.to(q.device))
+        N, _, R, _ = o.shape
+        return o.transpose(1, 2).reshape(N, R, self.H * self.hd)
+
+    def finish(self, l, resid, o):
+        p = f"model.layers.{l}."
+        r = resid + self.lin(o, l, "o")
+        h = self.rms(r, self.w[p + "post_attention_layernorm.weight"])
+        return r + self.lin(Fn.silu(self.lin(h, l, "gate")) * self.lin(h, l, "up"), l, "down")
+
+    def logits(self, x):
+        return self.rms(x, self.w["model.norm.weight"]) @ self.head_w.T
+
+    def embed(self, ids):
+        return self.embed_w[torch.as_tensor(ids, device=self.device)]
+
+    def run_alone(self, x, pos):
+        """Rows x [N, T, d] alone, causal, at positions pos: the layer inputs [L+1] (init FAM)."""
+        T = x.shape[1]
+        vis = torch.tril(torch.ones(T, T, dtype=torch.bool))
+        xs = [x]
+        for l in range(self.L):
+            q, k, v = self.qkv(l, xs[-1])
+            xs.append(self.finish(l, xs[-1], self.attend(self.rope(q, pos), self.rope(k, pos), v, vis)))
+        return xs
+
+    def initial_fam(self, s, n, seed_ids=None):
+        """Per-layer initial FAM [n, F, d] for settings s (fam.md section 5), or None (tail)."""
+        F = s["fam_len"]
+        P = torch.arange(-F, 0, dtype=torch.float64)
+        if s["init"] == "learned":
+            xs = self.run_alone(self.prompt[None], P)
+        elif s["init"] == "seed":
+            xs = self.run_alone(self.embed([seed_ids]), P)
+        elif s["init"] == "bos":
+            xs = [x.repeat(1, F, 1) for x in self.run_alone(self.embed([[self.bos]]), torch.tensor([-1.0]))]
+        else:
+            assert s["init"] == "tail", s["init"]
+            return None
+        return [xs[l].expand(n, -1, -1) for l in range(self.L)]
+
+    def forward_full(self, ids, out_pos=None):
+        """Plain causal attention (the `full` policy); logits at out_pos (all rows if None)."""
+        x = self.embed(ids)
+        xs = self.run_alone(x, torch.arange(x.shape[1], dtype=torch.float64))
+        h = xs[-1] if out_pos is None else xs[-1][:, out_pos]
+        return self.logits(h)
+
+    def forward_fam(self, ids, s, out_pos=None, fam0=None, pos0=0, drop_fam_from=None, seed_ids=None):
+        """The FAM policy over ids [N, T] (same layout as tools/fam_reference.py forward_fam).
+
+        s: settings dict (block_size, mem_blocks, fam_len, sinks, init, query_pos,
+        zero_first_residual, renorm). out_pos: positions (list) whose logits to return, else all.
+        fam0: (per-layer FAM [N, F, d], positions) to start from instead of the init (random state
+        passing), with the stream at absolute position pos0. drop_fam_from: from this block on, token rows do not
+        see the FAM keys (the ablation: the memory removed, the rest is `bswa`).
+        Returns (logits [N, len(out_pos), vocab], (final FAM, its positions))."""
+        ids = torch.as_tensor(ids, device=self.device)
+        N, n = ids.shape
+        B, M, F, S = s["block_size"], s["mem_blocks"], s["fam_len"], s["sinks"]
+        assert 0 <= F <= B and s["query_pos"] in ("block-end", "prev-fam") and S <= B
+        if fam0 is not None:
+            fam, P = fam0
+            n_updates = 1
+        else:
+            fam = self.initial_fam(s, N, seed_ids) if F > 0 else None
+            P = torch.arange(-F, 0, dtype=torch.float64) + pos0
+            n_updates = 0
+        assert pos0 % B == 0, "streams start at a block boundary"
+        want = list(range(n)) if out_pos is None else list(out_pos)
+        outs = {}
+        mem_kv = [[] for _ in range(self.L)]  # per layer: list of (k, v, positions) of finished blocks
+        sink_kv = [None] * self.L  # per layer: (k, v) of the first S tokens of the stream
+        for t in range(-(-n // B)):
+            lo, hi = t * B, min((t + 1) * B, n)
+            blk_pos = torch.arange(lo, hi, dtype=torch.float64) + pos0
+            end_pos = torch.arange((t + 1) * B - F, (t + 1) * B, dtype=torch.float64) + pos0
+            nb = hi - lo
+            nf = F if fam is not None else 0
+            zero = s["zero_first_residual"] and n_updates == 0
+            q_pos = torch.cat([(end_pos if s["query_pos"] == "block-end" else P) if nf else blk_pos[:0], blk_pos])
+            k_pos = torch.cat([P if nf else blk_pos[:0], blk_pos])
+            # sinks that have left the window, at virtual positions just before it
+            sk = [j for j in range(min(S, n)) if j // B < t - M]
+            w0 = max(0, t - M) * B
+            sk_pos = torch.tensor([w0 - S + j for j in sk], dtype=torch.float64) + pos0
+            ns = len(sk)
+            nm = sum(len(p) for _, _, p in mem_kv[0])
+            vis = torch.zeros(nf + nb, ns + nm + nf + nb, dtype=torch.bool)
+            vis[:nf, ns + nm:] = True
+            vis[nf:, :ns + nm + nf] = True
+            vis[nf:, ns + nm + nf:] = torch.tril(torch.ones(nb, nb, dtype=torch.bool))
+            if drop_fam_from is not None and t >= drop_fam_from:
+                vis[nf:, ns + nm:ns + nm + nf] = False  # the ablation: token rows lose the FAM
+            x = self.embed(ids[:, lo:hi])
+            new_fam, layer_in = [], []
+            for l in range(self.L):
+                layer_in.append(x)
+                rows = torch.cat([fam[l], x], 1) if nf else x
+                q, k, v = self.qkv(l, rows)
+                ks, vs = [], []
+                if ns:
+                    ks.append(self.rope(sink_kv[l][0][:, :, sk], sk_pos))
+                    vs.append(sink_kv[l][1][:, :, sk])
+                for km, vm, pm in mem_kv[l]:
+                    ks.append(self.rope(km, pm)); vs.append(vm)
+                ks.append(self.rope(k, k_pos)); vs.append(v)
+                o = self.attend(self.rope(q, q_pos), torch.cat(ks, 2), torch.cat(vs, 2), vis)
+                resid = rows
+                if zero and nf:
+                    resid = torch.cat([torch.zeros_like(rows[:, :nf]), rows[:, nf:]], 1)
+                out = self.finish(l, resid, o)
+                if s.get("renorm") and nf:
+                    new = out[:, :nf]
+                    new = new * torch.rsqrt(new.pow(2).mean(-1, keepdim=True) + self.eps) \
+                        * rows[:, :nf].pow(2).mean(-1, keepdim=True).sqrt()
+                    out = torch.cat([new, out[:, nf:]], 1)
+                kb, vb = k[:, :, nf:], v[:, :, nf:]
+                if t == 0 and S:
+                    sink_kv[l] = (kb[:, :, :S], vb[:, :, :S])
+                if M:
+                    mem_kv[l] = (mem_kv[l] + [(kb, vb, blk_pos)])[-M:]
+                x = out[:, nf:]
+                new_fam.append(out[:, :nf])
+            rows_here = [p for p in want if lo <= p < hi]
+            if rows_here:
+                outs.update(zip(rows_here, self.logits(x[:, [p - lo for p in rows_here]]).unbind(1)))
+            if nb == B and nf:
+                fam, P, n_updates = new_fam, end_pos, n_updates + 1
+            elif nb == B and F and fam is None:  # tail init, after block 0
+                fam, P = [layer_in[l][:, -F:] for l in range(self.L)], end_pos
+        return torch.stack([outs[p] for p in want], 1), (fam, P)
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+
+def settings_of(a):
+    return dict(policy="fam", block_size=a.block, mem_blocks=a.mem_blocks, fam_len=a.fam_len, sinks=a.sinks,
+                init="learned", query_pos=a.query_pos, zero_first_residual=a.zero_first_residual, renorm=False,
+                feedback="within")
+
+
+def wilson(k, n, z=1.96):
+    if n == 0:
+        return (0.0, 0.0)
+    p = k / n
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+def recall_batch(model, s, ids, ans_pos, drop_fam_from=None):
+    """Exact-match recall (greedy under teacher forcing: every answer token is the argmax)."""
+    flat = sorted({p for ps in ans_pos for p in ps})
+    with torch.no_grad():
+        lg, _ = model.forward_fam(ids, s, out_pos=flat, drop_fam_from=drop_fam_from)
+    col = {p: i for i, p in enumerate(flat)}
+    hits = []
+    for i, ps in enumerate(ans_pos):
+        pred = [int(lg[i, col[p]].argmax()) for p in ps]
+        hits.append(pred == [ids[i][p + 1] for p in ps])
+    return hits
+
+
+def load_ckpt(path, model, opt=None):
+    ck = torch.load(path, map_location=model.device, weights_only=False)
+    model.lora.load_state_dict(ck["lora"])
+    with torch.no_grad():
+        model.prompt.copy_(ck["prompt"])
+    if opt is not None and "opt" in ck:
+        opt.load_state_dict(ck["opt"])
+    return ck
+
+
+def save_atomic(obj, path):
+    tmp = str(path) + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def cmd_train(a):
+    from tokenizers import Tokenizer
+    from fam_data import RecallData
+    torch.set_num_threads(a.threads)
+    run = Path(a.run_dir); run.mkdir(parents=True, exist_ok=True)
+    args_path, ckpt_path, log_path = run / "args.json", run / "ckpt.pt", run / "log.jsonl"
+    keep = {k: v for k, v in vars(a).items() if k not in ("func", "threads", "device", "steps", "max_k")}
+    if args_path.exists():
+        old = json.loads(args_path.read_text())
+        diff = {k: (old.get(k), v) for k, v in keep.items() if old.get(k) != v}
+        if diff:
+            raise SystemExit(f"{run}: was started with other settings {diff}; use another RUN_DIR")
+    else:
+        args_path.write_text(json.dumps(keep, indent=1) + "\n")
+    torch.manual_seed(a.seed)
+    model = Model(a.model, a.rank, a.alpha, a.targets.split(","), a.fam_len, a.device, a.seed)
+    tok = Tokenizer.from_file(str(Path(a.model) / "tokenizer.json"))
+    s = settings_of(a)
+    # the soft prompt starts as the embeddings of the runtime's seed text (BOS + text, cut to F)
+    seed_text = ("The following is a long document. Remember the names, numbers, places and decisions in it, "
+                 "from the beginning to the end.")
+    seed_ids = ([model.bos] + tok.encode(seed_text).ids)[:a.fam_len]
+    seed_ids += seed_ids[1:] * a.fam_len
+    with torch.no_grad():
+        model.prompt.copy_(model.embed(seed_ids[:a.fam_len]))
+    opt = torch.optim.AdamW([{"params": [model.prompt], "lr": a.lr_prompt},
+                             {"params": list(model.lora.parameters()), "lr": a.lr_lora}], weight_decay=0.0)
+    step, k_cur, last_recall = 0, a.k_start, None
+    rng = random.Random(a.seed)
+    if ckpt_path.exists():
+        ck = load_ckpt(ckpt_path, model, opt)
+        step, k_cur, last_recall = ck["step"], ck["k_cur"], ck.get("recall")
+        rng.setstate(ck["rng"])
+        torch.set_rng_state(ck["torch_rng"])
+        print(f"resumed {run} at step {step} (k={k_cur})", file=sys.stderr)
+    train = RecallData(tok, a.block, "train")
+    val = RecallData(tok, a.block, "val", templates="eval")
+    val_rng_seed = a.seed + 1
+    log = open(log_path, "a")
+    t_start, tok_done, rsp = time.time(), 0, None  # rsp: (FAM, positions)
+
+    def evaluate():
+        vr = random.Random(val_rng_seed)  # the same held-out samples every time
+        hits = []
+        for _ in range(a.eval_batches):
+            ids, ans, _ = val.batch(vr, a.batch, k_cur)
+            hits += recall_batch(model, s, ids, ans)
+        return sum(hits) / len(hits)
+
+    while step < a.steps:
+        k = k_cur if rng.random() < 0.5 else rng.randint(1, k_cur)  # half at the frontier
+        ids, ans, _ = train.batch(rng, a.batch, k)
+        T = len(ids[0])
+        # LM loss positions: filler after the fact block (those rows read the FAM), sampled
+        cand = list(range(a.block, T - 1 - max(len(p) for p in ans) - 16))
+        lm_pos = sorted(rng.sample(cand, min(a.lm_positions, len(cand)))) if a.lm_weight > 0 and cand else []
+        flat = sorted({p for ps in ans for p in ps} | set(lm_pos))
+        col = {p: i for i, p in enumerate(flat)}
+        t0 = time.time()
+        # random state passing: start from the previous stream's final FAM, positions continuing
+        fam0 = rsp if rsp is not None and rng.random() < a.rsp else None
+        pos0 = 0 if fam0 is None else int(fam0[1][-1]) + 1
+        lg, (fam_end, P_end) = model.forward_fam(ids, s, out_pos=flat, fam0=fam0, pos0=pos0)
+        tgt = torch.tensor(ids, device=model.device)
+        a_idx = [(i, col[p], ids[i][p + 1]) for i, ps in enumerate(ans) for p in ps]
+        ans_loss = Fn.cross_entropy(torch.stack([lg[i, c] for i, c, _ in a_idx]),
+                                    torch.tensor([y for _, _, y in a_idx], device=model.device))
+        loss = ans_loss
+        lm_loss = torch.zeros(())
+        if lm_pos:
+            lm_loss = Fn.cross_entropy(lg[:, [col[p] for p in lm_pos]].reshape(-1, model.vocab),
+                                       tgt[:, [p + 1 for p in lm_pos]].reshape(-1))
+            loss = loss + a.lm_weight * lm_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([model.prompt] + list(model.lora.parameters()), 1.0)
+        opt.step()
+        if a.rsp > 0 and fam_end is not None:
+            rsp = ([f.detach() for f in fam_end], P_end)
+        step += 1
+        dt = time.time() - t0
+        tok_done += a.batch * T
+        rate = tok_done / (time.time() - t_start)
+        rec = dict(step=step, k=k, k_cur=k_cur, loss=round(float(loss), 4), ans_loss=round(float(ans_loss), 4),
+                   lm_loss=round(float(lm_loss), 4), tokens=a.batch * T, seconds=round(dt, 2))
+        if step % a.eval_every == 0 or step == a.steps:
+            last_recall = evaluate()
+            rec["recall_val"] = last_recall
+            rec["recall_k"] = k_cur
+            if last_recall >= a.advance_at and k_cur < a.max_k:
+                k_cur += 1
+        log.write(json.dumps(rec) + "\n"); log.flush()
+        eta = (a.steps - step) * dt
+        print(f"step {step}/{a.steps} k={k}/{k_cur} loss {float(loss):.3f} (answer {float(ans_loss):.3f}, "
+              f"lm {float(lm_loss):.3f}) recall@k={last_recall if last_recall is None else round(last_recall, 3)} "
+              f"{rate:.0f} tok/s ETA {eta / 60:.0f} min", file=sys.stderr, flush=True)
+        if step % a.ckpt_every == 0 or step == a.steps:
+            save_atomic(dict(lora=model.lora.state_dict(), prompt=model.prompt.detach(), opt=opt.state_dict(),
+                             step=step, k_cur=k_cur, recall=last_recall, rng=rng.getstate(),
+                             torch_rng=torch.get_rng_state(), settings=s, rank=a.rank, alpha=a.alpha,
+                             targets=a.targets), ckpt_path)
+
+
+def load_run(run_dir, device="cpu", model_dir=None):
+    run = Path(run_dir)
+    a = json.loads((run / "args.json").read_text())
+    model = Model(model_dir or a["model"], a["rank"], a["alpha"], a["targets"].split(","), a["fam_len"], device, a["seed"])
+    ck = load_ckpt(run / "ckpt.pt", model)
+    return model, a, ck
+
+
+def cmd_eval(a):
+    from tokenizers import Tokenizer
+    from fam_data import RecallData
+    torch.set_num_threads(a.threads)
+    model, ra, ck = load_run(a.run_dir, a.device)
+    s = ck["settings"]
+    tok = Tokenizer.from_file(str(Path(ra["model"]) / "tokenizer.json"))
+    data = RecallData(tok, s["block_size"], "eval")
+    rows = []
+    for k in a.k:
+        rng = random.Random(a.seed + k)
+        hits, zeroed = [], []
+        while len(hits) < a.trials:
+            ids, ans, _ = data.batch(rng, min(a.batch, a.trials - len(hits)), k)
+            hits += recall_batch(model, s, ids, ans)
+            zeroed += recall_batch(model, s, ids, ans, drop_fam_from=k)
+        for name, h in (("fam (trained)", hits), ("fam rows removed at the question", zeroed)):
+            lo, hi = wilson(sum(h), len(h))
+            rows.append(dict(k=k, variant=name, hits=sum(h), trials=len(h), recall=sum(h) / len(h), ci95=[lo, hi]))
+            print(f"k={k:3d} {name:34s} {sum(h):4d}/{len(h):<4d} = {sum(h) / len(h):.3f}  [{lo:.3f}, {hi:.3f}]",
+                  flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(dict(step=ck["step"], settings=s, rows=rows), indent=1) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# Export: the GGUF adapter
+
+def base_fingerprint(gguf_path):
+    """FNV-1a 64 over the base GGUF's tensor table (name, ggml type u32, ne as u64, in file order)
+    and the first 64 KiB of token_embd.weight's data; famstream computes the same."""
+    import gguf
+    r = gguf.GGUFReader(str(gguf_path))
+    h = 0xcbf29ce484222325
+
+    def feed(b):
+        nonlocal h
+        for x in b:
+            h = ((h ^ x) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    emb = None
+    for t in r.tensors:
+        feed(t.name.encode())
+        feed(int(t.tensor_type).to_bytes(4, "little"))
+        for d in t.shape:
+            feed(int(d).to_bytes(8, "little"))
+        if t.name == "token_embd.weight":
+            emb = t
+    if emb is not None:
+        feed(np.asarray(emb.data).tobytes()[:65536])
+    return f"{h:016x}"
+
+
+def permute(w, n_head):
+    """convert_hf_to_gguf.py's Q/K row permutation (HF rotate_half -> llama.cpp's adjacent pairs)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def export_adapter(model, s, out, base_gguf=None, name="famstream FAM adapter", extra=None):
+    import gguf
+    out = Path(out)
+    w = gguf.GGUFWriter(str(out) + ".tmp", model.arch)
+    w.add_string("general.type", "adapter")
+    w.add_string("general.name", name)
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", float(model.alpha))
+    if base_gguf:
+        w.add_string("fam.adapter.base_fingerprint", base_fingerprint(base_gguf))
+    for k in ("policy", "init", "query_pos", "feedback"):
+        w.add_string(f"fam.{k}", s[k])
+    for k in ("block_size", "mem_blocks", "fam_len", "sinks"):
+        w.add_uint32(f"fam.{k}", int(s[k]))
+    w.add_bool("fam.zero_first_residual", bool(s["zero_first_residual"]))
+    w.add_bool("fam.renorm", bool(s.get("renorm", False)))
+    for k, v in (extra or {}).items():
+        w.add_string(k, v)
+    with torch.no_grad():
+        for l in range(model.L):
+            for t in model.targets:
+                A = model.lora[f"{l}_{t}_a"].detach().cpu().float().numpy()
+                Bm = model.lora[f"{l}_{t}_b"].detach().cpu().float().numpy()
+                if model.arch == "llama" and t in ("q", "k"):
+                    Bm = permute(Bm, model.H if t == "q" else model.KV)
+                base = f"blk.{l}.{GGUF_LIN[t]}.weight"
+                w.add_tensor(base + ".lora_a", np.ascontiguousarray(A, dtype=np.float32))  # ne [n_in, r]
+                w.add_tensor(base + ".lora_b", np.ascontiguousarray(Bm, dtype=np.float32))  # ne [r, n_out]
+        init = model.initial_fam(dict(s, init="learned"), 1)
+        mem = np.stack([init[l][0].cpu().float().numpy() for l in range(model.L)])  # [L, F, d] -> ne [d, F, L]
+        w.add_tensor("fam.init_memory", np.ascontiguousarray(mem, dtype=np.float32))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    os.replace(str(out) + ".tmp", out)
+
+
+def cmd_export(a):
+    model, ra, ck = load_run(a.run_dir, "cpu")
+    export_adapter(model, ck["settings"], a.out, a.base_gguf,
+                   extra={"fam.adapter.trained_steps": str(ck["step"])})
+    print(f"wrote {a.out} ({os.path.getsize(a.out)} bytes, step {ck['step']})")
+
+
+# ------------------------------------------------------------------------------------------------
+# Goldens for the Rust test, after checking this forward against the numpy reference
+
+def cmd_goldens(a):
+    torch.set_num_threads(a.threads)
+    torch.set_default_dtype(torch.float32)
+    out = ROOT / "tests/golden/adapter"
+    out.mkdir(parents=True, exist_ok=True)
+    fam_cases = json.loads((ROOT / "tests/golden/fam/cases.json").read_text())
+    cases, worst_ref = [], 0.0
+    for arch in ("llama", "qwen2"):
+        tiny = ROOT / "tests/golden/tiny" / arch
+        # 1. without an adapter, this forward reproduces the numpy reference (float64) goldens
+        m0 = Model(tiny / "hf", rank=1, targets=(), fam_len=4)
+        for c in fam_cases:
+            if c["arch"] != arch or c.get("feedback") == "reread":
+                continue
+            ref = np.load(ROOT / "tests/golden/fam" / c["file"])
+            if c["policy"] == "full":
+                got = m0.forward_full([c["ids"]])[0]
+            else:  # bswa and sink are fam with F = 0 (and S sinks)
+                fam = c["policy"] == "fam"
+                s = dict(block_size=c["block_size"], mem_blocks=c["mem_blocks"], fam_len=c["fam_len"] if fam else 0,
+                         sinks=c["sinks"], init=c["init"] or "bos", query_pos=c["query_pos"] or "block-end",
+                         zero_first_residual=bool(c["zero_first_residual"]), renorm=bool(c["renorm"]))
+                got = m0.forward_fam([c["ids"]], s, seed_ids=c["seed_ids"])[0][0]
+            d = float(np.abs(got.detach().numpy() - ref).max())
+            worst_ref = max(worst_ref, d)
+            print(f"{arch} {c['file']:36s} max|torch - numpy reference| = {d:.2e}")
+        # 2. a random adapter (nonzero LoRA B, a random prompt) and this forward's logits
+        F = 4
+        m = Model(tiny / "hf", rank=4, alpha=8.0, fam_len=F, seed=7)
+        g = torch.Generator().manual_seed(11)
+        with torch.no_grad():
+            for key, p in m.lora.items():
+                if key.endswith("_b"):
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+            m.prompt.copy_(torch.randn(m.prompt.shape, generator=g) * m.embed_w.std())
+        s = dict(policy="fam", block_size=8, mem_blocks=1, fam_len=F, sinks=0, init="learned", query_pos="block-end",
+                 zero_first_residual=False, renorm=False, feedback="within")
+        adapter = out / f"{arch}.gguf"
+        export_adapter(m, s, adapter, tiny / "model.f32.gguf", name=f"tiny {arch} test adapter")
+        ids = [m.bos] + np.random.default_rng(18).integers(5, m.vocab, size=43).tolist()
+        variants = [("full", dict(s, policy="full")),
+                    ("fam", s),
+                    ("fam_sinks_zero", dict(s, sinks=2, zero_first_residual=True)),
+                    ("fam_m0_prevfam", dict(s, mem_blocks=0, query_pos="prev-fam"))]
+        for vname, vs in variants:
+            with torch.no_grad():
+                lg = m.forward_full([ids])[0] if vs["policy"] == "full" else m.forward_fam([ids], vs)[0][0]
+            f = f"{arch}_{vname}.npy"
+            np.save(out / f, np.ascontiguousarray(lg.numpy().astype("<f4")))
+            cases.append(dict(arch=arch, model=f"tests/golden/tiny/{arch}/model.f32.gguf",
+                              adapter=f"tests/golden/adapter/{arch}.gguf", policy=vs["policy"],
+                              settings={k: vs[k] for k in ("block_size", "mem_blocks", "fam_len", "sinks", "init",
+                                                           "query_pos", "zero_first_residual")},
+                              ids=ids, logits=f"tests/golden/adapter/{f}"))
+        # the adapter must matter: its logits differ from the base's
+        with torch.no_grad():
+            base = m0.forward_full([ids])[0]
+        diff = float(np.abs(np.load(out / f"{arch}_full.npy") - base.numpy()).max())
+        print(f"{arch}: adapter changes the full-attention logits by max {diff:.3f}")
+        assert diff > 1e-2, "the test adapter would not be distinguishable from none"
+    (out / "cases.json").write_text("[\n" + ",\n".join(json.dumps(c) for c in cases) + "\n]\n")
+    # float32 torch vs float64 numpy over 2 tiny layers: a few 1e-6 of rounding
+    TOL_REF = 1e-4
+    print(f"worst torch vs numpy reference: {worst_ref:.2e} (tolerance {TOL_REF})")
+    assert worst_ref < TOL_REF
+    print(f"wrote {len(cases)} cases to {out}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(required=True)
+    t = sub.add_parser("train")
+    t.add_argument("run_dir")
+    t.add_argument("--model", required=True, help="HF checkpoint dir (llama/qwen2, safetensors + tokenizer.json)")
+    t.add_argument("--block", type=int, default=128)
+    t.add_argument("--mem-blocks", type=int, default=0)
+    t.add_argument("--fam-len", type=int, default=16)
+    t.add_argument("--sinks", type=int, default=0)
+    t.add_argument("--query-pos", default="block-end", choices=["block-end", "prev-fam"])
+    t.add_argument("--zero-first-residual", action="store_true")
+    t.add_argument("--rank", type=int, default=8)
+    t.add_argument("--alpha", type=float, default=16.0)
+    t.add_argument("--targets", default="q,k,v,o,gate,up,down")
+    t.add_argument("--lr-lora", type=float, default=5e-4)
+    t.add_argument("--lr-prompt", type=float, default=2e-3)
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--k-start", type=int, default=1, help="blocks between fact and question at the start")
+    t.add_argument("--max-k", type=int, default=4, help="the curriculum's last distance")
+    t.add_argument("--advance-at", type=float, default=0.8, help="held-out recall that moves k up by one")
+    t.add_argument("--lm-weight", type=float, default=0.1)
+    t.add_argument("--lm-positions", type=int, default=32)
+    t.add_argument("--rsp", type=float, default=0.0, help="random state passing probability")
+    t.add_argument("--eval-every", type=int, default=25)
+    t.add_argument("--eval-batches", type=int, default=4)
+    t.add_argument("--ckpt-every", type=int, default=10)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--device", default="cpu")
+    t.set_defaults(func=cmd_train)
+    e = sub.add_parser("eval")
+    e.add_argument("run_dir")
+    e.add_argument("--k", type=int, nargs="+", default=[1, 2, 4])
+    e.add_argument("--trials", type=int, default=100)
+    e.add_argument("--batch", type=int, default=10)
+    e.add_argument("--seed", type=int, default=1000)
+    e.add_argument("--json")
+    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=cmd_eval)
+    x = sub.add_parser("export")
+    x.add_argument("run_dir")
+    x.add_argument("--base-gguf", required=True)
+    x.add_argument("--out", required=True)
+    x.set_defaults(func=cmd_export)
+    g = sub.add_parser("goldens")
+    g.add_argument("--threads", type=int, default=2)
+    g.set_defaults(func=cmd_goldens)
+    a = ap.parse_args()
+    a.func(a)
+
+
+if __name__ == "__main__":
+    main()
