@@ -18,6 +18,8 @@ Subcommands:
   export  RUN_DIR --base-gguf GGUF --out ADAPTER.gguf
                                          GGUF adapter in llama.cpp's LoRA layout + fam.init_memory
                                          + the fam.* settings it was trained with
+  smoke                                  CI: train/resume/export on the tiny checkpoint, loss
+                                         falls on a fixed batch, goldens regenerate as committed
   goldens                                tests/golden/adapter/: a random adapter for each tiny
                                          checkpoint and this forward's logits (the Rust test
                                          tests/adapter_golden.rs compares famstream with them);
@@ -531,7 +533,7 @@ def cmd_export(a):
 def cmd_goldens(a):
     torch.set_num_threads(a.threads)
     torch.set_default_dtype(torch.float32)
-    out = ROOT / "tests/golden/adapter"
+    out = Path(a.out) if getattr(a, "out", None) else ROOT / "tests/golden/adapter"
     out.mkdir(parents=True, exist_ok=True)
     fam_cases = json.loads((ROOT / "tests/golden/fam/cases.json").read_text())
     cases, worst_ref = [], 0.0
@@ -596,7 +598,67 @@ def cmd_goldens(a):
     print(f"wrote {len(cases)} cases to {out}")
 
 
-def main():
+def cmd_smoke(a):
+    """CI's check of the trainer on the tiny llama checkpoint: a few steps, a resume, an export;
+    the loss falls on a batch trained on repeatedly; the goldens regenerate as committed."""
+    import tempfile
+    import gguf
+    from tokenizers import Tokenizer
+    from fam_data import RecallData
+    torch.set_num_threads(a.threads)
+    tiny = ROOT / "tests/golden/tiny/llama"
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        base = ["train", str(run), "--model", str(tiny / "hf"), "--block", "64", "--fam-len", "4", "--batch", "2",
+                "--eval-every", "2", "--eval-batches", "1", "--ckpt-every", "1", "--rank", "4"]
+        def call(*argv):
+            x = parser().parse_args(list(argv))
+            x.func(x)
+        call(*base, "--steps", "2")
+        call(*base, "--steps", "4")  # resumes at step 2
+        steps = [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines()]
+        assert steps == [1, 2, 3, 4], f"resume did not continue the run: {steps}"
+        out = Path(tmp) / "adapter.gguf"
+        call("export", str(run), "--base-gguf", str(tiny / "model.f32.gguf"), "--out", str(out))
+        r = gguf.GGUFReader(str(out))
+        model, _, _ = load_run(run)
+        a0 = next(t for t in r.tensors if t.name == "blk.0.attn_v.weight.lora_a")
+        assert np.array_equal(np.asarray(a0.data), model.lora["0_v_a"].detach().numpy()), "export lost LoRA A"
+        mem = next(t for t in r.tensors if t.name == "fam.init_memory")
+        assert list(mem.shape) == [model.d, 4, model.L], mem.shape
+        # learning: one fixed batch, 12 steps, the answer loss must fall
+        m = Model(tiny / "hf", rank=4, fam_len=4)
+        s = dict(policy="fam", block_size=64, mem_blocks=0, fam_len=4, sinks=0, init="learned",
+                 query_pos="block-end", zero_first_residual=False, renorm=False, feedback="within")
+        data = RecallData(Tokenizer.from_file(str(tiny / "hf/tokenizer.json")), 64, "val")
+        ids, ans, _ = data.batch(random.Random(3), 2, 1)
+        flat = sorted({p for ps in ans for p in ps})
+        col = {p: i for i, p in enumerate(flat)}
+        opt = torch.optim.AdamW([m.prompt] + list(m.lora.parameters()), lr=1e-2)
+        losses = []
+        for _ in range(12):
+            lg, _ = m.forward_fam(ids, s, out_pos=flat)
+            loss = Fn.cross_entropy(torch.stack([lg[i, col[p]] for i, ps in enumerate(ans) for p in ps]),
+                                    torch.tensor([ids[i][p + 1] for i, ps in enumerate(ans) for p in ps]))
+            opt.zero_grad(); loss.backward(); opt.step()
+            losses.append(float(loss))
+        print(f"fixed-batch answer loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+        assert losses[-1] < 0.5 * losses[0], losses
+        # the committed goldens are what this trainer makes
+        gold = Path(tmp) / "goldens"
+        cmd_goldens(argparse.Namespace(threads=a.threads, out=str(gold)))
+        committed = ROOT / "tests/golden/adapter"
+        worst = 0.0
+        for f in sorted(gold.glob("*.npy")):
+            worst = max(worst, float(np.abs(np.load(f) - np.load(committed / f.name)).max()))
+        # float32 summation order may differ between machines/thread counts: a few ulps of a logit
+        TOL_REGEN = 1e-4
+        print(f"regenerated goldens vs committed: max |diff| {worst:.2e} (tolerance {TOL_REGEN})")
+        assert worst < TOL_REGEN
+    print("smoke: ok")
+
+
+def parser():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(required=True)
     t = sub.add_parser("train")
@@ -645,8 +707,16 @@ def main():
     x.set_defaults(func=cmd_export)
     g = sub.add_parser("goldens")
     g.add_argument("--threads", type=int, default=2)
+    g.add_argument("--out", help="directory (default tests/golden/adapter)")
     g.set_defaults(func=cmd_goldens)
-    a = ap.parse_args()
+    sm = sub.add_parser("smoke")
+    sm.add_argument("--threads", type=int, default=2)
+    sm.set_defaults(func=cmd_smoke)
+    return ap
+
+
+def main():
+    a = parser().parse_args()
     a.func(a)
 
 
