@@ -32,6 +32,9 @@ pub enum Error {
     Ggml(String),
     /// Invalid user input (arguments, prompt, settings).
     Invalid(String),
+    /// A LoRA adapter file that cannot be applied to the model it was given with: `what` names
+    /// the key or tensor and what is wrong with it.
+    Adapter { path: PathBuf, what: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -47,6 +50,12 @@ impl Error {
     pub fn metadata(key: &str, what: impl Into<String>) -> Self {
         Error::Metadata {
             key: key.to_string(),
+            what: what.into(),
+        }
+    }
+    pub fn adapter(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
+        Error::Adapter {
+            path: path.into(),
             what: what.into(),
         }
     }
@@ -71,6 +80,7 @@ impl fmt::Display for Error {
             Error::Tokenizer(s) => write!(f, "tokenizer: {s}"),
             Error::Ggml(s) => write!(f, "ggml: {s}"),
             Error::Invalid(s) => write!(f, "{s}"),
+            Error::Adapter { path, what } => write!(f, "adapter {}: {what}", path.display()),
         }
     }
 }

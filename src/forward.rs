@@ -9,8 +9,9 @@ use crate::ggml::{Context, Graph, Tensor};
 use crate::kv::KvStore;
 use crate::model::{LayerWeights, Model, RopeLayout};
 
-/// Nodes one layer adds to a graph, with room to spare; used to size graphs.
-const NODES_PER_LAYER: usize = 48;
+/// Nodes one layer adds to a graph, with room to spare; used to size graphs. An adapter adds
+/// up to 4 nodes to each of the 7 linear layers (see [`linear`]), so 28 of these are for it.
+const NODES_PER_LAYER: usize = 76;
 
 pub fn graph_size(n_layer: usize) -> usize {
     (NODES_PER_LAYER * n_layer + 256).max(2048)
@@ -72,7 +73,11 @@ fn norm<'a>(ctx: &'a Context, x: Tensor<'a>, w: Tensor<'a>, eps: f32) -> Tensor<
     ctx.mul(ctx.rms_norm(x, eps), w)
 }
 
-/// `W x + b`. (`nn.Linear`)
+/// `W x + b`, plus an adapter's low-rank term `scale * B (A x)` when the model has one for `W`
+/// (`nn.Linear` with a PEFT `lora.Linear` around it). Every linear layer of a block goes
+/// through here, so an adapter applies to the token graph and the FAM update graph alike. The
+/// order of operations is llama.cpp's `build_lora_mm` (then the bias), so both engines round
+/// alike.
 fn linear<'a>(
     ctx: &'a Context,
     m: &'a Model,
@@ -80,7 +85,11 @@ fn linear<'a>(
     b: Option<usize>,
     x: Tensor<'a>,
 ) -> Tensor<'a> {
-    let y = ctx.mul_mat(m.w(w), x);
+    let mut y = ctx.mul_mat(m.w(w), x);
+    if let Some(l) = m.lora(w) {
+        let ab = ctx.mul_mat(l.b, ctx.mul_mat(l.a, x));
+        y = ctx.add(y, ctx.scale(ab, l.scale));
+    }
     match b {
         Some(b) => ctx.add(y, m.w(b)),
         None => y,
@@ -183,9 +192,9 @@ pub fn attend<'a>(
 
 /// SwiGLU MLP. (`LlamaMLP`: down(silu(gate(x)) * up(x)))
 pub fn ffn<'a>(ctx: &'a Context, m: &'a Model, l: &LayerWeights, x: Tensor<'a>) -> Tensor<'a> {
-    let gate = ctx.mul_mat(m.w(l.ffn_gate), x);
-    let up = ctx.mul_mat(m.w(l.ffn_up), x);
-    ctx.mul_mat(m.w(l.ffn_down), ctx.swiglu(gate, up))
+    let gate = linear(ctx, m, l.ffn_gate, None, x);
+    let up = linear(ctx, m, l.ffn_up, None, x);
+    linear(ctx, m, l.ffn_down, None, ctx.swiglu(gate, up))
 }
 
 /// The token graph: embed `n` tokens, run every layer (writing their K/V into `kv` at the given
@@ -261,9 +270,7 @@ pub fn build_token_graph<'a>(
             kc = ctx.set_rows(kc, ctx.reshape(rot, &[n_embd_kv, r]), sslots);
         }
         let attn = attend(ctx, m, q, kc, vc, shape.n_kv, mask).set_name(&format!("kqv-{il}"));
-        let attn = ctx
-            .mul_mat(m.w(l.wo), attn)
-            .set_name(&format!("attn_out-{il}")); // o_proj
+        let attn = linear(ctx, m, l.wo, None, attn).set_name(&format!("attn_out-{il}")); // o_proj
         x = ctx.add(x, attn).set_name(&format!("ffn_inp-{il}")); // residual
         let h = norm(ctx, x, m.w(l.ffn_norm), hp.rms_eps).set_name(&format!("ffn_norm-{il}"));
         let f = ffn(ctx, m, l, h).set_name(&format!("ffn_out-{il}"));
@@ -370,7 +377,7 @@ pub fn build_fam_graph<'a>(
                 let h = norm(ctx, x, m.w(l.attn_norm), hp.rms_eps);
                 let q = qkv(ctx, m, l, h, q_pos, il).q;
                 let attn = attend(ctx, m, q, kv.k(il), kv.v(il), n_kv, mask);
-                let o = ctx.mul_mat(m.w(l.wo), attn);
+                let o = linear(ctx, m, l.wo, None, attn);
                 let r = if zero_residual { o } else { ctx.add(o, x) };
                 let hn = norm(ctx, r, m.w(l.ffn_norm), hp.rms_eps);
                 let mut out = ctx

@@ -37,12 +37,8 @@ pub fn report(g: &GgufFile) -> Result<Json> {
         "has_chat_template": g.get("tokenizer.chat_template").is_some(),
     });
     let fam = FamSettings::from_gguf(g)?;
-    let fam_json = json!({
-        "from_file": FamSettings::present_in(g),
-        "policy": fam.policy.as_str(), "block_size": fam.block_size, "mem_blocks": fam.mem_blocks,
-        "fam_len": fam.fam_len, "sinks": fam.sinks, "init": fam.init.as_str(),
-        "query_pos": fam.query_pos.as_str(),
-    });
+    let fam_json = fam_json(&fam, FamSettings::present_in(g));
+    let is_adapter = g.opt_str(crate::adapter::KEY_GENERAL_TYPE).ok().flatten() == Some("adapter");
     let tensors: Vec<Json> = g
         .tensors()
         .iter()
@@ -69,6 +65,7 @@ pub fn report(g: &GgufFile) -> Result<Json> {
         "hparams": hparams,
         "tokenizer": tokenizer,
         "fam": fam_json,
+        "adapter": if is_adapter { crate::adapter::adapter_summary(g) } else { Json::Null },
         "n_kv": g.metadata().len(),
         "n_tensors": g.tensors().len(),
         "tensor_bytes": bytes,
@@ -77,6 +74,38 @@ pub fn report(g: &GgufFile) -> Result<Json> {
         "tensor_types": type_counts.into_iter().map(|(n, c)| json!({"type": n, "count": c})).collect::<Vec<_>>(),
         "tensors": tensors,
     }))
+}
+
+fn fam_json(fam: &FamSettings, from_file: bool) -> Json {
+    json!({
+        "from_file": from_file,
+        "policy": fam.policy.as_str(), "block_size": fam.block_size, "mem_blocks": fam.mem_blocks,
+        "fam_len": fam.fam_len, "sinks": fam.sinks, "init": fam.init.as_str(),
+        "query_pos": fam.query_pos.as_str(),
+    })
+}
+
+/// `inspect MODEL --adapter FILE`: check the adapter against the model file (the same checks
+/// as loading it) and add its summary to the report; `fam` becomes the stream defaults with the
+/// adapter (its `fam.*` keys over the model file's).
+pub fn add_adapter(r: &mut Json, model: &GgufFile, path: &std::path::Path) -> Result<()> {
+    let hp = HParams::from_gguf(model)?;
+    let a = crate::adapter::AdapterFile::open(path, model, &hp)?;
+    let mut fam = FamSettings::default();
+    fam.override_from(model)?;
+    fam.override_from(&a.gguf)
+        .map_err(|e| crate::Error::adapter(path, e.to_string()))?;
+    fam.validate()
+        .map_err(|e| crate::Error::adapter(path, e.to_string()))?;
+    let from_file = FamSettings::present_in(model) || FamSettings::present_in(&a.gguf);
+    r["fam"] = fam_json(&fam, from_file);
+    let mut summary = a.summary();
+    summary["file"] = json!(path.display().to_string());
+    summary["base_fingerprint_of_model"] =
+        json!(format!("{:016x}", crate::adapter::base_fingerprint(model)));
+    summary["checked_against_model"] = json!(true);
+    r["adapter"] = summary;
+    Ok(())
 }
 
 /// The human-readable report.
@@ -154,6 +183,47 @@ pub fn render_text(r: &Json, show_tensors: bool) -> String {
             "defaults"
         }
     );
+    let a = &r["adapter"];
+    if !a.is_null() {
+        let list = |v: &Json| -> String {
+            v.as_array()
+                .map(|x| x.iter().map(s).collect::<Vec<_>>().join(","))
+                .unwrap_or_default()
+        };
+        let _ = writeln!(
+            o,
+            "adapter       {}{} ({}), {} LoRA pairs, rank {}, alpha {}, targets {}, layers {}",
+            a.get("file")
+                .map(|f| format!("{} ", s(f)))
+                .unwrap_or_default(),
+            s(&a["adapter_type"]),
+            if a["checked_against_model"] == true {
+                "checked against the model"
+            } else {
+                "not checked against a model"
+            },
+            a["pairs"],
+            list(&a["ranks"]),
+            s(&a["alpha"]),
+            list(&a["targets"]),
+            list(&a["layers"]),
+        );
+        let settings: Vec<String> = a["fam_settings"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect())
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "adapter fam   init memory {}, settings: {}, base fingerprint {}",
+            list(&a["init_memory"]),
+            if settings.is_empty() {
+                "none".to_string()
+            } else {
+                settings.join(" ")
+            },
+            s(&a["base_fingerprint"]),
+        );
+    }
     let types: Vec<String> = r["tensor_types"]
         .as_array()
         .map(|a| {

@@ -23,6 +23,9 @@
 //!    through `buffer_from_host_ptr`), or copies them to the device (Vulkan, CUDA). On the CPU,
 //!    matmul weights of types ggml repacks (Q4_0, Q4_K, IQ4_NL) go to its `CPU_REPACK` buffer
 //!    (a copy, as in llama.cpp; `--no-repack` keeps all zero-copy).
+//!    An optional LoRA adapter ([`adapter`], `--adapter FILE`) is checked against the model file
+//!    and its tensors put on the same device; the graphs add its low-rank term next to each
+//!    adapted matmul, so the base weights stay zero-copy.
 //! 3. [`runtime::Runtime`] adds the [`tokenizer::Tokenizer`] (from `tokenizer.ggml.*`) and the
 //!    [`chat::ChatTemplate`]; [`engine::Engine`] owns a backend, its threadpool and the graph
 //!    allocator.
@@ -45,6 +48,8 @@
 //!   device selection through ggml's registry (`--device`), the graph allocator,
 //!   quantize/dequantize.
 //! - [`model`]: hyperparameters and weights of the `llama` and `qwen2` architectures.
+//! - [`adapter`]: LoRA adapters in llama.cpp's GGUF layout plus FAM extras (a learned initial
+//!   FAM, `fam.*` stream defaults, the base model's fingerprint): validation and device upload.
 //! - [`forward`]: the model as ggml graphs (token graph, FAM update graph, K-shift graph).
 //! - [`kv`]: per-layer K/V slot storage (f16).
 //! - [`state`]: `FamState`, the fixed-size per-stream state and the memory policies.
@@ -92,6 +97,7 @@
 //!   serves every policy, so `fam` with F = 0 and S = 0 is `bswa` and a window covering the
 //!   stream is `full`, bit for bit.
 
+pub mod adapter;
 pub mod bench;
 pub mod chat;
 pub mod convert;

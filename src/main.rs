@@ -45,6 +45,10 @@ struct ModelArgs {
     /// Context length for full attention (default: the model's training context).
     #[arg(long = "ctx")]
     ctx: Option<usize>,
+    /// A LoRA adapter (GGUF, llama.cpp's layout; may carry a learned initial FAM and `fam.*`
+    /// stream defaults, which override the model file's) applied to the model.
+    #[arg(long = "adapter")]
+    adapter: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -53,6 +57,7 @@ impl ModelArgs {
             threads: self.threads.unwrap_or_else(default_threads),
             device: Some(self.device.clone()),
             repack: !self.no_repack,
+            adapter: self.adapter.clone(),
         };
         Runtime::load(&self.model, &opts)
     }
@@ -61,7 +66,8 @@ impl ModelArgs {
     }
 }
 
-/// Memory policy options (defaults: the model file's `fam.*` keys, else built-in defaults).
+/// Memory policy options (defaults: the adapter's `fam.*` keys, then the model file's, else
+/// built-in defaults).
 #[derive(Args, Clone, Default)]
 struct MemoryArgs {
     /// Memory policy: full, bswa, sink or fam.
@@ -79,7 +85,7 @@ struct MemoryArgs {
     /// Attention-sink tokens S (`sink` policy).
     #[arg(long = "sinks")]
     sinks: Option<u32>,
-    /// Initial FAM: seed, bos, tail (a learned one in the file is always used).
+    /// Initial FAM: seed, bos, tail (a learned one in the adapter or model file is always used).
     #[arg(long = "fam-init")]
     fam_init: Option<String>,
     /// RoPE position of FAM queries: block-end or prev-fam.
@@ -107,7 +113,7 @@ struct MemoryArgs {
 
 impl MemoryArgs {
     fn settings(&self, rt: &Runtime) -> Result<FamSettings> {
-        let mut s = FamSettings::from_gguf(&rt.model.gguf)?;
+        let mut s = rt.model.fam_settings()?;
         if let Some(p) = &self.memory {
             s.policy = p.parse::<MemoryPolicy>()?;
         }
@@ -298,6 +304,10 @@ enum Command {
         /// Leave out the per-tensor table (text output).
         #[arg(long)]
         no_tensors: bool,
+        /// A LoRA adapter to check against FILE (a model) and show: rank, alpha, targets, FAM
+        /// settings, base fingerprint.
+        #[arg(long = "adapter")]
+        adapter: Option<PathBuf>,
     },
     /// Convert a Hugging Face checkpoint directory or a GGUF file into a (quantized) GGUF.
     Convert {
@@ -326,6 +336,10 @@ enum Command {
         fam_sinks: Option<u32>,
         #[arg(long = "fam-init")]
         fam_init: Option<String>,
+        /// Merge this LoRA adapter into the weights (GGUF input): W + scale * B A, requantized
+        /// to the output type; its learned FAM and fam.* keys are copied.
+        #[arg(long = "adapter")]
+        adapter: Option<PathBuf>,
     },
     /// Generate text from a prompt, streamed to stdout; speed goes to stderr.
     Run {
@@ -588,9 +602,13 @@ fn run(cli: Cli) -> Result<()> {
             file,
             json,
             no_tensors,
+            adapter,
         } => {
             let g = GgufFile::open(&file)?;
-            let r = famstream::inspect::report(&g)?;
+            let mut r = famstream::inspect::report(&g)?;
+            if let Some(a) = &adapter {
+                famstream::inspect::add_adapter(&mut r, &g, a)?;
+            }
             if json {
                 print_json(&r);
             } else {
@@ -609,6 +627,7 @@ fn run(cli: Cli) -> Result<()> {
             fam_len,
             fam_sinks,
             fam_init,
+            adapter,
         } => {
             let target = ty
                 .as_deref()
@@ -625,6 +644,10 @@ fn run(cli: Cli) -> Result<()> {
                     Ok(g) if input.is_file() => FamSettings::from_gguf(&g)?,
                     _ => FamSettings::default(),
                 };
+                // The adapter's keys (copied into the output) under the flags.
+                if let Some(a) = &adapter {
+                    f.override_from(&GgufFile::open(a)?)?;
+                }
                 if let Some(p) = fam_policy {
                     f.policy = p.parse()?;
                 }
@@ -650,11 +673,17 @@ fn run(cli: Cli) -> Result<()> {
             let opts = famstream::convert::ConvertOptions { target, fam, name };
             let pb = famstream::util::progress(0, "bytes");
             let t0 = std::time::Instant::now();
-            let r = famstream::convert::convert(&input, &out, &opts, &mut |name, done, total| {
-                pb.set_length(total);
-                pb.set_position(done);
-                pb.set_message(name.to_string());
-            })?;
+            let r = famstream::convert::convert_with_adapter(
+                &input,
+                &out,
+                &opts,
+                adapter.as_deref(),
+                &mut |name, done, total| {
+                    pb.set_length(total);
+                    pb.set_position(done);
+                    pb.set_message(name.to_string());
+                },
+            )?;
             pb.finish_and_clear();
             for (t, want, used) in &r.fallbacks {
                 eprintln!("note: {t}: {want} does not fit rows of this tensor, used {used}");

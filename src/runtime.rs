@@ -40,6 +40,8 @@ pub struct LoadOptions {
     /// has one (Q4_0, Q4_K, IQ4_NL on AVX2/NEON; a copy of those weights in memory). `false`
     /// keeps every weight zero-copy in the file's map.
     pub repack: bool,
+    /// A LoRA adapter (GGUF, see [`crate::adapter`]) to apply to the model.
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -48,6 +50,7 @@ impl Default for LoadOptions {
             threads: default_threads(),
             device: None,
             repack: true,
+            adapter: None,
         }
     }
 }
@@ -176,7 +179,10 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Tokenizer> {
 impl Runtime {
     pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Runtime> {
         let backend = Self::backend(opts.device.as_deref(), opts.threads)?;
-        let model = Model::load_with(path, &backend, opts.repack)?;
+        let mut model = Model::load_with(path, &backend, opts.repack)?;
+        if let Some(a) = &opts.adapter {
+            model.attach_adapter(a, &backend)?;
+        }
         let tokenizer = tokenizer_from_gguf(&model.gguf)?;
         if tokenizer.n_vocab() != model.hp.n_vocab {
             return Err(Error::metadata(

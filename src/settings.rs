@@ -19,6 +19,20 @@ pub const KEY_QUERY_POS: &str = "fam.query_pos";
 pub const KEY_ZERO_FIRST_RESIDUAL: &str = "fam.zero_first_residual";
 pub const KEY_RENORM: &str = "fam.renorm";
 pub const KEY_FEEDBACK: &str = "fam.feedback";
+/// Every settings key (other `fam.*` keys, such as an adapter's base fingerprint, are not
+/// settings).
+pub const SETTINGS_KEYS: [&str; 10] = [
+    KEY_POLICY,
+    KEY_BLOCK_SIZE,
+    KEY_MEM_BLOCKS,
+    KEY_FAM_LEN,
+    KEY_SINKS,
+    KEY_INIT,
+    KEY_QUERY_POS,
+    KEY_ZERO_FIRST_RESIDUAL,
+    KEY_RENORM,
+    KEY_FEEDBACK,
+];
 
 macro_rules! string_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident = $s:literal),+ $(,)? }) => {
@@ -155,6 +169,16 @@ impl FamSettings {
     /// Defaults overridden by whatever `fam.*` keys the file has.
     pub fn from_gguf(g: &GgufFile) -> Result<FamSettings> {
         let mut s = FamSettings::default();
+        s.override_from(g)?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Replace the settings that `g` has `fam.*` keys for, keeping the rest (layers of
+    /// defaults: built-in, then the model file, then an adapter; see
+    /// [`crate::model::Model::fam_settings`]). Does not validate the result.
+    pub fn override_from(&mut self, g: &GgufFile) -> Result<()> {
+        let s = self;
         if let Some(v) = g.opt_str(KEY_POLICY)? {
             s.policy = v
                 .parse()
@@ -193,13 +217,12 @@ impl FamSettings {
                 .parse()
                 .map_err(|e: Error| Error::metadata(KEY_FEEDBACK, e.to_string()))?;
         }
-        s.validate()?;
-        Ok(s)
+        Ok(())
     }
 
-    /// Whether the file sets any `fam.*` key.
+    /// Whether the file sets any `fam.*` settings key.
     pub fn present_in(g: &GgufFile) -> bool {
-        g.metadata().iter().any(|(k, _)| k.starts_with("fam."))
+        SETTINGS_KEYS.iter().any(|k| g.get(k).is_some())
     }
 
     pub fn write_to(&self, w: &mut GgufWriter) {

@@ -55,6 +55,38 @@ pub const SEED_TEXT: &str =
     "The following is a long document. Remember the names, numbers, places and \
 decisions in it, from the beginning to the end.";
 
+/// The learned initial FAM's bytes for a stream of `f` FAM rows per layer, if the model (or its
+/// adapter, which takes precedence) has one: refused unless it is f32 [n_embd, f, n_layer].
+fn learned_fam_data(model: &Model, f: usize) -> Result<Option<&[u8]>> {
+    let Some((g, t)) = model.learned_fam() else {
+        return Ok(None);
+    };
+    let hp = &model.hp;
+    let want = [hp.n_embd as u64, f as u64, hp.n_layer as u64];
+    if t.ty != GgmlType::F32 || t.ne != want {
+        let other_f =
+            t.ty == GgmlType::F32 && t.ne.len() == 3 && t.ne[0] == want[0] && t.ne[2] == want[2];
+        let hint = if other_f {
+            format!(
+                " (it holds F = {} rows: use --fam-len {})",
+                t.ne[1], t.ne[1]
+            )
+        } else {
+            String::new()
+        };
+        return Err(Error::tensor(
+            LEARNED_FAM_TENSOR,
+            format!(
+                "in {}: must be f32 {want:?} for a FAM length of {f}, is {} {:?}{hint}",
+                g.path().display(),
+                t.ty,
+                t.ne
+            ),
+        ));
+    }
+    Ok(Some(g.tensor_data(t)?))
+}
+
 /// Which logits a feed returns.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Logits {
@@ -175,6 +207,17 @@ impl FamState {
                 set.alloc_all(backend)?;
                 Ok(Some(set))
             };
+        if n_fam > 0 {
+            // A learned initial FAM of another length, or none for the `learned` init, is
+            // refused now, not at the first token.
+            let learned = learned_fam_data(model, n_fam)?;
+            if learned.is_none() && settings.init == FamInit::Learned {
+                return Err(Error::tensor(
+                    LEARNED_FAM_TENSOR,
+                    "the `learned` FAM init needs this tensor in the model or adapter file",
+                ));
+            }
+        }
         let fam = per_layer("fam", GgmlType::F32, hp.n_embd, n_fam)?;
         let sinks = per_layer("sink_k", GgmlType::F16, hp.n_head_kv * hp.head_dim, n_sink)?;
         Ok(FamState {
@@ -432,7 +475,8 @@ impl FamState {
             return Ok(());
         }
         let f = self.n_fam;
-        let learned = eng.model.gguf.tensor(LEARNED_FAM_TENSOR).cloned();
+        let model = eng.model.clone();
+        let learned = learned_fam_data(&model, f)?;
         let init = if learned.is_some() {
             FamInit::Learned
         } else {
@@ -442,20 +486,12 @@ impl FamState {
         match init {
             FamInit::TailOfBlock => return Ok(()), // made from block 0's last rows, see end_block
             FamInit::Learned => {
-                let t = learned.ok_or_else(|| {
+                let data = learned.ok_or_else(|| {
                     Error::tensor(
                         LEARNED_FAM_TENSOR,
-                        "the `learned` init needs this tensor in the model file",
+                        "the `learned` init needs this tensor in the model or adapter file",
                     )
                 })?;
-                let want = [self.n_embd as u64, f as u64, self.n_layer as u64];
-                if t.ty != GgmlType::F32 || t.ne != want {
-                    return Err(Error::tensor(
-                        LEARNED_FAM_TENSOR,
-                        format!("must be f32 {want:?}, is {} {:?}", t.ty, t.ne),
-                    ));
-                }
-                let data = eng.model.gguf.tensor_data(&t)?;
                 let per_layer = self.n_embd * f * 4;
                 let fam = self.fam.as_ref().expect("n_fam > 0");
                 for il in 0..self.n_layer {

@@ -86,10 +86,21 @@ fn a_learned_fam_tensor_is_the_initial_memory() {
 #[test]
 fn a_learned_fam_tensor_of_the_wrong_shape_is_refused() {
     let (path, _) = with_learned("learned-bad", F as u64 + 1, |_| 1.0);
-    let (_m, mut eng, mut st) = fam_state(&path);
-    let err = st
-        .feed(&mut eng, &[1, 5, 9], Logits::Last)
-        .unwrap_err()
+    let m = Arc::new(Model::load(&path, &Backend::cpu(1).unwrap()).unwrap());
+    let eng = Engine::new(m.clone(), Backend::cpu(1).unwrap()).unwrap();
+    let s = FamSettings {
+        policy: MemoryPolicy::Fam,
+        block_size: 16,
+        mem_blocks: 1,
+        fam_len: F as u32,
+        sinks: 0,
+        ..FamSettings::default()
+    };
+    // Refused when the stream is made, before any token.
+    let err = FamState::new(&m, eng.backend(), s, 512, vec![1, 17, 42, 99], 1)
+        .err()
+        .expect("a learned FAM of F + 1 rows for a stream of F")
         .to_string();
     assert!(err.contains("fam.init_memory"), "{err}");
+    assert!(err.contains(&format!("--fam-len {}", F + 1)), "{err}");
 }

@@ -145,8 +145,12 @@ enum Source {
         tensor: safetensors::StTensor,
         permute: Option<usize>,
     },
-    /// A tensor of the input GGUF (by index); copied as bytes when the type is unchanged.
-    Gguf(usize),
+    /// A tensor of the input GGUF (by index); copied as bytes when the type is unchanged. With
+    /// `Some(pair)` (an index into the adapter's pairs), the adapter's `scale * B A` is added
+    /// in f32 first.
+    Gguf(usize, Option<usize>),
+    /// A tensor of the adapter merged in (its learned initial FAM), copied as bytes.
+    Adapter(crate::gguf::TensorInfo),
 }
 
 struct Planned {
@@ -190,10 +194,30 @@ pub fn convert(
     opts: &ConvertOptions,
     progress: Progress,
 ) -> Result<ConvertReport> {
+    convert_with_adapter(input, output, opts, None, progress)
+}
+
+/// [`convert`], merging a LoRA `adapter` into the weights (GGUF input only): each adapted
+/// weight becomes `W + scale * B A` (dequantized, summed in f32, quantized to its output type:
+/// the `--type` asked for, else its own); the adapter's `fam.init_memory` and `fam.*` keys are
+/// copied (`opts.fam` still overrides the keys). The result runs without the adapter.
+pub fn convert_with_adapter(
+    input: &Path,
+    output: &Path,
+    opts: &ConvertOptions,
+    adapter: Option<&Path>,
+    progress: Progress,
+) -> Result<ConvertReport> {
     if input.is_dir() {
+        if let Some(a) = adapter {
+            return Err(Error::adapter(
+                a,
+                "adapters are merged into GGUF models; convert the checkpoint first",
+            ));
+        }
         convert_hf(input, output, opts, progress)
     } else if input.is_file() {
-        convert_gguf(input, output, opts, progress)
+        convert_gguf(input, output, opts, adapter, progress)
     } else {
         Err(Error::Invalid(format!(
             "{}: no such file or directory",
@@ -363,6 +387,36 @@ fn convert_hf(
     })
 }
 
+/// `w += scale * B A` for a weight `w` in ggml layout (`n_out` rows of `n_in`): row `o` gets
+/// `scale * sum_k B[o][k] A[k][..]`, with A `[n_in, r]` (r rows of n_in) and B `[r, n_out]`.
+fn add_lora(
+    w: &mut [f32],
+    a: &crate::adapter::AdapterFile,
+    p: &crate::adapter::LoraPair,
+) -> Result<()> {
+    let r = p.rank;
+    let n_in = p.a.n_elements() as usize / r;
+    let av = ggml::dequantize(p.a.ty, a.gguf.tensor_data(&p.a)?, n_in * r)?;
+    let n_out = p.b.n_elements() as usize / r;
+    let bv = ggml::dequantize(p.b.ty, a.gguf.tensor_data(&p.b)?, r * n_out)?;
+    if w.len() != n_in * n_out {
+        return Err(Error::tensor(
+            &p.base_name(),
+            format!("{} values, the adapter implies {n_in} x {n_out}", w.len()),
+        ));
+    }
+    let scale = a.scale(r);
+    w.par_chunks_mut(n_in).enumerate().for_each(|(o, row)| {
+        for k in 0..r {
+            let c = scale * bv[o * r + k];
+            for (x, &y) in row.iter_mut().zip(&av[k * n_in..(k + 1) * n_in]) {
+                *x += c * y;
+            }
+        }
+    });
+    Ok(())
+}
+
 fn order_key(name: &str) -> (u32, usize, String) {
     if name == "token_embd.weight" {
         return (0, 0, String::new());
@@ -432,6 +486,7 @@ fn convert_gguf(
     input: &Path,
     output: &Path,
     opts: &ConvertOptions,
+    adapter: Option<&Path>,
     progress: Progress,
 ) -> Result<ConvertReport> {
     let g = GgufFile::open(input)?;
@@ -442,14 +497,36 @@ fn convert_gguf(
     }
     let n_layer = g.u32(&g.arch_key("block_count")?)? as usize;
     let tied = g.tensor("output.weight").is_none();
+    let adapter = match adapter {
+        Some(p) => Some(crate::adapter::AdapterFile::open(
+            p,
+            &g,
+            &crate::model::HParams::from_gguf(&g)?,
+        )?),
+        None => None,
+    };
     let mut w = GgufWriter::new();
     for (k, v) in g.metadata() {
         if k != "general.alignment" {
             w.set(k, v.clone());
         }
     }
+    if let Some(a) = &adapter {
+        for k in crate::settings::SETTINGS_KEYS {
+            if let Some(v) = a.gguf.get(k) {
+                w.set(k, v.clone());
+            }
+        }
+    }
+    let adapter_init = adapter.as_ref().and_then(|a| a.init_memory.clone());
     let mut plan = Vec::new();
     for (i, t) in g.tensors().iter().enumerate() {
+        if adapter_init.is_some() && t.name == crate::state::LEARNED_FAM_TENSOR {
+            continue; // replaced by the adapter's, below
+        }
+        let pair = adapter
+            .as_ref()
+            .and_then(|a| a.pairs.iter().position(|p| p.base_name() == t.name));
         let (wanted, ty) = match opts.target {
             None => (t.ty, t.ty),
             Some(target) => {
@@ -466,21 +543,40 @@ fn convert_gguf(
             ne: t.ne.clone(),
             wanted,
             ty,
-            source: Source::Gguf(i),
+            source: Source::Gguf(i, pair),
+        });
+    }
+    if let Some(t) = adapter_init {
+        plan.push(Planned {
+            name: t.name.clone(),
+            ne: t.ne.clone(),
+            wanted: t.ty,
+            ty: t.ty,
+            source: Source::Adapter(t),
         });
     }
     let report = finish(&mut w, &plan, opts.target, opts)?;
     write_plan(&w, &plan, output, progress, |p| {
-        let Source::Gguf(i) = p.source else {
-            return Ok(None);
+        let (i, pair) = match &p.source {
+            Source::Gguf(i, pair) => (*i, *pair),
+            Source::Adapter(t) => {
+                let a = adapter
+                    .as_ref()
+                    .expect("an adapter tensor comes from an adapter");
+                return Ok(Some(a.gguf.tensor_data(t)?.to_vec()));
+            }
+            Source::Hf { .. } => return Ok(None),
         };
         let t = &g.tensors()[i];
         let bytes = g.tensor_data(t)?;
-        if p.ty == t.ty {
+        if p.ty == t.ty && pair.is_none() {
             return Ok(Some(bytes.to_vec()));
         }
         let n = t.n_elements() as usize;
-        let v = ggml::dequantize(t.ty, bytes, n)?;
+        let mut v = ggml::dequantize(t.ty, bytes, n)?;
+        if let (Some(a), Some(k)) = (&adapter, pair) {
+            add_lora(&mut v, a, &a.pairs[k])?;
+        }
         quantize_rows(p.ty, &v, t.ne[0] as usize).map(Some)
     })?;
     Ok(ConvertReport {

@@ -4,9 +4,12 @@
 //! weights straight from the page cache. Other backends get a device copy.
 
 use super::{Arch, HParams};
+use crate::adapter::{Adapter, AdapterFile, Lora, Target};
 use crate::error::{Error, Result};
 use crate::ggml::{Backend, Tensor, TensorSet};
 use crate::gguf::{GgufFile, TensorInfo};
+use crate::settings::FamSettings;
+use crate::state::LEARNED_FAM_TENSOR;
 use std::path::Path;
 
 /// Indices into the weight set for one transformer layer.
@@ -26,6 +29,21 @@ pub struct LayerWeights {
     pub ffn_down: usize,
 }
 
+impl LayerWeights {
+    /// The weight an adapter target names.
+    pub fn target(&self, t: Target) -> usize {
+        match t {
+            Target::Q => self.wq,
+            Target::K => self.wk,
+            Target::V => self.wv,
+            Target::O => self.wo,
+            Target::Gate => self.ffn_gate,
+            Target::Up => self.ffn_up,
+            Target::Down => self.ffn_down,
+        }
+    }
+}
+
 /// Immutable model: shared by every stream that runs on it.
 pub struct Model {
     pub hp: HParams,
@@ -39,6 +57,8 @@ pub struct Model {
     device: String,
     /// Weights are read in place from the file's memory map (no copy).
     zero_copy: bool,
+    /// A LoRA adapter applied in the graphs (see [`Model::attach_adapter`]).
+    adapter: Option<Adapter>,
     pub gguf: GgufFile,
 }
 
@@ -213,8 +233,77 @@ impl Model {
             layers,
             device: backend.name().to_string(),
             zero_copy,
+            adapter: None,
             gguf,
         })
+    }
+
+    /// Apply the LoRA adapter at `path` (checked against this model's file, see
+    /// [`AdapterFile::check`]) in every graph from now on; its tensors go to `backend`, the
+    /// device the model was loaded for. The base weights stay as they are (zero-copy where they
+    /// were). One adapter per model.
+    pub fn attach_adapter(&mut self, path: impl AsRef<Path>, backend: &Backend) -> Result<()> {
+        let path = path.as_ref();
+        if self.adapter.is_some() {
+            return Err(Error::adapter(
+                path,
+                "the model already has an adapter (one at a time)",
+            ));
+        }
+        if backend.name() != self.device {
+            return Err(Error::Invalid(format!(
+                "model loaded for device {} but the adapter is loaded for {}",
+                self.device,
+                backend.name()
+            )));
+        }
+        let file = AdapterFile::open(path, &self.gguf, &self.hp)?;
+        let layers = &self.layers;
+        let adapter = Adapter::upload(file, backend, self.weights.len(), |il, t| {
+            layers[il].target(t)
+        })?;
+        // The stream defaults must still make sense with the adapter's keys.
+        self.adapter = Some(adapter);
+        if let Err(e) = self.fam_settings() {
+            self.adapter = None;
+            return Err(Error::adapter(path, e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The attached adapter, if any.
+    pub fn adapter(&self) -> Option<&Adapter> {
+        self.adapter.as_ref()
+    }
+
+    /// The low-rank term the adapter adds to base weight `w`, if any.
+    pub fn lora(&self, w: usize) -> Option<Lora<'_>> {
+        self.adapter.as_ref()?.lora(w)
+    }
+
+    /// The stream defaults: built-in, overridden by the model file's `fam.*` keys, overridden
+    /// by the adapter's (command-line flags override these in turn).
+    pub fn fam_settings(&self) -> Result<FamSettings> {
+        let mut s = FamSettings::default();
+        s.override_from(&self.gguf)?;
+        if let Some(a) = &self.adapter {
+            s.override_from(&a.file.gguf)?;
+        }
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// The learned initial FAM (`fam.init_memory`) and the file holding it: the adapter's if
+    /// it has one, else the model file's, if any.
+    pub fn learned_fam(&self) -> Option<(&GgufFile, &TensorInfo)> {
+        if let Some(a) = &self.adapter {
+            if let Some(t) = &a.file.init_memory {
+                return Some((&a.file.gguf, t));
+            }
+        }
+        self.gguf
+            .tensor(LEARNED_FAM_TENSOR)
+            .map(|t| (&self.gguf, t))
     }
 
     /// True when all weights are computed on in place from the memory map (CPU, Metal), none
@@ -246,7 +335,8 @@ impl Model {
 
 impl Model {
     /// A 64-bit fingerprint of the model file: architecture, hyperparameters, the tensor table,
-    /// and the first 64 KiB of the token embedding. Snapshots record it to refuse other models.
+    /// and the first 64 KiB of the token embedding, and the whole adapter file if one is
+    /// attached. Snapshots record it to refuse other models.
     pub fn fingerprint(&self) -> u64 {
         let mut h = crate::util::Fnv64::new();
         h.write(format!("{:?}", self.hp).as_bytes());
@@ -262,6 +352,10 @@ impl Model {
             if let Ok(d) = self.gguf.tensor_data(t) {
                 h.write(&d[..d.len().min(64 * 1024)]);
             }
+        }
+        if let Some(a) = &self.adapter {
+            h.write(b"adapter");
+            h.write(&a.file_hash().to_le_bytes());
         }
         h.finish()
     }

@@ -76,6 +76,25 @@ impl LlamaOracle {
         }
     }
 
+    /// Apply the LoRA adapter at `path` (llama.cpp's loader, scale 1) to every later
+    /// evaluation. Panics if llama.cpp refuses the file.
+    pub fn set_adapter(&mut self, path: &Path) {
+        let c = CString::new(path.to_str().unwrap()).unwrap();
+        unsafe {
+            let a = sys::llama_adapter_lora_init(self.model, c.as_ptr());
+            assert!(!a.is_null(), "llama.cpp refused the adapter {path:?}");
+            let mut adapters = [a];
+            let mut scales = [1.0f32];
+            let rc = sys::llama_set_adapters_lora(
+                self.ctx,
+                adapters.as_mut_ptr(),
+                1,
+                scales.as_mut_ptr(),
+            );
+            assert_eq!(rc, 0, "llama_set_adapters_lora failed");
+        }
+    }
+
     pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
         let mut buf = vec![0i32; text.len() + 16];
         let n = unsafe {
