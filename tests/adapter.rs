@@ -941,3 +941,36 @@ fn convert_merges_an_adapter_into_a_model_that_needs_none() {
     let adapted = logits(&tiny("qwen2"), Some(&path), full(), &ids);
     assert!(max_abs_diff(&plain, &adapted) > 10.0 * MERGE_LOGIT_TOL);
 }
+
+#[test]
+fn a_state_saved_with_an_adapter_loads_only_with_that_adapter() {
+    let dir = common::scratch_dir("adapter-snapshot");
+    let base = GgufFile::open(tiny("llama")).unwrap();
+    let write = |seed: u64, name: &str| {
+        let mut ab = AdapterBuilder::new(&base);
+        ab.every_target(&base, &mut Rng(seed), 0.1, false);
+        let p = dir.join(name);
+        ab.write(&p);
+        p
+    };
+    let (a, other) = (write(41, "a.gguf"), write(43, "b.gguf"));
+    let s = common::settings(MemoryPolicy::Bswa, 8, 1, 0, 0);
+    let snap = dir.join("state.famsnap");
+    {
+        let (m, mut eng) = load(&tiny("llama"), Some(&a));
+        let mut st = FamState::new(&m, eng.backend(), s, 64, Vec::new(), 1).unwrap();
+        st.feed(&mut eng, &ids("llama"), Logits::None).unwrap();
+        st.save(&snap, &m, serde_json::Value::Null).unwrap();
+    }
+    for adapter in [None, Some(other.as_path())] {
+        let (m, eng) = load(&tiny("llama"), adapter);
+        let err = FamState::load(&snap, &m, eng.backend(), None)
+            .err()
+            .expect("a state made with another adapter")
+            .to_string();
+        assert!(err.contains("different model"), "{adapter:?}: {err}");
+    }
+    let (m, eng) = load(&tiny("llama"), Some(&a));
+    let (st, _) = FamState::load(&snap, &m, eng.backend(), Some(&s)).unwrap();
+    assert_eq!(st.n_past(), ids("llama").len() as u64);
+}
