@@ -352,6 +352,11 @@ def cmd_train(a):
         rng.setstate(ck["rng"])
         torch.set_rng_state(ck["torch_rng"])
         print(f"resumed {run} at step {step} (k={k_cur})", file=sys.stderr)
+        if log_path.exists():  # steps after the checkpoint are run again: drop their lines
+            kept = [l for l in log_path.read_text().splitlines() if json.loads(l)["step"] <= step]
+            tmp = log_path.with_suffix(".tmp")
+            tmp.write_text("".join(l + "\n" for l in kept))
+            os.replace(tmp, log_path)
     train = RecallData(tok, a.block, "train")
     val = RecallData(tok, a.block, "val", templates="eval")
     val_rng_seed = a.seed + 1
@@ -485,7 +490,7 @@ def permute(w, n_head):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def export_adapter(model, s, out, base_gguf=None, name="famstream FAM adapter", extra=None):
+def export_adapter(model, s, out, base_gguf=None, name="famstream FAM adapter", extra=None, lora_dtype=np.float32):
     import gguf
     out = Path(out)
     w = gguf.GGUFWriter(str(out) + ".tmp", model.arch)
@@ -511,8 +516,8 @@ def export_adapter(model, s, out, base_gguf=None, name="famstream FAM adapter", 
                 if model.arch == "llama" and t in ("q", "k"):
                     Bm = permute(Bm, model.H if t == "q" else model.KV)
                 base = f"blk.{l}.{GGUF_LIN[t]}.weight"
-                w.add_tensor(base + ".lora_a", np.ascontiguousarray(A, dtype=np.float32))  # ne [n_in, r]
-                w.add_tensor(base + ".lora_b", np.ascontiguousarray(Bm, dtype=np.float32))  # ne [r, n_out]
+                w.add_tensor(base + ".lora_a", np.ascontiguousarray(A, dtype=lora_dtype))  # ne [n_in, r]
+                w.add_tensor(base + ".lora_b", np.ascontiguousarray(Bm, dtype=lora_dtype))  # ne [r, n_out]
         init = model.initial_fam(dict(s, init="learned"), 1)
         mem = np.stack([init[l][0].cpu().float().numpy() for l in range(model.L)])  # [L, F, d] -> ne [d, F, L]
         w.add_tensor("fam.init_memory", np.ascontiguousarray(mem, dtype=np.float32))
@@ -523,7 +528,8 @@ def export_adapter(model, s, out, base_gguf=None, name="famstream FAM adapter", 
 def cmd_export(a):
     model, ra, ck = load_run(a.run_dir, "cpu")
     export_adapter(model, ck["settings"], a.out, a.base_gguf,
-                   extra={"fam.adapter.trained_steps": str(ck["step"])})
+                   extra={"fam.adapter.trained_steps": str(ck["step"])},
+                   lora_dtype=np.float16 if a.dtype == "f16" else np.float32)
     print(f"wrote {a.out} ({os.path.getsize(a.out)} bytes, step {ck['step']})")
 
 
@@ -704,6 +710,7 @@ def parser():
     x.add_argument("run_dir")
     x.add_argument("--base-gguf", required=True)
     x.add_argument("--out", required=True)
+    x.add_argument("--dtype", choices=["f32", "f16"], default="f32", help="LoRA tensors (f16 halves the file)")
     x.set_defaults(func=cmd_export)
     g = sub.add_parser("goldens")
     g.add_argument("--threads", type=int, default=2)
