@@ -61,8 +61,11 @@
 //!   places nothing while no other graph ran in between).
 //! - [`tokenizer`]: byte-level BPE (GPT-2 style) and SentencePiece BPE, from GGUF metadata.
 //! - [`sample`], [`chat`], [`runtime`]: sampling, chat templates, the embedding API.
-//! - [`perplexity`], [`passkey`], [`bench`]: evaluation and speed.
+//! - [`perplexity`], [`passkey`], [`bench`]: evaluation and speed; [`recall`]: recall of a
+//!   planted fact k windows back (the memory benchmark, cases from `tools/recall_bench.py`).
 //! - [`summarize`]: long documents through the state, then a summary or an answer.
+//! - [`notes`]: `summarize`'s default method: notes on each window-sized chunk, kept outside
+//!   the window and merged under a token budget, so every part of the input reaches the answer.
 //! - [`serve`]: the OpenAI-compatible HTTP server (one compute worker, bounded live states).
 //! - [`convert`]: HF checkpoints / GGUF -> quantized GGUF (our safetensors reader, name maps,
 //!   Q/K permutation, tokenizer.json, ggml quantizers in parallel, streaming writes).
@@ -110,9 +113,11 @@ pub mod gguf;
 pub mod inspect;
 pub mod kv;
 pub mod model;
+pub mod notes;
 pub mod npy;
 pub mod passkey;
 pub mod perplexity;
+pub mod recall;
 pub mod runtime;
 pub mod sample;
 pub mod serve;

@@ -376,9 +376,38 @@ enum Command {
         /// Let the model write running notes into the stream every N input tokens (0: off).
         #[arg(long = "notes-every", default_value_t = 0)]
         notes_every: usize,
-        /// Tokens per running note at most.
-        #[arg(long = "notes-tokens", default_value_t = 48)]
-        notes_tokens: usize,
+        /// Tokens per note at most (default: 96 with --method notes, 48 for the running notes
+        /// of --method stream).
+        #[arg(long = "notes-tokens")]
+        notes_tokens: Option<usize>,
+        /// How the text reaches the answer. `notes` (default): the model writes notes on each
+        /// chunk that fits the window, kept outside the window (merged when over
+        /// --notes-budget), and answers from the notes and the last chunk, so every part of the
+        /// text reaches the answer. `stream`: the whole text through one stream, then the
+        /// request; the answer sees the window and the memory policy's memory only.
+        #[arg(long, default_value = "notes")]
+        method: String,
+        /// Tokens per chunk with --method notes (0: what fits the window next to the notes).
+        #[arg(long = "chunk-tokens", default_value_t = 0)]
+        chunk_tokens: usize,
+        /// All notes together at most this many tokens (--method notes); beyond, the two
+        /// oldest notes are merged by the model.
+        #[arg(long = "notes-budget", default_value_t = 768)]
+        notes_budget: usize,
+        /// Write the notes as a timeline (token offset or subtitle time, note) to FILE:
+        /// Markdown, or JSON with --json (--method notes).
+        #[arg(long = "notes-out")]
+        notes_out: Option<PathBuf>,
+        /// With --notes-out: write JSON instead of Markdown.
+        #[arg(long)]
+        json: bool,
+        /// Save the notes after every step to FILE and resume from it when it exists (same
+        /// input and settings): a recording of hours summarized across runs (--method notes).
+        #[arg(long = "checkpoint")]
+        checkpoint: Option<PathBuf>,
+        /// No progress bar or statistics on stderr.
+        #[arg(long)]
+        quiet: bool,
         /// Something to look for, stated before the text (repeatable; e.g. the questions you
         /// will --ask).
         #[arg(long = "focus")]
@@ -534,6 +563,20 @@ enum Command {
         #[command(flatten)]
         memory: MemoryArgs,
     },
+    /// Recall of planted facts at distances of k windows (cases made by tools/recall_bench.py):
+    /// exact-match answers and the answer's log-likelihood per k, with 95% intervals.
+    Recall {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The cases, JSONL: {"k", "kind", "prompt": [token ids], "answer": [token ids]}.
+        #[arg(long)]
+        cases: PathBuf,
+        /// Print JSON (the summary per k and every case).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        memory: MemoryArgs,
+    },
 }
 
 /// $XDG_DATA_HOME/famstream/sessions, else ~/.local/share/famstream/sessions.
@@ -566,6 +609,35 @@ fn session_file(name: &str, dir: Option<&std::path::Path>) -> Result<PathBuf> {
 }
 
 /// Write one piece of generated text to stdout as it arrives; never cancels.
+/// A text input (a file, or - for stdin): refused with a clear message when it is missing, not
+/// UTF-8, or binary (NUL bytes).
+fn read_text_input(p: &std::path::Path) -> Result<String> {
+    let name = if p.as_os_str() == "-" {
+        "<stdin>".to_string()
+    } else {
+        p.display().to_string()
+    };
+    let bytes = if p.as_os_str() == "-" {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+            .map_err(|e| Error::io("<stdin>", "read", e))?;
+        b
+    } else {
+        std::fs::read(p).map_err(|e| Error::io(p, "read", e))?
+    };
+    if let Some(i) = bytes.iter().position(|&b| b == 0) {
+        return Err(Error::Invalid(format!(
+            "{name} looks binary (a NUL byte at offset {i}): give a text file"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        Error::Invalid(format!(
+            "{name} is not UTF-8 text (invalid byte at offset {}): convert it first, e.g. with iconv",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
 fn write_piece(out: &mut impl Write, piece: &str) -> bool {
     let _ = out.write_all(piece.as_bytes());
     let _ = out.flush();
@@ -742,28 +814,156 @@ fn run(cli: Cli) -> Result<()> {
             ask,
             notes_every,
             notes_tokens,
+            method,
+            chunk_tokens,
+            notes_budget,
+            notes_out,
+            json,
+            checkpoint,
+            quiet,
             focus,
             score_answer,
             sample,
             memory,
         } => {
+            let notes_method = match method.as_str() {
+                "notes" => true,
+                "stream" => false,
+                m => {
+                    return Err(Error::Invalid(format!(
+                        "unknown --method `{m}` (one of: notes, stream)"
+                    )))
+                }
+            };
             let text = match &input {
-                None if memory.load_state.is_some() => None,
+                None if memory.load_state.is_some() && !notes_method => None,
                 None => {
-                    return Err(Error::Invalid(
-                        "give a file (or - for stdin), or --load-state".into(),
-                    ))
+                    return Err(Error::Invalid(if notes_method {
+                        "give a file (or - for stdin)".into()
+                    } else {
+                        "give a file (or - for stdin), or --load-state".into()
+                    }))
                 }
-                Some(p) if p.as_os_str() == "-" => {
-                    let mut s = String::new();
-                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-                        .map_err(|e| Error::io("<stdin>", "read", e))?;
-                    Some(s)
-                }
-                Some(p) => Some(std::fs::read_to_string(p).map_err(|e| Error::io(p, "read", e))?),
+                Some(p) => Some(read_text_input(p)?),
             };
             if text.as_deref().is_some_and(|t| t.trim().is_empty()) {
                 return Err(Error::Invalid("the input is empty".into()));
+            }
+            if notes_method {
+                let given = [
+                    (ingest_only, "--ingest-only"),
+                    (memory.load_state.is_some(), "--load-state"),
+                    (memory.save_state.is_some(), "--save-state"),
+                    (notes_every > 0, "--notes-every"),
+                ];
+                if let Some((_, flag)) = given.iter().find(|(on, _)| *on) {
+                    return Err(Error::Invalid(format!(
+                        "{flag} belongs to --method stream; --method notes resumes with --checkpoint"
+                    )));
+                }
+                let answer = sample.options()?;
+                let rt = model.load()?;
+                let mut eng = rt.engine()?;
+                let mut state = memory.state(&rt, &eng, model.ctx(&rt))?;
+                let text = text.unwrap_or_default();
+                let nopts = famstream::notes::NotesOptions {
+                    chunk_tokens,
+                    note_tokens: notes_tokens.unwrap_or(96),
+                    notes_budget,
+                    focus,
+                };
+                let pb = if quiet {
+                    indicatif::ProgressBar::hidden()
+                } else {
+                    famstream::util::progress(0, "chunks")
+                };
+                let t0 = std::time::Instant::now();
+                let (chunks, pr) = famstream::notes::read(
+                    &rt,
+                    &mut eng,
+                    &mut state,
+                    &text,
+                    &nopts,
+                    checkpoint.as_deref(),
+                    |_, pr, chunks| {
+                        pb.set_length(chunks.len().saturating_sub(1) as u64);
+                        pb.set_position(pr.done as u64);
+                        let read = chunks.get(pr.done).map_or(0, |c| c.start_token);
+                        pb.set_message(format!(
+                            "{} notes ({} tokens, {} merges), {:.0} input tok/s",
+                            pr.notes.len(),
+                            pr.notes_tokens(),
+                            pr.merges,
+                            read as f64 / t0.elapsed().as_secs_f64().max(1e-9)
+                        ));
+                    },
+                )?;
+                pb.finish_and_clear();
+                let total = chunks.last().map_or(0, |c| c.start_token + c.n_tokens);
+                if !quiet {
+                    let secs = t0.elapsed().as_secs_f64();
+                    eprintln!(
+                        "read {total} tokens in {} chunks: {} notes ({} tokens, {} merges, {} \
+                         tokens written) in {secs:.1}s ({:.1} input tok/s)",
+                        chunks.len(),
+                        pr.notes.len(),
+                        pr.notes_tokens(),
+                        pr.merges,
+                        pr.written_tokens,
+                        total as f64 / secs.max(1e-9)
+                    );
+                }
+                if let Some(p) = &notes_out {
+                    let body = if json {
+                        let j = famstream::notes::timeline_json(&pr.notes);
+                        serde_json::to_string_pretty(&j).unwrap_or_default() + "\n"
+                    } else {
+                        famstream::notes::timeline_markdown(&pr.notes)
+                    };
+                    famstream::notes::write_atomic(p, body.as_bytes())?;
+                }
+                let request = ask
+                    .as_deref()
+                    .unwrap_or(famstream::summarize::SUMMARY_REQUEST);
+                if let Some(reply) = &score_answer {
+                    let (lp, n) = famstream::notes::score_answer(
+                        &rt, &mut eng, &mut state, &chunks, &pr, request, reply,
+                    )?;
+                    print_json(&serde_json::json!({
+                        "answer": reply, "mean_logprob": lp, "answer_tokens": n,
+                        "tokens_read": total, "method": "notes", "notes": pr.notes.len(),
+                    }));
+                    return Ok(());
+                }
+                let mut out = std::io::stdout().lock();
+                let stats = famstream::notes::answer(
+                    &rt,
+                    &mut eng,
+                    &mut state,
+                    &chunks,
+                    &pr,
+                    request,
+                    &answer,
+                    |piece| write_piece(&mut out, piece),
+                )?;
+                let _ = writeln!(out);
+                if !quiet {
+                    eprintln!(
+                        "answer: {} tokens, {:.1} tok/s; state {} MiB, peak RSS {} MiB",
+                        stats.generated_tokens,
+                        stats.generate_tps(),
+                        state.state_bytes() >> 20,
+                        famstream::util::peak_rss_bytes().unwrap_or(0) >> 20
+                    );
+                }
+                return Ok(());
+            }
+            let notes_tokens = notes_tokens.unwrap_or(48);
+            if chunk_tokens > 0 || notes_out.is_some() || checkpoint.is_some() || json {
+                return Err(Error::Invalid(
+                    "--chunk-tokens, --notes-out, --json and --checkpoint belong to --method notes"
+                        .into(),
+                ));
             }
             if ingest_only && (memory.save_state.is_none() || text.is_none()) {
                 return Err(Error::Invalid(
@@ -1395,6 +1595,47 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 for (n, f, t) in rows {
                     println!("memory {} filler {n}: {f}/{t} found", settings.policy);
+                }
+            }
+            Ok(())
+        }
+        Command::Recall {
+            model,
+            cases,
+            json,
+            memory,
+        } => {
+            memory.refuse_unused("recall", false, Some("recall saves no state"))?;
+            let rt = model.load()?;
+            let cases = famstream::recall::read_cases(&cases, rt.model.hp.n_vocab)?;
+            let mut eng = rt.engine()?;
+            let mut st = memory.state(&rt, &eng, model.ctx(&rt))?;
+            let pb = famstream::util::progress(cases.len() as u64, "cases");
+            let outcomes = famstream::recall::run_all(&mut eng, &mut st, &cases, |done| {
+                pb.set_position(done as u64)
+            })?;
+            pb.finish_and_clear();
+            let report = famstream::recall::report(&cases, &outcomes, &st.settings);
+            if json {
+                print_json(&report);
+            } else {
+                for r in report["summary"].as_array().into_iter().flatten() {
+                    println!(
+                        "memory {} k={}: {}/{} recalled ({:.2}, 95% CI {:.2}-{:.2}), mean answer \
+                         log-likelihood {:.2}{}",
+                        st.settings.policy,
+                        r["k"],
+                        r["hits"],
+                        r["trials"],
+                        r["recall"].as_f64().unwrap_or(0.0),
+                        r["ci95"][0].as_f64().unwrap_or(0.0),
+                        r["ci95"][1].as_f64().unwrap_or(0.0),
+                        r["mean_answer_logprob"].as_f64().unwrap_or(0.0),
+                        match r["beyond_context"].as_u64() {
+                            Some(n) if n > 0 => format!(" ({n} beyond the context, not run)"),
+                            _ => String::new(),
+                        }
+                    );
                 }
             }
             Ok(())

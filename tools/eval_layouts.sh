@@ -35,14 +35,14 @@ for policy in ${POLICIES:-sink fam}; do
       notes) flags+=(--notes-every 1024) ;;
     esac
     for v in with without; do
-      $BIN summarize -m "$M" "${flags[@]}" --ingest-only --save-state "$work/$name-$v.snap" "$out/$v.txt" 2>/dev/null
+      $BIN summarize --method stream -m "$M" "${flags[@]}" --ingest-only --save-state "$work/$name-$v.snap" "$out/$v.txt" 2>/dev/null
     done
     python3 - "$BIN" "$M" "$work/$name" "$out/facts.json" "$policy" "$layout" > "$out/$name.json.tmp" <<'PY'
 import json, subprocess, sys
 bin_, model, snap, facts_path, policy, layout = sys.argv[1:]
 facts = json.load(open(facts_path))
 def score(v, f):
-    r = subprocess.run([bin_, "summarize", "-m", model, "--load-state", f"{snap}-{v}.snap", "--ask", f["question"],
+    r = subprocess.run([bin_, "summarize", "--method", "stream", "-m", model, "--load-state", f"{snap}-{v}.snap", "--ask", f["question"],
                         "--score-answer", f["answer"]], capture_output=True, text=True, check=True)
     j = json.loads(r.stdout)
     return j["mean_logprob"] * j["answer_tokens"]

@@ -13,13 +13,13 @@ trap 'rm -rf "$work"' EXIT
 for spec in "sink:--memory sink" "bswa:--memory bswa" "fam-seed:--memory fam --sinks 0" "fam-reread:--memory fam --fam-feedback reread"; do
   name=${spec%%:*}; flags=${spec#*:}
   [ -s "$out/$name.json" ] && { echo "have $name"; continue; }
-  $BIN summarize -m "$M" -t 2 $flags --ingest-only --save-state "$work/$name.snap" "$out/transcript.txt"
+  $BIN summarize --method stream -m "$M" -t 2 $flags --ingest-only --save-state "$work/$name.snap" "$out/transcript.txt"
   python3 - "$BIN" "$M" "$work/$name.snap" "$out/facts.json" "$name" "$flags" > "$out/$name.json" <<'PY'
 import json, subprocess, sys
 bin_, model, snap, facts_path, name, flags = sys.argv[1:]
 facts = json.load(open(facts_path))
 def ask(q=None, n=60):
-    cmd = [bin_, "summarize", "-m", model, "-t", "2", "--load-state", snap, "--temp", "0", "-n", str(n)]
+    cmd = [bin_, "summarize", "--method", "stream", "-m", model, "-t", "2", "--load-state", snap, "--temp", "0", "-n", str(n)]
     if q: cmd += ["--ask", q]
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
 answers = [{"question": f["question"], "answer": ask(f["question"], 40), "expect": f["expect"]} for f in facts]

@@ -1,0 +1,647 @@
+//! Summaries that cover every token of the input: notes kept outside the window.
+//!
+//! Streaming a whole transcript and then asking (the [`crate::summarize`] layout) leaves the
+//! answer with what the window and the memory still hold: on an un-tuned model, the last few
+//! thousand tokens. Here the model keeps *notes*, bounded text held by the program, not by the
+//! attention window:
+//!
+//! ```text
+//! for each chunk c_1 .. c_{n-1}  (a chunk fits the window together with the notes):
+//!     fresh stream <- [instruction, the notes so far, chunk c_i]      (the memory policy applies)
+//!     note_i       <- the model's notes on c_i (greedy, at most `note_tokens`)
+//!     notes        += (c_i's start: token offset, subtitle time), note_i
+//!     while notes exceed `notes_budget` tokens: the two oldest entries are merged by the model
+//!                                               into one of at most `note_tokens` (map-reduce)
+//! answer <- [instruction, the notes, the last chunk c_n, the request]
+//! ```
+//! Every chunk reaches a note step, so every token is read by the model with the notes of all
+//! that came before it; what reaches the answer is the notes (everything, condensed) plus the
+//! last chunk verbatim. Memory is constant: one fixed-size stream state (reset per step), notes
+//! bounded by `notes_budget` tokens, one chunk of text at a time.
+//!
+//! The run can be checkpointed after each step ([`Progress`] is plain JSON: the notes and the
+//! next chunk), so a recording of hours can be summarized across runs. Prompts live in
+//! [`Prompts`], one set per chat template (a model without a template gets plain text).
+
+use crate::chat::Message;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::runtime::{GenerateOptions, GenerateStats, Runtime};
+use crate::sample::SamplerConfig;
+use crate::settings::MemoryPolicy;
+use crate::state::{FamState, Logits};
+
+/// Tokens kept free in every step for the template, the instruction and the request.
+const PROMPT_OVERHEAD: usize = 160;
+
+/// One line of input, with the subtitle time it belongs to (.srt/.vtt) if any.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Line {
+    pub time: Option<String>,
+    pub text: String,
+}
+
+/// Lines of a transcript: plain text and `Name: text` turns pass through; subtitles lose cue
+/// numbers and timestamp lines, and each text line keeps its cue's start time.
+pub fn prepare_lines(raw: &str) -> Vec<Line> {
+    let text = raw.replace("\r\n", "\n");
+    let subtitles = text.lines().any(|l| l.contains("-->")) || text.starts_with("WEBVTT");
+    let mut out = Vec::new();
+    let mut time: Option<String> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if subtitles {
+            if let Some((start, _)) = t.split_once("-->") {
+                time = Some(start.trim().to_string());
+                continue;
+            }
+            if t.is_empty() || t == "WEBVTT" || t.chars().all(|c| c.is_ascii_digit()) {
+                continue;
+            }
+        } else if t.is_empty() {
+            continue;
+        }
+        out.push(Line {
+            time: time.clone(),
+            text: t.to_string(),
+        });
+    }
+    out
+}
+
+/// A piece of the input that fits one step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chunk {
+    /// Token offset of the chunk's first token in the whole input.
+    pub start_token: usize,
+    /// The subtitle time of its first line.
+    pub start_time: Option<String>,
+    pub text: String,
+    pub n_tokens: usize,
+}
+
+/// Cut lines into chunks of at most `max_tokens` tokens, at line boundaries (a longer line is
+/// cut by tokens). Lines are tokenized one at a time, so the input is never held as tokens.
+pub fn chunks(rt: &Runtime, lines: &[Line], max_tokens: usize) -> Vec<Chunk> {
+    let tok = &rt.tokenizer;
+    let max_tokens = max_tokens.max(16);
+    let mut out: Vec<Chunk> = Vec::new();
+    let mut cur: Option<Chunk> = None;
+    let mut offset = 0usize;
+    for line in lines {
+        let piece = format!("{}\n", line.text);
+        let ids = tok.encode(&piece, false, false);
+        if ids.len() > max_tokens {
+            if let Some(c) = cur.take() {
+                out.push(c);
+            }
+            for part in ids.chunks(max_tokens) {
+                out.push(Chunk {
+                    start_token: offset,
+                    start_time: line.time.clone(),
+                    text: tok.decode(part),
+                    n_tokens: part.len(),
+                });
+                offset += part.len();
+            }
+            continue;
+        }
+        if cur
+            .as_ref()
+            .is_some_and(|c| c.n_tokens + ids.len() > max_tokens)
+        {
+            out.extend(cur.take());
+        }
+        let c = cur.get_or_insert_with(|| Chunk {
+            start_token: offset,
+            start_time: line.time.clone(),
+            text: String::new(),
+            n_tokens: 0,
+        });
+        c.text.push_str(&piece);
+        c.n_tokens += ids.len();
+        offset += ids.len();
+    }
+    out.extend(cur);
+    out
+}
+
+/// One entry of the notes timeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Note {
+    /// Token offset where the part it covers starts.
+    pub start_token: usize,
+    pub start_time: Option<String>,
+    /// Chunks it covers (merged notes cover several).
+    pub chunks: usize,
+    pub text: String,
+    pub n_tokens: usize,
+}
+
+/// Where a run stands: what a checkpoint holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Progress {
+    /// Chunks noted so far (the next step reads chunk `done`).
+    pub done: usize,
+    pub notes: Vec<Note>,
+    /// Merge steps so far.
+    pub merges: usize,
+    /// Tokens the model wrote (notes and merges).
+    pub written_tokens: usize,
+}
+
+impl Progress {
+    pub fn notes_tokens(&self) -> usize {
+        self.notes.iter().map(|n| n.n_tokens).sum()
+    }
+
+    pub fn to_json(
+        &self,
+        input_fingerprint: &str,
+        settings: &serde_json::Value,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "format": "famstream-notes-1",
+            "input": input_fingerprint,
+            "settings": settings,
+            "done": self.done,
+            "merges": self.merges,
+            "written_tokens": self.written_tokens,
+            "notes": self.notes.iter().map(note_json).collect::<Vec<_>>(),
+        })
+    }
+
+    /// A checkpoint made by [`Progress::to_json`] for the same input and settings.
+    pub fn from_json(
+        v: &serde_json::Value,
+        input_fingerprint: &str,
+        settings: &serde_json::Value,
+    ) -> Result<Progress> {
+        let bad = |what: &str| Error::Invalid(format!("notes checkpoint: {what}"));
+        if v["format"] != "famstream-notes-1" {
+            return Err(bad("not a famstream notes checkpoint"));
+        }
+        if v["input"] != input_fingerprint {
+            return Err(bad(
+                "it was made for another input (delete it to start over)",
+            ));
+        }
+        if &v["settings"] != settings {
+            return Err(bad(&format!(
+                "it was made with other settings {} (now {settings}; delete it to start over)",
+                v["settings"]
+            )));
+        }
+        let num = |k: &str| v[k].as_u64().map(|x| x as usize).ok_or_else(|| bad(k));
+        let mut notes = Vec::new();
+        for n in v["notes"].as_array().ok_or_else(|| bad("notes"))? {
+            notes.push(Note {
+                start_token: n["start_token"]
+                    .as_u64()
+                    .ok_or_else(|| bad("start_token"))? as usize,
+                start_time: n["start_time"].as_str().map(str::to_string),
+                chunks: n["chunks"].as_u64().ok_or_else(|| bad("chunks"))? as usize,
+                text: n["text"].as_str().ok_or_else(|| bad("text"))?.to_string(),
+                n_tokens: n["tokens"].as_u64().ok_or_else(|| bad("tokens"))? as usize,
+            });
+        }
+        Ok(Progress {
+            done: num("done")?,
+            merges: num("merges")?,
+            written_tokens: num("written_tokens")?,
+            notes,
+        })
+    }
+}
+
+fn note_json(n: &Note) -> serde_json::Value {
+    serde_json::json!({
+        "start_token": n.start_token, "start_time": n.start_time, "chunks": n.chunks,
+        "tokens": n.n_tokens, "text": n.text,
+    })
+}
+
+/// The notes as a Markdown timeline.
+pub fn timeline_markdown(notes: &[Note]) -> String {
+    let mut s = String::from("# Notes\n\n");
+    for n in notes {
+        let at = match &n.start_time {
+            Some(t) => format!("{t} (token {})", n.start_token),
+            None => format!("token {}", n.start_token),
+        };
+        s.push_str(&format!("## {at}\n\n{}\n\n", n.text.trim()));
+    }
+    s
+}
+
+/// The notes as JSON (the timeline).
+pub fn timeline_json(notes: &[Note]) -> serde_json::Value {
+    serde_json::json!({ "notes": notes.iter().map(note_json).collect::<Vec<_>>() })
+}
+
+/// The texts of every step, in one place.
+pub struct Prompts;
+
+impl Prompts {
+    const NOTE: &'static str = "Write short notes on the part above: who spoke, and every name, \
+number, place, date and decision in it. Keep the speakers' names. Do not repeat the earlier notes.";
+    const MERGE: &'static str = "Combine these notes into one shorter note. Keep every name, \
+number, place, date and decision.";
+
+    fn notes_block(notes: &[Note]) -> String {
+        if notes.is_empty() {
+            return "(none yet)\n".into();
+        }
+        notes
+            .iter()
+            .map(|n| match &n.start_time {
+                Some(t) => format!("- [{t}] {}\n", n.text.trim()),
+                None => format!("- {}\n", n.text.trim()),
+            })
+            .collect()
+    }
+
+    /// The note step's request for chunk `i` (1-based).
+    pub fn note(notes: &[Note], chunk: &Chunk, i: usize, focus: &[String]) -> String {
+        let from = chunk
+            .start_time
+            .as_ref()
+            .map(|t| format!(" (from {t})"))
+            .unwrap_or_default();
+        let look_for = if focus.is_empty() {
+            String::new()
+        } else {
+            format!(" Look for: {}.", focus.join("; "))
+        };
+        format!(
+            "Notes on the earlier parts of a transcript:\n{}\nPart {i} of the transcript{from}:\n{}\n\n{}{look_for}",
+            Self::notes_block(notes),
+            chunk.text.trim_end(),
+            Self::NOTE
+        )
+    }
+
+    pub fn merge(a: &Note, b: &Note) -> String {
+        format!(
+            "{}\n\n- {}\n- {}",
+            Self::MERGE,
+            a.text.trim(),
+            b.text.trim()
+        )
+    }
+
+    /// The final request: the notes, the last part verbatim, then the summary request or the
+    /// question.
+    pub fn answer(notes: &[Note], last: Option<&Chunk>, request: &str) -> String {
+        let mut s = format!(
+            "Notes on a transcript, in order:\n{}",
+            Self::notes_block(notes)
+        );
+        if let Some(c) = last {
+            s.push_str(&format!(
+                "\nThe last part of the transcript:\n{}\n",
+                c.text.trim_end()
+            ));
+        }
+        s.push('\n');
+        s.push_str(request);
+        s
+    }
+}
+
+/// Settings of a notes run.
+#[derive(Clone, Debug)]
+pub struct NotesOptions {
+    /// Tokens per chunk (0: as many as fit the stream's window with the notes).
+    pub chunk_tokens: usize,
+    /// Tokens per note at most.
+    pub note_tokens: usize,
+    /// Tokens of all notes together at most (beyond: the oldest are merged).
+    pub notes_budget: usize,
+    /// What to look for, named in every note request.
+    pub focus: Vec<String>,
+}
+
+impl Default for NotesOptions {
+    fn default() -> Self {
+        NotesOptions {
+            chunk_tokens: 0,
+            note_tokens: 96,
+            notes_budget: 768,
+            focus: Vec::new(),
+        }
+    }
+}
+
+impl NotesOptions {
+    /// The chunk size for a stream: what fits its window (every token of a step's prompt and
+    /// its note stay visible: (M+1)*B for the windowed policies, n_ctx for `full`) after the
+    /// notes, the note being written and the prompt's own text.
+    pub fn chunk_tokens_for(&self, state: &FamState) -> Result<usize> {
+        let s = state.settings;
+        let window = if s.policy == MemoryPolicy::Full {
+            state.n_ctx()
+        } else {
+            (s.mem_blocks as usize + 1) * s.block_size as usize
+        };
+        let fixed = self.notes_budget + self.note_tokens + PROMPT_OVERHEAD;
+        let fit = window.saturating_sub(fixed);
+        if self.chunk_tokens > 0 {
+            return Ok(self.chunk_tokens);
+        }
+        if fit < 64 {
+            return Err(Error::Invalid(format!(
+                "the window ({window} tokens) leaves no room for a chunk next to the notes \
+                 ({} + {} tokens) and the prompt: use a larger --block/--mem-blocks or a smaller \
+                 --notes-budget/--notes-tokens",
+                self.notes_budget, self.note_tokens
+            )));
+        }
+        Ok(fit)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.note_tokens == 0 || self.notes_budget < 2 * self.note_tokens {
+            return Err(Error::Invalid(format!(
+                "--notes-budget ({}) must hold at least two notes of --notes-tokens ({})",
+                self.notes_budget, self.note_tokens
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What one step did, for progress reports and tests.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// Chunk `index` was read and noted.
+    Noted { index: usize, prompt_tokens: usize },
+    /// Two notes were merged into one.
+    Merged { notes_tokens: usize },
+}
+
+/// One user turn in a fresh stream, then greedy generation (at most `max_tokens`).
+fn ask(
+    rt: &Runtime,
+    eng: &mut Engine,
+    state: &mut FamState,
+    content: &str,
+    opts: &GenerateOptions,
+) -> Result<GenerateStats> {
+    state.reset();
+    let ids = turn_tokens(rt, content);
+    rt.generate(eng, state, &ids, opts, |_| true)
+}
+
+/// A user turn with `content` and the generation prompt, in the model's chat template; plain
+/// text with an `Answer:` cue when the file has no template.
+fn turn_tokens(rt: &Runtime, content: &str) -> Vec<u32> {
+    let text = if has_template(rt) {
+        let mut t = rt.chat.render_turn(&Message::new("user", content), true);
+        t.push_str(rt.chat.generation_prompt());
+        t
+    } else {
+        format!("{content}\n\nAnswer:\n")
+    };
+    rt.tokenizer.encode(&text, true, true)
+}
+
+/// Whether the model file has a chat template (else the prompts are plain text).
+pub fn has_template(rt: &Runtime) -> bool {
+    matches!(
+        rt.model.gguf.opt_str("tokenizer.chat_template"),
+        Ok(Some(_))
+    )
+}
+
+fn greedy(max_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens,
+        sampler: SamplerConfig::greedy(),
+        stop: vec![],
+    }
+}
+
+/// Run the note steps over `chunks[progress.done .. len-1]` (the last chunk is kept for the
+/// answer), merging when over budget. `on_step` sees every step and may save a checkpoint.
+pub fn take_notes(
+    rt: &Runtime,
+    eng: &mut Engine,
+    state: &mut FamState,
+    chunks: &[Chunk],
+    opts: &NotesOptions,
+    progress: &mut Progress,
+    mut on_step: impl FnMut(&Step, &Progress) -> Result<()>,
+) -> Result<()> {
+    opts.validate()?;
+    let tok = &rt.tokenizer;
+    let n_note = chunks.len().saturating_sub(1);
+    while progress.done < n_note {
+        let i = progress.done;
+        let c = &chunks[i];
+        let prompt = Prompts::note(&progress.notes, c, i + 1, &opts.focus);
+        let r = ask(rt, eng, state, &prompt, &greedy(opts.note_tokens))?;
+        let text = r.text.trim().to_string();
+        progress.written_tokens += r.generated_tokens;
+        progress.notes.push(Note {
+            start_token: c.start_token,
+            start_time: c.start_time.clone(),
+            chunks: 1,
+            n_tokens: tok.encode(&text, false, false).len(),
+            text,
+        });
+        progress.done += 1;
+        on_step(
+            &Step::Noted {
+                index: i,
+                prompt_tokens: r.prompt_tokens,
+            },
+            progress,
+        )?;
+        while progress.notes_tokens() > opts.notes_budget && progress.notes.len() >= 2 {
+            let (a, b) = (progress.notes[0].clone(), progress.notes[1].clone());
+            let r = ask(
+                rt,
+                eng,
+                state,
+                &Prompts::merge(&a, &b),
+                &greedy(opts.note_tokens),
+            )?;
+            let text = r.text.trim().to_string();
+            progress.written_tokens += r.generated_tokens;
+            let merged = Note {
+                start_token: a.start_token,
+                start_time: a.start_time.clone(),
+                chunks: a.chunks + b.chunks,
+                n_tokens: tok.encode(&text, false, false).len(),
+                text,
+            };
+            progress.notes.splice(0..2, [merged]);
+            progress.merges += 1;
+            on_step(
+                &Step::Merged {
+                    notes_tokens: progress.notes_tokens(),
+                },
+                progress,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The final step: [instruction, notes, last chunk, request] in a fresh stream.
+pub fn answer(
+    rt: &Runtime,
+    eng: &mut Engine,
+    state: &mut FamState,
+    chunks: &[Chunk],
+    progress: &Progress,
+    request: &str,
+    opts: &GenerateOptions,
+    on_piece: impl FnMut(&str) -> bool,
+) -> Result<GenerateStats> {
+    let content = Prompts::answer(&progress.notes, chunks.last(), request);
+    state.reset();
+    let ids = turn_tokens(rt, &content);
+    rt.generate(eng, state, &ids, opts, on_piece)
+}
+
+/// Score `reply` after the final request instead of generating (mean log-probability per token,
+/// teacher forced), as `summarize --score-answer` does for the stream-then-ask layout.
+pub fn score_answer(
+    rt: &Runtime,
+    eng: &mut Engine,
+    state: &mut FamState,
+    chunks: &[Chunk],
+    progress: &Progress,
+    request: &str,
+    reply: &str,
+) -> Result<(f64, usize)> {
+    let content = Prompts::answer(&progress.notes, chunks.last(), request);
+    state.reset();
+    let ids = turn_tokens(rt, &content);
+    let target = rt.tokenizer.encode(reply, false, false);
+    if target.is_empty() {
+        return Err(Error::Invalid("the answer to score is empty".into()));
+    }
+    let nv = eng.model.hp.n_vocab;
+    let mut logits = state.feed(eng, &ids, Logits::Last)?;
+    let mut sum = 0.0;
+    for (i, &t) in target.iter().enumerate() {
+        sum -= crate::perplexity::nll(&logits[..nv], t);
+        if i + 1 < target.len() {
+            logits = state.feed(eng, &[t], Logits::Last)?;
+        }
+    }
+    Ok((sum / target.len() as f64, target.len()))
+}
+
+/// Write `bytes` to `path` atomically (temporary file, then rename): an interrupted run never
+/// leaves a partial file.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let mut f = crate::gguf::AtomicFile::create(path)?;
+    std::io::Write::write_all(f.writer(), bytes).map_err(|e| Error::io(path, "write", e))?;
+    f.commit()
+}
+
+/// The whole notes pipeline over `text`: chunking for `state`'s window, the note and merge
+/// steps (resumed from `checkpoint` when it exists for the same input and settings, and saved
+/// there after every step). Returns the chunks and the finished notes; the answer is
+/// [`answer`] or [`score_answer`].
+pub fn read(
+    rt: &Runtime,
+    eng: &mut Engine,
+    state: &mut FamState,
+    text: &str,
+    opts: &NotesOptions,
+    checkpoint: Option<&std::path::Path>,
+    mut on_step: impl FnMut(&Step, &Progress, &[Chunk]),
+) -> Result<(Vec<Chunk>, Progress)> {
+    opts.validate()?;
+    let lines = prepare_lines(text);
+    if lines.is_empty() {
+        return Err(Error::Invalid("the input has no text".into()));
+    }
+    let chunk_tokens = opts.chunk_tokens_for(state)?;
+    let chunks = chunks(rt, &lines, chunk_tokens);
+    let settings = serde_json::json!({
+        "chunk_tokens": chunk_tokens, "note_tokens": opts.note_tokens,
+        "notes_budget": opts.notes_budget, "memory": format!("{:?}", state.settings),
+    });
+    let input = fingerprint(text);
+    let mut progress = Progress::default();
+    if let Some(p) = checkpoint.filter(|p| p.exists()) {
+        let raw = std::fs::read_to_string(p).map_err(|e| Error::io(p, "read", e))?;
+        let v: serde_json::Value = serde_json::from_str(&raw).map_err(|e| {
+            Error::Invalid(format!("{}: not a notes checkpoint ({e})", p.display()))
+        })?;
+        progress = Progress::from_json(&v, &input, &settings)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))?;
+    }
+    take_notes(rt, eng, state, &chunks, opts, &mut progress, |step, pr| {
+        if let Some(p) = checkpoint {
+            let j = pr.to_json(&input, &settings);
+            write_atomic(
+                p,
+                serde_json::to_string_pretty(&j)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            )?;
+        }
+        on_step(step, pr, &chunks);
+        Ok(())
+    })?;
+    Ok((chunks, progress))
+}
+
+/// A fingerprint of the input text (for checkpoints).
+pub fn fingerprint(text: &str) -> String {
+    let mut h = crate::util::Fnv64::new();
+    h.write(text.as_bytes());
+    format!("{:016x}", h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtitle_lines_keep_their_cue_times() {
+        let srt = "1\r\n00:00:01,000 --> 00:00:02,000\r\nAlice: Hello.\r\n\r\n2\r\n00:01:03,000 --> 00:01:04,500\r\nBob: Hi, 42 people came.\r\nAlice: Good.\r\n";
+        let l = prepare_lines(srt);
+        assert_eq!(l.len(), 3);
+        assert_eq!(l[0].time.as_deref(), Some("00:00:01,000"));
+        assert_eq!(l[0].text, "Alice: Hello.");
+        assert_eq!(l[1].time.as_deref(), Some("00:01:03,000"));
+        assert_eq!(l[2].time.as_deref(), Some("00:01:03,000"));
+        assert_eq!(l[2].text, "Alice: Good.");
+        let plain = prepare_lines("Alice: 1\n\n2\n");
+        assert_eq!(plain.len(), 2, "numbers-only lines stay in plain text");
+        assert!(plain.iter().all(|l| l.time.is_none()));
+    }
+
+    #[test]
+    fn checkpoints_round_trip_and_refuse_another_input() {
+        let p = Progress {
+            done: 3,
+            merges: 1,
+            written_tokens: 200,
+            notes: vec![Note {
+                start_token: 0,
+                start_time: Some("00:00:01,000".into()),
+                chunks: 2,
+                text: "Alice chose Lisbon.".into(),
+                n_tokens: 5,
+            }],
+        };
+        let s = serde_json::json!({"note_tokens": 96});
+        let j = p.to_json("abc", &s);
+        assert_eq!(Progress::from_json(&j, "abc", &s).unwrap(), p);
+        let e = Progress::from_json(&j, "abd", &s).unwrap_err().to_string();
+        assert!(e.contains("another input"), "{e}");
+        let e = Progress::from_json(&j, "abc", &serde_json::json!({"note_tokens": 8}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("other settings"), "{e}");
+    }
+}
