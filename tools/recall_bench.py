@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Recall benchmark: does a memory policy answer a fact planted k windows before the question?
+
+Makes held-out cases with tools/fam_data.py (Moby-Dick filler, held-out fact templates and
+values; a fact in block 0, the question k blocks later, so with M = 0 memory blocks only a memory
+can carry it), then runs `famstream recall` on them for each policy, all at the same window
+(B tokens, M = 0) on the default model, and writes results/recall/<policy>.json and a Markdown
+table (hits/trials, recall, 95% Wilson interval) to results/recall/README.md.
+
+    python3 tools/recall_bench.py [--trials 100] [--k 1 2 4 8 16 64] [--policies ...]
+        [--adapter results/adapters/...gguf] [--threads 2]
+
+Needs the release binary (cargo build --release), the default model (tools/fetch_model.sh) and
+the HF tokenizer.json of the default model (tools/make_hf_smollm2.py writes it; --tokenizer).
+Cases are cached in results/recall/cases-b<B>-s<seed>.jsonl (token ids, so the block layout is
+exactly the one intended).
+"""
+import argparse
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+OUT = ROOT / "results/recall"
+
+
+def policies(block, adapter):
+    w = ["--block", str(block), "--mem-blocks", "0"]
+    p = {
+        "full": ["--memory", "full"],
+        "bswa": ["--memory", "bswa", *w],
+        "sink": ["--memory", "sink", *w, "--sinks", "4"],
+        "fam-untuned": ["--memory", "fam", *w, "--fam-len", "16"],
+    }
+    if adapter:
+        p["fam-trained"] = ["--adapter", str(adapter), "--memory", "fam", *w]
+        p["fam-trained-no-fam"] = ["--adapter", str(adapter), "--memory", "bswa", *w]
+    return p
+
+
+def make_cases(tokenizer, block, ks, trials, seed):
+    from tokenizers import Tokenizer
+    from fam_data import RecallData
+    path = OUT / f"cases-b{block}-s{seed}-n{trials}-k{'_'.join(map(str, ks))}.jsonl"
+    if path.exists():
+        return path
+    data = RecallData(Tokenizer.from_file(str(tokenizer)), block, "eval")
+    lines = []
+    for k in ks:
+        rng = random.Random(seed * 1000 + k)
+        for _ in range(trials):
+            ids, ans, meta = data.batch(rng, 1, k)
+            a0 = ans[0][0] + 1  # the first answer token's index
+            lines.append(json.dumps(dict(k=k, kind=meta[0]["kind"], value=meta[0]["value"],
+                                         prompt=ids[0][:a0], answer=ids[0][a0:])))
+    OUT.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def table(results, ks):
+    head = "| policy | " + " | ".join(f"k={k}" for k in ks) + " |"
+    rows = [head, "|---|" + "---|" * len(ks)]
+    for name, r in results.items():
+        by_k = {s["k"]: s for s in r["summary"]}
+        cells = []
+        for k in ks:
+            s = by_k.get(k)
+            if s is None:
+                cells.append("-")
+            else:
+                lo, hi = s["ci95"]
+                cells.append(f"{s['hits']}/{s['trials']} ({s['recall']:.2f}, {lo:.2f}-{hi:.2f})")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=100)
+    ap.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8, 16, 64])
+    ap.add_argument("--block", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--policies", nargs="+")
+    ap.add_argument("--adapter")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model")
+    ap.add_argument("--tokenizer", default=str(Path.home() / ".cache/famstream/hf/smollm2-135m-f32/tokenizer.json"))
+    a = ap.parse_args()
+    model = a.model or subprocess.run([str(ROOT / "tools/fetch_model.sh")], check=True, capture_output=True,
+                                      text=True).stdout.strip()
+    cases = make_cases(a.tokenizer, a.block, a.k, a.trials, a.seed)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    pols = policies(a.block, a.adapter)
+    results = {}
+    for name in a.policies or list(pols):
+        out = OUT / f"{name}-b{a.block}-n{a.trials}.json"
+        if not out.exists():
+            cmd = [str(ROOT / "target/release/famstream"), "recall", "-m", model, "-t", str(a.threads),
+                   "--cases", str(cases), "--json", *pols[name]]
+            print("running", " ".join(cmd), file=sys.stderr, flush=True)
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise SystemExit(f"{name}: famstream failed: {r.stderr.strip()}")
+            res = json.loads(r.stdout)
+            res.update(policy_name=name, commit=commit, cases_file=cases.name, args=pols[name])
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(res, indent=1) + "\n")
+            tmp.replace(out)
+        results[name] = json.loads(out.read_text())
+    print(table(results, a.k))
+
+
+if __name__ == "__main__":
+    main()
