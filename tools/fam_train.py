@@ -20,6 +20,7 @@ Subcommands:
                                          + the fam.* settings it was trained with
   smoke                                  CI: train/resume/export on the tiny checkpoint, loss
                                          falls on a fixed batch, goldens regenerate as committed
+  report  RUN_DIR [--splice]              the log as Markdown (compute, held-out recall curve)
   goldens                                tests/golden/adapter/: a random adapter for each tiny
                                          checkpoint and this forward's logits (the Rust test
                                          tests/adapter_golden.rs compares famstream with them);
@@ -604,6 +605,31 @@ def cmd_goldens(a):
     print(f"wrote {len(cases)} cases to {out}")
 
 
+def cmd_report(a):
+    """A run's log as Markdown: compute spent and the held-out recall curve."""
+    run = Path(a.run_dir)
+    rows = {}
+    for l in (run / "log.jsonl").read_text().splitlines():
+        r = json.loads(l)
+        rows[r["step"]] = r  # a resumed run's repeated steps: the last one counts
+    rows = [rows[k] for k in sorted(rows)]
+    tokens, secs = sum(r["tokens"] for r in rows), sum(r["seconds"] for r in rows)
+    evals = [r for r in rows if "recall_val" in r]
+    out = [f"Run `{run}`: {len(rows)} steps, {tokens:,} training tokens, {secs / 3600:.2f} h of step time "
+           f"({tokens / max(secs, 1e-9):.0f} tokens/s).", "",
+           "| step | distance k | held-out recall (24 samples) | answer loss (that step) |", "|---|---|---|---|"]
+    out += [f"| {r['step']} | {r['recall_k']} | {r['recall_val']:.2f} | {r['ans_loss']:.2f} |" for r in evals]
+    text = "\n".join(out)
+    print(text)
+    if a.splice:
+        import re
+        p = ROOT / "results/README.md"
+        body = p.read_text()
+        body = re.sub(r"<!-- train:begin -->.*?<!-- train:end -->",
+                      lambda _: f"<!-- train:begin -->\n{text}\n<!-- train:end -->", body, flags=re.S)
+        p.write_text(body)
+
+
 def cmd_smoke(a):
     """CI's check of the trainer on the tiny llama checkpoint: a few steps, a resume, an export;
     the loss falls on a batch trained on repeatedly; the goldens regenerate as committed."""
@@ -716,6 +742,10 @@ def parser():
     g.add_argument("--threads", type=int, default=2)
     g.add_argument("--out", help="directory (default tests/golden/adapter)")
     g.set_defaults(func=cmd_goldens)
+    rp = sub.add_parser("report")
+    rp.add_argument("run_dir")
+    rp.add_argument("--splice", action="store_true", help="write it into results/README.md")
+    rp.set_defaults(func=cmd_report)
     sm = sub.add_parser("smoke")
     sm.add_argument("--threads", type=int, default=2)
     sm.set_defaults(func=cmd_smoke)
