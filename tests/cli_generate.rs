@@ -768,3 +768,20 @@ fn passkey_finds_the_key_only_while_attention_still_sees_it() {
     // Both runs asked for the same keys.
     assert_eq!(full["trials"][0]["key"], windowed["trials"][0]["key"]);
 }
+
+#[test]
+fn without_m_the_default_model_is_found_and_named_from_any_directory() {
+    let cached = common::model_path(); // fetched into the cache if it was not there
+    let out = famstream()
+        .current_dir(std::env::temp_dir())
+        .args(["run", "-p", "The capital of France is", "-n", "3", "--temp", "0", "-t", "2"])
+        .output()
+        .unwrap();
+    let out = succeeded(out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("model: {} (the default)", cached.display())),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Paris"));
+}

@@ -89,6 +89,7 @@ def main():
     ap.add_argument("--policies", nargs="+")
     ap.add_argument("--adapter")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--splice", action="store_true", help="write the table into results/README.md")
     ap.add_argument("--model")
     ap.add_argument("--tokenizer", default=str(Path.home() / ".cache/famstream/hf/smollm2-135m-f32/tokenizer.json"))
     a = ap.parse_args()
@@ -100,7 +101,7 @@ def main():
     pols = policies(a.block, a.adapter)
     results = {}
     for name in a.policies or list(pols):
-        out = OUT / f"{name}-b{a.block}-n{a.trials}.json"
+        out = OUT / f"{name}-b{a.block}-n{a.trials}-k{'_'.join(map(str, a.k))}.json"
         if not out.exists():
             cmd = [str(ROOT / "target/release/famstream"), "recall", "-m", model, "-t", str(a.threads),
                    "--cases", str(cases), "--json", *pols[name]]
@@ -114,7 +115,24 @@ def main():
             tmp.write_text(json.dumps(res, indent=1) + "\n")
             tmp.replace(out)
         results[name] = json.loads(out.read_text())
-    print(table(results, a.k))
+    t = table(results, a.k)
+    print(t)
+    if a.splice:
+        splice(ROOT / "results/README.md", "recall", t + f"\n\n(`tools/recall_bench.py --block {a.block} --trials "
+               f"{a.trials} --k {' '.join(map(str, a.k))}`; commit {commit})")
+
+
+def splice(path, name, text):
+    """Replace the block between <!-- name:begin --> and <!-- name:end --> in `path`."""
+    import re
+    body = path.read_text()
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin not in body:
+        raise SystemExit(f"{path}: no {begin} marker")
+    body = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{text}\n{end}", body, flags=re.S)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(body)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
