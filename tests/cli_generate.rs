@@ -774,7 +774,17 @@ fn without_m_the_default_model_is_found_and_named_from_any_directory() {
     let cached = common::model_path(); // fetched into the cache if it was not there
     let out = famstream()
         .current_dir(std::env::temp_dir())
-        .args(["run", "-p", "The capital of France is", "-n", "3", "--temp", "0", "-t", "2"])
+        .args([
+            "run",
+            "-p",
+            "The capital of France is",
+            "-n",
+            "3",
+            "--temp",
+            "0",
+            "-t",
+            "2",
+        ])
         .output()
         .unwrap();
     let out = succeeded(out);
