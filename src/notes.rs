@@ -499,7 +499,10 @@ fn answer_prompt(
     request: &str,
 ) -> Vec<u32> {
     state.reset();
-    turn_tokens(rt, &Prompts::answer(&progress.notes, chunks.last(), request))
+    turn_tokens(
+        rt,
+        &Prompts::answer(&progress.notes, chunks.last(), request),
+    )
 }
 
 /// The final step: [instruction, notes, last chunk, request] in a fresh stream.

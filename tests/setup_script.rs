@@ -40,14 +40,24 @@ fn hidden_build_tools_are_named_with_install_lines_and_nothing_runs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {err}");
     assert!(out.stdout.is_empty());
-    for missing in ["Rust (cargo)", "cmake", "a C++ compiler", "python3", "pip for python3"] {
+    for missing in [
+        "Rust (cargo)",
+        "cmake",
+        "a C++ compiler",
+        "python3",
+        "pip for python3",
+    ] {
         assert!(err.contains(missing), "{missing} not named in: {err}");
     }
     for system in ["Debian/Ubuntu:", "Fedora:", "Arch:", "macOS:"] {
         assert!(err.contains(system), "no {system} line in: {err}");
     }
     assert!(!err.contains("installing"), "it tried to install: {err}");
-    assert_eq!(err.matches("cannot be built").count(), 1, "one message: {err}");
+    assert_eq!(
+        err.matches("cannot be built").count(),
+        1,
+        "one message: {err}"
+    );
 }
 
 #[test]
@@ -57,7 +67,11 @@ fn a_ready_machine_gets_nothing_and_no_output() {
         .env("FAMSTREAM_NO_INSTALL", "1")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
 }
 
