@@ -629,6 +629,15 @@ fn summarize_answers_from_a_transcript_file_and_stdin() {
         "-t",
         "2",
     ];
+    // The old stream-then-ask layout answers too (the default, notes, is checked below).
+    let out = famstream()
+        .args(["summarize", "--method", "stream", "-m", m.to_str().unwrap()])
+        .arg(&f)
+        .args(ask)
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&succeeded(out).stdout).into_owned();
+    assert!(answer.contains("42"), "--method stream: {answer}");
     let out = famstream()
         .args(["summarize", "-m", m.to_str().unwrap(), f.to_str().unwrap()])
         .args(ask)
