@@ -51,6 +51,9 @@ struct ModelArgs {
     /// stream defaults, which override the model file's) applied to the model.
     #[arg(long = "adapter")]
     adapter: Option<PathBuf>,
+    /// The default model's path once found (`path`), so a command fetches or looks it up once.
+    #[arg(skip)]
+    default_path: std::sync::OnceLock<PathBuf>,
 }
 
 impl ModelArgs {
@@ -71,7 +74,13 @@ impl ModelArgs {
     fn path(&self) -> Result<PathBuf> {
         match &self.model {
             Some(p) => Ok(p.clone()),
-            None => default_model(),
+            None => {
+                if let Some(p) = self.default_path.get() {
+                    return Ok(p.clone());
+                }
+                let p = default_model()?;
+                Ok(self.default_path.get_or_init(|| p).clone())
+            }
         }
     }
     fn ctx(&self, rt: &Runtime) -> usize {

@@ -622,12 +622,8 @@ def cmd_report(a):
     text = "\n".join(out)
     print(text)
     if a.splice:
-        import re
-        p = ROOT / "results/README.md"
-        body = p.read_text()
-        body = re.sub(r"<!-- train:begin -->.*?<!-- train:end -->",
-                      lambda _: f"<!-- train:begin -->\n{text}\n<!-- train:end -->", body, flags=re.S)
-        p.write_text(body)
+        from recall_bench import splice
+        splice(ROOT / "results/README.md", "train", text)
 
 
 def cmd_smoke(a):
