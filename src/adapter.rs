@@ -14,8 +14,9 @@
 //!   `mul_mat(lora_b, mul_mat(lora_a, x))` (llama.cpp's `build_lora_mm`). Any subset of layers
 //!   and targets may be present. For `llama`, `lora_b` rows of `attn_q`/`attn_k` are in the
 //!   GGUF's (interleaved RoPE) row order, like the base weights.
-//! - `fam.init_memory` (optional) f32 `[n_embd, F, n_layer]`: each layer's initial FAM rows. It
-//!   replaces the model file's own (see [`crate::state::LEARNED_FAM_TENSOR`]).
+//! - `fam.init_memory` (optional) f32 `[n_embd, F, n_layer]`: each layer's initial FAM rows,
+//!   a metadata array (what famstream writes: llama.cpp then loads the adapter) or, in older
+//!   files, a tensor ([`crate::init_memory`]). It replaces the model file's own.
 //! - `fam.*` settings keys ([`crate::settings`]): the stream defaults while the adapter is
 //!   loaded. Precedence: command-line flag > adapter > model file > built-in default.
 //!
@@ -153,8 +154,8 @@ pub struct AdapterFile {
     pub pairs: Vec<LoraPair>,
     /// The recorded base fingerprint (`None`: the file records none; nothing was checked).
     pub base_fingerprint: Option<u64>,
-    /// `fam.init_memory`, checked to be f32 `[n_embd, F, n_layer]`.
-    pub init_memory: Option<TensorInfo>,
+    /// F of `fam.init_memory`, checked to be f32 `[n_embd, F, n_layer]`, if the adapter has one.
+    pub init_fam_len: Option<usize>,
     pub gguf: GgufFile,
 }
 
@@ -243,11 +244,9 @@ impl AdapterFile {
 
         // Pair up A and B by base name, in file order.
         let mut found: Vec<(String, Option<TensorInfo>, Option<TensorInfo>)> = Vec::new();
-        let mut init_memory = None;
         for t in gguf.tensors() {
             if t.name == LEARNED_FAM_TENSOR {
-                init_memory = Some(t.clone());
-                continue;
+                continue; // checked below
             }
             let (base_name, is_a) = if let Some(b) = t.name.strip_suffix(SUFFIX_A) {
                 (b, true)
@@ -351,28 +350,18 @@ impl AdapterFile {
                 rank: rank as usize,
             });
         }
-        if let Some(t) = &init_memory {
-            let ok = t.ty == GgmlType::F32
-                && t.ne.len() == 3
-                && t.ne[0] == hp.n_embd as u64
-                && t.ne[1] > 0
-                && t.ne[2] == hp.n_layer as u64;
-            if !ok {
-                return Err(bad(format!(
-                    "tensor `{LEARNED_FAM_TENSOR}`: {} {:?}, expected f32 [n_embd = {}, F, \
-                     n_layer = {}]",
-                    t.ty, t.ne, hp.n_embd, hp.n_layer
-                )));
-            }
-            let f = t.ne[1];
+        let init_fam_len = crate::init_memory::find(&gguf, hp.n_embd, hp.n_layer)
+            .map_err(|e| bad(e.to_string()))?
+            .map(|l| l.fam_len);
+        if let Some(f) = init_fam_len {
             if let Some(k) = gguf
                 .opt_u32(crate::settings::KEY_FAM_LEN)
                 .map_err(meta)?
-                .filter(|&k| k as u64 != f)
+                .filter(|&k| k as usize != f)
             {
                 return Err(bad(format!(
-                    "tensor `{LEARNED_FAM_TENSOR}` has F = {f} rows per layer, but the adapter's \
-                     `{}` is {k}",
+                    "`{LEARNED_FAM_TENSOR}` has F = {f} rows per layer, but the adapter's `{}` \
+                     is {k}",
                     crate::settings::KEY_FAM_LEN
                 )));
             }
@@ -381,7 +370,7 @@ impl AdapterFile {
             alpha,
             pairs,
             base_fingerprint,
-            init_memory,
+            init_fam_len,
             gguf,
         })
     }
@@ -402,7 +391,7 @@ impl AdapterFile {
 
     /// F of the learned initial FAM, if the adapter has one.
     pub fn init_fam_len(&self) -> Option<usize> {
-        self.init_memory.as_ref().map(|t| t.ne[1] as usize)
+        self.init_fam_len
     }
 
     /// A summary for `inspect`: alpha, ranks, targets and layers, FAM extras, fingerprint.
@@ -440,7 +429,7 @@ pub fn adapter_summary(g: &GgufFile) -> serde_json::Value {
     }
     ranks.sort_unstable();
     layers.sort_unstable();
-    let init = g.tensor(LEARNED_FAM_TENSOR).map(|t| t.ne.clone());
+    let init = crate::init_memory::describe(g);
     let settings: serde_json::Map<String, serde_json::Value> = crate::settings::SETTINGS_KEYS
         .iter()
         .filter_map(|k| g.get(k).map(|v| (k.to_string(), json!(v.to_string()))))

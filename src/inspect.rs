@@ -77,12 +77,9 @@ pub fn report(g: &GgufFile) -> Result<Json> {
 }
 
 fn fam_json(fam: &FamSettings, from_file: bool) -> Json {
-    json!({
-        "from_file": from_file,
-        "policy": fam.policy.as_str(), "block_size": fam.block_size, "mem_blocks": fam.mem_blocks,
-        "fam_len": fam.fam_len, "sinks": fam.sinks, "init": fam.init.as_str(),
-        "query_pos": fam.query_pos.as_str(),
-    })
+    let mut j = fam.to_json();
+    j["from_file"] = json!(from_file);
+    j
 }
 
 /// `inspect MODEL --adapter FILE`: check the adapter against the model file (the same checks
@@ -215,7 +212,7 @@ pub fn render_text(r: &Json, show_tensors: bool) -> String {
         let _ = writeln!(
             o,
             "adapter fam   init memory {}, settings: {}, base fingerprint {}",
-            list(&a["init_memory"]),
+            s(&a["init_memory"]),
             if settings.is_empty() {
                 "none".to_string()
             } else {

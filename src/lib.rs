@@ -50,6 +50,8 @@
 //! - [`model`]: hyperparameters and weights of the `llama` and `qwen2` architectures.
 //! - [`adapter`]: LoRA adapters in llama.cpp's GGUF layout plus FAM extras (a learned initial
 //!   FAM, `fam.*` stream defaults, the base model's fingerprint): validation and device upload.
+//! - [`init_memory`]: the learned initial FAM (`fam.init_memory`), read from a metadata array
+//!   (what famstream writes, so llama.cpp still loads the file) or an older tensor.
 //! - [`forward`]: the model as ggml graphs (token graph, FAM update graph, K-shift graph).
 //! - [`kv`]: per-layer K/V slot storage (f16).
 //! - [`state`]: `FamState`, the fixed-size per-stream state and the memory policies.
@@ -110,6 +112,7 @@ pub mod error;
 pub mod forward;
 pub mod ggml;
 pub mod gguf;
+pub mod init_memory;
 pub mod inspect;
 pub mod kv;
 pub mod model;

@@ -6,7 +6,7 @@ use famstream::gguf::GgufFile;
 use famstream::perplexity::StreamProgress;
 use famstream::runtime::{default_threads, GenerateOptions, LoadOptions, Runtime};
 use famstream::sample::SamplerConfig;
-use famstream::settings::{FamInit, FamQueryPos, FamSettings, MemoryPolicy};
+use famstream::settings::{self, FamSettings, MemoryPolicy, Raw};
 use famstream::state::FamState;
 use famstream::state::Logits;
 use famstream::{Error, Result};
@@ -88,24 +88,25 @@ impl ModelArgs {
     }
 }
 
-/// Memory policy options (defaults: the adapter's `fam.*` keys, then the model file's, else
-/// built-in defaults).
+/// The memory settings (`fam.*`, one flag per field of `famstream::settings::FIELDS`); on a
+/// stream their defaults are the adapter's `fam.*` keys, then the model file's, else built-in;
+/// `convert` writes them into the output.
 #[derive(Args, Clone, Default)]
-struct MemoryArgs {
+struct SettingsArgs {
     /// Memory policy: full, bswa, sink or fam.
-    #[arg(long = "memory")]
+    #[arg(long = "memory", alias = "fam-policy")]
     memory: Option<String>,
     /// Block size B (tokens).
-    #[arg(long = "block")]
+    #[arg(long = "block", alias = "fam-block")]
     block: Option<u32>,
     /// Memory blocks M kept in the window.
-    #[arg(long = "mem-blocks")]
+    #[arg(long = "mem-blocks", alias = "fam-mem-blocks")]
     mem_blocks: Option<u32>,
     /// FAM rows F per layer.
     #[arg(long = "fam-len")]
     fam_len: Option<u32>,
     /// Attention-sink tokens S (`sink` policy).
-    #[arg(long = "sinks")]
+    #[arg(long = "sinks", alias = "fam-sinks")]
     sinks: Option<u32>,
     /// Initial FAM: seed, bos, tail (a learned one in the adapter or model file is always used).
     #[arg(long = "fam-init")]
@@ -122,6 +123,13 @@ struct MemoryArgs {
     /// Rescale updated FAM rows to their previous RMS: true or false.
     #[arg(long = "fam-renorm")]
     fam_renorm: Option<bool>,
+}
+
+/// Memory options of a stream: the settings, and where the stream starts or is saved.
+#[derive(Args, Clone, Default)]
+struct MemoryArgs {
+    #[command(flatten)]
+    settings: SettingsArgs,
     /// Absolute position of the stream's first token (RoPE numerics checks).
     #[arg(long = "start-position", default_value_t = 0)]
     start_position: i64,
@@ -133,55 +141,52 @@ struct MemoryArgs {
     save_state: Option<PathBuf>,
 }
 
+impl SettingsArgs {
+    /// The memory settings given on the command line, by their field in the settings schema.
+    fn overrides(&self) -> Vec<(&'static str, Raw)> {
+        let s = |v: &Option<String>| v.clone().map(Raw::Str);
+        [
+            ("policy", s(&self.memory)),
+            ("block_size", self.block.map(Raw::U32)),
+            ("mem_blocks", self.mem_blocks.map(Raw::U32)),
+            ("fam_len", self.fam_len.map(Raw::U32)),
+            ("sinks", self.sinks.map(Raw::U32)),
+            ("init", s(&self.fam_init)),
+            ("query_pos", s(&self.fam_query_pos)),
+            (
+                "zero_first_residual",
+                self.fam_zero_first_residual.map(Raw::Bool),
+            ),
+            ("renorm", self.fam_renorm.map(Raw::Bool)),
+            ("feedback", s(&self.fam_feedback)),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| v.map(|v| (name, v)))
+        .collect()
+    }
+
+    /// `s` with the command line's settings over it.
+    fn apply(&self, s: &mut FamSettings) -> Result<()> {
+        for (name, v) in self.overrides() {
+            let f = settings::field(name).expect("every override names a field");
+            f.set(s, &v)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", f.flag)))?;
+        }
+        Ok(())
+    }
+}
+
 impl MemoryArgs {
     fn settings(&self, rt: &Runtime) -> Result<FamSettings> {
         let mut s = rt.model.fam_settings()?;
-        if let Some(p) = &self.memory {
-            s.policy = p.parse::<MemoryPolicy>()?;
-        }
-        if let Some(v) = self.block {
-            s.block_size = v;
-        }
-        if let Some(v) = self.mem_blocks {
-            s.mem_blocks = v;
-        }
-        if let Some(v) = self.fam_len {
-            s.fam_len = v;
-        }
-        if let Some(v) = self.sinks {
-            s.sinks = v;
-        }
-        if let Some(v) = &self.fam_init {
-            s.init = v.parse::<FamInit>()?;
-        }
-        if let Some(v) = &self.fam_query_pos {
-            s.query_pos = v.parse::<FamQueryPos>()?;
-        }
-        if let Some(v) = self.fam_zero_first_residual {
-            s.zero_first_residual = v;
-        }
-        if let Some(v) = self.fam_renorm {
-            s.renorm = v;
-        }
-        if let Some(v) = &self.fam_feedback {
-            s.feedback = v.parse()?;
-        }
+        self.settings.apply(&mut s)?;
         s.validate()?;
         Ok(s)
     }
 
     /// Whether any memory setting was given on the command line.
     fn any_setting(&self) -> bool {
-        self.memory.is_some()
-            || self.block.is_some()
-            || self.mem_blocks.is_some()
-            || self.fam_len.is_some()
-            || self.sinks.is_some()
-            || self.fam_init.is_some()
-            || self.fam_query_pos.is_some()
-            || self.fam_zero_first_residual.is_some()
-            || self.fam_renorm.is_some()
-            || self.fam_feedback.is_some()
+        !self.settings.overrides().is_empty()
     }
 
     /// The state to run on: loaded from --load-state (whose settings must match any given on
@@ -345,19 +350,10 @@ enum Command {
         /// general.name of the output.
         #[arg(long)]
         name: Option<String>,
-        /// FAM defaults to store in fam.* (any of these writes all fam.* keys).
-        #[arg(long = "fam-policy")]
-        fam_policy: Option<String>,
-        #[arg(long = "fam-block")]
-        fam_block: Option<u32>,
-        #[arg(long = "fam-mem-blocks")]
-        fam_mem_blocks: Option<u32>,
-        #[arg(long = "fam-len")]
-        fam_len: Option<u32>,
-        #[arg(long = "fam-sinks")]
-        fam_sinks: Option<u32>,
-        #[arg(long = "fam-init")]
-        fam_init: Option<String>,
+        /// Memory settings to store as the output's fam.* defaults (any of them writes every
+        /// fam.* key), the same flags as a stream's.
+        #[command(flatten)]
+        fam: SettingsArgs,
         /// Merge this LoRA adapter into the weights (GGUF input): W + scale * B A, requantized
         /// to the output type; its learned FAM and fam.* keys are copied.
         #[arg(long = "adapter")]
@@ -468,6 +464,12 @@ enum Command {
         /// Where session snapshots live.
         #[arg(long = "sessions-dir")]
         sessions_dir: Option<PathBuf>,
+        /// Clients must send `Authorization: Bearer KEY` (every endpoint but /health).
+        #[arg(long = "api-key", env = "FAMSTREAM_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Allow a non-loopback --host without an API key.
+        #[arg(long)]
+        insecure: bool,
         #[command(flatten)]
         memory: MemoryArgs,
     },
@@ -737,25 +739,14 @@ fn run(cli: Cli) -> Result<()> {
             out,
             ty,
             name,
-            fam_policy,
-            fam_block,
-            fam_mem_blocks,
-            fam_len,
-            fam_sinks,
-            fam_init,
+            fam: fam_args,
             adapter,
         } => {
             let target = ty
                 .as_deref()
                 .map(famstream::convert::Target::parse)
                 .transpose()?;
-            let any_fam = fam_policy.is_some()
-                || fam_block.is_some()
-                || fam_mem_blocks.is_some()
-                || fam_len.is_some()
-                || fam_sinks.is_some()
-                || fam_init.is_some();
-            let fam = if any_fam {
+            let fam = if !fam_args.overrides().is_empty() {
                 let mut f = match GgufFile::open(&input) {
                     Ok(g) if input.is_file() => FamSettings::from_gguf(&g)?,
                     _ => FamSettings::default(),
@@ -764,24 +755,8 @@ fn run(cli: Cli) -> Result<()> {
                 if let Some(a) = &adapter {
                     f.override_from(&GgufFile::open(a)?)?;
                 }
-                if let Some(p) = fam_policy {
-                    f.policy = p.parse()?;
-                }
-                if let Some(v) = fam_block {
-                    f.block_size = v;
-                }
-                if let Some(v) = fam_mem_blocks {
-                    f.mem_blocks = v;
-                }
-                if let Some(v) = fam_len {
-                    f.fam_len = v;
-                }
-                if let Some(v) = fam_sinks {
-                    f.sinks = v;
-                }
-                if let Some(v) = fam_init {
-                    f.init = v.parse()?;
-                }
+                fam_args.apply(&mut f)?;
+                f.validate()?;
                 Some(f)
             } else {
                 None
@@ -1083,9 +1058,13 @@ fn run(cli: Cli) -> Result<()> {
             max_body,
             max_prompt_tokens,
             sessions_dir,
+            api_key,
+            insecure,
             memory,
         } => {
             memory.refuse_unused("serve", false, Some("sessions are saved by name"))?;
+            let api_key = api_key.filter(|k| !k.is_empty());
+            famstream::serve::check_exposure(&host, api_key.as_deref(), insecure)?;
             let rt = std::sync::Arc::new(model.load()?);
             let settings = memory.settings(&rt)?;
             let sessions_dir = match sessions_dir {
@@ -1109,6 +1088,7 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default(),
                 http_threads: 32,
+                api_key,
             };
             famstream::serve::serve(rt, opts, |addr| {
                 println!("famstream serving on http://{addr}");
@@ -1329,7 +1309,7 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint,
             checkpoint_every,
             memory,
-        } if memory.memory.is_some() => {
+        } if memory.settings.memory.is_some() => {
             memory.refuse_unused("perplexity", true, Some("use --checkpoint"))?;
             let mut seg_log = match &segment_log {
                 Some(p) => Some(
@@ -1533,10 +1513,7 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 let segs: Vec<serde_json::Value> = r.segments.iter().map(segment_json).collect();
                 let j = serde_json::json!({
-                    "memory": settings.policy.as_str(), "block_size": settings.block_size,
-                    "mem_blocks": settings.mem_blocks, "fam_len": settings.fam_len, "sinks": settings.sinks,
-                    "fam_init": settings.init.as_str(), "scored": !no_scores,
-                    "fam_feedback": settings.feedback.as_str(),
+                    "settings": settings.to_json(), "scored": !no_scores,
                     "threads": model.threads.unwrap_or_else(default_threads),
                     "resumed_from": from,
                     "perplexity": r.perplexity, "nll": r.nll,
@@ -1628,10 +1605,7 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|&(n, f, t)| serde_json::json!({"filler_tokens": n, "found": f, "trials": t, "accuracy": f as f64 / t as f64}))
                     .collect();
                 let j = serde_json::json!({
-                    "memory": settings.policy.as_str(), "fam_init": settings.init.as_str(),
-                    "block_size": settings.block_size, "mem_blocks": settings.mem_blocks,
-                    "fam_len": settings.fam_len, "sinks": settings.sinks,
-                    "fam_feedback": settings.feedback.as_str(),
+                    "settings": settings.to_json(),
                     "threads": model.threads.unwrap_or_else(default_threads),
                     "results": r, "trials": details,
                 });
@@ -1689,16 +1663,19 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint,
             memory,
             ..
-        } if memory.memory.is_none() && (no_scores || checkpoint.is_some()) => Err(Error::Invalid(
-            "--no-scores and --checkpoint stream through a memory policy: add --memory P".into(),
-        )),
+        } if memory.settings.memory.is_none() && (no_scores || checkpoint.is_some()) => {
+            Err(Error::Invalid(
+                "--no-scores and --checkpoint stream through a memory policy: add --memory P"
+                    .into(),
+            ))
+        }
         // Windowed perplexity (llama-perplexity's scoring) has no stream state.
         Command::Perplexity {
             memory,
             segment_log,
             kl_vs_full,
             ..
-        } if memory.memory.is_none()
+        } if memory.settings.memory.is_none()
             && (memory.any_setting()
                 || segment_log.is_some()
                 || kl_vs_full > 0

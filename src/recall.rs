@@ -174,9 +174,7 @@ pub fn report(
         })
         .collect();
     serde_json::json!({
-        "memory": settings.policy.as_str(), "block_size": settings.block_size,
-        "mem_blocks": settings.mem_blocks, "fam_len": settings.fam_len, "sinks": settings.sinks,
-        "fam_init": settings.init.as_str(), "fam_feedback": settings.feedback.as_str(),
+        "settings": settings.to_json(),
         "summary": summary, "cases": each,
     })
 }

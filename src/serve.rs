@@ -13,6 +13,10 @@
 //!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`,
 //! `GET /health`.
+//!
+//! Keys: with an API key set, every endpoint but `/health` needs `Authorization: Bearer KEY`
+//! (else 401); a server that would listen beyond loopback without a key is refused unless the
+//! user says `--insecure` ([`check_exposure`]).
 
 use crate::chat::Message;
 use crate::error::{Error, Result};
@@ -48,6 +52,45 @@ pub struct ServeOptions {
     pub model_name: String,
     /// HTTP handler threads.
     pub http_threads: usize,
+    /// The key clients must send as `Authorization: Bearer KEY` (all endpoints but `/health`).
+    pub api_key: Option<String>,
+}
+
+/// Whether `host` only accepts connections from this machine.
+pub fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h == "localhost"
+        || h.parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+/// A server reachable from the network without a key would run anyone's prompts: refused unless
+/// `insecure`, naming the fix.
+pub fn check_exposure(host: &str, api_key: Option<&str>, insecure: bool) -> Result<()> {
+    if api_key.is_none() && !insecure && !is_loopback(host) {
+        return Err(Error::Invalid(format!(
+            "--host {host} accepts connections from other machines: set an API key (--api-key \
+             KEY or FAMSTREAM_API_KEY), or pass --insecure to serve without one"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the request carries the key (`Authorization: Bearer KEY`), compared in constant time.
+fn authorized(req: &tiny_http::Request, key: &str) -> bool {
+    let Some(h) = req
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+    else {
+        return false;
+    };
+    let Some(given) = h.value.as_str().strip_prefix("Bearer ") else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), key.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// A validated request, ready for the worker.
@@ -129,6 +172,16 @@ pub fn serve(
 fn handle(rt: &Runtime, opts: &ServeOptions, jobs: &SyncSender<Job>, mut req: tiny_http::Request) {
     let method = req.method().clone();
     let url = req.url().split('?').next().unwrap_or("").to_string();
+    if let Some(key) = &opts.api_key {
+        if url != "/health" && !authorized(&req, key) {
+            let _ = drain(&mut req);
+            let www = tiny_http::Header::from_bytes(&b"WWW-Authenticate"[..], &b"Bearer"[..])
+                .expect("static header");
+            let msg = "missing or wrong API key (send Authorization: Bearer KEY)";
+            let _ = req.respond(json_response(401, error_body(401, msg)).with_header(www));
+            return;
+        }
+    }
     let r = match (method, url.as_str()) {
         (tiny_http::Method::Get, "/health") => Ok(json_response(200, json!({"status": "ok"}).to_string())),
         (tiny_http::Method::Get, "/v1/models") => Ok(json_response(

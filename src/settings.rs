@@ -1,8 +1,13 @@
 //! FAM runtime settings (`fam.*` GGUF keys) and the memory policies they select.
 //!
 //! The keys are ours (community keys must be namespaced): `fam.policy`, `fam.block_size` (B),
-//! `fam.mem_blocks` (M), `fam.fam_len` (F), `fam.sinks` (S), `fam.init`, `fam.query_pos`.
-//! A file without them gets [`FamSettings::default`]; command-line flags override either.
+//! `fam.mem_blocks` (M), `fam.fam_len` (F), `fam.sinks` (S), `fam.init`, `fam.query_pos`,
+//! `fam.zero_first_residual`, `fam.renorm`, `fam.feedback`. A file without them gets
+//! [`FamSettings::default`]; command-line flags override either.
+//!
+//! [`FIELDS`] is the one table of them (key, command-line flag, type, doc, how to read and set
+//! it): GGUF read and write, snapshots' JSON, `inspect`, the reports and the command-line
+//! overrides all go through it, so a setting added there is carried everywhere.
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, GgufWriter, Value};
@@ -139,7 +144,7 @@ pub struct FamSettings {
 
 impl Default for FamSettings {
     /// The paper's B/F/M (guide §1). The default *policy* is `sink`, chosen by measurement on
-    /// the un-tuned SmolLM2 (README, Results): over 200k tokens of Moby-Dick it scores 39.47,
+    /// the un-tuned SmolLM2 (results/README.md): over 200k tokens of Moby-Dick it scores 39.47,
     /// against full attention's 37.43 within its 8k context (KL 0.009 from full over 0-8k),
     /// while `bswa` scores 57% worse and the paper's FAM, which an un-tuned model has never
     /// learned to read or write, diverges block after block. A model file can set `fam.policy`
@@ -165,6 +170,169 @@ impl Default for FamSettings {
     }
 }
 
+/// A setting's value in a form every carrier has: GGUF metadata, JSON, a command-line flag.
+#[derive(Clone, PartialEq, Debug)]
+pub enum Raw {
+    U32(u32),
+    Bool(bool),
+    Str(String),
+}
+
+/// The type of a setting's value.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    U32,
+    Bool,
+    Str,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::U32 => "a u32",
+            Kind::Bool => "a bool",
+            Kind::Str => "a string",
+        }
+    }
+}
+
+/// One `fam.*` setting.
+pub struct Field {
+    /// Its name in JSON (reports, snapshots); the GGUF key is `fam.<name>`.
+    pub name: &'static str,
+    /// The GGUF metadata key.
+    pub key: &'static str,
+    /// The command-line flag that overrides it.
+    pub flag: &'static str,
+    pub kind: Kind,
+    pub doc: &'static str,
+    get: fn(&FamSettings) -> Raw,
+    /// Sets it from a value of its kind (a string is parsed and may be refused).
+    set: fn(&mut FamSettings, &Raw) -> Result<()>,
+}
+
+impl Field {
+    pub fn get(&self, s: &FamSettings) -> Raw {
+        (self.get)(s)
+    }
+    /// Set it in `s`; a value of another kind, or a string that names nothing, is refused
+    /// (callers say where the value came from).
+    pub fn set(&self, s: &mut FamSettings, v: &Raw) -> Result<()> {
+        let kind_ok = matches!(
+            (self.kind, v),
+            (Kind::U32, Raw::U32(_)) | (Kind::Bool, Raw::Bool(_)) | (Kind::Str, Raw::Str(_))
+        );
+        if !kind_ok {
+            return Err(Error::Invalid(format!(
+                "`{}` must be {}, is {v:?}",
+                self.name,
+                self.kind.name()
+            )));
+        }
+        (self.set)(s, v)
+    }
+    /// Its value in a GGUF file, if there.
+    fn from_gguf(&self, g: &GgufFile) -> Result<Option<Raw>> {
+        Ok(match self.kind {
+            Kind::U32 => g.opt_u32(self.key)?.map(Raw::U32),
+            Kind::Bool => g.opt_bool(self.key)?.map(Raw::Bool),
+            Kind::Str => g.opt_str(self.key)?.map(|v| Raw::Str(v.to_string())),
+        })
+    }
+}
+
+impl Raw {
+    pub fn to_gguf(&self) -> Value {
+        match self {
+            Raw::U32(v) => Value::U32(*v),
+            Raw::Bool(v) => Value::Bool(*v),
+            Raw::Str(v) => Value::String(v.clone()),
+        }
+    }
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Raw::U32(v) => (*v).into(),
+            Raw::Bool(v) => (*v).into(),
+            Raw::Str(v) => v.as_str().into(),
+        }
+    }
+    fn from_json(j: &serde_json::Value, kind: Kind) -> Option<Raw> {
+        match kind {
+            Kind::U32 => j.as_u64().and_then(|v| u32::try_from(v).ok()).map(Raw::U32),
+            Kind::Bool => j.as_bool().map(Raw::Bool),
+            Kind::Str => j.as_str().map(|v| Raw::Str(v.to_string())),
+        }
+    }
+    fn u32(&self) -> u32 {
+        match self {
+            Raw::U32(v) => *v,
+            _ => unreachable!("Field::set checks the kind"),
+        }
+    }
+    fn bool(&self) -> bool {
+        match self {
+            Raw::Bool(v) => *v,
+            _ => unreachable!("Field::set checks the kind"),
+        }
+    }
+    fn str(&self) -> &str {
+        match self {
+            Raw::Str(v) => v,
+            _ => unreachable!("Field::set checks the kind"),
+        }
+    }
+}
+
+macro_rules! field {
+    ($name:literal, $key:ident, $flag:literal, $kind:ident, $doc:literal,
+     |$s:ident| $get:expr, |$t:ident, $v:ident| $set:expr) => {
+        Field {
+            name: $name,
+            key: $key,
+            flag: $flag,
+            kind: Kind::$kind,
+            doc: $doc,
+            get: |$s| $get,
+            set: |$t, $v| {
+                $set;
+                Ok(())
+            },
+        }
+    };
+}
+
+/// Every setting, in the order reports list them: JSON name, GGUF key, flag, kind, doc, then
+/// how to read it from and write it into [`FamSettings`].
+#[rustfmt::skip]
+pub const FIELDS: [Field; 10] = [
+    field!("policy", KEY_POLICY, "--memory", Str, "memory policy: full, bswa, sink or fam",
+        |s| Raw::Str(s.policy.as_str().into()), |s, v| s.policy = v.str().parse()?),
+    field!("block_size", KEY_BLOCK_SIZE, "--block", U32, "B: tokens per block",
+        |s| Raw::U32(s.block_size), |s, v| s.block_size = v.u32()),
+    field!("mem_blocks", KEY_MEM_BLOCKS, "--mem-blocks", U32, "M: finished blocks in the window",
+        |s| Raw::U32(s.mem_blocks), |s, v| s.mem_blocks = v.u32()),
+    field!("fam_len", KEY_FAM_LEN, "--fam-len", U32, "F: FAM rows per layer",
+        |s| Raw::U32(s.fam_len), |s, v| s.fam_len = v.u32()),
+    field!("sinks", KEY_SINKS, "--sinks", U32, "S: attention-sink tokens",
+        |s| Raw::U32(s.sinks), |s, v| s.sinks = v.u32()),
+    field!("init", KEY_INIT, "--fam-init", Str, "initial FAM: seed, bos, tail (or learned)",
+        |s| Raw::Str(s.init.as_str().into()), |s, v| s.init = v.str().parse()?),
+    field!("query_pos", KEY_QUERY_POS, "--fam-query-pos", Str, "FAM query RoPE position",
+        |s| Raw::Str(s.query_pos.as_str().into()), |s, v| s.query_pos = v.str().parse()?),
+    field!("zero_first_residual", KEY_ZERO_FIRST_RESIDUAL, "--fam-zero-first-residual", Bool,
+        "zero residual on the first FAM update (the paper's rule)",
+        |s| Raw::Bool(s.zero_first_residual), |s, v| s.zero_first_residual = v.bool()),
+    field!("renorm", KEY_RENORM, "--fam-renorm", Bool, "rescale updated FAM rows to their RMS",
+        |s| Raw::Bool(s.renorm), |s, v| s.renorm = v.bool()),
+    field!("feedback", KEY_FEEDBACK, "--fam-feedback", Str, "next FAM: within or reread",
+        |s| Raw::Str(s.feedback.as_str().into()), |s, v| s.feedback = v.str().parse()?),
+];
+
+/// The field with this JSON name.
+pub fn field(name: &str) -> Option<&'static Field> {
+    FIELDS.iter().find(|f| f.name == name)
+}
+
 impl FamSettings {
     /// Defaults overridden by whatever `fam.*` keys the file has.
     pub fn from_gguf(g: &GgufFile) -> Result<FamSettings> {
@@ -178,44 +346,11 @@ impl FamSettings {
     /// defaults: built-in, then the model file, then an adapter; see
     /// [`crate::model::Model::fam_settings`]). Does not validate the result.
     pub fn override_from(&mut self, g: &GgufFile) -> Result<()> {
-        let s = self;
-        if let Some(v) = g.opt_str(KEY_POLICY)? {
-            s.policy = v
-                .parse()
-                .map_err(|e: Error| Error::metadata(KEY_POLICY, e.to_string()))?;
-        }
-        if let Some(v) = g.opt_u32(KEY_BLOCK_SIZE)? {
-            s.block_size = v;
-        }
-        if let Some(v) = g.opt_u32(KEY_MEM_BLOCKS)? {
-            s.mem_blocks = v;
-        }
-        if let Some(v) = g.opt_u32(KEY_FAM_LEN)? {
-            s.fam_len = v;
-        }
-        if let Some(v) = g.opt_u32(KEY_SINKS)? {
-            s.sinks = v;
-        }
-        if let Some(v) = g.opt_str(KEY_INIT)? {
-            s.init = v
-                .parse()
-                .map_err(|e: Error| Error::metadata(KEY_INIT, e.to_string()))?;
-        }
-        if let Some(v) = g.opt_str(KEY_QUERY_POS)? {
-            s.query_pos = v
-                .parse()
-                .map_err(|e: Error| Error::metadata(KEY_QUERY_POS, e.to_string()))?;
-        }
-        if let Some(v) = g.opt_bool(KEY_ZERO_FIRST_RESIDUAL)? {
-            s.zero_first_residual = v;
-        }
-        if let Some(v) = g.opt_bool(KEY_RENORM)? {
-            s.renorm = v;
-        }
-        if let Some(v) = g.opt_str(KEY_FEEDBACK)? {
-            s.feedback = v
-                .parse()
-                .map_err(|e: Error| Error::metadata(KEY_FEEDBACK, e.to_string()))?;
+        for f in &FIELDS {
+            if let Some(v) = f.from_gguf(g)? {
+                f.set(self, &v)
+                    .map_err(|e| Error::metadata(f.key, e.to_string()))?;
+            }
         }
         Ok(())
     }
@@ -225,18 +360,39 @@ impl FamSettings {
         SETTINGS_KEYS.iter().any(|k| g.get(k).is_some())
     }
 
+    /// Every setting as `fam.*` metadata.
     pub fn write_to(&self, w: &mut GgufWriter) {
-        w.set(KEY_POLICY, Value::String(self.policy.as_str().into()));
-        w.set(KEY_BLOCK_SIZE, Value::U32(self.block_size));
-        w.set(KEY_MEM_BLOCKS, Value::U32(self.mem_blocks));
-        w.set(KEY_FAM_LEN, Value::U32(self.fam_len));
-        w.set(KEY_SINKS, Value::U32(self.sinks));
-        w.set(KEY_INIT, Value::String(self.init.as_str().into()));
-        w.set(KEY_QUERY_POS, Value::String(self.query_pos.as_str().into()));
-        w.set(
-            KEY_ZERO_FIRST_RESIDUAL,
-            Value::Bool(self.zero_first_residual),
-        );
+        for f in &FIELDS {
+            w.set(f.key, f.get(self).to_gguf());
+        }
+    }
+
+    /// Every setting by its JSON name (reports, snapshots, `inspect`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            FIELDS
+                .iter()
+                .map(|f| (f.name.to_string(), f.get(self).to_json()))
+                .collect(),
+        )
+    }
+
+    /// The inverse of [`FamSettings::to_json`]: every field must be there, of its kind (not
+    /// validated).
+    pub fn from_json(j: &serde_json::Value) -> Result<FamSettings> {
+        let mut s = FamSettings::default();
+        for f in &FIELDS {
+            let v = Raw::from_json(&j[f.name], f.kind).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "settings: `{}` missing or not {}",
+                    f.name,
+                    f.kind.name()
+                ))
+            })?;
+            f.set(&mut s, &v)
+                .map_err(|e| Error::Invalid(format!("settings: {e}")))?;
+        }
+        Ok(s)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -274,5 +430,81 @@ impl FamSettings {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings where every field differs from its default.
+    fn all_changed() -> FamSettings {
+        let d = FamSettings::default();
+        let s = FamSettings {
+            policy: MemoryPolicy::Fam,
+            block_size: 256,
+            mem_blocks: 1,
+            fam_len: 16,
+            sinks: 2,
+            init: FamInit::Bos,
+            query_pos: FamQueryPos::PrevFam,
+            zero_first_residual: true,
+            renorm: true,
+            feedback: FamFeedback::Reread,
+        };
+        for f in &FIELDS {
+            assert_ne!(f.get(&s), f.get(&d), "{} equals its default", f.name);
+        }
+        s
+    }
+
+    #[test]
+    fn the_table_holds_every_key_once() {
+        let keys: Vec<&str> = FIELDS.iter().map(|f| f.key).collect();
+        assert_eq!(keys, SETTINGS_KEYS);
+        for f in &FIELDS {
+            assert_eq!(f.key, format!("fam.{}", f.name));
+            assert!(f.flag.starts_with("--") && !f.doc.is_empty());
+        }
+    }
+
+    #[test]
+    fn every_setting_survives_gguf_write_and_read() {
+        let s = all_changed();
+        let mut w = GgufWriter::new();
+        w.set("general.architecture", Value::String("llama".into()));
+        s.write_to(&mut w);
+        let path =
+            std::env::temp_dir().join(format!("famstream-settings-{}.gguf", std::process::id()));
+        w.write_with_data(&path, &[]).unwrap();
+        let g = GgufFile::open(&path).unwrap();
+        let mut back = FamSettings::default();
+        back.override_from(&g).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn every_setting_survives_json_as_snapshots_store_it() {
+        let s = all_changed();
+        assert_eq!(FamSettings::from_json(&s.to_json()).unwrap(), s);
+        let mut j = s.to_json();
+        j.as_object_mut().unwrap().remove("renorm");
+        let e = FamSettings::from_json(&j).unwrap_err().to_string();
+        assert!(e.contains("renorm"), "{e}");
+    }
+
+    #[test]
+    fn values_of_the_wrong_kind_or_unknown_names_are_refused() {
+        let mut s = FamSettings::default();
+        let e = field("block_size")
+            .unwrap()
+            .set(&mut s, &Raw::Str("8".into()));
+        assert!(e.unwrap_err().to_string().contains("a u32"));
+        let e = field("policy")
+            .unwrap()
+            .set(&mut s, &Raw::Str("keep-all".into()));
+        assert!(e.unwrap_err().to_string().contains("keep-all"));
+        assert_eq!(s, FamSettings::default());
     }
 }

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::gguf::AtomicFile;
 use crate::settings::FamSettings;
 use crate::util::Fnv64;
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 use std::io::Write;
 use std::path::Path;
 
@@ -24,34 +24,11 @@ pub const VERSION: u32 = 1;
 const MAX_HEADER: usize = 1 << 20;
 
 pub fn settings_json(s: &FamSettings) -> Json {
-    json!({
-        "policy": s.policy.as_str(), "block_size": s.block_size, "mem_blocks": s.mem_blocks,
-        "fam_len": s.fam_len, "sinks": s.sinks, "init": s.init.as_str(),
-        "query_pos": s.query_pos.as_str(), "zero_first_residual": s.zero_first_residual,
-        "renorm": s.renorm, "feedback": s.feedback.as_str(),
-    })
+    s.to_json()
 }
 
 pub fn settings_from_json(j: &Json) -> Result<FamSettings> {
-    let bad = || Error::Invalid("snapshot: malformed settings".into());
-    let u = |k: &str| {
-        j[k].as_u64()
-            .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(bad)
-    };
-    let st = |k: &str| j[k].as_str().ok_or_else(bad);
-    Ok(FamSettings {
-        policy: st("policy")?.parse()?,
-        block_size: u("block_size")?,
-        mem_blocks: u("mem_blocks")?,
-        fam_len: u("fam_len")?,
-        sinks: u("sinks")?,
-        init: st("init")?.parse()?,
-        query_pos: st("query_pos")?.parse()?,
-        zero_first_residual: j["zero_first_residual"].as_bool().ok_or_else(bad)?,
-        renorm: j["renorm"].as_bool().ok_or_else(bad)?,
-        feedback: st("feedback")?.parse()?,
-    })
+    FamSettings::from_json(j).map_err(|e| Error::Invalid(format!("snapshot: {e}")))
 }
 
 /// Write header + body atomically. The body comes in `parts` (one tensor's bytes each), so a

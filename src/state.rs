@@ -29,6 +29,7 @@ use crate::dtype::GgmlType;
 use crate::engine::{Engine, FamBatch, TokenBatch};
 use crate::error::{Error, Result};
 use crate::ggml::{Backend, TensorSet};
+use crate::init_memory::LearnedFam;
 use crate::kv::KvStore;
 use crate::model::Model;
 use crate::settings::{FamFeedback, FamInit, FamQueryPos, FamSettings, MemoryPolicy};
@@ -48,43 +49,33 @@ const EMPTY: i64 = i64::MIN;
 pub const REBASE_INTERVAL: i64 = 8192;
 /// Most token rows per graph during prefill.
 pub const MAX_BATCH: usize = 512;
-/// Name of an optional learned initial FAM in a GGUF: f32 [n_embd, F, n_layer].
-pub const LEARNED_FAM_TENSOR: &str = "fam.init_memory";
+/// Name of an optional learned initial FAM in a GGUF: f32 [n_embd, F, n_layer], a metadata
+/// array or a tensor ([`crate::init_memory`]).
+pub const LEARNED_FAM_TENSOR: &str = crate::init_memory::KEY;
 /// The fixed text of the `seed` FAM initialisation (after BOS, repeated to F tokens).
 pub const SEED_TEXT: &str =
     "The following is a long document. Remember the names, numbers, places and \
 decisions in it, from the beginning to the end.";
 
-/// The learned initial FAM's bytes for a stream of `f` FAM rows per layer, if the model (or its
-/// adapter, which takes precedence) has one: refused unless it is f32 [n_embd, f, n_layer].
-fn learned_fam_data(model: &Model, f: usize) -> Result<Option<&[u8]>> {
-    let Some((g, t)) = model.learned_fam() else {
+/// The learned initial FAM for a stream of `f` FAM rows per layer, if the model (or its
+/// adapter, which takes precedence) has one: refused unless it holds F = `f` rows.
+fn learned_fam_data(model: &Model, f: usize) -> Result<Option<LearnedFam<'_>>> {
+    let Some(l) = model.learned_fam()? else {
         return Ok(None);
     };
-    let hp = &model.hp;
-    let want = [hp.n_embd as u64, f as u64, hp.n_layer as u64];
-    if t.ty != GgmlType::F32 || t.ne != want {
-        let other_f =
-            t.ty == GgmlType::F32 && t.ne.len() == 3 && t.ne[0] == want[0] && t.ne[2] == want[2];
-        let hint = if other_f {
-            format!(
-                " (it holds F = {} rows: use --fam-len {})",
-                t.ne[1], t.ne[1]
-            )
-        } else {
-            String::new()
-        };
+    if l.fam_len != f {
         return Err(Error::tensor(
             LEARNED_FAM_TENSOR,
             format!(
-                "in {}: must be f32 {want:?} for a FAM length of {f}, is {} {:?}{hint}",
-                g.path().display(),
-                t.ty,
-                t.ne
+                "in {}: holds F = {} rows per layer, the stream has a FAM length of {f} (use \
+                 --fam-len {})",
+                l.path.display(),
+                l.fam_len,
+                l.fam_len
             ),
         ));
     }
-    Ok(Some(g.tensor_data(t)?))
+    Ok(Some(l))
 }
 
 /// Which logits a feed returns.
@@ -214,7 +205,7 @@ impl FamState {
             if learned.is_none() && settings.init == FamInit::Learned {
                 return Err(Error::tensor(
                     LEARNED_FAM_TENSOR,
-                    "the `learned` FAM init needs this tensor in the model or adapter file",
+                    "the `learned` FAM init needs it (a metadata array or tensor) in the model or adapter file",
                 ));
             }
         }
@@ -489,14 +480,12 @@ impl FamState {
                 let data = learned.ok_or_else(|| {
                     Error::tensor(
                         LEARNED_FAM_TENSOR,
-                        "the `learned` init needs this tensor in the model or adapter file",
+                        "the `learned` init needs it (a metadata array or tensor) in the model or adapter file",
                     )
                 })?;
-                let per_layer = self.n_embd * f * 4;
                 let fam = self.fam.as_ref().expect("n_fam > 0");
                 for il in 0..self.n_layer {
-                    fam.get(il)
-                        .write_bytes(0, &data[il * per_layer..(il + 1) * per_layer])?;
+                    fam.get(il).write_bytes(0, data.layer(il))?;
                 }
             }
             FamInit::SeedText | FamInit::Bos => {

@@ -12,7 +12,7 @@ use famstream::adapter::{base_fingerprint, KEY_BASE_FINGERPRINT};
 use famstream::dtype::GgmlType;
 use famstream::engine::Engine;
 use famstream::ggml::Backend;
-use famstream::gguf::{GgufFile, GgufWriter, Value};
+use famstream::gguf::{Array, GgufFile, GgufWriter, Value};
 use famstream::model::{HParams, Model};
 use famstream::settings::{FamInit, FamSettings, MemoryPolicy};
 use famstream::state::{FamState, Logits, LEARNED_FAM_TENSOR};
@@ -151,13 +151,16 @@ impl AdapterBuilder {
             }
         }
     }
-    /// A learned initial FAM: f32 [n_embd, f, n_layer], layer il filled with `value(il)`.
+    /// A learned initial FAM: f32 [n_embd, f, n_layer], layer il filled with `value(il)`, as
+    /// a metadata array (what famstream and the trainer write).
     fn init_memory(&mut self, base: &GgufFile, f: u64, value: impl Fn(usize) -> f32) {
+        let v = init_values(base, f, value);
+        self.set(LEARNED_FAM_TENSOR, Value::Array(Array::F32(v)));
+    }
+    /// The same as a tensor (the older form, still read).
+    fn init_memory_tensor(&mut self, base: &GgufFile, f: u64, value: impl Fn(usize) -> f32) {
         let hp = HParams::from_gguf(base).unwrap();
-        let per_layer = hp.n_embd * f as usize;
-        let v: Vec<f32> = (0..hp.n_layer)
-            .flat_map(|il| std::iter::repeat_n(value(il), per_layer))
-            .collect();
+        let v = init_values(base, f, value);
         let ne = [hp.n_embd as u64, f, hp.n_layer as u64];
         self.tensor(LEARNED_FAM_TENSOR, GgmlType::F32, &ne, f32_bytes(&v));
     }
@@ -174,27 +177,18 @@ impl AdapterBuilder {
     }
 }
 
-/// A copy of `base` with extra metadata and tensors.
+/// The values of a learned initial FAM of `f` rows whose layer il is all `value(il)`.
+fn init_values(base: &GgufFile, f: u64, value: impl Fn(usize) -> f32) -> Vec<f32> {
+    let hp = HParams::from_gguf(base).unwrap();
+    let per_layer = hp.n_embd * f as usize;
+    (0..hp.n_layer)
+        .flat_map(|il| std::iter::repeat_n(value(il), per_layer))
+        .collect()
+}
+
+/// A copy of `base` with extra metadata and the builder's tensors.
 fn model_copy(base: &Path, out: &Path, meta: &[(&str, Value)], extra: &AdapterBuilder) {
-    let g = GgufFile::open(base).unwrap();
-    let mut w = GgufWriter::new();
-    for (k, v) in g.metadata() {
-        w.set(k, v.clone());
-    }
-    for (k, v) in meta {
-        w.set(k, v.clone());
-    }
-    let mut data: Vec<Vec<u8>> = Vec::new();
-    for t in g.tensors() {
-        w.add_tensor(&t.name, t.ty, &t.ne).unwrap();
-        data.push(g.tensor_data(t).unwrap().to_vec());
-    }
-    for (n, ty, ne, d) in &extra.tensors {
-        w.add_tensor(n, *ty, ne).unwrap();
-        data.push(d.clone());
-    }
-    let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
-    w.write_with_data(out, &refs).unwrap();
+    common::gguf_copy(base, out, meta, &extra.tensors);
 }
 
 /// `base` with every adapted weight replaced by W + scale * B A (in f32): what the adapter
@@ -289,6 +283,9 @@ fn an_adapter_gives_llama_cpps_logits_on_both_architectures() {
         let base = GgufFile::open(tiny(arch)).unwrap();
         let mut ab = AdapterBuilder::new(&base);
         ab.every_target(&base, &mut Rng(7), 0.1, half);
+        // a learned initial FAM, as the trainer exports it: llama.cpp must still load the file
+        // (it refuses unknown tensors; the FAM rows are metadata it ignores)
+        ab.init_memory(&base, 4, |il| 0.5 + il as f32);
         ab.set(
             KEY_BASE_FINGERPRINT,
             Value::String(format!("{:016x}", base_fingerprint(&base))),
@@ -423,9 +420,9 @@ fn the_adapters_learned_fam_is_the_initial_memory_and_overrides_the_model_files(
     const F: u64 = 4;
     let dir = common::scratch_dir("adapter-learned");
     let base = GgufFile::open(tiny("llama")).unwrap();
-    // A model file with its own learned FAM (every value 7) ...
+    // A model file with its own learned FAM (every value 7, in the older tensor form) ...
     let mut own = AdapterBuilder::new(&base);
-    own.init_memory(&base, F, |_| 7.0);
+    own.init_memory_tensor(&base, F, |_| 7.0);
     let model = dir.join("model.gguf");
     model_copy(&tiny("llama"), &model, &[], &own);
     // ... and an adapter with another (layer il: 0.5 + il).
@@ -523,18 +520,18 @@ fn stream_defaults_come_from_the_flag_then_the_adapter_then_the_model_file() {
         assert!(out.status.success(), "{err}");
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    let j = report(&[]);
+    let j = &report(&[])["settings"];
     assert_eq!(
         (j["block_size"].as_u64(), j["mem_blocks"].as_u64()),
         (Some(8), Some(2))
     );
-    assert_eq!(j["fam_init"], "bos");
-    let j = report(&["--block", "4", "--fam-init", "seed"]);
+    assert_eq!(j["init"], "bos");
+    let j = &report(&["--block", "4", "--fam-init", "seed"])["settings"];
     assert_eq!(
         (j["block_size"].as_u64(), j["mem_blocks"].as_u64()),
         (Some(4), Some(2))
     );
-    assert_eq!(j["fam_init"], "seed");
+    assert_eq!(j["init"], "seed");
 }
 
 impl AdapterBuilder {
@@ -742,6 +739,32 @@ fn bad_adapters_are_refused_naming_the_problem() {
             vec![LEARNED_FAM_TENSOR.into(), format!("n_layer = {n_layer}")],
         ),
         (
+            "init-length",
+            Box::new(|ab| ab.set(LEARNED_FAM_TENSOR, Value::Array(Array::F32(vec![0.5; 7])))),
+            vec![],
+            vec![
+                LEARNED_FAM_TENSOR.into(),
+                "7 values".into(),
+                format!("n_layer ({n_layer})"),
+            ],
+        ),
+        (
+            "init-type",
+            Box::new(|ab| ab.set(LEARNED_FAM_TENSOR, Value::Array(Array::U32(vec![1; 4])))),
+            vec![],
+            vec![LEARNED_FAM_TENSOR.into(), "array of f32".into()],
+        ),
+        (
+            "init-twice",
+            Box::new(|ab| {
+                let g = GgufFile::open(tiny("llama")).unwrap();
+                ab.init_memory(&g, 4, |_| 1.0);
+                ab.init_memory_tensor(&g, 4, |_| 1.0);
+            }),
+            vec![],
+            vec![LEARNED_FAM_TENSOR.into(), "both".into()],
+        ),
+        (
             "init-fam-len",
             Box::new(|ab| {
                 let g = GgufFile::open(tiny("llama")).unwrap();
@@ -920,7 +943,10 @@ fn convert_merges_an_adapter_into_a_model_that_needs_none() {
     };
     convert_with_adapter(&tiny("qwen2"), &out, &opts, Some(&path), &mut |_, _, _| {}).unwrap();
     let g = GgufFile::open(&out).unwrap();
-    assert!(g.tensor(LEARNED_FAM_TENSOR).is_some());
+    // the learned FAM is metadata, so the merged file has only the architecture's tensors and
+    // llama.cpp loads it (below)
+    assert!(g.tensor(LEARNED_FAM_TENSOR).is_none());
+    assert!(g.get(LEARNED_FAM_TENSOR).is_some());
     assert_eq!(g.u32("fam.block_size").unwrap(), 8);
     let ids = ids("qwen2");
     let s = FamSettings {
@@ -940,6 +966,11 @@ fn convert_merges_an_adapter_into_a_model_that_needs_none() {
     let plain = logits(&tiny("qwen2"), None, full(), &ids);
     let adapted = logits(&tiny("qwen2"), Some(&path), full(), &ids);
     assert!(max_abs_diff(&plain, &adapted) > 10.0 * MERGE_LOGIT_TOL);
+    // llama.cpp reads the merged file and computes what famstream does with the adapter
+    let theirs = LlamaOracle::new(&out, 256, 2).logits_all(&ids);
+    let kl = mean_kl(&theirs, &adapted);
+    eprintln!("llama.cpp on the merged file vs famstream with the adapter: mean KL {kl:.2e}");
+    assert!(kl < MEAN_KL_BOUND, "{kl}");
 }
 
 #[test]
@@ -973,4 +1004,29 @@ fn a_state_saved_with_an_adapter_loads_only_with_that_adapter() {
     let (m, eng) = load(&tiny("llama"), Some(&a));
     let (st, _) = FamState::load(&snap, &m, eng.backend(), Some(&s)).unwrap();
     assert_eq!(st.n_past(), ids("llama").len() as u64);
+}
+
+/// The adapter trained for the default model and committed (results/adapters), as shipped:
+/// llama.cpp loads it (its learned initial FAM is metadata, which llama.cpp ignores) and, with
+/// full attention on the real Q4_1 model, computes what famstream computes with it.
+#[test]
+fn the_shipped_adapter_loads_in_llama_cpp_and_agrees_with_famstream() {
+    let model = common::model_path();
+    let adapter =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("results/adapters/smollm2-135m-fam-b64.gguf");
+    let g = GgufFile::open(&adapter).unwrap();
+    assert!(g.tensor(LEARNED_FAM_TENSOR).is_none() && g.get(LEARNED_FAM_TENSOR).is_some());
+    let ids = common::prose_tokens(64);
+    let ours = logits(&model, Some(&adapter), full(), &ids);
+    let plain = logits(&model, None, full(), &ids);
+    let mut oracle = LlamaOracle::new(&model, 256, 2);
+    oracle.set_adapter(&adapter);
+    let theirs = oracle.logits_all(&ids);
+    let kl = mean_kl(&theirs, &ours);
+    let effect = mean_kl(&theirs, &plain);
+    eprintln!(
+        "shipped adapter: mean KL(llama.cpp || famstream) {kl:.2e}; vs no adapter {effect:.2e}"
+    );
+    assert!(kl < MEAN_KL_BOUND, "{kl}");
+    assert!(effect > ADAPTER_EFFECT_KL, "{effect}");
 }

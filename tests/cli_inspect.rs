@@ -1,4 +1,5 @@
-//! `famstream inspect` as a user runs it.
+//! `famstream inspect` as a user runs it, and model files that must be refused rather than run
+//! wrongly.
 
 mod common;
 
@@ -73,4 +74,95 @@ fn inspect_of_a_bad_file_fails_cleanly() {
     assert!(String::from_utf8(out.stderr)
         .unwrap()
         .contains("missing.gguf"));
+}
+
+/// A copy of the tiny llama checkpoint with extra metadata and, optionally, a `rope_freqs.weight`
+/// tensor of `n` f32 factors.
+fn tiny_llama_with(
+    tag: &str,
+    meta: &[(&str, famstream::gguf::Value)],
+    freqs: Option<u64>,
+) -> std::path::PathBuf {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/tiny/llama/model.f32.gguf");
+    let extra: Vec<common::ExtraTensor> = freqs
+        .map(|n| {
+            let bytes = (0..n)
+                .flat_map(|i| (1.0 + i as f32).to_le_bytes())
+                .collect();
+            let ty = famstream::dtype::GgmlType::F32;
+            ("rope_freqs.weight".to_string(), ty, vec![n], bytes)
+        })
+        .into_iter()
+        .collect();
+    let path = common::scratch_dir(tag).join("model.gguf");
+    common::gguf_copy(&src, &path, meta, &extra);
+    path
+}
+
+#[test]
+fn rope_scaling_is_refused_not_ignored() {
+    use famstream::gguf::Value;
+    let cases = [
+        (
+            tiny_llama_with("rope-llama3", &[], Some(8)),
+            vec!["rope_freqs.weight", "llama3"],
+        ),
+        (
+            tiny_llama_with(
+                "rope-yarn",
+                &[
+                    ("llama.rope.scaling.type", Value::String("yarn".into())),
+                    ("llama.rope.scaling.factor", Value::F32(4.0)),
+                ],
+                None,
+            ),
+            vec!["`yarn`", "llama.rope.scaling.type", "factor 4"],
+        ),
+        (
+            tiny_llama_with(
+                "rope-factor",
+                &[("llama.rope.scaling.factor", Value::F32(2.0))],
+                None,
+            ),
+            vec!["llama.rope.scaling.factor", "factor 2"],
+        ),
+    ];
+    for (path, words) in cases {
+        let out = famstream(&["run", "-m", path.to_str().unwrap(), "-p", "hi", "-n", "1"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("unsupported: ") && !err.contains("panicked"),
+            "{err}"
+        );
+        for w in words {
+            assert!(err.contains(w), "`{w}` missing from: {err}");
+        }
+    }
+    // an explicit `none` is no scaling: the file runs
+    let none = tiny_llama_with(
+        "rope-none",
+        &[
+            ("llama.rope.scaling.type", Value::String("none".into())),
+            ("llama.rope.scaling.factor", Value::F32(1.0)),
+        ],
+        None,
+    );
+    let out = famstream(&[
+        "run",
+        "-m",
+        none.to_str().unwrap(),
+        "-p",
+        "hi",
+        "-n",
+        "1",
+        "-t",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -6,7 +6,7 @@ mod common;
 use famstream::dtype::GgmlType;
 use famstream::engine::Engine;
 use famstream::ggml::Backend;
-use famstream::gguf::{GgufFile, GgufWriter};
+use famstream::gguf::GgufFile;
 use famstream::model::{HParams, Model};
 use famstream::settings::{FamSettings, MemoryPolicy};
 use famstream::state::{FamState, Logits};
@@ -23,28 +23,16 @@ fn with_learned(tag: &str, rows: u64, value: impl Fn(usize) -> f32) -> (PathBuf,
         "{}/tests/golden/tiny/llama/model.f32.gguf",
         env!("CARGO_MANIFEST_DIR")
     );
-    let g = GgufFile::open(&src).unwrap();
-    let hp = HParams::from_gguf(&g).unwrap();
-    let mut w = GgufWriter::new();
-    for (k, v) in g.metadata() {
-        w.set(k, v.clone());
-    }
-    let mut data: Vec<Vec<u8>> = Vec::new();
-    for t in g.tensors() {
-        w.add_tensor(&t.name, t.ty, &t.ne).unwrap();
-        data.push(g.tensor_data(t).unwrap().to_vec());
-    }
-    let ne = [hp.n_embd as u64, rows, hp.n_layer as u64];
-    w.add_tensor("fam.init_memory", GgmlType::F32, &ne).unwrap();
+    let hp = HParams::from_gguf(&GgufFile::open(&src).unwrap()).unwrap();
+    let ne = vec![hp.n_embd as u64, rows, hp.n_layer as u64];
     let per_layer = hp.n_embd * rows as usize;
     let fam: Vec<u8> = (0..hp.n_layer)
         .flat_map(|il| std::iter::repeat_n(value(il), per_layer))
         .flat_map(|x| x.to_le_bytes())
         .collect();
-    data.push(fam);
     let path = common::scratch_dir(tag).join("learned.gguf");
-    let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
-    w.write_with_data(&path, &refs).unwrap();
+    let extra = [("fam.init_memory".to_string(), GgmlType::F32, ne, fam)];
+    common::gguf_copy(Path::new(&src), &path, &[], &extra);
     (path, hp.n_layer)
 }
 

@@ -22,6 +22,10 @@ impl Drop for Server {
 }
 
 fn start(extra: &[&str]) -> Server {
+    start_with(extra, &[])
+}
+
+fn start_with(extra: &[&str], env: &[(&str, &str)]) -> Server {
     let m = common::model_path();
     let dir = common::scratch_dir("serve-sessions");
     let mut child = Command::new(env!("CARGO_BIN_EXE_famstream"))
@@ -47,6 +51,9 @@ fn start(extra: &[&str]) -> Server {
             "8",
         ])
         .args(extra)
+        // a key in the caller's environment must not turn on keys in the other tests
+        .env_remove("FAMSTREAM_API_KEY")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -62,9 +69,14 @@ fn start(extra: &[&str]) -> Server {
 
 /// One request; returns (status, body).
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_with(addr, method, path, body, "")
+}
+
+/// One request with extra header lines (each ending in \r\n).
+fn http_with(addr: &str, method: &str, path: &str, body: &str, headers: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status = out[9..12].parse().unwrap();
@@ -257,5 +269,57 @@ fn openai_compatible_endpoints_sessions_and_abuse() {
     assert!(
         rss_after < rss_before + 64 * 1024,
         "RSS {rss_before} kB -> {rss_after} kB"
+    );
+}
+
+#[test]
+fn api_keys_guard_every_endpoint_but_health() {
+    for (flags, env) in [
+        (vec!["--api-key", "s3cret"], vec![]),
+        (vec![], vec![("FAMSTREAM_API_KEY", "s3cret")]),
+    ] {
+        let srv = start_with(&flags, &env);
+        let a = srv.addr.as_str();
+        assert_eq!(http(a, "GET", "/health", "").0, 200, "health needs no key");
+        for headers in [
+            "",
+            "Authorization: Bearer wrong\r\n",
+            "Authorization: s3cret\r\n",
+        ] {
+            for (m, path, body) in [
+                ("GET", "/v1/models", ""),
+                ("POST", "/v1/chat/completions", CHAT),
+            ] {
+                let (s, b) = http_with(a, m, path, body, headers);
+                assert_eq!(s, 401, "{m} {path} with {headers:?}: {b}");
+                assert!(
+                    json(&b)["error"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("API key"),
+                    "{b}"
+                );
+            }
+        }
+        let key = "Authorization: Bearer s3cret\r\n";
+        assert_eq!(http_with(a, "GET", "/v1/models", "", key).0, 200);
+        let (s, b) = http_with(a, "POST", "/v1/chat/completions", CHAT, key);
+        assert_eq!(s, 200, "{b}");
+        assert!(
+            json(&b)["choices"][0]["message"]["content"].is_string(),
+            "{b}"
+        );
+    }
+    // Listening beyond loopback without a key is refused before anything loads.
+    let out = Command::new(env!("CARGO_BIN_EXE_famstream"))
+        .args(["serve", "--host", "0.0.0.0", "--port", "0"])
+        .env_remove("FAMSTREAM_API_KEY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--api-key") && err.contains("--insecure"),
+        "{err}"
     );
 }

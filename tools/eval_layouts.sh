@@ -9,7 +9,7 @@
 #   plain  - text, then the question (the default layout)
 #   focus  - the questions stated before the text too (--focus), then the text, then the question
 #   notes  - plain + running notes the model writes every 1024 tokens (--notes-every 1024)
-# Writes results/layouts/*.json and the README table between <!-- layouts:begin/end -->.
+# Writes results/layouts/*.json and the results/README.md table between <!-- layouts:begin/end -->.
 # ~12k-token transcript (the early and middle facts are 11k and 6k tokens before the question,
 # outside the 4k-token window). About 3 minutes per policy and layout on 2 cores. Policies:
 # sink, bswa, fam (the paper's rule), fam-reread (fam with the reread feedback).
@@ -55,7 +55,7 @@ PY
     mv "$out/$name.json.tmp" "$out/$name.json"
   done
 done
-python3 - "$out" README.md <<'PY'
+python3 - "$out" results/README.md <<'PY'
 import json, re, sys
 from pathlib import Path
 d, readme = Path(sys.argv[1]), Path(sys.argv[2])

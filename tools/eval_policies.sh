@@ -2,7 +2,7 @@
 # Measure every memory policy on the real model: streaming perplexity per 8k-token segment of
 # Moby-Dick (with the KL divergence from full attention over the first 8k positions), and
 # passkey retrieval at several filler lengths. Writes JSON to results/ and regenerates the
-# README table with tools/results_table.py.
+# results/README.md table with tools/results_table.py.
 #
 # Usage: [JOBS=2] [THREADS=N] tools/eval_policies.sh [quick|full]
 #   full  : 204,800 tokens of perplexity, passkey at 2k/8k/32k/128k (~6 hours on 2 cores)
@@ -83,5 +83,5 @@ run_task() { # "file<TAB>checkpoint<TAB>command"
 export -f run_task
 status=0
 printf '%s\0' "${tasks[@]}" | xargs -0 -n 1 -P "$JOBS" bash -c 'run_task "$1"' _ || status=$?
-python3 tools/results_table.py "$out" README.md
+python3 tools/results_table.py "$out" results/README.md
 exit $status

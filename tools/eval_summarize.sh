@@ -2,7 +2,7 @@
 # Summarization of a long transcript with planted facts (tools/make_transcript.py), per memory
 # policy: the transcript is read once into a state snapshot, then each fact is asked about
 # (--ask, greedy) and a summary is generated; we count the facts recovered. Writes
-# results/summarize/*.json and the README table between <!-- summarize:begin/end -->.
+# results/summarize/*.json and the results/README.md table between <!-- summarize:begin/end -->.
 # Usage: tools/eval_summarize.sh   (about 2 minutes per policy on 2 cores)
 source "$(dirname "$0")/lib.sh"
 out=results/summarize
@@ -31,7 +31,7 @@ print(json.dumps({"policy": name, "flags": flags, "answers": answers, "summary":
                   "facts_in_summary": in_summary}, indent=1))
 PY
 done
-python3 - "$out" README.md <<'PY'
+python3 - "$out" results/README.md <<'PY'
 import json, re, sys
 from pathlib import Path
 d, readme = Path(sys.argv[1]), Path(sys.argv[2])

@@ -18,6 +18,9 @@ Subcommands:
   export  RUN_DIR --base-gguf GGUF --out ADAPTER.gguf
                                          GGUF adapter in llama.cpp's LoRA layout + fam.init_memory
                                          + the fam.* settings it was trained with
+  migrate OLD.gguf NEW.gguf              rewrite an adapter whose fam.init_memory is a tensor
+                                         (before metadata; llama.cpp refuses such files) in the
+                                         current layout: the same values, as a metadata array
   smoke                                  CI: train/resume/export on the tiny checkpoint, loss
                                          falls on a fixed batch, goldens regenerate as committed
   report  RUN_DIR [--splice]              the log as Markdown (compute, held-out recall curve)
@@ -521,7 +524,9 @@ def export_adapter(model, s, out, base_gguf=None, name="famstream FAM adapter", 
                 w.add_tensor(base + ".lora_b", np.ascontiguousarray(Bm, dtype=lora_dtype))  # ne [r, n_out]
         init = model.initial_fam(dict(s, init="learned"), 1)
         mem = np.stack([init[l][0].cpu().float().numpy() for l in range(model.L)])  # [L, F, d] -> ne [d, F, L]
-        w.add_tensor("fam.init_memory", np.ascontiguousarray(mem, dtype=np.float32))
+        # a metadata array, not a tensor: llama.cpp's adapter loader refuses tensors other than
+        # .lora_a/.lora_b, but ignores metadata it does not know (src/init_memory.rs)
+        w.add_array("fam.init_memory", mem.astype(np.float32).ravel().tolist())
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     os.replace(str(out) + ".tmp", out)
 
@@ -536,6 +541,36 @@ def cmd_export(a):
 
 # ------------------------------------------------------------------------------------------------
 # Goldens for the Rust test, after checking this forward against the numpy reference
+
+def cmd_migrate(a):
+    """fam.init_memory tensor -> metadata array (src/init_memory.rs); everything else as it is."""
+    import gguf
+    r = gguf.GGUFReader(a.old)
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    out = Path(a.new)
+    w = gguf.GGUFWriter(str(out) + ".tmp", arch)
+    for name, f in r.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        vtype = f.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            w.add_array(name, list(f.contents()))
+        else:
+            w.add_key_value(name, f.contents(), vtype)
+    mem = None
+    for t in r.tensors:
+        data = np.asarray(t.data)
+        if t.name == "fam.init_memory":
+            mem = data.astype(np.float32).ravel()
+            continue
+        w.add_tensor(t.name, data, raw_dtype=t.tensor_type)
+    if mem is None:
+        sys.exit(f"{a.old}: no fam.init_memory tensor, nothing to migrate")
+    w.add_array("fam.init_memory", mem.tolist())
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    os.replace(str(out) + ".tmp", out)
+    print(f"wrote {out}: {len(r.tensors) - 1} LoRA tensors, fam.init_memory as {mem.size} f32 metadata values")
+
 
 def cmd_goldens(a):
     torch.set_num_threads(a.threads)
@@ -649,11 +684,15 @@ def cmd_smoke(a):
         out = Path(tmp) / "adapter.gguf"
         call("export", str(run), "--base-gguf", str(tiny / "model.f32.gguf"), "--out", str(out))
         r = gguf.GGUFReader(str(out))
-        model, _, _ = load_run(run)
+        model, _, ck = load_run(run)
         a0 = next(t for t in r.tensors if t.name == "blk.0.attn_v.weight.lora_a")
         assert np.array_equal(np.asarray(a0.data), model.lora["0_v_a"].detach().numpy()), "export lost LoRA A"
-        mem = next(t for t in r.tensors if t.name == "fam.init_memory")
-        assert list(mem.shape) == [model.d, 4, model.L], mem.shape
+        assert not any(t.name == "fam.init_memory" for t in r.tensors), "init memory must be metadata"
+        mem = np.asarray(r.fields["fam.init_memory"].contents(), dtype=np.float32)
+        with torch.no_grad():
+            want = torch.stack([x[0] for x in model.initial_fam(dict(ck["settings"], init="learned"), 1)])
+        assert mem.shape == (model.d * 4 * model.L,), mem.shape
+        assert np.array_equal(mem, want.detach().float().numpy().ravel()), "export lost the init memory"
         # learning: one fixed batch, 12 steps, the answer loss must fall
         m = Model(tiny / "hf", rank=4, fam_len=4)
         s = dict(policy="fam", block_size=64, mem_blocks=0, fam_len=4, sinks=0, init="learned",
@@ -742,6 +781,10 @@ def parser():
     rp.add_argument("run_dir")
     rp.add_argument("--splice", action="store_true", help="write it into results/README.md")
     rp.set_defaults(func=cmd_report)
+    mg = sub.add_parser("migrate")
+    mg.add_argument("old")
+    mg.add_argument("new")
+    mg.set_defaults(func=cmd_migrate)
     sm = sub.add_parser("smoke")
     sm.add_argument("--threads", type=int, default=2)
     sm.set_defaults(func=cmd_smoke)

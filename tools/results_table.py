@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Render results/<scale>/*.json (from tools/eval_policies.sh) as Markdown tables and put them in
-README.md between the markers <!-- results:begin --> and <!-- results:end --> (quick scale), or
+results/README.md between the markers <!-- results:begin --> and <!-- results:end --> (quick scale), or
 <!-- results-<scale>:begin/end --> (another scale), then the long-stream tables.
 
-usage: tools/results_table.py RESULTS_DIR README.md"""
+usage: tools/results_table.py RESULTS_DIR results/README.md"""
 import json, sys, re
 from pathlib import Path
 

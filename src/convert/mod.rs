@@ -149,8 +149,6 @@ enum Source {
     /// `Some(pair)` (an index into the adapter's pairs), the adapter's `scale * B A` is added
     /// in f32 first.
     Gguf(usize, Option<usize>),
-    /// A tensor of the adapter merged in (its learned initial FAM), copied as bytes.
-    Adapter(crate::gguf::TensorInfo),
 }
 
 struct Planned {
@@ -199,8 +197,10 @@ pub fn convert(
 
 /// [`convert`], merging a LoRA `adapter` into the weights (GGUF input only): each adapted
 /// weight becomes `W + scale * B A` (dequantized, summed in f32, quantized to its output type:
-/// the `--type` asked for, else its own); the adapter's `fam.init_memory` and `fam.*` keys are
-/// copied (`opts.fam` still overrides the keys). The result runs without the adapter.
+/// the `--type` asked for, else its own); the adapter's `fam.*` keys are copied (`opts.fam`
+/// still overrides them) and its `fam.init_memory` replaces the input's. A learned initial FAM
+/// is written as a metadata array ([`crate::init_memory`]), so llama.cpp reads the result. The
+/// result runs without the adapter.
 pub fn convert_with_adapter(
     input: &Path,
     output: &Path,
@@ -497,12 +497,9 @@ fn convert_gguf(
     }
     let n_layer = g.u32(&g.arch_key("block_count")?)? as usize;
     let tied = g.tensor("output.weight").is_none();
+    let hp = crate::model::HParams::from_gguf(&g)?;
     let adapter = match adapter {
-        Some(p) => Some(crate::adapter::AdapterFile::open(
-            p,
-            &g,
-            &crate::model::HParams::from_gguf(&g)?,
-        )?),
+        Some(p) => Some(crate::adapter::AdapterFile::open(p, &g, &hp)?),
         None => None,
     };
     let mut w = GgufWriter::new();
@@ -518,11 +515,32 @@ fn convert_gguf(
             }
         }
     }
-    let adapter_init = adapter.as_ref().and_then(|a| a.init_memory.clone());
+    // The learned initial FAM, the adapter's over the input's, goes out as a metadata array
+    // (crate::init_memory): a tensor llama.cpp does not know would make it refuse the file.
+    let init = match adapter
+        .as_ref()
+        .map(|a| crate::init_memory::find(&a.gguf, hp.n_embd, hp.n_layer))
+        .transpose()?
+        .flatten()
+    {
+        Some(l) => Some(l),
+        None => crate::init_memory::find(&g, hp.n_embd, hp.n_layer)?,
+    };
+    if let Some(l) = &init {
+        let values: Vec<f32> = l
+            .data
+            .chunks_exact(4)
+            .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        w.set(
+            crate::init_memory::KEY,
+            crate::gguf::Value::Array(crate::gguf::Array::F32(values)),
+        );
+    }
     let mut plan = Vec::new();
     for (i, t) in g.tensors().iter().enumerate() {
-        if adapter_init.is_some() && t.name == crate::state::LEARNED_FAM_TENSOR {
-            continue; // replaced by the adapter's, below
+        if t.name == crate::init_memory::KEY {
+            continue; // written as metadata, above
         }
         let pair = adapter
             .as_ref()
@@ -546,25 +564,10 @@ fn convert_gguf(
             source: Source::Gguf(i, pair),
         });
     }
-    if let Some(t) = adapter_init {
-        plan.push(Planned {
-            name: t.name.clone(),
-            ne: t.ne.clone(),
-            wanted: t.ty,
-            ty: t.ty,
-            source: Source::Adapter(t),
-        });
-    }
     let report = finish(&mut w, &plan, opts.target, opts)?;
     write_plan(&w, &plan, output, progress, |p| {
         let (i, pair) = match &p.source {
             Source::Gguf(i, pair) => (*i, *pair),
-            Source::Adapter(t) => {
-                let a = adapter
-                    .as_ref()
-                    .expect("an adapter tensor comes from an adapter");
-                return Ok(Some(a.gguf.tensor_data(t)?.to_vec()));
-            }
             Source::Hf { .. } => return Ok(None),
         };
         let t = &g.tensors()[i];

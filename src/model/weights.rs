@@ -8,8 +8,8 @@ use crate::adapter::{Adapter, AdapterFile, Lora, Target};
 use crate::error::{Error, Result};
 use crate::ggml::{Backend, Tensor, TensorSet};
 use crate::gguf::{GgufFile, TensorInfo};
+use crate::init_memory::{self, LearnedFam};
 use crate::settings::FamSettings;
-use crate::state::LEARNED_FAM_TENSOR;
 use std::path::Path;
 
 /// Indices into the weight set for one transformer layer.
@@ -116,6 +116,39 @@ impl<'g> Loader<'g> {
     }
 }
 
+/// RoPE scaling is not implemented yet: Llama 3.x files carry per-dimension frequency factors
+/// (`rope_freqs.weight`, the "llama3" scaling) and others `{arch}.rope.scaling.*` keys (linear,
+/// YaRN). Run as if absent, such a file gives wrong positions with no error, so it is refused,
+/// naming what it holds.
+fn check_rope_scaling(g: &GgufFile) -> Result<()> {
+    let arch = g.architecture()?;
+    if g.tensor("rope_freqs.weight").is_some() {
+        return Err(Error::Unsupported(format!(
+            "{}: RoPE frequency factors (`rope_freqs.weight`, Llama 3.x \"llama3\" rope \
+             scaling)",
+            g.path().display()
+        )));
+    }
+    let ty_key = format!("{arch}.rope.scaling.type");
+    let factor_key = format!("{arch}.rope.scaling.factor");
+    let ty = g.opt_str(&ty_key)?;
+    let factor = g.opt_f32(&factor_key)?;
+    let scaled = match ty {
+        Some("none") => false,
+        Some(_) => true,
+        None => factor.is_some_and(|f| f != 0.0 && f != 1.0),
+    };
+    if scaled {
+        return Err(Error::Unsupported(format!(
+            "{}: RoPE scaling `{}` (`{ty_key}`), factor {} (`{factor_key}`)",
+            g.path().display(),
+            ty.unwrap_or("unnamed"),
+            factor.map_or("unset".to_string(), |f| f.to_string())
+        )));
+    }
+    Ok(())
+}
+
 impl Model {
     /// Open a GGUF file and load its weights for `backend`'s device (with ggml's CPU
     /// repacking where it has one, like llama.cpp).
@@ -139,6 +172,7 @@ impl Model {
                 hp.rope_dims, hp.head_dim
             )));
         }
+        check_rope_scaling(&gguf)?;
         let (e, q, kv, ff, nv) = (
             hp.n_embd,
             hp.n_head * hp.head_dim,
@@ -293,17 +327,16 @@ impl Model {
         Ok(s)
     }
 
-    /// The learned initial FAM (`fam.init_memory`) and the file holding it: the adapter's if
-    /// it has one, else the model file's, if any.
-    pub fn learned_fam(&self) -> Option<(&GgufFile, &TensorInfo)> {
+    /// The learned initial FAM (`fam.init_memory`, [`crate::init_memory`]) and the file
+    /// holding it: the adapter's if it has one, else the model file's, if any.
+    pub fn learned_fam(&self) -> Result<Option<LearnedFam<'_>>> {
+        let (n_embd, n_layer) = (self.hp.n_embd, self.hp.n_layer);
         if let Some(a) = &self.adapter {
-            if let Some(t) = &a.file.init_memory {
-                return Some((&a.file.gguf, t));
+            if let Some(l) = init_memory::find(&a.file.gguf, n_embd, n_layer)? {
+                return Ok(Some(l));
             }
         }
-        self.gguf
-            .tensor(LEARNED_FAM_TENSOR)
-            .map(|t| (&self.gguf, t))
+        init_memory::find(&self.gguf, n_embd, n_layer)
     }
 
     /// True when all weights are computed on in place from the memory map (CPU, Metal), none

@@ -11,6 +11,37 @@ use std::sync::OnceLock;
 /// Panics (fails the test) if it cannot be fetched: tests never silently skip.
 pub mod llama;
 
+/// A tensor to add to a GGUF copy: name, type, ggml dims, bytes.
+pub type ExtraTensor = (String, famstream::dtype::GgmlType, Vec<u64>, Vec<u8>);
+
+/// Writes a copy of the GGUF at `src` to `out`, with the metadata `meta` set (added or replaced)
+/// and the `extra` tensors appended after the file's own.
+pub fn gguf_copy(
+    src: &std::path::Path,
+    out: &std::path::Path,
+    meta: &[(&str, famstream::gguf::Value)],
+    extra: &[ExtraTensor],
+) {
+    let g = famstream::gguf::GgufFile::open(src).unwrap();
+    let mut w = famstream::gguf::GgufWriter::new();
+    for (k, v) in g.metadata() {
+        w.set(k, v.clone());
+    }
+    for (k, v) in meta {
+        w.set(k, v.clone());
+    }
+    let mut data: Vec<&[u8]> = Vec::new();
+    for t in g.tensors() {
+        w.add_tensor(&t.name, t.ty, &t.ne).unwrap();
+        data.push(g.tensor_data(t).unwrap());
+    }
+    for (n, ty, ne, d) in extra {
+        w.add_tensor(n, *ty, ne).unwrap();
+        data.push(d);
+    }
+    w.write_with_data(out, &data).unwrap();
+}
+
 pub fn model_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
