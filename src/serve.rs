@@ -208,7 +208,7 @@ fn parse(
     opts: &ServeOptions,
     req: &mut tiny_http::Request,
     chat: bool,
-) -> std::result::Result<(Job, Receiver<Event>, bool), HttpError> {
+) -> std::result::Result<(Job, Receiver<Event>, Streaming), HttpError> {
     if req.body_length().is_some_and(|n| n > opts.max_body) {
         return Err(HttpError(
             413,
@@ -232,6 +232,7 @@ fn parse(
         .as_object()
         .ok_or_else(|| HttpError(400, "the body must be a JSON object".into()))?;
     let bad = |k: &str, want: &str| HttpError(400, format!("`{k}` must be {want}"));
+    check_fields(obj, chat)?;
     let num = |k: &str| -> std::result::Result<Option<f64>, HttpError> {
         match obj.get(k) {
             None | Some(Json::Null) => Ok(None),
@@ -264,6 +265,24 @@ fn parse(
     }
     let temperature = num("temperature")?.unwrap_or(0.7);
     let top_p = num("top_p")?.unwrap_or(0.95);
+    let defaults = SamplerConfig::default();
+    let top_k = num("top_k")?.map_or(defaults.top_k as f64, |k| k.max(0.0));
+    let min_p = num("min_p")?.unwrap_or(defaults.min_p as f64);
+    if top_k.fract() != 0.0 || !(0.0..=1.0).contains(&min_p) {
+        return Err(HttpError(
+            400,
+            "`top_k` must be a non-negative integer and `min_p` in [0, 1]".into(),
+        ));
+    }
+    let include_usage = match obj.get("stream_options") {
+        None | Some(Json::Null) => false,
+        Some(Json::Object(o)) => match o.get("include_usage") {
+            None | Some(Json::Null) => false,
+            Some(Json::Bool(b)) => *b,
+            Some(_) => return Err(bad("stream_options.include_usage", "a boolean")),
+        },
+        Some(_) => return Err(bad("stream_options", "an object")),
+    };
     if !(0.0..=2.0).contains(&temperature) || !(0.0..=1.0).contains(&top_p) {
         return Err(HttpError(
             400,
@@ -338,8 +357,10 @@ fn parse(
         sampler: SamplerConfig {
             temperature: temperature as f32,
             top_p: top_p as f32,
+            top_k: top_k as usize,
+            min_p: min_p as f32,
             seed,
-            ..SamplerConfig::default()
+            ..defaults
         },
         stop,
     };
@@ -352,8 +373,74 @@ fn parse(
             out: tx,
         },
         rx,
-        stream,
+        Streaming {
+            stream,
+            include_usage,
+        },
     ))
+}
+
+/// How the reply goes out.
+struct Streaming {
+    /// As server-sent events.
+    stream: bool,
+    /// `stream_options.include_usage`: a last event with the token counts.
+    include_usage: bool,
+}
+
+/// Request fields that are accepted: those honoured (`honoured`), and those of features not
+/// implemented, accepted only with the value that asks for nothing (`inert`). Any other field,
+/// or a non-inert value, is refused with a 400 naming it: nothing a client asks for is silently
+/// ignored.
+fn check_fields(
+    obj: &serde_json::Map<String, Json>,
+    chat: bool,
+) -> std::result::Result<(), HttpError> {
+    const HONOURED: &[&str] = &[
+        "model",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "stop",
+        "seed",
+        "stream",
+        "stream_options",
+        "session",
+        "user",
+    ];
+    let input = if chat { "messages" } else { "prompt" };
+    for (k, v) in obj {
+        if HONOURED.contains(&k.as_str()) || k == input {
+            continue;
+        }
+        let inert = match k.as_str() {
+            "n" | "best_of" => v.is_null() || v.as_f64() == Some(1.0),
+            "presence_penalty" | "frequency_penalty" => v.is_null() || v.as_f64() == Some(0.0),
+            "logprobs" => v.is_null() || *v == Json::Bool(false) || v.as_f64() == Some(0.0),
+            "top_logprobs" => v.is_null() || v.as_f64() == Some(0.0),
+            "logit_bias" => v.is_null() || v.as_object().is_some_and(|o| o.is_empty()),
+            "response_format" => v.is_null() || v["type"] == "text",
+            "tools" | "functions" => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
+            "tool_choice" | "function_call" => v.is_null() || v == "none",
+            "echo" => v.is_null() || *v == Json::Bool(false),
+            _ => {
+                return Err(HttpError(
+                    400,
+                    format!("unknown field `{k}` (famstream does not implement it)"),
+                ))
+            }
+        };
+        if !inert {
+            return Err(HttpError(
+                400,
+                format!("`{k}` = {v} is not supported by famstream yet"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn session_exists(opts: &ServeOptions, name: &str) -> bool {
@@ -367,7 +454,14 @@ fn completion(
     mut req: tiny_http::Request,
     chat: bool,
 ) {
-    let (job, rx, stream) = match parse(rt, opts, &mut req, chat) {
+    let (
+        job,
+        rx,
+        Streaming {
+            stream,
+            include_usage,
+        },
+    ) = match parse(rt, opts, &mut req, chat) {
         Ok(x) => x,
         Err(HttpError(s, m)) => {
             let _ = req.respond(json_response(s, error_body(s, &m)));
@@ -398,6 +492,7 @@ fn completion(
             buf: Vec::new(),
             pos: 0,
             done: false,
+            include_usage,
             chat,
             id,
             created,
@@ -445,6 +540,7 @@ struct Sse {
     buf: Vec<u8>,
     pos: usize,
     done: bool,
+    include_usage: bool,
     chat: bool,
     id: String,
     created: u64,
@@ -476,9 +572,28 @@ impl Read for Sse {
             }
             let next = match self.rx.recv() {
                 Ok(Event::Piece(p)) => self.chunk(Some(&p), None),
-                Ok(Event::Done { finish_reason, .. }) => {
+                Ok(Event::Done {
+                    finish_reason,
+                    prompt_tokens,
+                    completion_tokens,
+                }) => {
                     self.done = true;
-                    format!("{}data: [DONE]\n\n", self.chunk(None, Some(finish_reason)))
+                    let usage = if self.include_usage {
+                        let object = if self.chat {
+                            "chat.completion.chunk"
+                        } else {
+                            "text_completion"
+                        };
+                        let u = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
+                        let j = json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [], "usage": u});
+                        format!("data: {j}\n\n")
+                    } else {
+                        String::new()
+                    };
+                    format!(
+                        "{}{usage}data: [DONE]\n\n",
+                        self.chunk(None, Some(finish_reason))
+                    )
                 }
                 Ok(Event::Failed(m)) => {
                     self.done = true;

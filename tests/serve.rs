@@ -323,3 +323,69 @@ fn api_keys_guard_every_endpoint_but_health() {
         "{err}"
     );
 }
+
+/// Each OpenAI request field is honoured or refused with a 400 that names it, never ignored.
+#[test]
+fn openai_fields_are_honoured_or_refused_by_name() {
+    let srv = start(&[]);
+    let a = srv.addr.as_str();
+    let chat = |extra: &str| {
+        let body = format!(
+            r#"{{"messages":[{{"role":"user","content":"Count to ten."}}],"max_tokens":6,"temperature":0{extra}}}"#
+        );
+        http(a, "POST", "/v1/chat/completions", &body)
+    };
+    for (extra, field) in [
+        (r#","n":2"#, "`n`"),
+        (r#","presence_penalty":0.5"#, "`presence_penalty`"),
+        (r#","frequency_penalty":1"#, "`frequency_penalty`"),
+        (r#","logprobs":true"#, "`logprobs`"),
+        (r#","top_logprobs":3"#, "`top_logprobs`"),
+        (
+            r#","response_format":{"type":"json_object"}"#,
+            "`response_format`",
+        ),
+        (
+            r#","tools":[{"type":"function","function":{"name":"f"}}]"#,
+            "`tools`",
+        ),
+        (r#","tool_choice":"required""#, "`tool_choice`"),
+        (r#","logit_bias":{"42":5}"#, "`logit_bias`"),
+        (r#","frobnicate":1"#, "`frobnicate`"),
+        (
+            r#","stream_options":{"include_usage":"yes"}"#,
+            "include_usage",
+        ),
+        (r#","top_k":1.5"#, "`top_k`"),
+    ] {
+        let (s, b) = chat(extra);
+        assert_eq!(s, 400, "{extra}: {b}");
+        let msg = json(&b)["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.contains(field), "{extra}: {msg}");
+    }
+    // the values that ask for nothing are accepted, and honoured fields act
+    let (s, b) = chat(
+        r#","n":1,"presence_penalty":0,"frequency_penalty":0,"logprobs":false,"response_format":{"type":"text"},"tools":[],"tool_choice":"none","top_k":1,"min_p":0"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = chat(r#","max_completion_tokens":3,"max_tokens":null"#);
+    assert_eq!(s, 200, "{b}");
+    let used = json(&b)["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!((1..=3).contains(&used), "{b}");
+    // stream_options.include_usage: a last chunk with no choices and the counts, then [DONE]
+    let (s, b) = chat(r#","stream":true,"stream_options":{"include_usage":true}"#);
+    assert_eq!(s, 200, "{b}");
+    let events: Vec<&str> = b.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{b}");
+    let last: serde_json::Value = serde_json::from_str(events[events.len() - 2]).unwrap();
+    assert_eq!(last["choices"], serde_json::json!([]), "{b}");
+    let u = &last["usage"];
+    assert!(u["completion_tokens"].as_u64().unwrap() >= 1, "{b}");
+    assert_eq!(
+        u["total_tokens"].as_u64(),
+        Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap())
+    );
+    // without it, no usage chunk
+    let (_, b) = chat(r#","stream":true"#);
+    assert!(!b.contains("\"usage\""), "{b}");
+}
