@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Speed and state size of the trained FAM against `sink` at the same window (issue 18): the
+adapter applied in the graph (`--adapter`), the same adapter merged into the weights
+(`famstream convert --adapter`), the un-tuned `fam`, and `sink`, all at the adapter's window
+(B = 64, M = 0, F = 16; sink S = 4), on the default model.
+
+Runs `famstream bench --json` for each configuration, ROUNDS times in alternating order (the
+order rotates each round, so a slow spell of the machine does not land on one configuration),
+and reports the median over rounds of each run's best-of-R tokens/s. Run it on a quiet machine.
+
+usage: tools/bench_adapter.py [--rounds 3] [--threads 2] [--splice]
+writes results/speed/adapter.json and, with --splice, the table into results/README.md."""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+ADAPTER = ROOT / "results/adapters/smollm2-135m-fam-b64.gguf"
+BIN = ROOT / "target/release/famstream"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("-p", type=int, default=256, help="prompt tokens")
+    ap.add_argument("-n", type=int, default=128, help="generated tokens (crosses FAM updates at B=64)")
+    ap.add_argument("--splice", action="store_true")
+    a = ap.parse_args()
+    model = subprocess.run(["bash", str(ROOT / "tools/fetch_model.sh")], check=True, capture_output=True,
+                           text=True).stdout.strip()
+    w = ["--block", "64", "--mem-blocks", "0"]
+    with tempfile.TemporaryDirectory() as tmp:
+        merged = Path(tmp) / "merged.gguf"
+        subprocess.run([str(BIN), "convert", model, "--adapter", str(ADAPTER), "-o", str(merged)], check=True,
+                       capture_output=True)
+        configs = {
+            "sink (S=4)": ["-m", model, "--memory", "sink", *w, "--sinks", "4"],
+            "fam, un-tuned (F=16, seed init)": ["-m", model, "--memory", "fam", *w, "--fam-len", "16"],
+            "fam, trained: adapter in the graph": ["-m", model, "--adapter", str(ADAPTER)],
+            "fam, trained: adapter merged": ["-m", str(merged)],
+        }
+        runs = {k: [] for k in configs}
+        names = list(configs)
+        for r in range(a.rounds):
+            for i in range(len(names)):
+                name = names[(i + r) % len(names)]
+                out = subprocess.run([str(BIN), "bench", *configs[name], "-p", str(a.p), "-n", str(a.n), "-r", "3",
+                                      "-t", str(a.threads), "--json"], check=True, capture_output=True, text=True)
+                runs[name].append(json.loads(out.stdout))
+                print(f"round {r + 1}: {name}: tg {runs[name][-1]['tg_tokens_per_s']:.1f} t/s", file=sys.stderr)
+    rows = []
+    base_tg = statistics.median(x["tg_tokens_per_s"] for x in runs[names[0]])
+    for name in names:
+        tg = statistics.median(x["tg_tokens_per_s"] for x in runs[name])
+        pp = statistics.median(x["pp_tokens_per_s"] for x in runs[name])
+        rows.append(dict(config=name, pp=pp, tg=tg, tg_vs_sink=tg / base_tg, state_bytes=runs[name][0]["state_bytes"],
+                         peak_rss_bytes=max(x["peak_rss_bytes"] for x in runs[name])))
+    out = ROOT / "results/speed/adapter.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(rounds=a.rounds, threads=a.threads, n_prompt=a.p, n_gen=a.n, rows=rows,
+                                   runs=runs), indent=1) + "\n")
+    lines = ["| configuration | pp t/s | tg t/s | tg vs sink | state bytes | peak RSS MiB |", "|---|---|---|---|---|---|"]
+    for x in rows:
+        lines.append(f"| {x['config']} | {x['pp']:.1f} | {x['tg']:.1f} | {x['tg_vs_sink']:.3f} | {x['state_bytes']:,} | "
+                     f"{x['peak_rss_bytes'] / 2**20:.0f} |")
+    table = "\n".join(lines) + (f"\n\n(`tools/bench_adapter.py --rounds {a.rounds} --threads {a.threads}`: "
+                                f"pp{a.p}/tg{a.n}, median over rounds of the best of 3, order rotating)")
+    print(table)
+    if a.splice:
+        from recall_bench import splice
+        splice(ROOT / "results/README.md", "adapter-speed", table)
+
+
+if __name__ == "__main__":
+    main()
