@@ -315,6 +315,7 @@ impl SampleArgs {
                 seed: self.seed,
             },
             stop: self.stop.clone(),
+            logprobs: None,
         })
     }
 }

@@ -418,7 +418,7 @@ fn greedy(max_tokens: usize) -> GenerateOptions {
     GenerateOptions {
         max_tokens,
         sampler: SamplerConfig::greedy(),
-        stop: vec![],
+        ..GenerateOptions::default()
     }
 }
 

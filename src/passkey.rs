@@ -58,7 +58,7 @@ pub fn trial(
     let opts = GenerateOptions {
         max_tokens: 8,
         sampler: SamplerConfig::greedy(),
-        stop: vec![],
+        ..GenerateOptions::default()
     };
     let t0 = std::time::Instant::now();
     let stats = rt.generate(eng, state, &tokens, &opts, |_| true)?;

@@ -76,6 +76,44 @@ pub struct GenerateOptions {
     pub sampler: SamplerConfig,
     /// Stop when the output ends with any of these.
     pub stop: Vec<String>,
+    /// Record each generated token's log-probability under the model (before sampling's
+    /// transforms) and those of the `n` most likely tokens at that step (`Some(n)`).
+    pub logprobs: Option<usize>,
+}
+
+/// A generated token's log-probability and the most likely alternatives at its step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    /// (token, log-probability), most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprob {
+    /// From one step's logits: log-softmax (in f64) at `token` and at the `top` most likely.
+    pub fn from_logits(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+        let log_z = max
+            + logits
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        let lp = |t: usize| (logits[t] as f64 - log_z) as f32;
+        let mut ids: Vec<usize> = (0..logits.len()).collect();
+        let top = top.min(ids.len());
+        if top > 0 {
+            ids.select_nth_unstable_by(top - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+        }
+        let mut best: Vec<usize> = ids[..top].to_vec();
+        best.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        TokenLogprob {
+            token,
+            logprob: lp(token as usize),
+            top: best.into_iter().map(|t| (t as u32, lp(t))).collect(),
+        }
+    }
 }
 
 impl Default for GenerateOptions {
@@ -84,6 +122,7 @@ impl Default for GenerateOptions {
             max_tokens: 256,
             sampler: SamplerConfig::default(),
             stop: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -100,6 +139,8 @@ pub struct GenerateStats {
     pub text: String,
     /// "eos", "stop", "length" or "cancelled".
     pub finish_reason: &'static str,
+    /// One per generated token when [`GenerateOptions::logprobs`] asked for them.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 impl GenerateStats {
@@ -267,6 +308,11 @@ impl Runtime {
                 break;
             }
             sampler.accept(tok);
+            if let Some(n) = opts.logprobs {
+                stats
+                    .logprobs
+                    .push(TokenLogprob::from_logits(&logits, tok, n));
+            }
             stats.tokens.push(tok);
             stats.generated_tokens += 1;
             let piece = dec.push(&self.tokenizer, tok);
@@ -299,5 +345,26 @@ impl Runtime {
         }
         stats.generate_secs = t1.elapsed().as_secs_f64();
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod logprob_tests {
+    use super::TokenLogprob;
+
+    #[test]
+    fn logprobs_are_the_log_softmax_and_the_top_is_sorted() {
+        let logits = [1.0f32, 3.0, 2.0, -1.0];
+        let z: f64 = logits.iter().map(|&x| (x as f64).exp()).sum();
+        let want = |i: usize| ((logits[i] as f64).exp() / z).ln() as f32;
+        let l = TokenLogprob::from_logits(&logits, 2, 3);
+        assert!((l.logprob - want(2)).abs() < 1e-6);
+        let ids: Vec<u32> = l.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 2, 0]);
+        for (t, lp) in &l.top {
+            assert!((lp - want(*t as usize)).abs() < 1e-6);
+        }
+        // more alternatives than the vocabulary: all of it
+        assert_eq!(TokenLogprob::from_logits(&logits, 0, 10).top.len(), 4);
     }
 }

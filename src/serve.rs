@@ -20,7 +20,7 @@
 
 use crate::chat::Message;
 use crate::error::{Error, Result};
-use crate::runtime::{GenerateOptions, Runtime};
+use crate::runtime::{GenerateOptions, Runtime, TokenLogprob};
 use crate::sample::SamplerConfig;
 use crate::settings::FamSettings;
 use crate::state::{FamState, Logits};
@@ -109,6 +109,8 @@ enum Event {
         finish_reason: &'static str,
         prompt_tokens: usize,
         completion_tokens: usize,
+        /// One per completion token when the request asked for logprobs.
+        logprobs: Vec<TokenLogprob>,
     },
     Failed(String),
 }
@@ -351,6 +353,26 @@ fn parse(
             ),
         ));
     }
+    // chat logprobs (`check_fields` refuses them for completions)
+    let logprobs = match obj.get("logprobs") {
+        Some(Json::Bool(true)) if chat => {
+            let n = num("top_logprobs")?.unwrap_or(0.0);
+            if !(0.0..=20.0).contains(&n) || n.fract() != 0.0 {
+                return Err(bad("top_logprobs", "an integer from 0 to 20"));
+            }
+            Some(n as usize)
+        }
+        _ if chat && num("top_logprobs")?.is_some_and(|n| n != 0.0) => {
+            return Err(bad("logprobs", "true when `top_logprobs` is given"))
+        }
+        _ => None,
+    };
+    if logprobs.is_some() && stream {
+        return Err(HttpError(
+            400,
+            "`logprobs` with `stream` is not supported yet (ask without streaming)".into(),
+        ));
+    }
     let seed = num("seed")?.map_or(0x5EED, |s| s as u64);
     let gen = GenerateOptions {
         max_tokens: max_tokens as usize,
@@ -363,6 +385,7 @@ fn parse(
             ..defaults
         },
         stop,
+        logprobs,
     };
     let (tx, rx) = mpsc::sync_channel(64);
     Ok((
@@ -413,7 +436,8 @@ fn check_fields(
     ];
     let input = if chat { "messages" } else { "prompt" };
     for (k, v) in obj {
-        if HONOURED.contains(&k.as_str()) || k == input {
+        let chat_only = chat && matches!(k.as_str(), "logprobs" | "top_logprobs");
+        if HONOURED.contains(&k.as_str()) || k == input || chat_only {
             continue;
         }
         let inert = match k.as_str() {
@@ -468,6 +492,7 @@ fn completion(
             return;
         }
     };
+    let want_logprobs = job.gen.logprobs.is_some();
     if let Err(e) = jobs.try_send(job) {
         let msg = match e {
             mpsc::TrySendError::Full(_) => "the server is busy; retry later",
@@ -513,10 +538,12 @@ fn completion(
                 finish_reason,
                 prompt_tokens,
                 completion_tokens,
+                logprobs,
             }) => {
                 let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
                 let choice = if chat {
-                    json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason})
+                    let lp = want_logprobs.then(|| logprobs_json(rt, &logprobs));
+                    json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": finish_reason})
                 } else {
                     json!({"index": 0, "text": text, "finish_reason": finish_reason})
                 };
@@ -532,6 +559,24 @@ fn completion(
         }
     };
     let _ = req.respond(resp);
+}
+
+/// OpenAI's chat `logprobs` object: per token its text, log-probability, UTF-8 bytes and the
+/// most likely alternatives.
+fn logprobs_json(rt: &Runtime, lps: &[TokenLogprob]) -> Json {
+    let entry = |t: u32, lp: f32| {
+        let bytes = rt.tokenizer.token_bytes(t);
+        json!({"token": String::from_utf8_lossy(bytes), "logprob": lp, "bytes": bytes})
+    };
+    let content: Vec<Json> = lps
+        .iter()
+        .map(|l| {
+            let mut e = entry(l.token, l.logprob);
+            e["top_logprobs"] = l.top.iter().map(|&(t, lp)| entry(t, lp)).collect();
+            e
+        })
+        .collect();
+    json!({ "content": content })
 }
 
 /// Server-sent events, produced lazily from the worker's channel.
@@ -576,6 +621,7 @@ impl Read for Sse {
                     finish_reason,
                     prompt_tokens,
                     completion_tokens,
+                    ..
                 }) => {
                     self.done = true;
                     let usage = if self.include_usage {
@@ -694,5 +740,6 @@ fn run_job(
         finish_reason,
         prompt_tokens: tokens.len(),
         completion_tokens: stats.generated_tokens,
+        logprobs: stats.logprobs,
     })
 }

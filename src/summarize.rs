@@ -127,6 +127,7 @@ pub fn ingest(
                 max_tokens: opts.notes_tokens,
                 sampler: SamplerConfig::greedy(),
                 stop: vec!["]".into()],
+                ..GenerateOptions::default()
             };
             rt.generate(eng, state, &open, &notes, |_| true)?;
             state.feed(eng, &tok.encode(NOTES_CLOSE, false, false), Logits::None)?;

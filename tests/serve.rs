@@ -339,8 +339,9 @@ fn openai_fields_are_honoured_or_refused_by_name() {
         (r#","n":2"#, "`n`"),
         (r#","presence_penalty":0.5"#, "`presence_penalty`"),
         (r#","frequency_penalty":1"#, "`frequency_penalty`"),
-        (r#","logprobs":true"#, "`logprobs`"),
-        (r#","top_logprobs":3"#, "`top_logprobs`"),
+        (r#","top_logprobs":3"#, "`logprobs`"),
+        (r#","logprobs":true,"top_logprobs":21"#, "`top_logprobs`"),
+        (r#","logprobs":true,"stream":true"#, "`logprobs`"),
         (
             r#","response_format":{"type":"json_object"}"#,
             "`response_format`",
@@ -388,4 +389,47 @@ fn openai_fields_are_honoured_or_refused_by_name() {
     // without it, no usage chunk
     let (_, b) = chat(r#","stream":true"#);
     assert!(!b.contains("\"usage\""), "{b}");
+    // logprobs (chat): one entry per completion token; greedy picks the most likely token, so
+    // each token is its own first alternative; the tokens' bytes are the reply
+    let (s, b) = chat(r#","logprobs":true,"top_logprobs":3"#);
+    assert_eq!(s, 200, "{b}");
+    let j = json(&b);
+    let content = j["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        content.len() as u64,
+        j["usage"]["completion_tokens"].as_u64().unwrap(),
+        "{b}"
+    );
+    let mut bytes = Vec::new();
+    for e in content {
+        let lp = e["logprob"].as_f64().unwrap();
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{e}");
+        assert!(
+            lp <= 0.0 && top[0]["logprob"].as_f64().unwrap() >= top[1]["logprob"].as_f64().unwrap()
+        );
+        assert_eq!(top[0]["token"], e["token"], "greedy takes the argmax: {e}");
+        assert!(
+            (top[0]["logprob"].as_f64().unwrap() - lp).abs() < 1e-6,
+            "{e}"
+        );
+        bytes.extend(
+            e["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u8),
+        );
+    }
+    let reply = j["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(String::from_utf8_lossy(&bytes), reply, "{b}");
+    // completions' logprobs are not implemented: refused by name
+    let (s, b) = http(
+        a,
+        "POST",
+        "/v1/completions",
+        r#"{"prompt":"Hi","max_tokens":2,"logprobs":2}"#,
+    );
+    assert_eq!(s, 400, "{b}");
+    assert!(b.contains("`logprobs`"), "{b}");
 }
