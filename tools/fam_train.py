@@ -30,7 +30,7 @@ Subcommands:
                                          first checks this forward against tests/golden/fam/
 
 CPU by default (threads: --threads); `--device cuda` runs the same code on a GPU.
-Requirements: tools/requirements-models.txt (torch, safetensors, tokenizers, numpy, gguf).
+Requirements: tools/requirements.txt (torch, safetensors, tokenizers, numpy, gguf).
 """
 import argparse
 import json

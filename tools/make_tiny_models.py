@@ -29,7 +29,7 @@ Both share one byte-level BPE tokenizer (512 tokens, trained here on the start o
 
 How to run (no GPU needed; about 30 s on 2 cores, plus a one-time 77 MB download, see below):
 
-    python3 -m pip install -r tools/requirements-models.txt
+    python3 -m pip install -r tools/requirements.txt
     python3 tools/make_tiny_models.py                # writes tests/golden/tiny/
     python3 tools/make_tiny_models.py --out DIR      # somewhere else
 

