@@ -187,7 +187,7 @@ impl Engine {
         let n = b.tokens.len();
         let hp = &self.model.hp;
         if n == 0 || b.pos.len() != n || b.slots.len() != n || b.mask.len() != n * b.n_kv {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Internal(format!(
                 "inconsistent batch: {n} tokens, {} positions, {} slots, mask {} for n_kv {}",
                 b.pos.len(),
                 b.slots.len(),
@@ -201,7 +201,7 @@ impl Engine {
             || !b.sink_capture.iter().all(|&(_, _, s)| in_cache(s))
             || !b.sink_rotate.iter().all(|&(_, s)| in_cache(s))
         {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Internal(format!(
                 "batch addresses slots beyond the {} of the cache",
                 kv.n_slots()
             )));
@@ -220,10 +220,10 @@ impl Engine {
                 .iter()
                 .all(|c| c.0 >= 0 && (c.0 as usize) < n)
         {
-            return Err(Error::Invalid("batch row index out of range".into()));
+            return Err(Error::Internal("batch row index out of range".into()));
         }
         if (!b.sink_capture.is_empty() || !b.sink_rotate.is_empty()) && sinks.is_none() {
-            return Err(Error::Invalid(
+            return Err(Error::Internal(
                 "sink operations without a sink store".into(),
             ));
         }
@@ -326,11 +326,11 @@ impl Engine {
     pub fn run_fam(&mut self, kv: &KvStore, fam: &[Tensor<'_>], b: &FamBatch) -> Result<()> {
         let f = fam.first().map_or(0, |t| t.ne()[1] as usize);
         if f == 0 || fam.len() != self.model.hp.n_layer || b.pos.len() != f || b.slots.len() != f {
-            return Err(Error::Invalid("inconsistent FAM batch".into()));
+            return Err(Error::Internal("inconsistent FAM batch".into()));
         }
         if let Some((q, mask, _, _)) = b.update {
             if q.len() != f || mask.len() != f * b.n_kv || b.n_kv > kv.n_slots() {
-                return Err(Error::Invalid("inconsistent FAM update".into()));
+                return Err(Error::Internal("inconsistent FAM update".into()));
             }
         }
         if !b
@@ -338,7 +338,7 @@ impl Engine {
             .iter()
             .all(|&s| s >= 0 && (s as usize) < kv.n_slots())
         {
-            return Err(Error::Invalid("FAM slots beyond the cache".into()));
+            return Err(Error::Internal("FAM slots beyond the cache".into()));
         }
         let model = self.model.clone();
         let ctx = self.new_ctx()?;
@@ -370,7 +370,7 @@ impl Engine {
     /// Copy K/V slots [from, from+n) to [to, to+n) in every layer.
     pub fn run_kv_copy(&mut self, kv: &KvStore, from: usize, to: usize, n: usize) -> Result<()> {
         if n == 0 || from.max(to) + n > kv.n_slots() || from.abs_diff(to) < n {
-            return Err(Error::Invalid("bad K/V copy range".into()));
+            return Err(Error::Internal("bad K/V copy range".into()));
         }
         let model = self.model.clone();
         let ctx = self.new_ctx()?;
@@ -382,7 +382,7 @@ impl Engine {
     /// forward by `delta`).
     pub fn run_kshift(&mut self, kv: &KvStore, from: usize, to: usize, delta: i32) -> Result<()> {
         if from >= to || to > kv.n_slots() {
-            return Err(Error::Invalid("bad K-shift range".into()));
+            return Err(Error::Internal("bad K-shift range".into()));
         }
         let model = self.model.clone();
         let ctx = self.new_ctx()?;

@@ -39,7 +39,8 @@
 //!
 //! ## Module map
 //!
-//! - [`error`]: the one error enum; variants carry file/key/tensor context.
+//! - [`error`]: the one error enum; variants carry file/key/tensor context, and each has a
+//!   kind (usage, bad file, unsupported, I/O, internal bug) with its own exit code.
 //! - [`dtype`]: ggml's type table (block size, bytes per block), checked against ggml in tests.
 //! - [`gguf`]: our GGUF v2/v3 reader (memory-mapped, zero-copy, hostile-input safe) and writer
 //!   (atomic: temp file + rename). Knows the format, nothing about transformers.
@@ -131,4 +132,4 @@ pub mod summarize;
 pub mod tokenizer;
 pub mod util;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};

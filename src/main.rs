@@ -1751,7 +1751,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("famstream: error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.kind().exit_code())
         }
     }
 }

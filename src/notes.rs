@@ -572,11 +572,10 @@ pub fn read(
     let mut progress = Progress::default();
     if let Some(p) = checkpoint.filter(|p| p.exists()) {
         let raw = std::fs::read_to_string(p).map_err(|e| Error::io(p, "read", e))?;
-        let v: serde_json::Value = serde_json::from_str(&raw).map_err(|e| {
-            Error::Invalid(format!("{}: not a notes checkpoint ({e})", p.display()))
-        })?;
+        let v: serde_json::Value = serde_json::from_str(&raw)
+            .map_err(|e| Error::file(p, format!("not a notes checkpoint ({e})")))?;
         progress = Progress::from_json(&v, &input, &settings)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))?;
+            .map_err(|e| Error::file(p, e.to_string()))?;
     }
     take_notes(rt, eng, state, &chunks, opts, &mut progress, |step, pr| {
         if let Some(p) = checkpoint {

@@ -131,10 +131,7 @@ impl Reader {
     }
 
     fn bad(&self, what: String) -> Error {
-        Error::Invalid(format!(
-            "{}: not a usable snapshot: {what}",
-            self.path.display()
-        ))
+        Error::file(&self.path, format!("not a usable snapshot: {what}"))
     }
 
     fn read(&mut self, n: usize) -> Result<Vec<u8>> {

@@ -413,7 +413,7 @@ impl FamState {
         let fam = self
             .fam
             .as_ref()
-            .ok_or_else(|| Error::Invalid("no FAM store".into()))?;
+            .ok_or_else(|| Error::Internal("no FAM store".into()))?;
         for (il, rows) in layer_inputs.iter().enumerate() {
             let bytes: Vec<u8> = rows.iter().flat_map(|x| x.to_le_bytes()).collect();
             fam.get(il).write_bytes(first * self.n_embd * 4, &bytes)?;
@@ -560,8 +560,8 @@ impl FamState {
         let w = self.start_position + self.window_start(t);
         let delta = w - self.origin;
         if self.windowed() && delta >= REBASE_INTERVAL {
-            let d =
-                i32::try_from(delta).map_err(|_| Error::Invalid("RoPE rebase too large".into()))?;
+            let d = i32::try_from(delta)
+                .map_err(|_| Error::Internal("RoPE rebase too large".into()))?;
             eng.run_kshift(&self.kv, self.n_sink, self.kv.n_slots(), d)?;
             self.origin = w;
         }
@@ -849,7 +849,7 @@ impl FamState {
         let path = path.as_ref();
         let mut snap = Reader::open(path)?;
         let h = &snap.header.clone();
-        let bad = |what: String| Error::Invalid(format!("{}: {what}", path.display()));
+        let bad = |what: String| Error::file(path, what);
         let fp = format!("{:016x}", model.fingerprint());
         if h["model_fingerprint"].as_str() != Some(fp.as_str()) {
             return Err(bad("the snapshot was made with a different model".into()));
@@ -857,8 +857,11 @@ impl FamState {
         let settings = settings_from_json(&h["settings"])?;
         if let Some(e) = expected {
             if *e != settings {
-                return Err(bad(format!(
-                    "the snapshot was made with other memory settings ({settings:?}), not {e:?}"
+                // the file is fine; the command line asks for something else
+                return Err(Error::Invalid(format!(
+                    "{}: the snapshot was made with other memory settings ({settings:?}), not \
+                     {e:?}",
+                    path.display()
                 )));
             }
         }

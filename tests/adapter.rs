@@ -559,7 +559,10 @@ fn refused_run(adapter: &Path, extra: &[&str]) -> String {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{adapter:?}: {err}");
+    assert!(
+        matches!(out.status.code(), Some(2..=5)),
+        "{adapter:?}: {err}"
+    );
     assert!(err.starts_with("famstream: error:"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     err
@@ -920,7 +923,7 @@ fn inspect_shows_an_adapter_and_checks_it_against_a_model() {
         .arg(&path)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("general.architecture"));
 }
 

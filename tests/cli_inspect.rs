@@ -62,7 +62,7 @@ fn inspect_of_a_bad_file_fails_cleanly() {
     )
     .unwrap();
     let out = famstream(&["inspect", p.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
         err.contains("bad.gguf") && err.contains("tensor count"),
@@ -70,7 +70,7 @@ fn inspect_of_a_bad_file_fails_cleanly() {
     );
     assert!(!err.contains("panicked"));
     let out = famstream(&["inspect", dir.join("missing.gguf").to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(5));
     assert!(String::from_utf8(out.stderr)
         .unwrap()
         .contains("missing.gguf"));
@@ -131,7 +131,7 @@ fn rope_scaling_is_refused_not_ignored() {
     for (path, words) in cases {
         let out = famstream(&["run", "-m", path.to_str().unwrap(), "-p", "hi", "-n", "1"]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(out.status.code(), Some(4), "{err}");
         assert!(
             err.contains("unsupported: ") && !err.contains("panicked"),
             "{err}"
@@ -140,6 +140,20 @@ fn rope_scaling_is_refused_not_ignored() {
             assert!(err.contains(w), "`{w}` missing from: {err}");
         }
     }
+    // a setting that names nothing is a usage error (exit code 2), after the file checks passed
+    let plain = tiny_llama_with("rope-plain", &[], None);
+    let out = famstream(&[
+        "run",
+        "-m",
+        plain.to_str().unwrap(),
+        "-p",
+        "hi",
+        "--memory",
+        "lots",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--memory") && err.contains("lots"), "{err}");
     // an explicit `none` is no scaling: the file runs
     let none = tiny_llama_with(
         "rope-none",

@@ -317,7 +317,7 @@ fn api_keys_guard_every_endpoint_but_health() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains("--api-key") && err.contains("--insecure"),
         "{err}"
