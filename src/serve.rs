@@ -99,12 +99,20 @@ struct Job {
     prompt: String,
     session: Option<String>,
     gen: GenerateOptions,
+    /// Choices to generate (`n`), each from a fresh state with seed + index.
+    n: usize,
     /// Pieces of output, then one final event.
     out: SyncSender<Event>,
 }
 
 enum Event {
     Piece(String),
+    /// The end of one choice when more follow (`n` > 1; the last ends with `Done`).
+    Choice {
+        finish_reason: &'static str,
+        completion_tokens: usize,
+        logprobs: Vec<TokenLogprob>,
+    },
     Done {
         finish_reason: &'static str,
         prompt_tokens: usize,
@@ -114,6 +122,9 @@ enum Event {
     },
     Failed(String),
 }
+
+/// Most choices (`n`) one request may ask for: each is a full generation on the one worker.
+const MAX_CHOICES: usize = 8;
 
 /// An HTTP error: status and message.
 struct HttpError(u16, String);
@@ -373,6 +384,18 @@ fn parse(
             "`logprobs` with `stream` is not supported yet (ask without streaming)".into(),
         ));
     }
+    let n = num("n")?.unwrap_or(1.0);
+    if !(1.0..=MAX_CHOICES as f64).contains(&n) || n.fract() != 0.0 {
+        return Err(bad("n", &format!("an integer from 1 to {MAX_CHOICES}")));
+    }
+    let n = n as usize;
+    if n > 1 && (stream || session.is_some()) {
+        return Err(HttpError(
+            400,
+            "`n` > 1 is not supported with `stream` or a session (one conversation, one reply)"
+                .into(),
+        ));
+    }
     let seed = num("seed")?.map_or(0x5EED, |s| s as u64);
     let gen = GenerateOptions {
         max_tokens: max_tokens as usize,
@@ -393,6 +416,7 @@ fn parse(
             prompt,
             session,
             gen,
+            n,
             out: tx,
         },
         rx,
@@ -433,6 +457,7 @@ fn check_fields(
         "stream_options",
         "session",
         "user",
+        "n",
     ];
     let input = if chat { "messages" } else { "prompt" };
     for (k, v) in obj {
@@ -441,7 +466,7 @@ fn check_fields(
             continue;
         }
         let inert = match k.as_str() {
-            "n" | "best_of" => v.is_null() || v.as_f64() == Some(1.0),
+            "best_of" => v.is_null() || v.as_f64() == Some(1.0),
             "presence_penalty" | "frequency_penalty" => v.is_null() || v.as_f64() == Some(0.0),
             "logprobs" => v.is_null() || *v == Json::Bool(false) || v.as_f64() == Some(0.0),
             "top_logprobs" => v.is_null() || v.as_f64() == Some(0.0),
@@ -530,29 +555,43 @@ fn completion(
         let _ = req.respond(resp);
         return;
     }
-    let mut text = String::new();
+    let choice_json = |index: usize, text: String, finish: &str, lps: &[TokenLogprob]| {
+        if chat {
+            let lp = want_logprobs.then(|| logprobs_json(rt, lps));
+            json!({"index": index, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": finish})
+        } else {
+            json!({"index": index, "text": text, "finish_reason": finish})
+        }
+    };
+    let (mut text, mut choices, mut completion_total) = (String::new(), Vec::new(), 0);
     let resp = loop {
         match rx.recv() {
             Ok(Event::Piece(p)) => text.push_str(&p),
+            Ok(Event::Choice {
+                finish_reason,
+                completion_tokens,
+                logprobs,
+            }) => {
+                let t = std::mem::take(&mut text);
+                choices.push(choice_json(choices.len(), t, finish_reason, &logprobs));
+                completion_total += completion_tokens;
+            }
             Ok(Event::Done {
                 finish_reason,
                 prompt_tokens,
                 completion_tokens,
                 logprobs,
             }) => {
-                let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
-                let choice = if chat {
-                    let lp = want_logprobs.then(|| logprobs_json(rt, &logprobs));
-                    json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": finish_reason})
-                } else {
-                    json!({"index": 0, "text": text, "finish_reason": finish_reason})
-                };
+                let t = std::mem::take(&mut text);
+                choices.push(choice_json(choices.len(), t, finish_reason, &logprobs));
+                completion_total += completion_tokens;
+                let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_total, "total_tokens": prompt_tokens + completion_total});
                 let object = if chat {
                     "chat.completion"
                 } else {
                     "text_completion"
                 };
-                break json_response(200, json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage}).to_string());
+                break json_response(200, json!({"id": id, "object": object, "created": created, "model": model, "choices": choices, "usage": usage}).to_string());
             }
             Ok(Event::Failed(m)) => break json_response(400, error_body(400, &m)),
             Err(_) => break json_response(500, error_body(500, "the compute worker stopped")),
@@ -617,6 +656,8 @@ impl Read for Sse {
             }
             let next = match self.rx.recv() {
                 Ok(Event::Piece(p)) => self.chunk(Some(&p), None),
+                // `n` > 1 is refused with `stream`, so a stream has one choice
+                Ok(Event::Choice { .. }) => String::new(),
                 Ok(Event::Done {
                     finish_reason,
                     prompt_tokens,
@@ -657,6 +698,15 @@ impl Read for Sse {
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+/// OpenAI's names: "stop" (an end token or a stop string) or "length".
+fn openai_finish(ours: &str) -> &'static str {
+    if ours == "length" {
+        "length"
+    } else {
+        "stop"
     }
 }
 
@@ -703,6 +753,20 @@ fn run_job(
         None => rt.new_state(eng, opts.memory, opts.n_ctx)?,
     };
     let tokens = rt.tokenizer.encode(&job.prompt, state.n_past() == 0, true);
+    // `n` > 1 (never with a session): every choice but the last from its own fresh state
+    for i in 1..job.n {
+        let mut gen = job.gen.clone();
+        gen.sampler.seed = job.gen.sampler.seed.wrapping_add(i as u64);
+        let mut fresh = rt.new_state(eng, opts.memory, opts.n_ctx)?;
+        let st = rt.generate(eng, &mut fresh, &tokens, &gen, |piece| {
+            job.out.send(Event::Piece(piece.to_string())).is_ok()
+        })?;
+        let _ = job.out.send(Event::Choice {
+            finish_reason: openai_finish(st.finish_reason),
+            completion_tokens: st.generated_tokens,
+            logprobs: st.logprobs,
+        });
+    }
     let stats = rt.generate(eng, &mut state, &tokens, &job.gen, |piece| {
         job.out.send(Event::Piece(piece.to_string())).is_ok()
     });
@@ -730,14 +794,8 @@ fn run_job(
             live.remove(0);
         }
     }
-    // OpenAI's names: "stop" (an end token or a stop string) or "length".
-    let finish_reason = if stats.finish_reason == "length" {
-        "length"
-    } else {
-        "stop"
-    };
     Ok(Event::Done {
-        finish_reason,
+        finish_reason: openai_finish(stats.finish_reason),
         prompt_tokens: tokens.len(),
         completion_tokens: stats.generated_tokens,
         logprobs: stats.logprobs,

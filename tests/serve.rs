@@ -336,7 +336,6 @@ fn openai_fields_are_honoured_or_refused_by_name() {
         http(a, "POST", "/v1/chat/completions", &body)
     };
     for (extra, field) in [
-        (r#","n":2"#, "`n`"),
         (r#","presence_penalty":0.5"#, "`presence_penalty`"),
         (r#","frequency_penalty":1"#, "`frequency_penalty`"),
         (r#","top_logprobs":3"#, "`logprobs`"),
@@ -423,6 +422,33 @@ fn openai_fields_are_honoured_or_refused_by_name() {
     }
     let reply = j["choices"][0]["message"]["content"].as_str().unwrap();
     assert_eq!(String::from_utf8_lossy(&bytes), reply, "{b}");
+    // n: that many choices, each its own sample (seed + index), usage adds their tokens
+    let (s, b) = http(
+        a,
+        "POST",
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"Name a color."}],"max_tokens":5,"temperature":1.0,"n":3,"seed":7}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    let j = json(&b);
+    let choices = j["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{b}");
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i, "{b}");
+        assert!(c["message"]["content"].is_string(), "{b}");
+    }
+    let used = j["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!((3..=15).contains(&used), "{b}");
+    for (extra, field) in [
+        (r#","n":2,"stream":true"#, "`n`"),
+        (r#","n":2,"session":"s1""#, "`n`"),
+        (r#","n":0"#, "`n`"),
+        (r#","n":9"#, "`n`"),
+    ] {
+        let (s, b) = chat(extra);
+        assert_eq!(s, 400, "{extra}: {b}");
+        assert!(b.contains(field), "{extra}: {b}");
+    }
     // completions' logprobs are not implemented: refused by name
     let (s, b) = http(
         a,

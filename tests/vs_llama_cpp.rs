@@ -88,7 +88,7 @@ fn greedy_generation_matches_llama_cpp() {
         let opts = GenerateOptions {
             max_tokens: 32,
             sampler: SamplerConfig::greedy(),
-            stop: vec![],
+            ..GenerateOptions::default()
         };
         let ours = rt
             .generate(&mut eng, &mut stream, &tokens, &opts, |_| true)
