@@ -555,15 +555,20 @@ fn completion(
         let _ = req.respond(resp);
         return;
     }
-    let choice_json = |index: usize, text: String, finish: &str, lps: &[TokenLogprob]| {
-        if chat {
-            let lp = want_logprobs.then(|| logprobs_json(rt, lps));
-            json!({"index": index, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": finish})
-        } else {
-            json!({"index": index, "text": text, "finish_reason": finish})
-        }
-    };
+    // Each choice's text, finish reason and logprobs; the completion tokens of all of them.
     let (mut text, mut choices, mut completion_total) = (String::new(), Vec::new(), 0);
+    let mut end_choice = |text: &mut String, finish: &str, tokens: usize, lps: &[TokenLogprob]| {
+        let content = std::mem::take(text);
+        let choice = if chat {
+            let lp = want_logprobs.then(|| logprobs_json(rt, lps));
+            json!({"index": choices.len(), "message": {"role": "assistant", "content": content}, "logprobs": lp, "finish_reason": finish})
+        } else {
+            json!({"index": choices.len(), "text": content, "finish_reason": finish})
+        };
+        choices.push(choice);
+        completion_total += tokens;
+        completion_total
+    };
     let resp = loop {
         match rx.recv() {
             Ok(Event::Piece(p)) => text.push_str(&p),
@@ -572,9 +577,7 @@ fn completion(
                 completion_tokens,
                 logprobs,
             }) => {
-                let t = std::mem::take(&mut text);
-                choices.push(choice_json(choices.len(), t, finish_reason, &logprobs));
-                completion_total += completion_tokens;
+                end_choice(&mut text, finish_reason, completion_tokens, &logprobs);
             }
             Ok(Event::Done {
                 finish_reason,
@@ -582,10 +585,8 @@ fn completion(
                 completion_tokens,
                 logprobs,
             }) => {
-                let t = std::mem::take(&mut text);
-                choices.push(choice_json(choices.len(), t, finish_reason, &logprobs));
-                completion_total += completion_tokens;
-                let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_total, "total_tokens": prompt_tokens + completion_total});
+                let total = end_choice(&mut text, finish_reason, completion_tokens, &logprobs);
+                let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": total, "total_tokens": prompt_tokens + total});
                 let object = if chat {
                     "chat.completion"
                 } else {
