@@ -133,3 +133,6 @@ pub mod tokenizer;
 pub mod util;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// The git commit this build comes from (`build.rs`; "unknown" outside a git checkout).
+pub const COMMIT: &str = env!("FAMSTREAM_COMMIT");

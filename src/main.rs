@@ -698,6 +698,12 @@ fn segment_json(g: &famstream::perplexity::Segment) -> serde_json::Value {
         "cpu_seconds": g.cpu_seconds})
 }
 
+/// A report as JSON on stdout, with what produced it (`"provenance"`).
+fn print_report(rt: &Runtime, mut j: serde_json::Value) {
+    j["provenance"] = rt.provenance();
+    print_json(&j);
+}
+
 fn print_json(j: &serde_json::Value) {
     println!(
         "{}",
@@ -1134,12 +1140,13 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 let j = serde_json::json!({
                     "model": model.path()?.display().to_string(), "threads": threads,
-                    "memory": settings.policy.as_str(), "n_prompt": r.pp_tokens, "n_gen": r.tg_tokens,
+                    "memory": settings.policy.as_str(), "settings": settings.to_json(),
+                    "n_prompt": r.pp_tokens, "n_gen": r.tg_tokens,
                     "at_position": r.at_position, "fill_tokens": r.fill_tokens,
                     "pp_tokens_per_s": r.pp_tokens_per_s, "tg_tokens_per_s": r.tg_tokens_per_s,
                     "state_bytes": r.state_bytes, "peak_rss_bytes": famstream::util::peak_rss_bytes(),
                 });
-                print_json(&j);
+                print_report(&rt, j);
             } else {
                 println!(
                     "| model | threads | memory | test | at | t/s |\n|---|---|---|---|---|---|"
@@ -1523,7 +1530,7 @@ fn run(cli: Cli) -> Result<()> {
                     "kl_vs_full": kl, "kl_positions": kl_count,
                     "state_bytes": state.state_bytes(), "peak_rss_bytes": rss,
                 });
-                print_json(&j);
+                print_report(&rt, j);
             } else {
                 let tps = r.tokens_scored as f64 / r.seconds;
                 if no_scores {
@@ -1610,7 +1617,7 @@ fn run(cli: Cli) -> Result<()> {
                     "threads": model.threads.unwrap_or_else(default_threads),
                     "results": r, "trials": details,
                 });
-                print_json(&j);
+                print_report(&rt, j);
             } else {
                 for (n, f, t) in rows {
                     println!("memory {} filler {n}: {f}/{t} found", settings.policy);
@@ -1636,7 +1643,7 @@ fn run(cli: Cli) -> Result<()> {
             pb.finish_and_clear();
             let report = famstream::recall::report(&cases, &outcomes, &st.settings);
             if json {
-                print_json(&report);
+                print_report(&rt, report);
             } else {
                 for r in report["summary"].as_array().into_iter().flatten() {
                     println!(
@@ -1729,7 +1736,7 @@ fn run(cli: Cli) -> Result<()> {
                     "tokens_per_second": (r.windows * r.ctx) as f64 / secs,
                     "peak_rss_bytes": famstream::util::peak_rss_bytes(),
                 });
-                print_json(&j);
+                print_report(&rt, j);
             } else {
                 println!(
                     "perplexity {:.4} over {} tokens ({} windows of {}), {:.1} tok/s",

@@ -276,6 +276,17 @@ impl Runtime {
     /// Feed `prompt` (may be empty if the stream already ends where generation starts, given
     /// the last logits), then sample up to `max_tokens`, calling `on_piece` with each piece of
     /// valid UTF-8 text; `on_piece` returning false cancels.
+    /// What produced a result, for JSON reports: famstream's version and commit, the model
+    /// file and its fingerprint (which covers an attached adapter).
+    pub fn provenance(&self) -> serde_json::Value {
+        serde_json::json!({
+            "famstream": env!("CARGO_PKG_VERSION"),
+            "commit": crate::COMMIT,
+            "model": self.model.gguf.path().display().to_string(),
+            "model_fingerprint": format!("{:016x}", self.model.fingerprint()),
+        })
+    }
+
     pub fn generate(
         &self,
         eng: &mut Engine,

@@ -520,7 +520,27 @@ fn stream_defaults_come_from_the_flag_then_the_adapter_then_the_model_file() {
         assert!(out.status.success(), "{err}");
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    let j = &report(&[])["settings"];
+    let full_report = report(&[]);
+    // every JSON report says what produced it: the commit and the model (with its adapter)
+    let p = &full_report["provenance"];
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    // (outside a git checkout the build records "unknown")
+    let head = if head.status.success() {
+        String::from_utf8_lossy(&head.stdout).trim().to_string()
+    } else {
+        "unknown".to_string()
+    };
+    assert_eq!(p["commit"].as_str(), Some(head.as_str()), "{p}");
+    let fp = p["model_fingerprint"].as_str().unwrap();
+    assert!(
+        fp.len() == 16 && fp.chars().all(|c| c.is_ascii_hexdigit()),
+        "{p}"
+    );
+    let j = &full_report["settings"];
     assert_eq!(
         (j["block_size"].as_u64(), j["mem_blocks"].as_u64()),
         (Some(8), Some(2))
