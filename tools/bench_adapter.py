@@ -73,7 +73,7 @@ def main():
                                 f"pp{a.p}/tg{a.n}, median over rounds of the best of 3, order rotating)")
     print(table)
     if a.splice:
-        from recall_bench import splice
+        from splice import splice
         splice(ROOT / "results/README.md", "adapter-speed", table)
 
 

@@ -67,11 +67,8 @@ for r in rows:
     g = {f["position"]: f["gain"] for f in r["facts"]}
     lines.append(f"| {r['policy']} | {r['layout']} | " + " | ".join(f"{g[p]:+.2f}" for p in sorted(g)) + " |")
 table = "\n".join(lines)
-text = readme.read_text()
-if "<!-- layouts:begin -->" in text:
-    text = re.sub(r"<!-- layouts:begin -->.*<!-- layouts:end -->", f"<!-- layouts:begin -->\n{table}\n<!-- layouts:end -->", text, flags=re.S)
-else:
-    text += f"\n<!-- layouts:begin -->\n{table}\n<!-- layouts:end -->\n"
-readme.write_text(text)
+sys.path.insert(0, "tools")
+from splice import splice
+splice(readme, "layouts", table, missing="append")
 print(table)
 PY

@@ -48,11 +48,8 @@ for name in ["sink", "bswa", "fam-seed", "fam-reread"]:
     cells = ["yes" if a["found"] else "no" for a in r["answers"]]
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(r['facts_in_summary'])}/{len(facts)} |")
 table = "\n".join(lines)
-text = readme.read_text()
-if "<!-- summarize:begin -->" in text:
-    text = re.sub(r"<!-- summarize:begin -->.*<!-- summarize:end -->", f"<!-- summarize:begin -->\n{table}\n<!-- summarize:end -->", text, flags=re.S)
-else:
-    text += f"\n<!-- summarize:begin -->\n{table}\n<!-- summarize:end -->\n"
-readme.write_text(text)
+sys.path.insert(0, "tools")
+from splice import splice
+splice(readme, "summarize", table, missing="append")
 print(table)
 PY

@@ -657,7 +657,7 @@ def cmd_report(a):
     text = "\n".join(out)
     print(text)
     if a.splice:
-        from recall_bench import splice
+        from splice import splice
         splice(ROOT / "results/README.md", "train", text)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
+from splice import splice  # noqa: E402
 OUT = ROOT / "results/recall"
 
 
@@ -120,19 +121,6 @@ def main():
     if a.splice:
         splice(ROOT / "results/README.md", "recall", t + f"\n\n(`tools/recall_bench.py --block {a.block} --trials "
                f"{a.trials} --k {' '.join(map(str, a.k))}`; commit {commit})")
-
-
-def splice(path, name, text):
-    """Replace the block between <!-- name:begin --> and <!-- name:end --> in `path`."""
-    import re
-    body = path.read_text()
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    if begin not in body:
-        raise SystemExit(f"{path}: no {begin} marker")
-    body = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{text}\n{end}", body, flags=re.S)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(body)
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

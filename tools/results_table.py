@@ -6,6 +6,7 @@ results/README.md between the markers <!-- results:begin --> and <!-- results:en
 usage: tools/results_table.py RESULTS_DIR results/README.md"""
 import json, sys, re
 from pathlib import Path
+from splice import splice  # tools/, this script's directory
 
 d, readme = Path(sys.argv[1]), Path(sys.argv[2])
 def load(pat):
@@ -62,13 +63,13 @@ table = "\n".join(lines)
 tag = "results" if d.name == "quick" else f"results-{d.name}"
 begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
 text = readme.read_text()
-block = f"{begin}\n{table}\n{end}"
 if begin in text:
-    new = re.sub(re.escape(begin) + ".*" + re.escape(end), lambda _: block, text, flags=re.S)
+    splice(readme, tag, table)
 else:
+    block = f"{begin}\n{table}\n{end}"
     ends = [m.end() for m in re.finditer(r"<!-- results(-[a-z]+)?:end -->", text)]
     new = text[:ends[-1]] + "\n\n" + block + text[ends[-1]:] if ends else text + "\n" + block + "\n"
-readme.write_text(new)
+    readme.write_text(new)
 print(table)
 
 # Long streams (tools/bench_constant_memory.sh): Moby-Dick, then the Shakespeare plays, one
@@ -97,12 +98,7 @@ if mem:
         start = max(segs[min(i, len(segs) - 1)]["start"] for segs in runs)
         lines.append(f"| {start // 1024}k | " + " | ".join(cells) + " |")
     long_table = "\n".join(lines)
-    text = readme.read_text()
-    if "<!-- longrun:begin -->" in text:
-        text = re.sub(r"<!-- longrun:begin -->.*<!-- longrun:end -->", f"<!-- longrun:begin -->\n{long_table}\n<!-- longrun:end -->", text, flags=re.S)
-    else:
-        text = text.replace("<!-- results:end -->", f"<!-- results:end -->\n\n<!-- longrun:begin -->\n{long_table}\n<!-- longrun:end -->")
-    readme.write_text(text)
+    splice(readme, "longrun", long_table, missing="append")
     print(long_table)
 
 # Pure-ingestion streams (STREAM=1 tools/bench_constant_memory.sh, `perplexity --no-scores`):
@@ -142,8 +138,5 @@ if streams:
             lines.append(f"| {s['start'] // 1024}k | {s['cpu_seconds'] / s['tokens'] * 1e3:.2f} | "
                          f"{s['tokens_per_second']:.0f} | {s['peak_rss_bytes'] / 2**20:.1f} |")
     stream_text = "\n".join(lines)
-    text = readme.read_text()
-    if "<!-- stream:begin -->" in text:
-        text = re.sub(r"<!-- stream:begin -->.*<!-- stream:end -->", f"<!-- stream:begin -->\n{stream_text}\n<!-- stream:end -->", text, flags=re.S)
-        readme.write_text(text)
+    splice(readme, "stream", stream_text, missing="skip")
     print(stream_text)
