@@ -27,8 +27,6 @@ pub struct LearnedFam<'a> {
     pub fam_len: usize,
     /// `n_embd * F * n_layer` f32 values in native byte order (ggml's).
     pub data: &'a [u8],
-    /// Stored as a metadata array (true) or as a tensor.
-    pub in_metadata: bool,
     n_layer: usize,
 }
 
@@ -75,7 +73,6 @@ pub fn find(g: &GgufFile, n_embd: usize, n_layer: usize) -> Result<Option<Learne
             path: g.path(),
             fam_len: (n / per_row) as usize,
             data,
-            in_metadata: true,
             n_layer,
         }));
     }
@@ -97,7 +94,6 @@ pub fn find(g: &GgufFile, n_embd: usize, n_layer: usize) -> Result<Option<Learne
         path: g.path(),
         fam_len: t.ne[1] as usize,
         data: g.tensor_data(t)?,
-        in_metadata: false,
         n_layer,
     }))
 }

@@ -18,24 +18,25 @@ pub struct PerplexityReport {
     pub ctx: usize,
 }
 
-/// Negative log-likelihood of `target` under `logits` (natural log), computed in f64.
-pub fn nll(logits: &[f32], target: u32) -> f64 {
+/// log(sum(exp(logits))) in f64, shifted by the maximum so nothing overflows: the log-softmax
+/// of token t is `logits[t] - log_sum_exp(logits)`.
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
     let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = m + logits
+    m + logits
         .iter()
         .map(|&x| (x as f64 - m).exp())
         .sum::<f64>()
-        .ln();
-    lse - logits[target as usize] as f64
+        .ln()
+}
+
+/// Negative log-likelihood of `target` under `logits` (natural log), computed in f64.
+pub fn nll(logits: &[f32], target: u32) -> f64 {
+    log_sum_exp(logits) - logits[target as usize] as f64
 }
 
 /// KL(p || q) of the next-token distributions given by logits `p` (reference) and `q`.
 pub fn kl(p: &[f32], q: &[f32]) -> f64 {
-    let lse = |v: &[f32]| {
-        let m = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-        m + v.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
-    };
-    let (lp, lq) = (lse(p), lse(q));
+    let (lp, lq) = (log_sum_exp(p), log_sum_exp(q));
     p.iter()
         .zip(q)
         .map(|(&a, &b)| {

@@ -187,8 +187,7 @@ pub fn argmax_and_logprob(logits: &[f32], target: usize) -> (usize, f64) {
             (best, max) = (i, x);
         }
     }
-    let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
-    (best, (logits[target] - max) as f64 - sum.ln())
+    (best, -crate::perplexity::nll(logits, target as u32))
 }
 
 /// The Wilson score interval for `hits` of `n` at 95% (z = 1.96): sound at 0 and n hits, where

@@ -93,13 +93,7 @@ pub struct TokenLogprob {
 impl TokenLogprob {
     /// From one step's logits: log-softmax (in f64) at `token` and at the `top` most likely.
     pub fn from_logits(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
-        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-        let log_z = max
-            + logits
-                .iter()
-                .map(|&x| (x as f64 - max).exp())
-                .sum::<f64>()
-                .ln();
+        let log_z = crate::perplexity::log_sum_exp(logits);
         let lp = |t: usize| (logits[t] as f64 - log_z) as f32;
         let mut ids: Vec<usize> = (0..logits.len()).collect();
         let top = top.min(ids.len());
@@ -273,9 +267,6 @@ impl Runtime {
         FamState::new(&self.model, eng.backend(), settings, n_ctx, seed, bos)
     }
 
-    /// Feed `prompt` (may be empty if the stream already ends where generation starts, given
-    /// the last logits), then sample up to `max_tokens`, calling `on_piece` with each piece of
-    /// valid UTF-8 text; `on_piece` returning false cancels.
     /// What produced a result, for JSON reports: famstream's version and commit, the model
     /// file and its fingerprint (which covers an attached adapter).
     pub fn provenance(&self) -> serde_json::Value {
@@ -287,6 +278,9 @@ impl Runtime {
         })
     }
 
+    /// Feed `prompt` (may be empty if the stream already ends where generation starts, given
+    /// the last logits), then sample up to `max_tokens`, calling `on_piece` with each piece of
+    /// valid UTF-8 text; `on_piece` returning false cancels.
     pub fn generate(
         &self,
         eng: &mut Engine,

@@ -586,7 +586,7 @@ fn completion(
                 logprobs,
             }) => {
                 let total = end_choice(&mut text, finish_reason, completion_tokens, &logprobs);
-                let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": total, "total_tokens": prompt_tokens + total});
+                let usage = usage_json(prompt_tokens, total);
                 let object = if chat {
                     "chat.completion"
                 } else {
@@ -599,6 +599,11 @@ fn completion(
         }
     };
     let _ = req.respond(resp);
+}
+
+/// OpenAI's `usage` object.
+fn usage_json(prompt_tokens: usize, completion_tokens: usize) -> Json {
+    json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens})
 }
 
 /// OpenAI's chat `logprobs` object: per token its text, log-probability, UTF-8 bytes and the
@@ -633,19 +638,27 @@ struct Sse {
 }
 
 impl Sse {
+    /// One event carrying `choices` (and `usage`, for the last event of include_usage).
+    fn event(&self, choices: Json, usage: Option<Json>) -> String {
+        let object = if self.chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
+        let mut j = json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices});
+        if let Some(u) = usage {
+            j["usage"] = u;
+        }
+        format!("data: {j}\n\n")
+    }
+
     fn chunk(&self, text: Option<&str>, finish: Option<&str>) -> String {
         let choice = if self.chat {
             json!({"index": 0, "delta": text.map_or(json!({}), |t| json!({"content": t})), "finish_reason": finish})
         } else {
             json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish})
         };
-        let object = if self.chat {
-            "chat.completion.chunk"
-        } else {
-            "text_completion"
-        };
-        let j = json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [choice]});
-        format!("data: {j}\n\n")
+        self.event(json!([choice]), None)
     }
 }
 
@@ -667,14 +680,8 @@ impl Read for Sse {
                 }) => {
                     self.done = true;
                     let usage = if self.include_usage {
-                        let object = if self.chat {
-                            "chat.completion.chunk"
-                        } else {
-                            "text_completion"
-                        };
-                        let u = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
-                        let j = json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [], "usage": u});
-                        format!("data: {j}\n\n")
+                        let u = usage_json(prompt_tokens, completion_tokens);
+                        self.event(json!([]), Some(u))
                     } else {
                         String::new()
                     };

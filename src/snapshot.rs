@@ -12,7 +12,6 @@
 
 use crate::error::{Error, Result};
 use crate::gguf::AtomicFile;
-use crate::settings::FamSettings;
 use crate::util::Fnv64;
 use serde_json::Value as Json;
 use std::io::Write;
@@ -22,14 +21,6 @@ pub const MAGIC: &[u8; 8] = b"FAMSNAP\0";
 pub const VERSION: u32 = 1;
 /// Largest header accepted (the JSON header is a few KiB).
 const MAX_HEADER: usize = 1 << 20;
-
-pub fn settings_json(s: &FamSettings) -> Json {
-    s.to_json()
-}
-
-pub fn settings_from_json(j: &Json) -> Result<FamSettings> {
-    FamSettings::from_json(j).map_err(|e| Error::Invalid(format!("snapshot: {e}")))
-}
 
 /// Write header + body atomically. The body comes in `parts` (one tensor's bytes each), so a
 /// snapshot never needs a second copy of the whole state in memory.

@@ -819,10 +819,10 @@ impl FamState {
         model: &Model,
         extra: serde_json::Value,
     ) -> Result<()> {
-        use crate::snapshot::{settings_json, write};
+        use crate::snapshot::write;
         let header = serde_json::json!({
             "model_fingerprint": format!("{:016x}", model.fingerprint()),
-            "settings": settings_json(&self.settings),
+            "settings": self.settings.to_json(),
             "n_ctx": self.n_ctx, "n_slots": self.slot_pos.len(), "n_layer": self.n_layer,
             "n_embd": self.n_embd, "n_embd_kv": self.kv.n_embd_kv(),
             "n_past": self.n_past, "start_position": self.start_position, "origin": self.origin,
@@ -845,7 +845,7 @@ impl FamState {
         backend: &Backend,
         expected: Option<&FamSettings>,
     ) -> Result<(FamState, serde_json::Value)> {
-        use crate::snapshot::{settings_from_json, Reader};
+        use crate::snapshot::Reader;
         let path = path.as_ref();
         let mut snap = Reader::open(path)?;
         let h = &snap.header.clone();
@@ -854,7 +854,8 @@ impl FamState {
         if h["model_fingerprint"].as_str() != Some(fp.as_str()) {
             return Err(bad("the snapshot was made with a different model".into()));
         }
-        let settings = settings_from_json(&h["settings"])?;
+        // malformed settings make the snapshot unusable: a bad file, like its other fields
+        let settings = FamSettings::from_json(&h["settings"]).map_err(|e| bad(e.to_string()))?;
         if let Some(e) = expected {
             if *e != settings {
                 // the file is fine; the command line asks for something else
