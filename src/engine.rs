@@ -29,6 +29,10 @@ pub struct TokenBatch<'x> {
     pub n_kv: usize,
     /// [n_tokens][n_kv] row-major: 0 = visible, -inf = hidden.
     pub mask: &'x [f16],
+    /// Like `mask`, for the local sliding-window layers of models that have them; `None`: those
+    /// layers use `mask` too (right for batches that see neither FAM nor sinks and span less
+    /// than the local window, such as the seed of the FAM initialisation).
+    pub mask_swa: Option<&'x [f16]>,
     /// Rows whose logits are wanted (`None`: all rows).
     pub out_rows: Option<&'x [i32]>,
     /// Rows whose every layer input is returned.
@@ -186,7 +190,12 @@ impl Engine {
     ) -> Result<TokenResult> {
         let n = b.tokens.len();
         let hp = &self.model.hp;
-        if n == 0 || b.pos.len() != n || b.slots.len() != n || b.mask.len() != n * b.n_kv {
+        if n == 0
+            || b.pos.len() != n
+            || b.slots.len() != n
+            || b.mask.len() != n * b.n_kv
+            || b.mask_swa.is_some_and(|m| m.len() != n * b.n_kv)
+        {
             return Err(Error::Internal(format!(
                 "inconsistent batch: {n} tokens, {} positions, {} slots, mask {} for n_kv {}",
                 b.pos.len(),
@@ -234,6 +243,7 @@ impl Engine {
             n_capture: b.capture_rows.len(),
             n_sink_capture: b.sink_capture.len(),
             n_sink_rotate: b.sink_rotate.len(),
+            swa_mask: hp.n_swa > 0,
         };
         let key = TokenGraphKey {
             shape,
@@ -284,6 +294,9 @@ impl Engine {
             inp.pos.write_i32(b.pos)?;
             inp.slots.write_bytes(0, as_bytes(b.slots))?;
             inp.mask.write_bytes(0, as_bytes(b.mask))?;
+            if let Some(t) = inp.mask_swa {
+                t.write_bytes(0, as_bytes(b.mask_swa.unwrap_or(b.mask)))?;
+            }
             if let (Some(t), Some(r)) = (inp.out_rows, b.out_rows) {
                 t.write_i32(r)?;
             }

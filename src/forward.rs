@@ -7,11 +7,12 @@
 use crate::dtype::GgmlType;
 use crate::ggml::{Context, Graph, Tensor};
 use crate::kv::KvStore;
-use crate::model::{LayerWeights, Model, RopeLayout};
+use crate::model::{FfnAct, LayerWeights, Model, RopeLayout};
 
 /// Nodes one layer adds to a graph, with room to spare; used to size graphs. An adapter adds
-/// up to 4 nodes to each of the 7 linear layers (see [`linear`]), so 28 of these are for it.
-const NODES_PER_LAYER: usize = 76;
+/// up to 4 nodes to each of the 7 linear layers (see [`linear`]), so 28 of these are for it;
+/// QK-norm and post-norms (gemma3) add 8.
+const NODES_PER_LAYER: usize = 84;
 
 pub fn graph_size(n_layer: usize) -> usize {
     (NODES_PER_LAYER * n_layer + 256).max(2048)
@@ -27,6 +28,8 @@ pub struct TokenInputs<'a> {
     pub slots: Tensor<'a>,
     /// f16 [n_kv, n]: 0 where row i may attend to slot j, -inf elsewhere.
     pub mask: Tensor<'a>,
+    /// f16 [n_kv, n]: the mask of the local sliding-window layers (models that have them).
+    pub mask_swa: Option<Tensor<'a>>,
     /// i32 [n_out]: rows whose logits are computed (absent: all rows).
     pub out_rows: Option<Tensor<'a>>,
     /// i32 [n_capture]: rows whose layer inputs are returned.
@@ -60,6 +63,8 @@ pub struct TokenBatchShape {
     pub n_sink_capture: usize,
     /// Re-rotate this many stored sink keys into their KV slots at virtual positions.
     pub n_sink_rotate: usize,
+    /// The local sliding-window layers get their own mask input.
+    pub swa_mask: bool,
 }
 
 /// Per-stream tensors a token graph may write besides the KV store.
@@ -119,39 +124,34 @@ pub fn qkv<'a>(
     let hp = &m.hp;
     let n = x.ne()[1];
     let hd = hp.head_dim as i64;
-    let neox = hp.arch.rope_layout() == RopeLayout::Halves;
     let q = linear(ctx, m, l.wq, l.bq, x); // q_proj
     let k = linear(ctx, m, l.wk, l.bk, x); // k_proj
     let v = linear(ctx, m, l.wv, l.bv, x).set_name(&format!("v-{il}")); // v_proj
-    let q = ctx.reshape(q, &[hd, hp.n_head as i64, n]);
-    let k_raw = ctx.reshape(k, &[hd, hp.n_head_kv as i64, n]);
+    let mut q = ctx.reshape(q, &[hd, hp.n_head as i64, n]);
+    let mut k_raw = ctx.reshape(k, &[hd, hp.n_head_kv as i64, n]);
+    // QK-norm (`Gemma3Attention.q_norm`/`k_norm`): per head, before RoPE.
+    if let (Some(qn), Some(kn)) = (l.q_norm, l.k_norm) {
+        q = norm(ctx, q, m.w(qn), hp.rms_eps);
+        k_raw = norm(ctx, k_raw, m.w(kn), hp.rms_eps);
+    }
     // apply_rotary_pos_emb
-    let q = ctx
-        .rope(
-            q,
-            pos,
-            hp.rope_dims,
-            neox,
-            hp.rope_freq_base,
-            hp.n_ctx_train,
-        )
-        .set_name(&format!("q-{il}"));
-    let k = rope(ctx, m, k_raw, pos).set_name(&format!("k-{il}"));
+    let q = rope(ctx, m, q, pos, il).set_name(&format!("q-{il}"));
+    let k = rope(ctx, m, k_raw, pos, il).set_name(&format!("k-{il}"));
     Qkv { q, k, k_raw, v }
 }
 
-/// RoPE of keys or queries `x` [hd, heads, n] at `pos` (i32 [n]).
-pub fn rope<'a>(ctx: &'a Context, m: &Model, x: Tensor<'a>, pos: Tensor<'a>) -> Tensor<'a> {
+/// RoPE of layer `il`'s keys or queries `x` [hd, heads, n] at `pos` (i32 [n]); local
+/// sliding-window layers have their own base.
+pub fn rope<'a>(
+    ctx: &'a Context,
+    m: &Model,
+    x: Tensor<'a>,
+    pos: Tensor<'a>,
+    il: usize,
+) -> Tensor<'a> {
     let hp = &m.hp;
     let neox = hp.arch.rope_layout() == RopeLayout::Halves;
-    ctx.rope(
-        x,
-        pos,
-        hp.rope_dims,
-        neox,
-        hp.rope_freq_base,
-        hp.n_ctx_train,
-    )
+    ctx.rope(x, pos, hp.rope_dims, neox, hp.rope_base(il), hp.n_ctx_train)
 }
 
 /// Attention of q [hd, n_head, n] over KV slots [0, n_kv) of layer `il`, with `mask`.
@@ -185,16 +185,50 @@ pub fn attend<'a>(
         0,
     );
     let q = ctx.permute(q, [0, 2, 1, 3]); // [hd, n, n_head]
-    let scale = 1.0 / (hd as f32).sqrt();
-    let o = ctx.flash_attn_ext(q, k, v, Some(mask), scale); // [hd, n_head, n]
+    let o = ctx.flash_attn_ext(q, k, v, Some(mask), hp.attn_scale); // [hd, n_head, n]
     ctx.reshape(o, &[(hd * hp.n_head) as i64, n])
 }
 
-/// SwiGLU MLP. (`LlamaMLP`: down(silu(gate(x)) * up(x)))
+/// Gated MLP: SwiGLU (`LlamaMLP`: down(silu(gate(x)) * up(x))) or GeGLU (`Gemma3MLP`, with
+/// gelu_pytorch_tanh).
 pub fn ffn<'a>(ctx: &'a Context, m: &'a Model, l: &LayerWeights, x: Tensor<'a>) -> Tensor<'a> {
     let gate = linear(ctx, m, l.ffn_gate, None, x);
     let up = linear(ctx, m, l.ffn_up, None, x);
-    linear(ctx, m, l.ffn_down, None, ctx.swiglu(gate, up))
+    let act = match m.hp.arch.ffn_act() {
+        FfnAct::Silu => ctx.swiglu(gate, up),
+        FfnAct::GeluTanh => ctx.geglu(gate, up),
+    };
+    linear(ctx, m, l.ffn_down, None, act)
+}
+
+/// The rest of a layer after attention, shared by the token graph and the FAM update: o_proj,
+/// the residual add (skipped when `residual` is `None`), the MLP and its residual, with the
+/// post-norms of architectures that have them. `attn` is [n_head * hd, n]; returns the layer
+/// output [n_embd, n]. (`LlamaDecoderLayer.forward` after `self_attn`; `Gemma3DecoderLayer`'s
+/// `post_attention_layernorm` / `post_feedforward_layernorm`)
+pub fn finish_layer<'a>(
+    ctx: &'a Context,
+    m: &'a Model,
+    l: &LayerWeights,
+    residual: Option<Tensor<'a>>,
+    attn: Tensor<'a>,
+    il: usize,
+) -> Tensor<'a> {
+    let eps = m.hp.rms_eps;
+    let mut o = linear(ctx, m, l.wo, None, attn).set_name(&format!("attn_out-{il}")); // o_proj
+    if let Some(w) = l.post_attn_norm {
+        o = norm(ctx, o, m.w(w), eps);
+    }
+    let x = match residual {
+        Some(r) => ctx.add(r, o).set_name(&format!("ffn_inp-{il}")),
+        None => o,
+    };
+    let h = norm(ctx, x, m.w(l.ffn_norm), eps).set_name(&format!("ffn_norm-{il}"));
+    let mut f = ffn(ctx, m, l, h).set_name(&format!("ffn_out-{il}"));
+    if let Some(w) = l.post_ffn_norm {
+        f = norm(ctx, f, m.w(w), eps);
+    }
+    ctx.add(x, f).set_name(&format!("l_out-{il}"))
 }
 
 /// The token graph: embed `n` tokens, run every layer (writing their K/V into `kv` at the given
@@ -217,6 +251,9 @@ pub fn build_token_graph<'a>(
     let pos = input(GgmlType::I32, &[n], "pos");
     let slots = input(GgmlType::I64, &[n], "slots");
     let mask = input(GgmlType::F16, &[shape.n_kv as i64, n], "mask");
+    let mask_swa = shape
+        .swa_mask
+        .then(|| input(GgmlType::F16, &[shape.n_kv as i64, n], "mask_swa"));
     let capture_rows = (shape.n_capture > 0)
         .then(|| input(GgmlType::I32, &[shape.n_capture as i64], "capture_rows"));
     let k = shape.n_sink_capture as i64;
@@ -236,6 +273,9 @@ pub fn build_token_graph<'a>(
     });
 
     let mut x = ctx.get_rows(m.token_embd(), tokens).set_name("inp_embd"); // [n_embd, n]
+    if let Some(s) = hp.embd_scale {
+        x = ctx.scale(x, s); // Gemma3TextScaledWordEmbedding
+    }
     let mut layer_inputs = Vec::new();
     for il in 0..hp.n_layer {
         let l = m.layer(il);
@@ -266,15 +306,15 @@ pub fn build_token_graph<'a>(
                 &[hp.head_dim * 2, kv.n_embd_kv() * 2],
                 0,
             );
-            let rot = rope(ctx, m, ctx.cont(raw), spos);
+            let rot = rope(ctx, m, ctx.cont(raw), spos, il);
             kc = ctx.set_rows(kc, ctx.reshape(rot, &[n_embd_kv, r]), sslots);
         }
-        let attn = attend(ctx, m, q, kc, vc, shape.n_kv, mask).set_name(&format!("kqv-{il}"));
-        let attn = linear(ctx, m, l.wo, None, attn).set_name(&format!("attn_out-{il}")); // o_proj
-        x = ctx.add(x, attn).set_name(&format!("ffn_inp-{il}")); // residual
-        let h = norm(ctx, x, m.w(l.ffn_norm), hp.rms_eps).set_name(&format!("ffn_norm-{il}"));
-        let f = ffn(ctx, m, l, h).set_name(&format!("ffn_out-{il}"));
-        x = ctx.add(x, f).set_name(&format!("l_out-{il}")); // residual
+        let layer_mask = match mask_swa {
+            Some(ms) if hp.is_swa(il) => ms,
+            _ => mask,
+        };
+        let attn = attend(ctx, m, q, kc, vc, shape.n_kv, layer_mask).set_name(&format!("kqv-{il}"));
+        x = finish_layer(ctx, m, l, Some(x), attn, il);
     }
     let out_rows = shape
         .n_out
@@ -283,16 +323,19 @@ pub fn build_token_graph<'a>(
         x = ctx.get_rows(x, r); // [n_embd, n_out]
     }
     let x = norm(ctx, x, m.output_norm(), hp.rms_eps).set_name("result_norm");
-    let logits = ctx
-        .mul_mat(m.output(), x)
-        .set_name("result_output")
-        .set_output(); // lm_head
+    let mut logits = ctx.mul_mat(m.output(), x); // lm_head
+    if hp.logit_softcap > 0.0 {
+        let c = hp.logit_softcap;
+        logits = ctx.scale(ctx.tanh(ctx.scale(logits, 1.0 / c)), c);
+    }
+    let logits = logits.set_name("result_output").set_output();
     gf.expand(logits);
     let inputs = TokenInputs {
         tokens,
         pos,
         slots,
         mask,
+        mask_swa,
         out_rows,
         capture_rows,
         sink_capture,
@@ -377,12 +420,9 @@ pub fn build_fam_graph<'a>(
                 let h = norm(ctx, x, m.w(l.attn_norm), hp.rms_eps);
                 let q = qkv(ctx, m, l, h, q_pos, il).q;
                 let attn = attend(ctx, m, q, kv.k(il), kv.v(il), n_kv, mask);
-                let o = linear(ctx, m, l.wo, None, attn);
-                let r = if zero_residual { o } else { ctx.add(o, x) };
-                let hn = norm(ctx, r, m.w(l.ffn_norm), hp.rms_eps);
-                let mut out = ctx
-                    .add(r, ffn(ctx, m, l, hn))
-                    .set_name(&format!("fam_new-{il}"));
+                let residual = (!zero_residual).then_some(x);
+                let mut out =
+                    finish_layer(ctx, m, l, residual, attn, il).set_name(&format!("fam_new-{il}"));
                 if renorm {
                     // Keep each row's RMS: rms_norm(new) * rms(old). Without it the residual of
                     // an un-tuned model's FAM rows grows by o + ffn every block, without bound.
@@ -436,7 +476,7 @@ pub fn build_kshift_graph<'a>(
             &[hp.head_dim * 2, row],
             from * row,
         );
-        let rot = rope(ctx, m, view, shift);
+        let rot = rope(ctx, m, view, shift, il);
         gf.expand(ctx.cpy(rot, view));
     }
     (gf, shift)

@@ -397,6 +397,13 @@ impl Context {
     pub fn swiglu<'a>(&'a self, gate: Tensor<'a>, up: Tensor<'a>) -> Tensor<'a> {
         self.wrap(unsafe { sys::ggml_swiglu_split(self.raw(), gate.raw(), up.raw()) })
     }
+    /// `gelu(gate) * up`, GELU in its tanh approximation (Gemma's GeGLU).
+    pub fn geglu<'a>(&'a self, gate: Tensor<'a>, up: Tensor<'a>) -> Tensor<'a> {
+        self.wrap(unsafe { sys::ggml_geglu_split(self.raw(), gate.raw(), up.raw()) })
+    }
+    pub fn tanh<'a>(&'a self, a: Tensor<'a>) -> Tensor<'a> {
+        self.wrap(unsafe { sys::ggml_tanh(self.raw(), a.raw()) })
+    }
     /// Softmax over rows of `a * scale + mask` (mask broadcast over dims 2 and 3).
     pub fn soft_max_ext<'a>(
         &'a self,

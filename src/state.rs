@@ -8,7 +8,10 @@
 //! ```
 //! Token at stream index i lives in ring slot `ring_base + i % ((M+1)*B)`: block t occupies ring
 //! block `t % (M+1)`, so starting block t+1 overwrites block t-M, which has just left every
-//! window. Which slot is visible to which row is decided here, on the host, and passed to the
+//! window. Models with local sliding-window layers (gemma3) get a longer ring when their native
+//! window `n_swa` needs it (`n_swa - 1 + B` slots, rounded up to whole blocks): those layers see
+//! the `n_swa` latest tokens under every policy (their own mask, without FAM or sinks), while
+//! the global layers see the policy's window. Which slot is visible to which row is decided here, on the host, and passed to the
 //! graph as an attention mask (see [`FamState::visible`]).
 //!
 //! ## Positions
@@ -161,7 +164,9 @@ impl FamState {
                 }
                 n_ctx
             }
-            _ => (m + 1) * b,
+            // Local layers keep their native window: the oldest token a row of block t needs,
+            // n_swa - 1 before the block's first, must not have been overwritten yet.
+            _ => ((m + 1) * b).max((hp.n_swa.saturating_sub(1) + b).next_multiple_of(b)),
         };
         if n_fam > 0 && settings.init == FamInit::SeedText && seed_tokens.len() != n_fam {
             return Err(Error::Invalid(format!(
@@ -384,6 +389,29 @@ impl FamState {
         }
     }
 
+    /// Whether token row `i` of a local sliding-window layer may attend to `slot`: the `n_swa`
+    /// latest tokens, itself included, whatever the policy (llama.cpp's
+    /// `LLAMA_SWA_TYPE_STANDARD`).
+    fn visible_swa(&self, i: i64, slot: usize, n_swa: i64) -> bool {
+        if slot < self.ring_base() || slot >= self.ring_base() + self.ring_len {
+            return false;
+        }
+        let j = self.slot_pos[slot];
+        j != EMPTY && j <= i && i - j < n_swa
+    }
+
+    fn mask_swa_for_rows(&self, rows: std::ops::Range<i64>, n_kv: usize, n_swa: i64) -> Vec<f16> {
+        let mut mask = vec![f16::NEG_INFINITY; (rows.end - rows.start) as usize * n_kv];
+        for (r, i) in rows.enumerate() {
+            for s in 0..n_kv {
+                if self.visible_swa(i, s, n_swa) {
+                    mask[r * n_kv + s] = f16::ZERO;
+                }
+            }
+        }
+        mask
+    }
+
     fn mask_for_rows(&self, rows: std::ops::Range<i64>, t: i64, n_kv: usize) -> Vec<f16> {
         let mut mask = vec![f16::NEG_INFINITY; (rows.end - rows.start) as usize * n_kv];
         for (r, i) in rows.enumerate() {
@@ -445,6 +473,7 @@ impl FamState {
             n_capture: self.n_fam.min(n),
             n_sink_capture: self.n_sink.min(n),
             n_sink_rotate: self.n_sink,
+            swa_mask: eng.model.hp.n_swa > 0,
         };
         let sinks = self.sink_tensors();
         eng.reserve_tokens(&self.kv, sinks.as_deref(), shape)?;
@@ -724,6 +753,8 @@ impl FamState {
                 self.n_kv(i0 + n as i64)
             };
             let mask = self.mask_for_rows(rows.clone(), t, n_kv);
+            let n_swa = eng.model.hp.n_swa as i64;
+            let mask_swa = (n_swa > 0).then(|| self.mask_swa_for_rows(rows.clone(), n_kv, n_swa));
             let pos: Vec<i32> = rows
                 .clone()
                 .map(|i| self.rope_pos(i))
@@ -768,6 +799,7 @@ impl FamState {
                     slots: &slots,
                     n_kv,
                     mask: &mask,
+                    mask_swa: mask_swa.as_deref(),
                     out_rows: out_rows.as_deref(),
                     capture_rows: &capture,
                     sink_capture: &sink_capture,

@@ -337,7 +337,7 @@ impl Tokenizer {
         if u32::try_from(n).is_err() {
             return Err(TokenizerError::TooManyTokens(n));
         }
-        let types = if v.token_types.is_empty() {
+        let mut types = if v.token_types.is_empty() {
             vec![token_type::NORMAL; n]
         } else if v.token_types.len() == n {
             v.token_types.clone()
@@ -348,6 +348,14 @@ impl Tokenizer {
                 n_vocab: n,
             });
         };
+        // An end-of-generation text marked user-defined (Gemma 3's `</s>`) is a control token,
+        // as llama.cpp overrides it: matched in text only with `parse_special`, decoded to
+        // nothing.
+        for (t, ty) in v.tokens.iter().zip(types.iter_mut()) {
+            if *ty == token_type::USER_DEFINED && EOG_TEXTS.contains(&t.as_str()) {
+                *ty = token_type::CONTROL;
+            }
+        }
         if !v.scores.is_empty() && v.scores.len() != n {
             return Err(TokenizerError::LengthMismatch {
                 field: "scores",

@@ -11,6 +11,19 @@ pub enum Arch {
     Llama,
     /// `qwen2`: Q/K/V biases, NEOX RoPE layout (halves), usually tied embeddings.
     Qwen2,
+    /// `gemma3`: RMS-normed Q and K per head (QK-norm), norms after attention and after the
+    /// MLP as well as before, GeGLU MLP, embeddings scaled by sqrt(n_embd), NEOX RoPE, and
+    /// local sliding-window layers (their own RoPE base) between global ones.
+    Gemma3,
+}
+
+/// The MLP's gate activation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FfnAct {
+    /// `silu(gate) * up` (SwiGLU: llama, qwen2).
+    Silu,
+    /// `gelu_tanh(gate) * up` (GeGLU: gemma3).
+    GeluTanh,
 }
 
 /// How RoPE pairs dimensions of a head.
@@ -27,8 +40,9 @@ impl Arch {
         match name {
             "llama" => Ok(Arch::Llama),
             "qwen2" => Ok(Arch::Qwen2),
+            "gemma3" => Ok(Arch::Gemma3),
             other => Err(Error::Unsupported(format!(
-                "architecture `{other}` (famstream runs `llama` and `qwen2`)"
+                "architecture `{other}` (famstream runs `llama`, `qwen2` and `gemma3`)"
             ))),
         }
     }
@@ -36,12 +50,32 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
+            Arch::Gemma3 => "gemma3",
         }
     }
     pub fn rope_layout(self) -> RopeLayout {
         match self {
             Arch::Llama => RopeLayout::Interleaved,
-            Arch::Qwen2 => RopeLayout::Halves,
+            Arch::Qwen2 | Arch::Gemma3 => RopeLayout::Halves,
+        }
+    }
+    /// Q/K/V carry biases (required).
+    pub fn qkv_bias(self) -> bool {
+        self == Arch::Qwen2
+    }
+    /// Q and K are RMS-normed per head before RoPE (`attn_q_norm`, `attn_k_norm`).
+    pub fn qk_norm(self) -> bool {
+        self == Arch::Gemma3
+    }
+    /// The attention and MLP outputs are RMS-normed before their residual adds
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub fn post_norms(self) -> bool {
+        self == Arch::Gemma3
+    }
+    pub fn ffn_act(self) -> FfnAct {
+        match self {
+            Arch::Gemma3 => FfnAct::GeluTanh,
+            _ => FfnAct::Silu,
         }
     }
 }
@@ -69,6 +103,20 @@ pub struct HParams {
     pub rope_freq_base: f32,
     /// Rotated dimensions per head (`rope.dimension_count`, else head_dim).
     pub rope_dims: usize,
+    /// Native window of the local (sliding-window) layers (`attention.sliding_window`; 0 when
+    /// every layer is global). A local layer's token sees the `n_swa` latest tokens, itself
+    /// included, and neither FAM nor sinks: memory policies act on the global layers.
+    pub n_swa: usize,
+    /// Per layer: whether it is a local sliding-window layer.
+    pub swa_layers: Vec<bool>,
+    /// RoPE base of the local layers (`rope.freq_base_swa`, else 10000 as in llama.cpp).
+    pub rope_freq_base_swa: f32,
+    /// Scale of the attention logits (1/sqrt(head_dim) unless the architecture says otherwise).
+    pub attn_scale: f32,
+    /// Token embeddings are multiplied by this (gemma3: sqrt(n_embd)).
+    pub embd_scale: Option<f32>,
+    /// `final_logit_softcapping`: logits become `c * tanh(logits / c)` (0: none).
+    pub logit_softcap: f32,
 }
 
 impl HParams {
@@ -113,9 +161,40 @@ impl HParams {
                 },
             },
         };
+        let n_layer = usize_of(&k("block_count"))?;
+        let n_swa = match g.opt_u32(&k("attention.sliding_window"))? {
+            Some(v) if arch == Arch::Gemma3 => v as usize,
+            Some(v) if v > 0 => {
+                return Err(Error::Unsupported(format!(
+                    "sliding-window attention (`{}` = {v}) in a `{}` model",
+                    k("attention.sliding_window"),
+                    arch.name()
+                )))
+            }
+            _ => 0,
+        };
+        let pattern_key = k("attention.sliding_window_pattern");
+        let swa_layers: Vec<bool> = if n_swa == 0 {
+            vec![false; n_layer]
+        } else {
+            match g.get(&pattern_key) {
+                Some(crate::gguf::Value::Array(Array::Bool(v))) if v.len() == n_layer => v.clone(),
+                Some(crate::gguf::Value::Array(_)) => {
+                    return Err(Error::metadata(
+                        &pattern_key,
+                        format!("expected {n_layer} booleans, one per layer"),
+                    ))
+                }
+                _ => {
+                    // Every `pattern`-th layer is global (gemma3: 6, llama.cpp's default).
+                    let p = g.opt_u32(&pattern_key)?.unwrap_or(6) as usize;
+                    (0..n_layer).map(|il| p == 0 || il % p < p - 1).collect()
+                }
+            }
+        };
         let hp = HParams {
             arch,
-            n_layer: usize_of(&k("block_count"))?,
+            n_layer,
             n_embd,
             n_head,
             n_head_kv,
@@ -129,6 +208,18 @@ impl HParams {
                 Some(v) => v as usize,
                 None => head_dim,
             },
+            n_swa,
+            swa_layers,
+            rope_freq_base_swa: g.opt_f32(&k("rope.freq_base_swa"))?.unwrap_or(10_000.0),
+            // gemma_pytorch's `query_pre_attn_scalar`: head_dim for every Gemma 3 but the 27B
+            // (62 layers), which scales by n_embd / n_head, as llama.cpp does.
+            attn_scale: if arch == Arch::Gemma3 && n_layer == 62 {
+                1.0 / ((n_embd / n_head) as f32).sqrt()
+            } else {
+                1.0 / (head_dim as f32).sqrt()
+            },
+            embd_scale: (arch == Arch::Gemma3).then(|| (n_embd as f32).sqrt()),
+            logit_softcap: g.opt_f32(&k("final_logit_softcapping"))?.unwrap_or(0.0),
         };
         if hp.n_layer == 0 || hp.n_embd == 0 || hp.n_ff == 0 || hp.n_vocab == 0 || hp.head_dim == 0
         {
@@ -144,6 +235,19 @@ impl HParams {
             ));
         }
         Ok(hp)
+    }
+
+    /// Whether layer `il` is a local sliding-window layer.
+    pub fn is_swa(&self, il: usize) -> bool {
+        self.swa_layers.get(il).copied().unwrap_or(false)
+    }
+    /// RoPE base of layer `il`.
+    pub fn rope_base(&self, il: usize) -> f32 {
+        if self.is_swa(il) {
+            self.rope_freq_base_swa
+        } else {
+            self.rope_freq_base
+        }
     }
 
     /// Bytes of K plus V for one token over all layers at `bytes_per_elem`.

@@ -2,5 +2,5 @@
 
 mod hparams;
 mod weights;
-pub use hparams::{Arch, HParams, RopeLayout};
+pub use hparams::{Arch, FfnAct, HParams, RopeLayout};
 pub use weights::{LayerWeights, Model};

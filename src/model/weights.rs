@@ -3,7 +3,7 @@
 //! On the CPU backend the mapped bytes are used in place (no copy, no repacking): ggml reads
 //! weights straight from the page cache. Other backends get a device copy.
 
-use super::{Arch, HParams};
+use super::HParams;
 use crate::adapter::{Adapter, AdapterFile, Lora, Target};
 use crate::error::{Error, Result};
 use crate::ggml::{Backend, Tensor, TensorSet};
@@ -27,6 +27,12 @@ pub struct LayerWeights {
     pub ffn_gate: usize,
     pub ffn_up: usize,
     pub ffn_down: usize,
+    /// Per-head RMSNorm weights of Q and K (QK-norm architectures).
+    pub q_norm: Option<usize>,
+    pub k_norm: Option<usize>,
+    /// RMSNorm weights applied to the attention and MLP outputs before their residual adds.
+    pub post_attn_norm: Option<usize>,
+    pub post_ffn_norm: Option<usize>,
 }
 
 impl LayerWeights {
@@ -191,7 +197,25 @@ impl Model {
         let mut layers = Vec::with_capacity(hp.n_layer);
         for il in 0..hp.n_layer {
             let n = |s: &str| format!("blk.{il}.{s}");
-            let bias = hp.arch == Arch::Qwen2;
+            let bias = hp.arch.qkv_bias();
+            let hd = hp.head_dim;
+            // Weights an architecture requires, and that no other architecture may carry
+            // (a llama file with `attn_q_norm` would otherwise run without it).
+            let arch_only =
+                |ld: &mut Loader, s: &str, d: usize, on: bool| -> Result<Option<usize>> {
+                    if on {
+                        ld.tensor(&n(s), &[d]).map(Some)
+                    } else if ld.g.tensor(&n(s)).is_some() {
+                        Err(Error::Unsupported(format!(
+                        "tensor `{}` in a `{}` model (famstream's `{}` layer has no such weight)",
+                        n(s),
+                        hp.arch.name(),
+                        hp.arch.name()
+                    )))
+                    } else {
+                        Ok(None)
+                    }
+                };
             let opt_bias = |ld: &mut Loader, s: &str, d: usize| -> Result<Option<usize>> {
                 if bias {
                     ld.tensor(&n(s), &[d]).map(Some)
@@ -212,6 +236,15 @@ impl Model {
                 ffn_gate: ld.tensor(&n("ffn_gate.weight"), &[e, ff])?,
                 ffn_up: ld.tensor(&n("ffn_up.weight"), &[e, ff])?,
                 ffn_down: ld.tensor(&n("ffn_down.weight"), &[ff, e])?,
+                q_norm: arch_only(&mut ld, "attn_q_norm.weight", hd, hp.arch.qk_norm())?,
+                k_norm: arch_only(&mut ld, "attn_k_norm.weight", hd, hp.arch.qk_norm())?,
+                post_attn_norm: arch_only(
+                    &mut ld,
+                    "post_attention_norm.weight",
+                    e,
+                    hp.arch.post_norms(),
+                )?,
+                post_ffn_norm: arch_only(&mut ld, "post_ffw_norm.weight", e, hp.arch.post_norms())?,
             });
         }
         let Loader { mut set, infos, .. } = ld;

@@ -65,6 +65,31 @@ pub fn model_path() -> PathBuf {
     .clone()
 }
 
+/// The second real model, Gemma 3 270M (Q4_K_M), fetched by `tools/fetch_model.sh gemma3-270m`.
+pub fn gemma3_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/fetch_model.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg("gemma3-270m")
+            .output()
+            .expect("run tools/fetch_model.sh gemma3-270m");
+        assert!(
+            out.status.success(),
+            "tools/fetch_model.sh gemma3-270m failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        assert!(
+            p.is_file(),
+            "fetch_model.sh printed {p:?}, which is not a file"
+        );
+        p
+    })
+    .clone()
+}
+
 /// A scratch directory unique to this test process and name.
 pub fn scratch_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("famstream-test-{}-{name}", std::process::id()));
