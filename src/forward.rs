@@ -144,14 +144,23 @@ pub fn qkv<'a>(
 /// sliding-window layers have their own base.
 pub fn rope<'a>(
     ctx: &'a Context,
-    m: &Model,
+    m: &'a Model,
     x: Tensor<'a>,
     pos: Tensor<'a>,
     il: usize,
 ) -> Tensor<'a> {
     let hp = &m.hp;
     let neox = hp.arch.rope_layout() == RopeLayout::Halves;
-    ctx.rope(x, pos, hp.rope_dims, neox, hp.rope_base(il), hp.n_ctx_train)
+    ctx.rope(
+        x,
+        pos,
+        hp.rope_dims,
+        neox,
+        hp.rope_base(il),
+        hp.rope_scale(il),
+        m.rope_freqs(),
+        hp.n_ctx_train,
+    )
 }
 
 /// Attention of q [hd, n_head, n] over KV slots [0, n_kv) of layer `il`, with `mask`.

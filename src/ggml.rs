@@ -493,6 +493,8 @@ impl Context {
         n_dims: usize,
         neox: bool,
         freq_base: f32,
+        freq_scale: f32,
+        freq_factors: Option<Tensor<'a>>,
         n_ctx_orig: usize,
     ) -> Tensor<'a> {
         let mode = if neox { 2 } else { 0 };
@@ -501,12 +503,12 @@ impl Context {
                 self.raw(),
                 a.raw(),
                 pos.raw(),
-                std::ptr::null_mut(),
+                freq_factors.map_or(std::ptr::null_mut(), |t| t.raw()),
                 n_dims as i32,
                 mode,
                 n_ctx_orig as i32,
                 freq_base,
-                1.0,
+                freq_scale,
                 0.0,
                 1.0,
                 32.0,

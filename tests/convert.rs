@@ -68,7 +68,7 @@ fn golden(arch: &str) -> (Vec<u32>, Vec<f32>) {
 
 #[test]
 fn tiny_checkpoints_convert_to_every_type_and_run_in_both_engines() {
-    for arch in ["llama", "qwen2"] {
+    for arch in ["llama", "llama3", "qwen2", "qwen3", "gemma3"] {
         let dir = common::scratch_dir(&format!("convert-{arch}"));
         let (ids, hf) = golden(arch);
         for ty in TYPES {

@@ -265,3 +265,62 @@ fn fam_variants_do_what_they_say() {
         );
     }
 }
+
+#[test]
+fn the_equivalences_hold_on_every_tiny_architecture() {
+    // guide §7 on every architecture famstream runs (gemma3's local layers, window 8, included):
+    // F = 0 is bswa, windows covering the stream are full attention, token-by-token is block
+    // prefill, the state keeps its size, and the absolute start position changes nothing (RoPE
+    // with per-layer bases and frequency factors sees relative positions only).
+    let tokens: Vec<u32> = (0..150).map(|i| 5 + (i * 37) % 500).collect();
+    for arch in ["llama", "llama3", "qwen2", "qwen3", "gemma3"] {
+        let m = tiny(arch);
+        let bswa = run_all(&m, settings(MemoryPolicy::Bswa, 16, 1, 0, 0), &tokens, 0);
+        let fam0 = run_all(&m, settings(MemoryPolicy::Fam, 16, 1, 0, 0), &tokens, 0);
+        assert!(
+            bswa == fam0,
+            "{arch}: F = 0 vs bswa, max diff {}",
+            max_diff(&bswa, &fam0)
+        );
+
+        let full = run_all(&m, settings(MemoryPolicy::Full, 16, 1, 0, 0), &tokens, 16);
+        for s in [
+            settings(MemoryPolicy::Bswa, 16, 9, 0, 0),
+            settings(MemoryPolicy::Sink, 16, 9, 0, 4),
+        ] {
+            let got = run_all(&m, s, &tokens, 16);
+            assert!(
+                got == full,
+                "{arch} {s:?} vs full: max diff {}",
+                max_diff(&got, &full)
+            );
+        }
+        assert!(max_diff(&bswa, &full) > 0.01, "{arch}: bswa hides nothing?");
+
+        for s in [
+            settings(MemoryPolicy::Bswa, 16, 1, 0, 0),
+            settings(MemoryPolicy::Sink, 16, 1, 0, 4),
+            settings(MemoryPolicy::Fam, 16, 1, 4, 0),
+        ] {
+            let batch = run_all(&m, s, &tokens, 0);
+            let stream = run_all(&m, s, &tokens, 1);
+            let kl = mean_kl(&batch, &stream, m.hp.n_vocab);
+            assert!(
+                kl < STREAM_VS_BATCH_MEAN_KL,
+                "{arch} {s:?}: stream vs batch KL {kl}"
+            );
+
+            let mut eng = engine(&m);
+            let mut st = state(&m, s, 0);
+            let bytes = st.state_bytes();
+            st.set_start_position(100_000_000).unwrap();
+            let shifted = st.feed(&mut eng, &tokens, Logits::All).unwrap();
+            assert_eq!(st.state_bytes(), bytes, "{arch} {s:?}");
+            assert!(
+                shifted == batch,
+                "{arch} {s:?}: start position matters, max diff {}",
+                max_diff(&shifted, &batch)
+            );
+        }
+    }
+}

@@ -1,4 +1,5 @@
-//! Tiny random `llama` and `qwen2` checkpoints: our logits against Hugging Face transformers'
+//! Tiny random `llama`, `llama` with Llama 3 RoPE scaling, `qwen2`, `qwen3` and `gemma3`
+//! checkpoints: our logits against Hugging Face transformers
 //! (golden files made by tools/make_tiny_models.py; the GGUFs by llama.cpp's own converter).
 
 mod common;
@@ -152,4 +153,34 @@ fn tiny_qwen2_f32_matches_transformers() {
 #[test]
 fn tiny_qwen2_f16_matches_transformers() {
     check("qwen2", "model.f16.gguf", F16_GGUF_LOGIT_TOL);
+}
+
+#[test]
+fn tiny_llama3_rope_scaling_f32_matches_transformers() {
+    check("llama3", "model.f32.gguf", F32_GGUF_LOGIT_TOL);
+}
+
+#[test]
+fn tiny_llama3_rope_scaling_f16_matches_transformers() {
+    check("llama3", "model.f16.gguf", F16_GGUF_LOGIT_TOL);
+}
+
+#[test]
+fn tiny_qwen3_f32_matches_transformers() {
+    check("qwen3", "model.f32.gguf", F32_GGUF_LOGIT_TOL);
+}
+
+#[test]
+fn tiny_qwen3_f16_matches_transformers() {
+    check("qwen3", "model.f16.gguf", F16_GGUF_LOGIT_TOL);
+}
+
+#[test]
+fn tiny_gemma3_f32_matches_transformers() {
+    check("gemma3", "model.f32.gguf", F32_GGUF_LOGIT_TOL);
+}
+
+#[test]
+fn tiny_gemma3_f16_matches_transformers() {
+    check("gemma3", "model.f16.gguf", F16_GGUF_LOGIT_TOL);
 }

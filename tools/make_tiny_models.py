@@ -17,13 +17,21 @@ The 3 logit sequences are [BOS], BOS + 6 tokens of Emma, BOS + 39 random ids. Th
 (7 tokens) is the first candidate whose 16-token greedy path keeps a top-2 logit margin >= 0.05
 at every step, so that f16 rounding cannot flip it; the margins are recorded for the Rust tests.
 
-for <arch> in {llama, qwen2}:
+for <arch> in {llama, llama3, qwen2, qwen3, gemma3}:
   * llama: LlamaForCausalLM, hidden 64, ffn 128, 2 layers, 4 heads / 2 KV heads, head_dim 16,
     rope_theta 1e4, rms_norm_eps 1e-5, untied output. llama.cpp's converter permutes the Q/K
     rows, so the GGUF uses llama.cpp's "normal" RoPE (rotate adjacent pairs (2i, 2i+1)).
+  * llama3: the same with Llama 3's "llama3" RoPE scaling (rope_theta 5e5, factor 8, low/high
+    frequency factors 1/4, original context 16, so that most of the 8 rotated pairs are
+    scaled); the converter writes it as rope_freqs.weight.
   * qwen2: Qwen2ForCausalLM, same sizes, nonzero q/k/v biases, tied embeddings, rope_theta 1e6.
     No permutation: the GGUF uses NEOX RoPE (rotate pairs (i, i + head_dim/2)).
-Both share one byte-level BPE tokenizer (512 tokens, trained here on the start of
+  * qwen3: Qwen3ForCausalLM, same sizes, no biases, QK-norm, tied embeddings, rope_theta 1e6.
+  * gemma3: Gemma3ForCausalLM (text), 6 layers (layers 0-4 local with a sliding window of 8
+    tokens and rope_theta 1e4, layer 5 global with rope_theta 1e6 and linear RoPE scaling x2),
+    QK-norm, post-norms, GeGLU, scaled embeddings, query_pre_attn_scalar = head_dim, tied.
+    Gemma's norms are (1 + w): their w is drawn around 0; the converter adds the 1.
+Archs other than llama use NEOX RoPE. All share one byte-level BPE tokenizer (512 tokens, trained here on the start of
 /work/shared/data/austen_emma.txt) whose first ids are <unk>=0 <s>=1 </s>=2 <|im_start|>=3
 <|im_end|>=4.
 
@@ -104,9 +112,13 @@ COMMON = dict(
     hidden_act="silu",
 )
 ARCHS = {
-    "llama": dict(seed=1001, rope_theta=10000.0, tie=False),
-    "qwen2": dict(seed=2002, rope_theta=1000000.0, tie=True),
+    "llama": dict(seed=1001, rope_theta=10000.0, tie=False, layers=2, bos=True),
+    "llama3": dict(seed=1003, rope_theta=500000.0, tie=False, layers=2, bos=True),
+    "qwen2": dict(seed=2002, rope_theta=1000000.0, tie=True, layers=2, bos=False),
+    "qwen3": dict(seed=2003, rope_theta=1000000.0, tie=True, layers=2, bos=False),
+    "gemma3": dict(seed=3003, rope_theta=1000000.0, tie=True, layers=6, bos=True),
 }
+GEMMA3_WINDOW = 8
 GREEDY_NEW_TOKENS = 16
 GREEDY_MIN_MARGIN = 0.05
 
@@ -180,17 +192,40 @@ def save_tokenizer(tok, hf_dir: Path, add_bos: bool):
 # --------------------------------------------------------------------------- models
 def build_model(arch: str, vocab_size: int):
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (GenerationConfig, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM,
+                              Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
     spec = ARCHS[arch]
     rope = {"rope_type": "default", "rope_theta": spec["rope_theta"]}
-    kw = dict(COMMON, vocab_size=vocab_size, tie_word_embeddings=spec["tie"], rope_parameters=rope)
+    kw = dict(COMMON, vocab_size=vocab_size, tie_word_embeddings=spec["tie"], rope_parameters=rope,
+              num_hidden_layers=spec["layers"])
     if arch == "llama":
         cfg = LlamaConfig(attention_bias=False, mlp_bias=False, **kw)
         cls = LlamaForCausalLM
-    else:
-        cfg = Qwen2Config(use_sliding_window=False, sliding_window=None, max_window_layers=COMMON["num_hidden_layers"], **kw)
+    elif arch == "llama3":
+        kw["rope_parameters"] = {"rope_type": "llama3", "rope_theta": spec["rope_theta"], "factor": 8.0,
+                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                 "original_max_position_embeddings": 16}
+        cfg = LlamaConfig(attention_bias=False, mlp_bias=False, **kw)
+        cls = LlamaForCausalLM
+    elif arch == "qwen2":
+        cfg = Qwen2Config(use_sliding_window=False, sliding_window=None, max_window_layers=spec["layers"], **kw)
         cls = Qwen2ForCausalLM
+    elif arch == "qwen3":
+        cfg = Qwen3Config(attention_bias=False, use_sliding_window=False, sliding_window=None,
+                          max_window_layers=spec["layers"], **kw)
+        cls = Qwen3ForCausalLM
+    else:
+        kw.pop("hidden_act")
+        kw["rope_parameters"] = {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "rope_theta": spec["rope_theta"], "factor": 2.0},
+        }
+        cfg = Gemma3TextConfig(hidden_activation="gelu_pytorch_tanh", sliding_window=GEMMA3_WINDOW,
+                               query_pre_attn_scalar=COMMON["head_dim"], final_logit_softcapping=None,
+                               attn_logit_softcapping=None, layer_types=["sliding_attention"] * 5 + ["full_attention"],
+                               attention_bias=False, **kw)
+        cls = Gemma3ForCausalLM
     cfg.dtype = torch.float32
 
     torch.manual_seed(spec["seed"])
@@ -199,7 +234,8 @@ def build_model(arch: str, vocab_size: int):
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
             if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.2 * (2 * torch.rand(p.shape, generator=g) - 1))  # U(0.8, 1.2)
+                centre = 0.0 if arch == "gemma3" else 1.0  # Gemma3RMSNorm scales by (1 + w)
+                p.copy_(centre + 0.2 * (2 * torch.rand(p.shape, generator=g) - 1))  # U(c-0.2, c+0.2)
             elif name.endswith(".bias"):
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
             elif "embed_tokens" in name or "lm_head" in name:
@@ -418,19 +454,29 @@ def check_gguf(path: Path, arch: str, vocab: int, want_f16: bool):
     import gguf
     import numpy as np
 
+    name_arch = arch
     r = gguf.GGUFReader(str(path))
     dims = {"E": 64, "V": vocab, "Q": 64, "KV": 32, "F": 128}
+    n_layer = ARCHS[arch]["layers"]
     exp = {}
     for name, shape in EXPECTED_TENSORS.items():
-        for i in (range(COMMON["num_hidden_layers"]) if "{i}" in name else [None]):
+        for i in (range(n_layer) if "{i}" in name else [None]):
             exp[name.format(i=i)] = tuple(dims[d] for d in shape)
-    if arch == "llama":
+    if arch in ("llama", "llama3"):
         exp["output.weight"] = (64, vocab)
-    else:
-        for i in range(COMMON["num_hidden_layers"]):
+    if arch == "llama3":
+        exp["rope_freqs.weight"] = (8,)
+    for i in range(n_layer):
+        if arch == "qwen2":
             exp[f"blk.{i}.attn_q.bias"] = (64,)
             exp[f"blk.{i}.attn_k.bias"] = (32,)
             exp[f"blk.{i}.attn_v.bias"] = (32,)
+        if arch in ("qwen3", "gemma3"):
+            exp[f"blk.{i}.attn_q_norm.weight"] = (16,)
+            exp[f"blk.{i}.attn_k_norm.weight"] = (16,)
+        if arch == "gemma3":
+            exp[f"blk.{i}.post_attention_norm.weight"] = (64,)
+            exp[f"blk.{i}.post_ffw_norm.weight"] = (64,)
     got = {t.name: (tuple(int(x) for x in t.shape), t.tensor_type.name) for t in r.tensors}
     assert set(got) == set(exp), (sorted(set(got) ^ set(exp)))
     for n, (ne, ty) in got.items():
@@ -438,12 +484,13 @@ def check_gguf(path: Path, arch: str, vocab: int, want_f16: bool):
         want = "F16" if (want_f16 and len(ne) == 2) else "F32"
         assert ty == want, (n, ty, want)
     f = {k: v for k, v in r.fields.items()}
+    arch = {"llama3": "llama"}.get(name_arch, name_arch)  # llama3 is a llama file with rope_freqs
     assert f["general.architecture"].contents() == arch
-    assert int(f[f"{arch}.block_count"].contents()) == 2
+    assert int(f[f"{arch}.block_count"].contents()) == n_layer
     assert int(f[f"{arch}.context_length"].contents()) == 4096
     assert int(f[f"{arch}.embedding_length"].contents()) == 64
     assert int(f[f"{arch}.attention.head_count_kv"].contents()) == 2
-    assert np.isclose(f[f"{arch}.rope.freq_base"].contents(), ARCHS[arch]["rope_theta"])
+    assert np.isclose(f[f"{arch}.rope.freq_base"].contents(), ARCHS[name_arch]["rope_theta"])
     assert f["tokenizer.ggml.model"].contents() == "gpt2"
     assert len(f["tokenizer.ggml.tokens"].contents()) == vocab
     return r
@@ -479,7 +526,7 @@ def main():
         if d.exists():
             shutil.rmtree(d)
         hf.mkdir(parents=True)
-        save_tokenizer(tok, hf, add_bos=(arch == "llama"))
+        save_tokenizer(tok, hf, add_bos=ARCHS[arch]["bos"])
         model = build_model(arch, vocab)
         model.config._attn_implementation = "eager"
         model.save_pretrained(str(hf), safe_serialization=True)
@@ -498,7 +545,7 @@ def main():
 
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"total size under {out}: {total} bytes")
-    assert total < 4 * 1024 * 1024, total
+    assert total < 10 * 1024 * 1024, total  # five archs, f32 + f16 GGUFs and the HF checkpoints
 
 
 if __name__ == "__main__":

@@ -29,6 +29,73 @@ pub struct HfConfig {
     pub tied: bool,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
+    /// Linear RoPE scaling factor (of the global layers, for gemma3).
+    pub rope_linear: Option<f32>,
+    /// Llama 3 RoPE frequency factors, one per rotated pair (`rope_freqs.weight`).
+    pub rope_freqs: Option<Vec<f32>>,
+    /// gemma3: the local layers' window, RoPE base and which layers they are.
+    pub sliding_window: Option<usize>,
+    pub rope_theta_local: Option<f32>,
+    pub swa_layers: Option<Vec<bool>>,
+    /// `final_logit_softcapping`.
+    pub final_softcap: Option<f32>,
+}
+
+/// The `rope_parameters` (transformers 5) or `rope_scaling` (4.x) entry that applies to the
+/// global layers, with `rope_theta` merged in where 4.x kept it at the top level.
+fn rope_params(c: &Json) -> Json {
+    let p = if c["rope_parameters"].is_object() {
+        &c["rope_parameters"]
+    } else {
+        &c["rope_scaling"]
+    };
+    let p = if p["full_attention"].is_object() {
+        &p["full_attention"]
+    } else {
+        p
+    };
+    let mut p = if p.is_object() {
+        p.clone()
+    } else {
+        Json::Object(Default::default())
+    };
+    if p.get("rope_theta").is_none() {
+        if let Some(t) = c["rope_theta"].as_f64() {
+            p["rope_theta"] = Json::from(t);
+        }
+    }
+    if p.get("rope_type").is_none() {
+        if let Some(t) = p.get("type").cloned() {
+            p["rope_type"] = t;
+        }
+    }
+    p
+}
+
+/// Llama 3's frequency factors, computed as llama.cpp's converter does (`generate_extra_tensors`
+/// in conversion/llama.py), so both converters write the same tensor.
+fn llama3_rope_factors(p: &Json, head_dim: usize, base: f32) -> Vec<f32> {
+    let factor = p["factor"].as_f64().unwrap_or(8.0) as f32;
+    let low = p["low_freq_factor"].as_f64().unwrap_or(1.0) as f32;
+    let high = p["high_freq_factor"].as_f64().unwrap_or(4.0) as f32;
+    let old_ctx = p["original_max_position_embeddings"]
+        .as_f64()
+        .unwrap_or(8192.0) as f32;
+    let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / base.powf((2 * i) as f32 / head_dim as f32);
+            let wavelen = 2.0 * std::f32::consts::PI / freq;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (old_ctx / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect()
 }
 
 fn read_json(path: &Path) -> Result<Json> {
@@ -54,11 +121,14 @@ impl HfConfig {
             .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
             .unwrap_or_default();
         let arch = match archs.first().copied() {
-            Some("LlamaForCausalLM") => Arch::Llama,
+            Some("LlamaForCausalLM" | "MistralForCausalLM") => Arch::Llama,
             Some("Qwen2ForCausalLM") => Arch::Qwen2,
+            Some("Qwen3ForCausalLM") => Arch::Qwen3,
+            Some("Gemma3ForCausalLM") => Arch::Gemma3,
             other => {
                 return Err(Error::Unsupported(format!(
-                    "{}: architecture {other:?} (famstream converts LlamaForCausalLM and Qwen2ForCausalLM)",
+                    "{}: architecture {other:?} (famstream converts LlamaForCausalLM, \
+                     MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM and Gemma3ForCausalLM)",
                     path.display()
                 )))
             }
@@ -79,10 +149,74 @@ impl HfConfig {
                 path.display()
             )));
         }
-        let rope_theta = c["rope_theta"]
-            .as_f64()
-            .or_else(|| c["rope_parameters"]["rope_theta"].as_f64())
-            .unwrap_or(10_000.0) as f32;
+        let rope = rope_params(&c);
+        let rope_theta = rope["rope_theta"].as_f64().unwrap_or(10_000.0) as f32;
+        let head_dim = c["head_dim"]
+            .as_u64()
+            .map_or(n_embd / n_head, |v| v as usize);
+        let (mut rope_linear, mut rope_freqs) = (None, None);
+        match rope["rope_type"].as_str() {
+            None | Some("default") => {}
+            Some("linear") => {
+                let f = rope["factor"]
+                    .as_f64()
+                    .filter(|f| *f > 0.0)
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "{}: linear RoPE scaling without a positive `factor`",
+                            path.display()
+                        ))
+                    })?;
+                rope_linear = Some(f as f32);
+            }
+            Some("llama3") if arch == Arch::Llama => {
+                rope_freqs = Some(llama3_rope_factors(&rope, head_dim, rope_theta));
+            }
+            Some(other) => {
+                return Err(Error::Unsupported(format!(
+                    "{}: RoPE scaling `{other}` (famstream converts linear scaling and, for \
+                     llama, \"llama3\")",
+                    path.display()
+                )))
+            }
+        }
+        let (mut sliding_window, mut rope_theta_local, mut swa_layers) = (None, None, None);
+        if arch == Arch::Gemma3 {
+            // llama.cpp scales gemma3's attention by 1/sqrt(head_dim) (n_embd / n_head for the
+            // 27B): a checkpoint that asks for anything else would run wrong there and here.
+            if let Some(s) = c["query_pre_attn_scalar"].as_f64() {
+                let ok = s as usize == head_dim || s as usize == n_embd / n_head;
+                if !ok {
+                    return Err(Error::Unsupported(format!(
+                        "{}: gemma3 `query_pre_attn_scalar` {s} (neither head_dim {head_dim} \
+                         nor hidden_size / heads)",
+                        path.display()
+                    )));
+                }
+            }
+            // Final logit softcapping runs (see `metadata`); attention softcapping does not.
+            if c["attn_logit_softcapping"].as_f64().is_some() {
+                return Err(Error::Unsupported(format!(
+                    "{}: gemma3 `attn_logit_softcapping`",
+                    path.display()
+                )));
+            }
+            sliding_window = c["sliding_window"].as_u64().map(|v| v as usize);
+            let params = if c["rope_parameters"].is_object() {
+                &c["rope_parameters"]
+            } else {
+                &Json::Null
+            };
+            rope_theta_local = params["sliding_attention"]["rope_theta"]
+                .as_f64()
+                .or_else(|| c["rope_local_base_freq"].as_f64())
+                .map(|v| v as f32);
+            swa_layers = c["layer_types"].as_array().map(|a| {
+                a.iter()
+                    .map(|t| t.as_str() == Some("sliding_attention"))
+                    .collect()
+            });
+        }
         let id = |k: &str| c[k].as_u64().map(|v| v as u32);
         Ok(HfConfig {
             arch,
@@ -91,9 +225,7 @@ impl HfConfig {
             n_layer: need("num_hidden_layers")?,
             n_head,
             n_head_kv,
-            head_dim: c["head_dim"]
-                .as_u64()
-                .map_or(n_embd / n_head, |v| v as usize),
+            head_dim,
             n_ctx: need("max_position_embeddings")?,
             n_vocab: need("vocab_size")?,
             rms_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
@@ -106,6 +238,12 @@ impl HfConfig {
                     .and_then(|a| a.first()?.as_u64())
                     .map(|v| v as u32)
             }),
+            rope_linear,
+            rope_freqs,
+            sliding_window,
+            rope_theta_local,
+            swa_layers,
+            final_softcap: c["final_logit_softcapping"].as_f64().map(|v| v as f32),
         })
     }
 
@@ -136,6 +274,25 @@ impl HfConfig {
                 Value::U32(self.head_dim as u32),
             ));
         }
+        if let Some(f) = self.rope_linear {
+            v.push((k("rope.scaling.type"), Value::String("linear".into())));
+            v.push((k("rope.scaling.factor"), Value::F32(f)));
+        }
+        if let Some(c) = self.final_softcap {
+            v.push((k("final_logit_softcapping"), Value::F32(c)));
+        }
+        if let Some(w) = self.sliding_window {
+            v.push((k("attention.sliding_window"), Value::U32(w as u32)));
+            if let Some(t) = self.rope_theta_local {
+                v.push((k("rope.freq_base_swa"), Value::F32(t)));
+            }
+            if let Some(layers) = &self.swa_layers {
+                v.push((
+                    k("attention.sliding_window_pattern"),
+                    Value::Array(Array::Bool(layers.clone())),
+                ));
+            }
+        }
         if self.arch == Arch::Llama {
             v.push((k("rope.dimension_count"), Value::U32(self.head_dim as u32)));
             v.push((k("vocab_size"), Value::U32(self.n_vocab as u32)));
@@ -144,8 +301,16 @@ impl HfConfig {
     }
 }
 
-/// GGUF name of an HF tensor, and for llama-style Q/K the head count whose rows must be permuted.
-pub fn gguf_name(hf: &str, cfg: &HfConfig) -> Option<(String, Option<usize>)> {
+/// How a converted tensor's values change on the way: llama-style Q/K rows are permuted for
+/// `n` heads; Gemma's norms, `x * (1 + w)` in transformers, get their 1 added.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Transform {
+    pub permute: Option<usize>,
+    pub add: f32,
+}
+
+/// GGUF name of an HF tensor, and how its values change (see [`Transform`]).
+pub fn gguf_name(hf: &str, cfg: &HfConfig) -> Option<(String, Transform)> {
     const TOP: &[(&str, &str)] = &[
         ("model.embed_tokens.weight", "token_embd.weight"),
         ("model.norm.weight", "output_norm.weight"),
@@ -164,14 +329,45 @@ pub fn gguf_name(hf: &str, cfg: &HfConfig) -> Option<(String, Option<usize>)> {
         ("mlp.gate_proj.weight", "ffn_gate.weight"),
         ("mlp.up_proj.weight", "ffn_up.weight"),
         ("mlp.down_proj.weight", "ffn_down.weight"),
+        ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+        ("self_attn.k_norm.weight", "attn_k_norm.weight"),
     ];
+    // Gemma 3 norms around attention and MLP: four of them, named differently.
+    const GEMMA_LAYER: &[(&str, &str)] = &[
+        (
+            "post_attention_layernorm.weight",
+            "post_attention_norm.weight",
+        ),
+        ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
+        ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+    ];
+    let gemma = cfg.arch == Arch::Gemma3;
+    let add = if gemma && hf.ends_with("norm.weight") {
+        1.0
+    } else {
+        0.0
+    };
+    let plain = Transform { permute: None, add };
     if let Some((_, g)) = TOP.iter().find(|(h, _)| *h == hf) {
-        return Some((g.to_string(), None));
+        return Some((g.to_string(), plain));
     }
     let rest = hf.strip_prefix("model.layers.")?;
     let (il, suffix) = rest.split_once('.')?;
     let il: usize = il.parse().ok()?;
-    let (_, g) = LAYER.iter().find(|(h, _)| *h == suffix)?;
+    let table = if gemma {
+        GEMMA_LAYER
+            .iter()
+            .chain(
+                LAYER
+                    .iter()
+                    .filter(|(h, _)| !h.starts_with("post_attention_layernorm")),
+            )
+            .copied()
+            .collect::<Vec<_>>()
+    } else {
+        LAYER.to_vec()
+    };
+    let (_, g) = table.iter().find(|(h, _)| *h == suffix)?;
     // llama.cpp's `llama` RoPE pairs adjacent dims; HF's rotate_half pairs halves: permute Q/K
     // rows (weights and biases) so the two agree. qwen2 uses the halves layout natively.
     let permute = match (cfg.arch, *g) {
@@ -179,7 +375,7 @@ pub fn gguf_name(hf: &str, cfg: &HfConfig) -> Option<(String, Option<usize>)> {
         (Arch::Llama, "attn_k.weight" | "attn_k.bias") => Some(cfg.n_head_kv),
         _ => None,
     };
-    Some((format!("blk.{il}.{g}"), permute))
+    Some((format!("blk.{il}.{g}"), Transform { permute, add }))
 }
 
 /// llama.cpp's `permute`: within each head, rows (a, b) with a in {0,1} (halves) become (b, a)

@@ -139,12 +139,14 @@ fn choose(
 
 /// Where a planned tensor's values come from.
 enum Source {
-    /// Shard index and tensor of an HF checkpoint; `Some(n)` = permute rows for n heads.
+    /// Shard index and tensor of an HF checkpoint, and how its values change on the way.
     Hf {
         shard: usize,
         tensor: safetensors::StTensor,
-        permute: Option<usize>,
+        transform: hf::Transform,
     },
+    /// Values the converter computes (Llama 3's RoPE frequency factors).
+    Values(Vec<f32>),
     /// A tensor of the input GGUF (by index); copied as bytes when the type is unchanged. With
     /// `Some(pair)` (an index into the adapter's pairs), the adapter's `scale * B A` is added
     /// in f32 first.
@@ -315,7 +317,7 @@ fn convert_hf(
     // Plan: every known tensor, checked against the config.
     let mut plan = Vec::new();
     for (hf_name, shard, t) in &weights.index {
-        let Some((name, permute)) = gguf_name(hf_name, &cfg) else {
+        let Some((name, transform)) = gguf_name(hf_name, &cfg) else {
             if hf_name.contains("rotary_emb.inv_freq") {
                 continue;
             }
@@ -334,8 +336,17 @@ fn convert_hf(
             source: Source::Hf {
                 shard: *shard,
                 tensor: t.clone(),
-                permute,
+                transform,
             },
+        });
+    }
+    if let Some(f) = &cfg.rope_freqs {
+        plan.push(Planned {
+            name: "rope_freqs.weight".into(),
+            ne: vec![f.len() as u64],
+            wanted: GgmlType::F32,
+            ty: GgmlType::F32,
+            source: Source::Values(f.clone()),
         });
     }
     check_shapes(&plan, &cfg)?;
@@ -365,19 +376,23 @@ fn convert_hf(
     }
     let report = finish(&mut w, &plan, Some(target), opts)?;
     write_plan(&w, &plan, output, progress, |p| {
-        let Source::Hf {
-            shard,
-            tensor,
-            permute,
-        } = &p.source
-        else {
-            return Ok(None);
-        };
-        let mut v = weights.shards[*shard].f32(tensor);
-        weights.shards[*shard].release(tensor);
         let row = p.ne[0] as usize;
-        if let Some(n_head) = permute {
-            v = permute_rows(&v, row, *n_head);
+        let (shard, tensor, transform) = match &p.source {
+            Source::Hf {
+                shard,
+                tensor,
+                transform,
+            } => (*shard, tensor, *transform),
+            Source::Values(v) => return quantize_rows(p.ty, v, row).map(Some),
+            Source::Gguf(..) => return Ok(None),
+        };
+        let mut v = weights.shards[shard].f32(tensor);
+        weights.shards[shard].release(tensor);
+        if let Some(n_head) = transform.permute {
+            v = permute_rows(&v, row, n_head);
+        }
+        if transform.add != 0.0 {
+            v.iter_mut().for_each(|x| *x += transform.add);
         }
         quantize_rows(p.ty, &v, row).map(Some)
     })?;
@@ -456,11 +471,24 @@ fn check_shapes(plan: &[Planned], cfg: &HfConfig) -> Result<()> {
             (n("ffn_up.weight"), vec![e, ff]),
             (n("ffn_down.weight"), vec![ff, e]),
         ]);
-        if cfg.arch == crate::model::Arch::Qwen2 {
+        if cfg.arch.qkv_bias() {
             want.extend([
                 (n("attn_q.bias"), vec![q]),
                 (n("attn_k.bias"), vec![kv]),
                 (n("attn_v.bias"), vec![kv]),
+            ]);
+        }
+        if cfg.arch.qk_norm() {
+            let hd = cfg.head_dim as u64;
+            want.extend([
+                (n("attn_q_norm.weight"), vec![hd]),
+                (n("attn_k_norm.weight"), vec![hd]),
+            ]);
+        }
+        if cfg.arch.post_norms() {
+            want.extend([
+                (n("post_attention_norm.weight"), vec![e]),
+                (n("post_ffw_norm.weight"), vec![e]),
             ]);
         }
     }
@@ -568,7 +596,7 @@ fn convert_gguf(
     write_plan(&w, &plan, output, progress, |p| {
         let (i, pair) = match &p.source {
             Source::Gguf(i, pair) => (*i, *pair),
-            Source::Hf { .. } => return Ok(None),
+            Source::Hf { .. } | Source::Values(_) => return Ok(None),
         };
         let t = &g.tensors()[i];
         let bytes = g.tensor_data(t)?;

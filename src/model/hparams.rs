@@ -11,6 +11,8 @@ pub enum Arch {
     Llama,
     /// `qwen2`: Q/K/V biases, NEOX RoPE layout (halves), usually tied embeddings.
     Qwen2,
+    /// `qwen3`: `qwen2` without the biases, with QK-norm (Q and K RMS-normed per head).
+    Qwen3,
     /// `gemma3`: RMS-normed Q and K per head (QK-norm), norms after attention and after the
     /// MLP as well as before, GeGLU MLP, embeddings scaled by sqrt(n_embd), NEOX RoPE, and
     /// local sliding-window layers (their own RoPE base) between global ones.
@@ -40,9 +42,10 @@ impl Arch {
         match name {
             "llama" => Ok(Arch::Llama),
             "qwen2" => Ok(Arch::Qwen2),
+            "qwen3" => Ok(Arch::Qwen3),
             "gemma3" => Ok(Arch::Gemma3),
             other => Err(Error::Unsupported(format!(
-                "architecture `{other}` (famstream runs `llama`, `qwen2` and `gemma3`)"
+                "architecture `{other}` (famstream runs `llama`, `qwen2`, `qwen3` and `gemma3`)"
             ))),
         }
     }
@@ -50,13 +53,14 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
             Arch::Gemma3 => "gemma3",
         }
     }
     pub fn rope_layout(self) -> RopeLayout {
         match self {
             Arch::Llama => RopeLayout::Interleaved,
-            Arch::Qwen2 | Arch::Gemma3 => RopeLayout::Halves,
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 => RopeLayout::Halves,
         }
     }
     /// Q/K/V carry biases (required).
@@ -65,7 +69,7 @@ impl Arch {
     }
     /// Q and K are RMS-normed per head before RoPE (`attn_q_norm`, `attn_k_norm`).
     pub fn qk_norm(self) -> bool {
-        self == Arch::Gemma3
+        matches!(self, Arch::Qwen3 | Arch::Gemma3)
     }
     /// The attention and MLP outputs are RMS-normed before their residual adds
     /// (`post_attention_norm`, `post_ffw_norm`).
@@ -77,6 +81,34 @@ impl Arch {
             Arch::Gemma3 => FfnAct::GeluTanh,
             _ => FfnAct::Silu,
         }
+    }
+}
+
+/// The RoPE position scale the file's `{arch}.rope.scaling.*` keys ask for: 1 without scaling,
+/// 1 / factor for `linear`. Other kinds (YaRN, LongRoPE) change more than positions and are
+/// refused, naming them: run as if absent they give wrong positions with no error. (Llama 3's
+/// "llama3" scaling comes as per-dimension frequency factors, `rope_freqs.weight`, which the
+/// model applies; see `Model::rope_freqs`.)
+fn rope_scaling(g: &GgufFile, arch: Arch) -> Result<f32> {
+    let ty_key = format!("{}.rope.scaling.type", arch.name());
+    let factor_key = format!("{}.rope.scaling.factor", arch.name());
+    let ty = g.opt_str(&ty_key)?;
+    let factor = g.opt_f32(&factor_key)?;
+    match (ty, factor) {
+        (None | Some("none"), None) => Ok(1.0),
+        (None | Some("none"), Some(f)) if f == 0.0 || f == 1.0 => Ok(1.0),
+        (Some("linear"), Some(f)) if f > 0.0 && f.is_finite() => Ok(1.0 / f),
+        (Some("linear"), _) => Err(Error::metadata(
+            &factor_key,
+            format!("linear RoPE scaling needs a positive factor, got {factor:?}"),
+        )),
+        (ty, factor) => Err(Error::Unsupported(format!(
+            "{}: RoPE scaling `{}` (`{ty_key}`), factor {} (`{factor_key}`); famstream \
+             supports linear scaling and Llama 3 frequency factors",
+            g.path().display(),
+            ty.unwrap_or("unnamed"),
+            factor.map_or("unset".to_string(), |f| f.to_string())
+        ))),
     }
 }
 
@@ -117,6 +149,9 @@ pub struct HParams {
     pub embd_scale: Option<f32>,
     /// `final_logit_softcapping`: logits become `c * tanh(logits / c)` (0: none).
     pub logit_softcap: f32,
+    /// Linear RoPE scaling (`rope.scaling.type = linear`): positions are multiplied by this
+    /// (1 / `rope.scaling.factor`) in the global layers. 1: none.
+    pub rope_freq_scale: f32,
 }
 
 impl HParams {
@@ -220,6 +255,7 @@ impl HParams {
             },
             embd_scale: (arch == Arch::Gemma3).then(|| (n_embd as f32).sqrt()),
             logit_softcap: g.opt_f32(&k("final_logit_softcapping"))?.unwrap_or(0.0),
+            rope_freq_scale: rope_scaling(g, arch)?,
         };
         if hp.n_layer == 0 || hp.n_embd == 0 || hp.n_ff == 0 || hp.n_vocab == 0 || hp.head_dim == 0
         {
@@ -240,6 +276,14 @@ impl HParams {
     /// Whether layer `il` is a local sliding-window layer.
     pub fn is_swa(&self, il: usize) -> bool {
         self.swa_layers.get(il).copied().unwrap_or(false)
+    }
+    /// RoPE position scale of layer `il` (local layers are never scaled, as in llama.cpp).
+    pub fn rope_scale(&self, il: usize) -> f32 {
+        if self.is_swa(il) {
+            1.0
+        } else {
+            self.rope_freq_scale
+        }
     }
     /// RoPE base of layer `il`.
     pub fn rope_base(&self, il: usize) -> f32 {

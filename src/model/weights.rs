@@ -59,6 +59,8 @@ pub struct Model {
     output_norm: usize,
     /// `None` when the LM head is tied to the token embedding.
     output: Option<usize>,
+    /// Llama 3 RoPE frequency factors, f32 [rope_dims / 2] (`rope_freqs.weight`).
+    rope_freqs: Option<usize>,
     layers: Vec<LayerWeights>,
     device: String,
     /// Weights are read in place from the file's memory map (no copy).
@@ -122,39 +124,6 @@ impl<'g> Loader<'g> {
     }
 }
 
-/// RoPE scaling is not implemented yet: Llama 3.x files carry per-dimension frequency factors
-/// (`rope_freqs.weight`, the "llama3" scaling) and others `{arch}.rope.scaling.*` keys (linear,
-/// YaRN). Run as if absent, such a file gives wrong positions with no error, so it is refused,
-/// naming what it holds.
-fn check_rope_scaling(g: &GgufFile) -> Result<()> {
-    let arch = g.architecture()?;
-    if g.tensor("rope_freqs.weight").is_some() {
-        return Err(Error::Unsupported(format!(
-            "{}: RoPE frequency factors (`rope_freqs.weight`, Llama 3.x \"llama3\" rope \
-             scaling)",
-            g.path().display()
-        )));
-    }
-    let ty_key = format!("{arch}.rope.scaling.type");
-    let factor_key = format!("{arch}.rope.scaling.factor");
-    let ty = g.opt_str(&ty_key)?;
-    let factor = g.opt_f32(&factor_key)?;
-    let scaled = match ty {
-        Some("none") => false,
-        Some(_) => true,
-        None => factor.is_some_and(|f| f != 0.0 && f != 1.0),
-    };
-    if scaled {
-        return Err(Error::Unsupported(format!(
-            "{}: RoPE scaling `{}` (`{ty_key}`), factor {} (`{factor_key}`)",
-            g.path().display(),
-            ty.unwrap_or("unnamed"),
-            factor.map_or("unset".to_string(), |f| f.to_string())
-        )));
-    }
-    Ok(())
-}
-
 impl Model {
     /// Open a GGUF file and load its weights for `backend`'s device (with ggml's CPU
     /// repacking where it has one, like llama.cpp).
@@ -178,7 +147,6 @@ impl Model {
                 hp.rope_dims, hp.head_dim
             )));
         }
-        check_rope_scaling(&gguf)?;
         let (e, q, kv, ff, nv) = (
             hp.n_embd,
             hp.n_head * hp.head_dim,
@@ -194,6 +162,22 @@ impl Model {
         let token_embd = ld.tensor("token_embd.weight", &[e, nv])?;
         let output_norm = ld.tensor("output_norm.weight", &[e])?;
         let output = ld.opt_tensor("output.weight", &[e, nv])?;
+        // Llama 3.x's "llama3" RoPE scaling: each rotated pair's angle is divided by its factor.
+        let rope_freqs = ld.opt_tensor("rope_freqs.weight", &[hp.rope_dims / 2])?;
+        if let Some(i) = rope_freqs {
+            if hp.arch != crate::model::Arch::Llama {
+                return Err(Error::Unsupported(format!(
+                    "RoPE frequency factors (`rope_freqs.weight`) in a `{}` model",
+                    hp.arch.name()
+                )));
+            }
+            if ld.infos[i].ty.0 != 0 {
+                return Err(Error::tensor(
+                    "rope_freqs.weight",
+                    format!("type {}, expected f32", ld.infos[i].ty),
+                ));
+            }
+        }
         let mut layers = Vec::with_capacity(hp.n_layer);
         for il in 0..hp.n_layer {
             let n = |s: &str| format!("blk.{il}.{s}");
@@ -297,6 +281,7 @@ impl Model {
             token_embd,
             output_norm,
             output,
+            rope_freqs,
             layers,
             device: backend.name().to_string(),
             zero_copy,
@@ -389,6 +374,10 @@ impl Model {
     }
     pub fn output_norm(&self) -> Tensor<'_> {
         self.w(self.output_norm)
+    }
+    /// RoPE frequency factors (Llama 3), if the model has them.
+    pub fn rope_freqs(&self) -> Option<Tensor<'_>> {
+        self.rope_freqs.map(|i| self.w(i))
     }
     /// The LM head (the token embedding when tied).
     pub fn output(&self) -> Tensor<'_> {
