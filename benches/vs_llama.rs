@@ -3,9 +3,10 @@
 //! vs llama.cpp full attention). Prints a table of tokens/s and ratios.
 //!
 //! `cargo bench --bench vs_llama -- [--quick] [--reps 5] [--short] [--only q4_0:1] [--at 32768]
-//! [--pp 512 --tg 128]`
+//! [--pp 512 --tg 128] [--gguf FILE]`
 //! (medians of `--reps` alternating runs; `--short`: only pp/tg at short context; `--only`: one
-//! model type and thread count; `--side ours|llama`: run only one engine, e.g. to profile it)
+//! model type and thread count; `--side ours|llama`: run only one engine, e.g. to profile it;
+//! `--gguf`: pp/tg on that file instead, e.g. Gemma 3 270M)
 //! `cargo bench --bench vs_llama -- --llama-rss 8192 [--model q4_1]`: only llama.cpp, which
 //! evaluates that many tokens with a context of that size and prints its peak RSS (run it as its
 //! own process to compare with famstream's; nothing of famstream is loaded).
@@ -174,8 +175,21 @@ fn main() {
     let only = value("--only");
     let side = value("--side");
     let runs = |name: &str| side.as_ref().is_none_or(|s| s == name);
-    for ty in ["q8_0", "q4_0"] {
-        let path = model(ty);
+    // `--gguf FILE`: that model instead of SmolLM2 in q8_0 and q4_0 (e.g. Gemma 3 270M, from
+    // `tools/fetch_model.sh gemma3-270m`).
+    let models: Vec<(String, PathBuf)> = match value("--gguf") {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            let name = p.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            vec![(name, p)]
+        }
+        None => ["q8_0", "q4_0"]
+            .iter()
+            .map(|t| (t.to_string(), model(t)))
+            .collect(),
+    };
+    for (ty, path) in &models {
+        let path = path.clone();
         for threads in [1, 2] {
             if only
                 .as_ref()
@@ -224,7 +238,7 @@ fn main() {
             );
         }
     }
-    if args.iter().any(|a| a == "--short") {
+    if args.iter().any(|a| a == "--short") || value("--gguf").is_some() {
         return;
     }
     // Decode far into the stream: famstream's windowed policies vs llama.cpp full attention.
