@@ -30,9 +30,10 @@
 //!    [`chat::ChatTemplate`]; [`engine::Engine`] owns a backend, its threadpool and the graph
 //!    allocator.
 //! 4. [`state::FamState::feed`] splits tokens at block boundaries, builds a mask of what each row
-//!    may see, and runs [`forward::build_token_graph`] (embed -> per layer RMSNorm, QKV, RoPE,
-//!    write K/V to slots, flash attention over the slots, o_proj, residual, RMSNorm, SwiGLU,
-//!    residual -> final norm -> LM head). After each block it runs
+//!    may see, and runs [`forward::build_token_graph`] (embed -> per layer RMSNorm, QKV (QK-norm),
+//!    RoPE, write K/V to slots, flash attention over the slots (local sliding-window layers
+//!    with their own mask), then [`forward::finish_layer`]: o_proj, (post-norm), residual,
+//!    RMSNorm, SwiGLU/GeGLU, (post-norm), residual -> final norm -> LM head). After each block it runs
 //!    [`forward::build_fam_graph`] (the FAM update of every layer, batched), or, with the
 //!    `reread` feedback, the seed tokens through the token graph into scratch slots.
 //! 5. [`sample::Sampler`] picks the next token; [`tokenizer::StreamDecoder`] emits UTF-8.
@@ -48,7 +49,10 @@
 //!   tensors tied to their context's lifetime, graphs, backends with a persistent threadpool,
 //!   device selection through ggml's registry (`--device`), the graph allocator,
 //!   quantize/dequantize.
-//! - [`model`]: hyperparameters and weights of the `llama` and `qwen2` architectures.
+//! - [`model`]: hyperparameters and weights of the `llama` (with Llama 3 RoPE factors),
+//!   `qwen2`, `qwen3` and `gemma3` architectures; what differs between them is a few
+//!   [`model::Arch`] properties (QK-norm, post-norms, biases, gate activation, RoPE layout)
+//!   that [`forward`] reads, so each layer is written once.
 //! - [`adapter`]: LoRA adapters in llama.cpp's GGUF layout plus FAM extras (a learned initial
 //!   FAM, `fam.*` stream defaults, the base model's fingerprint): validation and device upload.
 //! - [`init_memory`]: the learned initial FAM (`fam.init_memory`), read from a metadata array
