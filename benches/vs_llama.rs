@@ -180,7 +180,11 @@ fn main() {
     let models: Vec<(String, PathBuf)> = match value("--gguf") {
         Some(p) => {
             let p = PathBuf::from(p);
-            let name = p.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            let name = p
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             vec![(name, p)]
         }
         None => ["q8_0", "q4_0"]

@@ -1,9 +1,16 @@
 //! Chat templates: turn a conversation into the text the model was trained on.
 //!
-//! We do not run Jinja. The template family is recognised from `tokenizer.chat_template` and
-//! rendered by built-in code: ChatML (`<|im_start|>`: SmolLM2, Qwen2), Llama 3
-//! (`<|start_header_id|>`) and Llama 2 (`[INST]`). Unknown templates fall back to ChatML.
-//! Rendering is per turn, so a persistent session appends only the new turn to its stream.
+//! A GGUF's own Jinja template (`tokenizer.chat_template`) is rendered with minijinja, in the
+//! environment transformers uses (`trim_blocks`, `lstrip_blocks`, loop controls,
+//! `raise_exception`, `strftime_now`, Python string methods): [`JinjaTemplate`]. Checked byte
+//! for byte against transformers on real models' templates (tests/chat_templates.rs). Without a
+//! template, or with one minijinja cannot run, a built-in family is used, recognised from the
+//! template text: ChatML (`<|im_start|>`: SmolLM2, Qwen2), Llama 3 (`<|start_header_id|>`) and
+//! Llama 2 (`[INST]`); unknown ones fall back to ChatML.
+//!
+//! Rendering is per turn, so a persistent session appends only the new turn to its stream. A
+//! Jinja template renders whole conversations; one turn is the difference between a short
+//! conversation with the turn and the same without it (as llama.cpp's server does).
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
@@ -22,6 +29,8 @@ impl Message {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChatTemplate {
+    /// The model's own Jinja template.
+    Jinja(Box<JinjaTemplate>),
     /// `<|im_start|>role\ncontent<|im_end|>\n`; some models add a default system message.
     ChatMl { default_system: Option<String> },
     /// `<|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|>`.
@@ -30,7 +39,253 @@ pub enum ChatTemplate {
     Llama2,
 }
 
+/// Content of probe messages, unlikely in any template's own text.
+const PROBE: &str = "\u{1}famstream-probe\u{1}";
+
+/// A model's Jinja chat template with its special-token texts, and what it renders around
+/// turns (computed once, by rendering probe conversations).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JinjaTemplate {
+    source: String,
+    bos_token: String,
+    eos_token: String,
+    /// `date_string` for templates that print a date (tests fix it); `None`: `strftime_now`.
+    date_string: Option<String>,
+    generation_prompt: String,
+    end_of_turn: String,
+    /// What the template prints after the last turn when there is no generation prompt
+    /// (Phi-3.5: its EOS); turns are rendered without it.
+    conversation_end: String,
+    /// The built-in family, for turns the template cannot render alone.
+    fallback: Box<ChatTemplate>,
+}
+
+/// Today's date (UTC) in the `strftime` formats templates use (`%d %b %Y`, `%Y-%m-%d`, ...).
+fn strftime_now(fmt: &str) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    let month = MONTHS[(m - 1) as usize];
+    let (sod, mut out, mut chars) = (secs.rem_euclid(86_400), String::new(), fmt.chars());
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{d:02}")),
+            Some('m') => out.push_str(&format!("{m:02}")),
+            Some('Y') => out.push_str(&y.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", y % 100)),
+            Some('b') => out.push_str(&month[..3]),
+            Some('B') => out.push_str(month),
+            Some('H') => out.push_str(&format!("{:02}", sod / 3600)),
+            Some('M') => out.push_str(&format!("{:02}", sod / 60 % 60)),
+            Some('S') => out.push_str(&format!("{:02}", sod % 60)),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+impl JinjaTemplate {
+    /// Compile `source` and probe it. An error names what minijinja could not parse or run.
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<JinjaTemplate, String> {
+        Self::with_date(source, bos_token, eos_token, None)
+    }
+
+    /// [`JinjaTemplate::new`] with a fixed `date_string` (for reproducible renders).
+    pub fn with_date(
+        source: &str,
+        bos_token: &str,
+        eos_token: &str,
+        date_string: Option<&str>,
+    ) -> Result<JinjaTemplate, String> {
+        let mut t = JinjaTemplate {
+            source: source.to_string(),
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+            date_string: date_string.map(str::to_string),
+            generation_prompt: String::new(),
+            end_of_turn: String::new(),
+            conversation_end: String::new(),
+            fallback: Box::new(ChatTemplate::detect(Some(source))),
+        };
+        let user = [Message::new("user", PROBE)];
+        let with = t.render(&user, true)?;
+        let without = t.render(&user, false)?;
+        // with = turns + generation prompt, without = turns + conversation end (usually
+        // nothing). Where both end in special tokens, the common prefix may run into one
+        // ("<|" of "<|assistant|>" and "<|endoftext|>"): back off to that token's start.
+        let after_probe = without
+            .rfind(PROBE)
+            .ok_or("a user turn's content is not rendered")?
+            + PROBE.len();
+        let mut split = with
+            .bytes()
+            .zip(without.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        if split < without.len() {
+            if let Some(lt) = without[..split].rfind('<').filter(|&i| i >= after_probe) {
+                split = lt;
+            }
+        }
+        if split < after_probe || !with.is_char_boundary(split) {
+            return Err("the generation prompt is not appended after the turns".into());
+        }
+        t.generation_prompt = with[split..].to_string();
+        t.conversation_end = without[split..].to_string();
+        let turn = [Message::new("user", "Hi"), Message::new("assistant", PROBE)];
+        let full = t.render(&turn, false)?;
+        let at = full
+            .rfind(PROBE)
+            .ok_or("an assistant turn's content is not rendered")?;
+        let end = &full[at + PROBE.len()..];
+        t.end_of_turn = end
+            .strip_suffix(t.conversation_end.as_str())
+            .unwrap_or(end)
+            .to_string();
+        Ok(t)
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Render a conversation as transformers' `apply_chat_template(..., tokenize=False)` does.
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
+        use minijinja::{Environment, ErrorKind, Value};
+        let mut env = Environment::new();
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|e| format!("chat template syntax: {e}"))?;
+        env.set_syntax(syntax);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<Value, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
+        env.add_template("chat", &self.source)
+            .map_err(|e| format!("chat template: {e}"))?;
+        let msgs: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+            .collect();
+        let mut ctx = serde_json::json!({
+            "messages": msgs,
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+        });
+        if let Some(d) = &self.date_string {
+            ctx["date_string"] = serde_json::Value::String(d.clone());
+        }
+        env.get_template("chat")
+            .and_then(|t| t.render(Value::from(minijinja::value::Serde(&ctx))))
+            .map_err(|e| format!("chat template: {e}"))
+    }
+
+    /// Turns without the conversation end.
+    fn render_turns(&self, messages: &[Message]) -> Result<String, String> {
+        let s = self.render(messages, false)?;
+        Ok(match s.strip_suffix(self.conversation_end.as_str()) {
+            Some(t) => t.to_string(),
+            None => s,
+        })
+    }
+
+    /// One turn: the conversation with it, minus the same conversation without it.
+    fn render_turn(&self, m: &Message, first: bool) -> String {
+        if first {
+            return self
+                .render_turns(std::slice::from_ref(m))
+                .unwrap_or_else(|_| self.fallback.render_turn(m, first));
+        }
+        // A short history that alternates into this turn, as strict templates require.
+        let history = match m.role.as_str() {
+            "assistant" => vec![Message::new("user", "Hi")],
+            _ => vec![
+                Message::new("user", "Hi"),
+                Message::new("assistant", "Hello"),
+            ],
+        };
+        let mut with = history.clone();
+        with.push(m.clone());
+        match (self.render_turns(&history), self.render_turns(&with)) {
+            (Ok(before), Ok(after)) if after.starts_with(&before) => {
+                after[before.len()..].to_string()
+            }
+            _ => self.fallback.render_turn(m, first),
+        }
+    }
+}
+
 impl ChatTemplate {
+    /// The template of a model: its own Jinja template when minijinja runs it, else the
+    /// built-in family ([`ChatTemplate::detect`]). `bos`/`eos` are the token texts the template
+    /// may print. Returns the reason when a template was present but not usable.
+    pub fn for_model(
+        template: Option<&str>,
+        bos: &str,
+        eos: &str,
+    ) -> (ChatTemplate, Option<String>) {
+        match template {
+            Some(src) => match JinjaTemplate::new(src, bos, eos) {
+                Ok(j) => (ChatTemplate::Jinja(Box::new(j)), None),
+                Err(e) => (ChatTemplate::detect(template), Some(e)),
+            },
+            None => (ChatTemplate::detect(None), None),
+        }
+    }
+
+    /// What renders prompts: "jinja (the model's template)" or the built-in family.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            ChatTemplate::Jinja(_) => "jinja (the model's own template)",
+            ChatTemplate::ChatMl { .. } => "built-in ChatML",
+            ChatTemplate::Llama3 => "built-in Llama 3",
+            ChatTemplate::Llama2 => "built-in Llama 2",
+        }
+    }
+
     /// Recognise the family of a Jinja template (`None`: no template, use ChatML).
     pub fn detect(template: Option<&str>) -> ChatTemplate {
         let Some(t) = template else {
@@ -59,6 +314,7 @@ impl ChatTemplate {
     /// Text of one turn. `first`: this is the first message of the conversation.
     pub fn render_turn(&self, m: &Message, first: bool) -> String {
         match self {
+            ChatTemplate::Jinja(j) => j.render_turn(m, first),
             ChatTemplate::ChatMl { default_system } => {
                 let mut s = String::new();
                 if first && m.role != "system" {
@@ -90,8 +346,9 @@ impl ChatTemplate {
     }
 
     /// The text that makes the model answer as the assistant.
-    pub fn generation_prompt(&self) -> &'static str {
+    pub fn generation_prompt(&self) -> &str {
         match self {
+            ChatTemplate::Jinja(j) => &j.generation_prompt,
             ChatTemplate::ChatMl { .. } => "<|im_start|>assistant\n",
             ChatTemplate::Llama3 => "<|start_header_id|>assistant<|end_header_id|>\n\n",
             ChatTemplate::Llama2 => "",
@@ -99,16 +356,43 @@ impl ChatTemplate {
     }
 
     /// The text that closes an assistant turn after generation stopped at an end token.
-    pub fn end_of_assistant_turn(&self) -> &'static str {
+    pub fn end_of_assistant_turn(&self) -> &str {
         match self {
+            ChatTemplate::Jinja(j) => &j.end_of_turn,
             ChatTemplate::ChatMl { .. } => "<|im_end|>\n",
             ChatTemplate::Llama3 => "<|eot_id|>",
             ChatTemplate::Llama2 => " </s>",
         }
     }
 
+    /// The opening turns of a conversation (a system message and the first user turn, say),
+    /// rendered together: templates may fold a system message into the first user turn (Gemma
+    /// 3) or otherwise depend on both. Without the generation prompt or the conversation's end.
+    pub fn render_opening(&self, messages: &[Message]) -> String {
+        match self {
+            ChatTemplate::Jinja(j) => j.render_turns(messages).unwrap_or_else(|_| {
+                messages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| j.fallback.render_turn(m, i == 0))
+                    .collect()
+            }),
+            _ => messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| self.render_turn(m, i == 0))
+                .collect(),
+        }
+    }
+
     /// A whole conversation, optionally with the generation prompt.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> String {
+        if let ChatTemplate::Jinja(j) = self {
+            if let Ok(s) = j.render(messages, add_generation_prompt) {
+                return s;
+            }
+            return j.fallback.render(messages, add_generation_prompt);
+        }
         let mut s: String = messages
             .iter()
             .enumerate()

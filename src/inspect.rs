@@ -36,6 +36,26 @@ pub fn report(g: &GgufFile) -> Result<Json> {
         "bos_token_id": id("bos_token_id"), "eos_token_id": id("eos_token_id"),
         "has_chat_template": g.get("tokenizer.chat_template").is_some(),
     });
+    // How chat prompts are rendered: the template itself, or the built-in family used instead.
+    let token_text = |k: &str| -> String {
+        match (tok("tokens"), id(k)) {
+            (Some(Value::Array(Array::String(t))), Some(i)) => {
+                t.get(i as usize).cloned().unwrap_or_default()
+            }
+            _ => String::new(),
+        }
+    };
+    let template = g.opt_str("tokenizer.chat_template").ok().flatten();
+    let (renderer, unusable) = crate::chat::ChatTemplate::for_model(
+        template,
+        &token_text("bos_token_id"),
+        &token_text("eos_token_id"),
+    );
+    let chat = json!({
+        "renderer": renderer.describe(),
+        "template": template,
+        "unusable": unusable,
+    });
     let fam = FamSettings::from_gguf(g)?;
     let fam_json = fam_json(&fam, FamSettings::present_in(g));
     let is_adapter = g.opt_str(crate::adapter::KEY_GENERAL_TYPE).ok().flatten() == Some("adapter");
@@ -57,6 +77,7 @@ pub fn report(g: &GgufFile) -> Result<Json> {
     }
     Ok(json!({
         "file": g.path().display().to_string(),
+        "chat": chat,
         "file_bytes": g.bytes().len(),
         "gguf_version": g.version,
         "alignment": g.alignment,
@@ -161,6 +182,17 @@ pub fn render_text(r: &Json, show_tensors: bool) -> String {
             "yes"
         } else {
             "no"
+        }
+    );
+    let c = &r["chat"];
+    let _ = writeln!(
+        o,
+        "chat          {}{}",
+        s(&c["renderer"]),
+        match (&c["template"], &c["unusable"]) {
+            (Json::String(t), Json::Null) => format!(", {} chars (--json shows it)", t.len()),
+            (_, Json::String(why)) => format!(" (the model's template cannot be used: {why})"),
+            _ => " (the file has no template)".to_string(),
         }
     );
     let f = &r["fam"];

@@ -809,12 +809,11 @@ fn run(cli: Cli) -> Result<()> {
             let text = read_text(prompt, file)?;
             let opts = sample.options()?;
             let rt = model.load()?;
-            let text = if chat {
-                rt.chat.render(&[Message::new("user", &text)], true)
+            let tokens = if chat {
+                rt.encode_chat(&rt.chat.render(&[Message::new("user", &text)], true), true)
             } else {
-                text
+                rt.tokenizer.encode(&text, true, true)
             };
-            let tokens = rt.tokenizer.encode(&text, true, true);
             let mut eng = rt.engine()?;
             let mut stream = memory.state(&rt, &eng, model.ctx(&rt))?;
             let mut out = std::io::stdout().lock();
@@ -1185,7 +1184,9 @@ fn run(cli: Cli) -> Result<()> {
                 .transpose()?;
             let mut first = true;
             let mut turns = 0u64;
-            let mut pending = String::new();
+            // The system message opens the conversation with the first user turn (templates
+            // may fold it into that turn).
+            let opening: Vec<Message> = system.iter().map(|s| Message::new("system", s)).collect();
             let mut stream = match &session_path {
                 Some(p) if p.exists() => {
                     if memory.load_state.is_some() {
@@ -1207,13 +1208,7 @@ fn run(cli: Cli) -> Result<()> {
                     eprintln!("(session resumed: {turns} turns, {} tokens)", st.n_past());
                     st
                 }
-                _ => {
-                    if let Some(s) = &system {
-                        pending = rt.chat.render_turn(&Message::new("system", s), true);
-                        first = false;
-                    }
-                    memory.state(&rt, &eng, model.ctx(&rt))?
-                }
+                _ => memory.state(&rt, &eng, model.ctx(&rt))?,
             };
             let stdin = std::io::stdin();
             let mut out = std::io::stdout();
@@ -1236,24 +1231,23 @@ fn run(cli: Cli) -> Result<()> {
                     "/reset" => {
                         stream.reset();
                         turns = 0;
-                        first = system.is_none();
-                        pending = system
-                            .as_ref()
-                            .map(|s| rt.chat.render_turn(&Message::new("system", s), true))
-                            .unwrap_or_default();
+                        first = true;
                         println!("(conversation reset)");
                         continue;
                     }
                     _ => {}
                 }
-                let turn = format!(
-                    "{pending}{}{}",
-                    rt.chat.render_turn(&Message::new("user", line), first),
-                    rt.chat.generation_prompt()
-                );
-                pending.clear();
+                let user = Message::new("user", line);
+                let mut turn = if first {
+                    let mut o = opening.clone();
+                    o.push(user);
+                    rt.chat.render_opening(&o)
+                } else {
+                    rt.chat.render_turn(&user, false)
+                };
+                turn.push_str(rt.chat.generation_prompt());
+                let tokens = rt.encode_chat(&turn, first);
                 first = false;
-                let tokens = rt.tokenizer.encode(&turn, false, true);
                 // A per-turn seed keeps sampled sessions reproducible across processes.
                 opts.sampler.seed = sample.seed.wrapping_add(turns);
                 let stats = rt.generate(&mut eng, &mut stream, &tokens, &opts, |piece| {

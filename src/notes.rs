@@ -396,14 +396,14 @@ fn ask(
 /// A user turn with `content` and the generation prompt, in the model's chat template; plain
 /// text with an `Answer:` cue when the file has no template.
 fn turn_tokens(rt: &Runtime, content: &str) -> Vec<u32> {
-    let text = if has_template(rt) {
+    if has_template(rt) {
         let mut t = rt.chat.render_turn(&Message::new("user", content), true);
         t.push_str(rt.chat.generation_prompt());
-        t
+        rt.encode_chat(&t, true)
     } else {
-        format!("{content}\n\nAnswer:\n")
-    };
-    rt.tokenizer.encode(&text, true, true)
+        rt.tokenizer
+            .encode(&format!("{content}\n\nAnswer:\n"), true, true)
+    }
 }
 
 /// Whether the model file has a chat template (else the prompts are plain text).

@@ -229,7 +229,22 @@ impl Runtime {
                 ),
             ));
         }
-        let chat = ChatTemplate::detect(model.gguf.opt_str("tokenizer.chat_template")?);
+        let text_of = |id: Option<u32>| {
+            id.and_then(|i| tokenizer.token_text(i))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (chat, unusable) = ChatTemplate::for_model(
+            model.gguf.opt_str("tokenizer.chat_template")?,
+            &text_of(tokenizer.bos()),
+            &text_of(tokenizer.eos()),
+        );
+        if let Some(why) = unusable {
+            eprintln!(
+                "warning: the model's chat template cannot be used ({why}); using {}",
+                chat.describe()
+            );
+        }
         Ok(Runtime {
             model: Arc::new(model),
             tokenizer,
@@ -262,6 +277,21 @@ impl Runtime {
     }
 
     /// A new stream with the given memory settings (`n_ctx` bounds the `full` policy only).
+    /// Tokens of chat-template text. The template prints the special tokens it wants (parsed,
+    /// not added), as transformers' `apply_chat_template` does; a conversation's start still
+    /// gets the BOS the vocabulary asks for when the template printed none.
+    pub fn encode_chat(&self, text: &str, start: bool) -> Vec<u32> {
+        let mut ids = self.tokenizer.encode(text, false, true);
+        if start && self.tokenizer.add_bos() {
+            if let Some(b) = self.tokenizer.bos() {
+                if ids.first() != Some(&b) {
+                    ids.insert(0, b);
+                }
+            }
+        }
+        ids
+    }
+
     pub fn new_state(&self, eng: &Engine, settings: FamSettings, n_ctx: usize) -> Result<FamState> {
         let (seed, bos) = FamState::seed_tokens_for(&self.tokenizer, settings.fam_len as usize);
         FamState::new(&self.model, eng.backend(), settings, n_ctx, seed, bos)

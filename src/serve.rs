@@ -344,11 +344,11 @@ fn parse(
         }
         // A new conversation starts with the template's first-turn text; a session continues.
         let first = session.as_ref().is_none_or(|s| !session_exists(opts, s));
-        let mut text: String = list
-            .iter()
-            .enumerate()
-            .map(|(i, m)| rt.chat.render_turn(m, first && i == 0))
-            .collect();
+        let mut text: String = if first {
+            rt.chat.render_opening(&list)
+        } else {
+            list.iter().map(|m| rt.chat.render_turn(m, false)).collect()
+        };
         text.push_str(rt.chat.generation_prompt());
         text
     } else {
@@ -760,7 +760,7 @@ fn run_job(
         },
         None => rt.new_state(eng, opts.memory, opts.n_ctx)?,
     };
-    let tokens = rt.tokenizer.encode(&job.prompt, state.n_past() == 0, true);
+    let tokens = rt.encode_chat(&job.prompt, state.n_past() == 0);
     // `n` > 1 (never with a session): every choice but the last from its own fresh state
     for i in 1..job.n {
         let mut gen = job.gen.clone();

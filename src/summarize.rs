@@ -110,7 +110,7 @@ pub fn ingest(
 ) -> Result<()> {
     let tok = &rt.tokenizer;
     let (before, _) = user_turn(rt)?;
-    let mut first = tok.encode(&before, state.n_past() == 0, true);
+    let mut first = rt.encode_chat(&before, state.n_past() == 0);
     first.extend(tok.encode(&intro(&opts.focus), false, false));
     state.feed(eng, &first, Logits::None)?;
     let body = tok.encode(&prepare_text(text), false, false);
