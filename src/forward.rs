@@ -124,11 +124,34 @@ pub fn qkv<'a>(
     let hp = &m.hp;
     let n = x.ne()[1];
     let hd = hp.head_dim as i64;
-    let q = linear(ctx, m, l.wq, l.bq, x); // q_proj
-    let k = linear(ctx, m, l.wk, l.bk, x); // k_proj
-    let v = linear(ctx, m, l.wv, l.bv, x).set_name(&format!("v-{il}")); // v_proj
-    let mut q = ctx.reshape(q, &[hd, hp.n_head as i64, n]);
-    let mut k_raw = ctx.reshape(k, &[hd, hp.n_head_kv as i64, n]);
+    let (mut q, mut k_raw, v) = if l.fused {
+        // qkv_proj: rows q | k | v of one projection (`Phi3Attention`)
+        let y = linear(ctx, m, l.wq, None, x);
+        let (qd, kvd, row) = (
+            hp.n_head * hp.head_dim,
+            hp.n_head_kv * hp.head_dim,
+            y.nb()[1],
+        );
+        let f = 4; // f32
+        let head = |heads: usize, off: usize| {
+            ctx.cont(ctx.view(y, &[hd, heads as i64, n], &[hp.head_dim * f, row], off * f))
+        };
+        let v = ctx.cont(ctx.view(y, &[kvd as i64, n], &[row], (qd + kvd) * f));
+        (
+            head(hp.n_head, 0),
+            head(hp.n_head_kv, qd),
+            v.set_name(&format!("v-{il}")),
+        )
+    } else {
+        let q = linear(ctx, m, l.wq, l.bq, x); // q_proj
+        let k = linear(ctx, m, l.wk, l.bk, x); // k_proj
+        let v = linear(ctx, m, l.wv, l.bv, x).set_name(&format!("v-{il}")); // v_proj
+        (
+            ctx.reshape(q, &[hd, hp.n_head as i64, n]),
+            ctx.reshape(k, &[hd, hp.n_head_kv as i64, n]),
+            v,
+        )
+    };
     // QK-norm (`Gemma3Attention.q_norm`/`k_norm`): per head, before RoPE.
     if let (Some(qn), Some(kn)) = (l.q_norm, l.k_norm) {
         q = norm(ctx, q, m.w(qn), hp.rms_eps);
@@ -201,6 +224,11 @@ pub fn attend<'a>(
 /// Gated MLP: SwiGLU (`LlamaMLP`: down(silu(gate(x)) * up(x))) or GeGLU (`Gemma3MLP`, with
 /// gelu_pytorch_tanh).
 pub fn ffn<'a>(ctx: &'a Context, m: &'a Model, l: &LayerWeights, x: Tensor<'a>) -> Tensor<'a> {
+    if l.fused {
+        // gate_up_proj: rows gate | up (`Phi3MLP`)
+        let gu = linear(ctx, m, l.ffn_up, None, x);
+        return linear(ctx, m, l.ffn_down, None, ctx.swiglu_fused(gu));
+    }
     let gate = linear(ctx, m, l.ffn_gate, None, x);
     let up = linear(ctx, m, l.ffn_up, None, x);
     let act = match m.hp.arch.ffn_act() {

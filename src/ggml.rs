@@ -397,6 +397,10 @@ impl Context {
     pub fn swiglu<'a>(&'a self, gate: Tensor<'a>, up: Tensor<'a>) -> Tensor<'a> {
         self.wrap(unsafe { sys::ggml_swiglu_split(self.raw(), gate.raw(), up.raw()) })
     }
+    /// `silu(a[..n/2]) * a[n/2..]` over rows: SwiGLU of a fused gate|up projection (phi3).
+    pub fn swiglu_fused<'a>(&'a self, a: Tensor<'a>) -> Tensor<'a> {
+        self.wrap(unsafe { sys::ggml_swiglu(self.raw(), a.raw()) })
+    }
     /// `gelu(gate) * up`, GELU in its tanh approximation (Gemma's GeGLU).
     pub fn geglu<'a>(&'a self, gate: Tensor<'a>, up: Tensor<'a>) -> Tensor<'a> {
         self.wrap(unsafe { sys::ggml_geglu_split(self.raw(), gate.raw(), up.raw()) })

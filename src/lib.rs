@@ -50,8 +50,9 @@
 //!   device selection through ggml's registry (`--device`), the graph allocator,
 //!   quantize/dequantize.
 //! - [`model`]: hyperparameters and weights of the `llama` (with Llama 3 RoPE factors),
-//!   `qwen2`, `qwen3` and `gemma3` architectures; what differs between them is a few
-//!   [`model::Arch`] properties (QK-norm, post-norms, biases, gate activation, RoPE layout)
+//!   `qwen2`, `qwen3`, `gemma3` and `phi3` architectures; what differs between them is a few
+//!   [`model::Arch`] properties (QK-norm, post-norms, biases, fused projections, gate
+//!   activation, RoPE layout)
 //!   that [`forward`] reads, so each layer is written once.
 //! - [`adapter`]: LoRA adapters in llama.cpp's GGUF layout plus FAM extras (a learned initial
 //!   FAM, `fam.*` stream defaults, the base model's fingerprint): validation and device upload.

@@ -273,7 +273,7 @@ fn the_equivalences_hold_on_every_tiny_architecture() {
     // prefill, the state keeps its size, and the absolute start position changes nothing (RoPE
     // with per-layer bases and frequency factors sees relative positions only).
     let tokens: Vec<u32> = (0..150).map(|i| 5 + (i * 37) % 500).collect();
-    for arch in ["llama", "llama3", "qwen2", "qwen3", "gemma3"] {
+    for arch in ["llama", "llama3", "qwen2", "qwen3", "gemma3", "phi3"] {
         let m = tiny(arch);
         let bswa = run_all(&m, settings(MemoryPolicy::Bswa, 16, 1, 0, 0), &tokens, 0);
         let fam0 = run_all(&m, settings(MemoryPolicy::Fam, 16, 1, 0, 0), &tokens, 0);

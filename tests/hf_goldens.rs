@@ -1,4 +1,4 @@
-//! Tiny random `llama`, `llama` with Llama 3 RoPE scaling, `qwen2`, `qwen3` and `gemma3`
+//! Tiny random `llama`, `llama` with Llama 3 RoPE scaling, `qwen2`, `qwen3`, `gemma3` and `phi3`
 //! checkpoints: our logits against Hugging Face transformers
 //! (golden files made by tools/make_tiny_models.py; the GGUFs by llama.cpp's own converter).
 
@@ -183,4 +183,14 @@ fn tiny_gemma3_f32_matches_transformers() {
 #[test]
 fn tiny_gemma3_f16_matches_transformers() {
     check("gemma3", "model.f16.gguf", F16_GGUF_LOGIT_TOL);
+}
+
+#[test]
+fn tiny_phi3_f32_matches_transformers() {
+    check("phi3", "model.f32.gguf", F32_GGUF_LOGIT_TOL);
+}
+
+#[test]
+fn tiny_phi3_f16_matches_transformers() {
+    check("phi3", "model.f16.gguf", F16_GGUF_LOGIT_TOL);
 }

@@ -17,7 +17,7 @@ The 3 logit sequences are [BOS], BOS + 6 tokens of Emma, BOS + 39 random ids. Th
 (7 tokens) is the first candidate whose 16-token greedy path keeps a top-2 logit margin >= 0.05
 at every step, so that f16 rounding cannot flip it; the margins are recorded for the Rust tests.
 
-for <arch> in {llama, llama3, qwen2, qwen3, gemma3}:
+for <arch> in {llama, llama3, qwen2, qwen3, gemma3, phi3}:
   * llama: LlamaForCausalLM, hidden 64, ffn 128, 2 layers, 4 heads / 2 KV heads, head_dim 16,
     rope_theta 1e4, rms_norm_eps 1e-5, untied output. llama.cpp's converter permutes the Q/K
     rows, so the GGUF uses llama.cpp's "normal" RoPE (rotate adjacent pairs (2i, 2i+1)).
@@ -27,6 +27,8 @@ for <arch> in {llama, llama3, qwen2, qwen3, gemma3}:
   * qwen2: Qwen2ForCausalLM, same sizes, nonzero q/k/v biases, tied embeddings, rope_theta 1e6.
     No permutation: the GGUF uses NEOX RoPE (rotate pairs (i, i + head_dim/2)).
   * qwen3: Qwen3ForCausalLM, same sizes, no biases, QK-norm, tied embeddings, rope_theta 1e6.
+  * phi3: Phi3ForCausalLM, same sizes, fused QKV and gate/up projections, untied; its
+    tokenizer_config names GPT2Tokenizer so that llama.cpp's converter reads tokenizer.json.
   * gemma3: Gemma3ForCausalLM (text), 6 layers (layers 0-4 local with a sliding window of 8
     tokens and rope_theta 1e4, layer 5 global with rope_theta 1e6 and linear RoPE scaling x2),
     QK-norm, post-norms, GeGLU, scaled embeddings, query_pre_attn_scalar = head_dim, tied.
@@ -117,6 +119,7 @@ ARCHS = {
     "qwen2": dict(seed=2002, rope_theta=1000000.0, tie=True, layers=2, bos=False),
     "qwen3": dict(seed=2003, rope_theta=1000000.0, tie=True, layers=2, bos=False),
     "gemma3": dict(seed=3003, rope_theta=1000000.0, tie=True, layers=6, bos=True),
+    "phi3": dict(seed=4004, rope_theta=10000.0, tie=False, layers=2, bos=True),
 }
 GEMMA3_WINDOW = 8
 GREEDY_NEW_TOKENS = 16
@@ -193,7 +196,8 @@ def save_tokenizer(tok, hf_dir: Path, add_bos: bool):
 def build_model(arch: str, vocab_size: int):
     import torch
     from transformers import (GenerationConfig, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM,
-                              Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+                              Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                              Qwen3ForCausalLM)
 
     spec = ARCHS[arch]
     rope = {"rope_type": "default", "rope_theta": spec["rope_theta"]}
@@ -211,6 +215,11 @@ def build_model(arch: str, vocab_size: int):
     elif arch == "qwen2":
         cfg = Qwen2Config(use_sliding_window=False, sliding_window=None, max_window_layers=spec["layers"], **kw)
         cls = Qwen2ForCausalLM
+    elif arch == "phi3":
+        kw.pop("head_dim")
+        kw["rope_parameters"] = dict(rope, partial_rotary_factor=1.0, original_max_position_embeddings=4096)
+        cfg = Phi3Config(sliding_window=None, pad_token_id=0, original_max_position_embeddings=4096, **kw)
+        cls = Phi3ForCausalLM
     elif arch == "qwen3":
         cfg = Qwen3Config(attention_bias=False, use_sliding_window=False, sliding_window=None,
                           max_window_layers=spec["layers"], **kw)
@@ -462,8 +471,14 @@ def check_gguf(path: Path, arch: str, vocab: int, want_f16: bool):
     for name, shape in EXPECTED_TENSORS.items():
         for i in (range(n_layer) if "{i}" in name else [None]):
             exp[name.format(i=i)] = tuple(dims[d] for d in shape)
-    if arch in ("llama", "llama3"):
+    if arch in ("llama", "llama3", "phi3"):
         exp["output.weight"] = (64, vocab)
+    if arch == "phi3":  # fused: attn_qkv = q|k|v rows, ffn_up = gate|up rows
+        for i in range(n_layer):
+            for t in ("attn_q", "attn_k", "attn_v", "ffn_gate"):
+                del exp[f"blk.{i}.{t}.weight"]
+            exp[f"blk.{i}.attn_qkv.weight"] = (64, 128)
+            exp[f"blk.{i}.ffn_up.weight"] = (64, 256)
     if arch == "llama3":
         exp["rope_freqs.weight"] = (8,)
     for i in range(n_layer):
@@ -527,6 +542,11 @@ def main():
             shutil.rmtree(d)
         hf.mkdir(parents=True)
         save_tokenizer(tok, hf, add_bos=ARCHS[arch]["bos"])
+        if arch == "phi3":  # llama.cpp's Phi3 converter takes the GPT-2 path only for this class
+            cfg_path = hf / "tokenizer_config.json"
+            cfg = json.loads(cfg_path.read_text())
+            cfg["tokenizer_class"] = "GPT2Tokenizer"
+            cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         model = build_model(arch, vocab)
         model.config._attn_implementation = "eager"
         model.save_pretrained(str(hf), safe_serialization=True)

@@ -125,10 +125,12 @@ impl HfConfig {
             Some("Qwen2ForCausalLM") => Arch::Qwen2,
             Some("Qwen3ForCausalLM") => Arch::Qwen3,
             Some("Gemma3ForCausalLM") => Arch::Gemma3,
+            Some("Phi3ForCausalLM") => Arch::Phi3,
             other => {
                 return Err(Error::Unsupported(format!(
                     "{}: architecture {other:?} (famstream converts LlamaForCausalLM, \
-                     MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM and Gemma3ForCausalLM)",
+                     MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma3ForCausalLM and \
+                     Phi3ForCausalLM)",
                     path.display()
                 )))
             }
@@ -151,6 +153,16 @@ impl HfConfig {
         }
         let rope = rope_params(&c);
         let rope_theta = rope["rope_theta"].as_f64().unwrap_or(10_000.0) as f32;
+        let partial = rope["partial_rotary_factor"]
+            .as_f64()
+            .or_else(|| c["partial_rotary_factor"].as_f64())
+            .unwrap_or(1.0);
+        if partial != 1.0 {
+            return Err(Error::Unsupported(format!(
+                "{}: partial RoPE (`partial_rotary_factor` {partial})",
+                path.display()
+            )));
+        }
         let head_dim = c["head_dim"]
             .as_u64()
             .map_or(n_embd / n_head, |v| v as usize);
@@ -331,6 +343,9 @@ pub fn gguf_name(hf: &str, cfg: &HfConfig) -> Option<(String, Transform)> {
         ("mlp.down_proj.weight", "ffn_down.weight"),
         ("self_attn.q_norm.weight", "attn_q_norm.weight"),
         ("self_attn.k_norm.weight", "attn_k_norm.weight"),
+        // phi3's fused projections, kept fused as llama.cpp does
+        ("self_attn.qkv_proj.weight", "attn_qkv.weight"),
+        ("mlp.gate_up_proj.weight", "ffn_up.weight"),
     ];
     // Gemma 3 norms around attention and MLP: four of them, named differently.
     const GEMMA_LAYER: &[(&str, &str)] = &[

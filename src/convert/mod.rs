@@ -462,15 +462,24 @@ fn check_shapes(plan: &[Planned], cfg: &HfConfig) -> Result<()> {
         let n = |s: &str| format!("blk.{il}.{s}");
         want.extend([
             (n("attn_norm.weight"), vec![e]),
-            (n("attn_q.weight"), vec![e, q]),
-            (n("attn_k.weight"), vec![e, kv]),
-            (n("attn_v.weight"), vec![e, kv]),
             (n("attn_output.weight"), vec![q, e]),
             (n("ffn_norm.weight"), vec![e]),
-            (n("ffn_gate.weight"), vec![e, ff]),
-            (n("ffn_up.weight"), vec![e, ff]),
             (n("ffn_down.weight"), vec![ff, e]),
         ]);
+        if cfg.arch.fused_projections() {
+            want.extend([
+                (n("attn_qkv.weight"), vec![e, q + 2 * kv]),
+                (n("ffn_up.weight"), vec![e, 2 * ff]),
+            ]);
+        } else {
+            want.extend([
+                (n("attn_q.weight"), vec![e, q]),
+                (n("attn_k.weight"), vec![e, kv]),
+                (n("attn_v.weight"), vec![e, kv]),
+                (n("ffn_gate.weight"), vec![e, ff]),
+                (n("ffn_up.weight"), vec![e, ff]),
+            ]);
+        }
         if cfg.arch.qkv_bias() {
             want.extend([
                 (n("attn_q.bias"), vec![q]),

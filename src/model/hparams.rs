@@ -13,6 +13,8 @@ pub enum Arch {
     Qwen2,
     /// `qwen3`: `qwen2` without the biases, with QK-norm (Q and K RMS-normed per head).
     Qwen3,
+    /// `phi3`: fused Q|K|V (`attn_qkv`) and gate|up (`ffn_up`) projections, NEOX RoPE.
+    Phi3,
     /// `gemma3`: RMS-normed Q and K per head (QK-norm), norms after attention and after the
     /// MLP as well as before, GeGLU MLP, embeddings scaled by sqrt(n_embd), NEOX RoPE, and
     /// local sliding-window layers (their own RoPE base) between global ones.
@@ -44,8 +46,10 @@ impl Arch {
             "qwen2" => Ok(Arch::Qwen2),
             "qwen3" => Ok(Arch::Qwen3),
             "gemma3" => Ok(Arch::Gemma3),
+            "phi3" => Ok(Arch::Phi3),
             other => Err(Error::Unsupported(format!(
-                "architecture `{other}` (famstream runs `llama`, `qwen2`, `qwen3` and `gemma3`)"
+                "architecture `{other}` (famstream runs `llama`, `qwen2`, `qwen3`, `gemma3` and \
+                 `phi3`)"
             ))),
         }
     }
@@ -55,13 +59,18 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Gemma3 => "gemma3",
+            Arch::Phi3 => "phi3",
         }
     }
     pub fn rope_layout(self) -> RopeLayout {
         match self {
             Arch::Llama => RopeLayout::Interleaved,
-            Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 => RopeLayout::Halves,
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 | Arch::Phi3 => RopeLayout::Halves,
         }
+    }
+    /// One fused Q|K|V projection and one fused gate|up projection.
+    pub fn fused_projections(self) -> bool {
+        self == Arch::Phi3
     }
     /// Q/K/V carry biases (required).
     pub fn qkv_bias(self) -> bool {
@@ -199,6 +208,9 @@ impl HParams {
         let n_layer = usize_of(&k("block_count"))?;
         let n_swa = match g.opt_u32(&k("attention.sliding_window"))? {
             Some(v) if arch == Arch::Gemma3 => v as usize,
+            // llama.cpp runs phi3 without its sliding window (its converters do not say which
+            // layers have one); famstream does the same, so both agree on these files.
+            Some(_) if arch == Arch::Phi3 => 0,
             Some(v) if v > 0 => {
                 return Err(Error::Unsupported(format!(
                     "sliding-window attention (`{}` = {v}) in a `{}` model",

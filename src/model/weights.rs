@@ -33,6 +33,9 @@ pub struct LayerWeights {
     /// RMSNorm weights applied to the attention and MLP outputs before their residual adds.
     pub post_attn_norm: Option<usize>,
     pub post_ffn_norm: Option<usize>,
+    /// `wq` is one Q|K|V projection (`wk`, `wv` name it too) and `ffn_up` one gate|up
+    /// projection (`ffn_gate` names it too): phi3.
+    pub fused: bool,
 }
 
 impl LayerWeights {
@@ -207,18 +210,32 @@ impl Model {
                     ld.opt_tensor(&n(s), &[d])
                 }
             };
+            let fused = hp.arch.fused_projections();
+            let (wq, wk, wv, ffn_gate, ffn_up) = if fused {
+                let qkv = ld.tensor(&n("attn_qkv.weight"), &[e, q + 2 * kv])?;
+                let up = ld.tensor(&n("ffn_up.weight"), &[e, 2 * ff])?;
+                (qkv, qkv, qkv, up, up)
+            } else {
+                (
+                    ld.tensor(&n("attn_q.weight"), &[e, q])?,
+                    ld.tensor(&n("attn_k.weight"), &[e, kv])?,
+                    ld.tensor(&n("attn_v.weight"), &[e, kv])?,
+                    ld.tensor(&n("ffn_gate.weight"), &[e, ff])?,
+                    ld.tensor(&n("ffn_up.weight"), &[e, ff])?,
+                )
+            };
             layers.push(LayerWeights {
                 attn_norm: ld.tensor(&n("attn_norm.weight"), &[e])?,
-                wq: ld.tensor(&n("attn_q.weight"), &[e, q])?,
-                wk: ld.tensor(&n("attn_k.weight"), &[e, kv])?,
-                wv: ld.tensor(&n("attn_v.weight"), &[e, kv])?,
+                wq,
+                wk,
+                wv,
                 bq: opt_bias(&mut ld, "attn_q.bias", q)?,
                 bk: opt_bias(&mut ld, "attn_k.bias", kv)?,
                 bv: opt_bias(&mut ld, "attn_v.bias", kv)?,
                 wo: ld.tensor(&n("attn_output.weight"), &[q, e])?,
                 ffn_norm: ld.tensor(&n("ffn_norm.weight"), &[e])?,
-                ffn_gate: ld.tensor(&n("ffn_gate.weight"), &[e, ff])?,
-                ffn_up: ld.tensor(&n("ffn_up.weight"), &[e, ff])?,
+                ffn_gate,
+                ffn_up,
                 ffn_down: ld.tensor(&n("ffn_down.weight"), &[ff, e])?,
                 q_norm: arch_only(&mut ld, "attn_q_norm.weight", hd, hp.arch.qk_norm())?,
                 k_norm: arch_only(&mut ld, "attn_k_norm.weight", hd, hp.arch.qk_norm())?,
@@ -229,6 +246,7 @@ impl Model {
                     hp.arch.post_norms(),
                 )?,
                 post_ffn_norm: arch_only(&mut ld, "post_ffw_norm.weight", e, hp.arch.post_norms())?,
+                fused,
             });
         }
         let Loader { mut set, infos, .. } = ld;
@@ -242,6 +260,8 @@ impl Model {
                 .flat_map(|l| [l.wq, l.wk, l.wv, l.wo, l.ffn_gate, l.ffn_up, l.ffn_down])
                 .collect();
             mm.extend(output);
+            mm.sort_unstable();
+            mm.dedup(); // fused projections appear under several names
             let (take, _) = set.alloc_repacked(&mm, &|i| gguf.tensor_data(infos[i]))?;
             for &i in &take {
                 gguf.release(infos[i]);
@@ -308,6 +328,16 @@ impl Model {
                 self.device,
                 backend.name()
             )));
+        }
+        if self.hp.arch.fused_projections() {
+            return Err(Error::adapter(
+                path,
+                format!(
+                    "adapters for `{}` models (fused Q|K|V and gate|up projections) are not \
+                     supported",
+                    self.hp.arch.name()
+                ),
+            ));
         }
         let file = AdapterFile::open(path, &self.gguf, &self.hp)?;
         let layers = &self.layers;
