@@ -70,7 +70,9 @@
 //! - [`tokenizer`]: byte-level BPE (GPT-2 style) and SentencePiece BPE, from GGUF metadata.
 //! - [`sample`], [`chat`], [`runtime`]: sampling, chat templates, the embedding API.
 //! - [`perplexity`], [`passkey`], [`bench`]: evaluation and speed; [`recall`]: recall of a
-//!   planted fact k windows back (the memory benchmark, cases from `tools/recall_bench.py`).
+//!   planted fact k windows back (the memory benchmark, cases from `tools/recall_bench.py`);
+//!   [`streaming_run`]: a streaming-perplexity run with checkpoints to resume from and the
+//!   full-attention KL reference (`perplexity --memory P`).
 //! - [`summarize`]: long documents through the state, then a summary or an answer.
 //! - [`notes`]: `summarize`'s default method: notes on each window-sized chunk, kept outside
 //!   the window and merged under a token budget, so every part of the input reaches the answer.
@@ -78,6 +80,11 @@
 //! - [`convert`]: HF checkpoints / GGUF -> quantized GGUF (our safetensors reader, name maps,
 //!   Q/K permutation, tokenizer.json, ggml quantizers in parallel, streaming writes).
 //! - [`npy`], [`util`], [`inspect`]: small helpers.
+//!
+//! The `famstream` binary is `src/main.rs` (parse, dispatch, exit code) and `src/cli/`: one file
+//! per command (`cli/perplexity.rs`, `cli/serve.rs`, ...) holding its arguments and its
+//! printing, calling the library above for the work; `cli/common.rs` has the model, memory and
+//! sampling arguments every command shares.
 
 //! ## Invariants
 //!
@@ -133,6 +140,7 @@ pub mod serve;
 pub mod settings;
 pub mod snapshot;
 pub mod state;
+pub mod streaming_run;
 pub mod summarize;
 pub mod tokenizer;
 pub mod util;

@@ -2,10 +2,8 @@
 
 use super::common::*;
 use clap::Args;
-use famstream::perplexity::StreamProgress;
 use famstream::runtime::default_threads;
-use famstream::settings::MemoryPolicy;
-use famstream::state::FamState;
+use famstream::streaming_run::{RunStart, StreamingRun, StreamingRunOptions};
 use famstream::{Error, Result};
 use std::io::Write;
 use std::path::PathBuf;
@@ -111,143 +109,52 @@ fn streaming(args: PerplexityArgs) -> Result<()> {
     }
     let settings = memory.settings(&rt)?;
     let mut eng = rt.engine()?;
-    let n_ctx = model.ctx(&rt);
-    // A checkpoint names the tokens it has read by their hash, so a resumed run is
-    // refused on another text (or tokenizer); the model and settings are checked by the
-    // snapshot itself.
-    let read_hash = |n: usize| {
-        let mut h = famstream::util::Fnv64::new();
-        for t in &tokens[..n] {
-            h.write(&t.to_le_bytes());
-        }
-        format!("{:016x}", h.finish())
-    };
-    let chunk = if settings.policy == MemoryPolicy::Full {
-        512
-    } else {
-        settings.block_size as usize
-    };
-    // Lockstep reference for --kl-vs-full: full attention on its own engine, over the
-    // first kl_n positions.
-    let kl_n = kl_vs_full
-        .min(tokens.len().saturating_sub(1))
-        .min(rt.model.hp.n_ctx_train);
-    // What else a resumed run must share with the stopped one.
-    let run_settings = serde_json::json!({
-        "segment": segment, "chunk": chunk, "scored": !no_scores, "kl_positions": kl_n,
-    });
-    let (mut state, progress, kl0) = match &checkpoint {
-        Some(p) if p.exists() => {
+    let run = StreamingRun::new(
+        &rt,
+        tokens,
+        settings,
+        StreamingRunOptions {
+            segment,
+            scored: !no_scores,
+            kl_vs_full,
+            checkpoint: checkpoint.clone(),
+            checkpoint_every,
+        },
+    );
+    let (mut state, start) = match run.resume(&eng)? {
+        Some(r) => {
+            let p = checkpoint.as_ref().expect("resumed from a checkpoint");
             if memory.load_state.is_some() {
                 return Err(Error::Invalid(
                     "--load-state and an existing --checkpoint both give a state".into(),
                 ));
             }
-            let (st, extra) = FamState::load(p, &rt.model, eng.backend(), Some(&settings))?;
-            memory.same_start(&st, &p.display().to_string())?;
-            let bad = |what: &str| Error::Invalid(format!("checkpoint {}: {what}", p.display()));
-            let next = extra["next"]
-                .as_u64()
-                .ok_or_else(|| bad("not a perplexity checkpoint"))? as usize;
-            if next >= tokens.len().saturating_sub(1) {
-                return Err(bad(&format!(
-                    "it has read {next} tokens; this text has {} to score (delete it to \
-                     start over)",
-                    tokens.len()
-                )));
-            }
-            if extra["read_hash"].as_str() != Some(read_hash(next).as_str()) {
-                return Err(bad("it was made on another text (delete it to start over)"));
-            }
-            let (progress, kl) = if extra["run"].is_null() {
-                // Made before checkpoints held the run so far: only the tokens read.
-                if kl_n > 0 {
-                    return Err(bad(
-                        "it holds no KL sums (made by an older famstream); delete it \
-                         to start over",
-                    ));
-                }
+            memory.same_start(&r.state, &p.display().to_string())?;
+            if r.state_only {
                 eprintln!(
-                    "warning: checkpoint {} holds only the state: the report covers \
-                     the tokens after {next}",
-                    p.display()
+                    "warning: checkpoint {} holds only the state: the report covers the tokens \
+                     after {}",
+                    p.display(),
+                    r.start.progress.next
                 );
-                let progress = StreamProgress {
-                    next,
-                    ..StreamProgress::default()
-                };
-                (progress, (0.0, 0))
-            } else {
-                if extra["run"] != run_settings {
-                    return Err(bad(&format!(
-                        "it was made with {}, this run is {run_settings} (delete it to \
-                         start over)",
-                        extra["run"]
-                    )));
-                }
-                let progress = StreamProgress::from_json(&extra["progress"])
-                    .filter(|p| p.next == next)
-                    .ok_or_else(|| bad("its record of the run so far is damaged"))?;
-                let kl_sum = famstream::perplexity::f64_from(&extra["kl_sum"]);
-                let kl_count = extra["kl_count"].as_u64().map(|c| c as usize);
-                match (kl_sum, kl_count) {
-                    // Checkpoints are taken only after the KL positions.
-                    (Some(s), Some(c)) if c == kl_n && next >= kl_n => (progress, (s, c)),
-                    _ => return Err(bad("its KL sums are damaged")),
-                }
-            };
-            eprintln!("resuming from checkpoint {} at token {next}", p.display());
-            (st, progress, kl)
+            }
+            eprintln!(
+                "resuming from checkpoint {} at token {}",
+                p.display(),
+                r.start.progress.next
+            );
+            (r.state, r.start)
         }
-        _ => (
-            memory.state(&rt, &eng, n_ctx)?,
-            StreamProgress::default(),
-            (0.0, 0),
+        None => (
+            memory.state(&rt, &eng, model.ctx(&rt))?,
+            RunStart::default(),
         ),
     };
-    let from = progress.next;
-    // (sum, count) of the KL divergences, shared by the scoring and checkpoint closures.
-    let kl_acc = std::cell::Cell::new(kl0);
-    let mut last_checkpoint = from;
-    let mut reference = if kl_n > from {
-        let e = rt.engine()?;
-        let st = FamState::full(&rt.model, e.backend(), kl_n + 1)?;
-        Some((e, st))
-    } else {
-        None
-    };
-    let nv = rt.model.hp.n_vocab;
-    let pb = famstream::util::progress(tokens.len() as u64, "tokens");
-    let r = famstream::perplexity::streaming(
+    let pb = famstream::util::progress(run.tokens().len() as u64, "tokens");
+    let out = run.run(
         &mut eng,
         &mut state,
-        &tokens,
-        segment,
-        chunk,
-        !no_scores,
-        progress,
-        |start, logits| {
-            let Some((e, st)) = reference.as_mut() else {
-                return;
-            };
-            let rows = logits.len() / nv;
-            let end = (start + rows).min(kl_n);
-            if start >= end {
-                return;
-            }
-            let Ok(full) = st.feed(e, &tokens[start..end], famstream::state::Logits::All) else {
-                return;
-            };
-            let (mut sum, mut count) = kl_acc.get();
-            for r in 0..end - start {
-                sum += famstream::perplexity::kl(
-                    &full[r * nv..(r + 1) * nv],
-                    &logits[r * nv..(r + 1) * nv],
-                );
-                count += 1;
-            }
-            kl_acc.set((sum, count));
-        },
+        start,
         |done| pb.set_position(done as u64),
         |g| {
             if let Some(f) = seg_log.as_mut() {
@@ -256,39 +163,15 @@ fn streaming(args: PerplexityArgs) -> Result<()> {
                 let _ = f.flush();
             }
         },
-        |progress, st| {
-            let read = progress.next;
-            // Inside the KL positions the full-attention reference would be needed
-            // too; and only whole chunks, so a resumed run feeds the chunks (graph
-            // shapes) of one that never stopped.
-            if let (Some(p), true) = (&checkpoint, read >= kl_n && read % chunk == 0) {
-                if read - last_checkpoint >= checkpoint_every {
-                    let (kl_sum, kl_count) = kl_acc.get();
-                    let extra = serde_json::json!({
-                        "next": read, "read_hash": read_hash(read),
-                        "run": run_settings, "kl_count": kl_count,
-                        "kl_sum": famstream::perplexity::f64_json(kl_sum),
-                        "progress": progress.to_json(),
-                    });
-                    st.save(p, &rt.model, extra)?;
-                    last_checkpoint = read;
-                }
-            }
-            Ok(())
-        },
     )?;
     pb.finish_and_clear();
-    let (kl_sum, kl_count) = kl_acc.get();
-    let kl = (kl_count > 0).then(|| kl_sum / kl_count as f64);
-    // The run's peak: a resumed run's segments from before the checkpoint carry the
-    // peak of the process that read them (with --kl-vs-full, one that also held the
-    // full-attention reference), so the report is that of a run that never stopped.
-    let rss = r
-        .segments
-        .iter()
-        .filter_map(|g| g.peak_rss_bytes)
-        .chain(famstream::util::peak_rss_bytes())
-        .max();
+    let r = &out.report;
+    let (kl, kl_count, from, rss) = (
+        out.kl,
+        out.kl_positions,
+        out.resumed_from,
+        out.peak_rss_bytes,
+    );
     if json {
         let segs: Vec<serde_json::Value> = r.segments.iter().map(segment_json).collect();
         let j = serde_json::json!({
