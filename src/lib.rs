@@ -60,10 +60,14 @@
 //!   (what famstream writes, so llama.cpp still loads the file) or an older tensor.
 //! - [`forward`]: the model as ggml graphs (token graph, FAM update graph, K-shift graph).
 //! - [`kv`]: per-layer K/V slot storage (f16).
-//! - [`state`]: `FamState`, the fixed-size per-stream state and the memory policies.
+//! - [`slots`]: `SlotLayout`, where each row lives in the K/V store (sinks, FAM, ring,
+//!   scratch) and what each row may see (the masks); pure arithmetic, unit-tested alone.
+//! - [`state`]: `FamState`, the fixed-size per-stream state and the memory policies: feeding,
+//!   the FAM's initialisations and updates, RoPE rebasing.
 //! - [`settings`]: the `fam.*` keys and memory policies (`full`, `bswa`, `sink`, `fam`).
 //! - [`snapshot`]: the on-disk state format (versioned, checksummed), written and read one
-//!   tensor at a time (saving a session never holds a second copy of its state).
+//!   tensor at a time (saving a session never holds a second copy of its state), and
+//!   `FamState::save`/`load`, its codec.
 //! - [`engine`]: runs graphs for a state on a backend; keeps the last token graph and reuses it
 //!   for the next batch of the same shape on the same K/V store (a decoded token builds and
 //!   places nothing while no other graph ran in between).
@@ -138,6 +142,7 @@ pub mod runtime;
 pub mod sample;
 pub mod serve;
 pub mod settings;
+pub mod slots;
 pub mod snapshot;
 pub mod state;
 pub mod streaming_run;

@@ -11,7 +11,11 @@
 //! and the settings only, never on how many tokens were read.
 
 use crate::error::{Error, Result};
+use crate::ggml::Backend;
 use crate::gguf::AtomicFile;
+use crate::model::Model;
+use crate::settings::FamSettings;
+use crate::state::FamState;
 use crate::util::Fnv64;
 use serde_json::Value as Json;
 use std::io::Write;
@@ -154,5 +158,153 @@ impl Reader {
             return Err(self.bad(format!("{} bytes of body left over", self.remaining)));
         }
         Ok(())
+    }
+}
+
+// ---- the stream state's codec ----------------------------------------------------------------
+//
+// Header: the model's fingerprint, the settings and every host-side field of the state; body:
+// the slot positions (i64 each), then per layer K and V, then per layer FAM rows, then per layer
+// sink keys.
+
+impl FamState {
+    /// The state's tensors in snapshot order: per layer K, V; then per layer FAM rows; then
+    /// per layer sink keys.
+    fn snapshot_tensors(&self) -> Vec<crate::ggml::Tensor<'_>> {
+        let mut out = Vec::new();
+        for il in 0..self.n_layer {
+            out.push(self.kv.k(il));
+            out.push(self.kv.v(il));
+        }
+        for set in [&self.fam, &self.sinks].into_iter().flatten() {
+            for il in 0..self.n_layer {
+                out.push(set.get(il));
+            }
+        }
+        out
+    }
+
+    /// Save the whole stream state (and the caller's `extra` JSON) to `path`, atomically.
+    pub fn save(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        model: &Model,
+        extra: serde_json::Value,
+    ) -> Result<()> {
+        let header = serde_json::json!({
+            "model_fingerprint": format!("{:016x}", model.fingerprint()),
+            "settings": self.settings.to_json(),
+            "n_ctx": self.n_ctx, "n_slots": self.slots.n_slots(), "n_layer": self.n_layer,
+            "n_embd": self.n_embd, "n_embd_kv": self.kv.n_embd_kv(),
+            "n_past": self.n_past, "start_position": self.start_position, "origin": self.origin,
+            "fam_pos": self.fam_pos, "fam_valid": self.fam_valid, "fam_updates": self.fam_updates,
+            "initialised": self.initialised, "seed_tokens": self.seed_tokens, "bos": self.bos,
+            "extra": extra,
+        });
+        let positions: Vec<u8> = self
+            .slots
+            .positions()
+            .iter()
+            .flat_map(|p| p.to_le_bytes())
+            .collect();
+        let tensors = self.snapshot_tensors();
+        let parts =
+            std::iter::once(Ok(positions)).chain(tensors.into_iter().map(|t| t.read_bytes()));
+        write(path.as_ref(), &header, parts)
+    }
+
+    /// Load a snapshot for `model`. Refuses snapshots of another model, or (when `expected` is
+    /// given) of other memory settings. Returns the state and the caller's extra JSON.
+    pub fn load(
+        path: impl AsRef<std::path::Path>,
+        model: &Model,
+        backend: &Backend,
+        expected: Option<&FamSettings>,
+    ) -> Result<(FamState, serde_json::Value)> {
+        let path = path.as_ref();
+        let mut snap = Reader::open(path)?;
+        let h = &snap.header.clone();
+        let bad = |what: String| Error::file(path, what);
+        let fp = format!("{:016x}", model.fingerprint());
+        if h["model_fingerprint"].as_str() != Some(fp.as_str()) {
+            return Err(bad("the snapshot was made with a different model".into()));
+        }
+        // malformed settings make the snapshot unusable: a bad file, like its other fields
+        let settings = FamSettings::from_json(&h["settings"]).map_err(|e| bad(e.to_string()))?;
+        if let Some(e) = expected {
+            if *e != settings {
+                // the file is fine; the command line asks for something else
+                return Err(Error::Invalid(format!(
+                    "{}: the snapshot was made with other memory settings ({settings:?}), not \
+                     {e:?}",
+                    path.display()
+                )));
+            }
+        }
+        let num = |k: &str| {
+            h[k].as_i64()
+                .ok_or_else(|| bad(format!("header field `{k}` missing")))
+        };
+        let seed_tokens: Vec<u32> = h["seed_tokens"]
+            .as_array()
+            .ok_or_else(|| bad("seed tokens".into()))?
+            .iter()
+            .map(|v| v.as_u64().map(|x| x as u32))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("seed tokens".into()))?;
+        let mut st = FamState::new(
+            model,
+            backend,
+            settings,
+            num("n_ctx")? as usize,
+            seed_tokens,
+            num("bos")? as u32,
+        )?;
+        if num("n_slots")? as usize != st.slots.n_slots() || num("n_layer")? as usize != st.n_layer
+        {
+            return Err(bad("state shape does not match".into()));
+        }
+        st.n_past = num("n_past")? as u64;
+        st.start_position = num("start_position")?;
+        st.origin = num("origin")?;
+        st.fam_valid = h["fam_valid"]
+            .as_bool()
+            .ok_or_else(|| bad("fam_valid".into()))?;
+        st.initialised = h["initialised"]
+            .as_bool()
+            .ok_or_else(|| bad("initialised".into()))?;
+        st.fam_updates = num("fam_updates")? as u64;
+        st.fam_pos = h["fam_pos"]
+            .as_array()
+            .ok_or_else(|| bad("fam_pos".into()))?
+            .iter()
+            .map(|v| v.as_i64())
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("fam_pos".into()))?;
+        if st.fam_pos.len() != st.slots.n_fam() {
+            return Err(bad("fam_pos length".into()));
+        }
+        // Body: exact size check first, then copy tensor by tensor; the checksum is verified
+        // at the end (a corrupted file's state is dropped, never returned).
+        let n_slots = st.slots.n_slots();
+        let tensors = st.snapshot_tensors();
+        let expect = 8 * n_slots + tensors.iter().map(|t| t.nbytes()).sum::<usize>();
+        if snap.body_len() != expect as u64 {
+            return Err(bad(format!(
+                "body of {} bytes, expected {expect}",
+                snap.body_len()
+            )));
+        }
+        let positions = snap.take(8 * n_slots)?;
+        for t in tensors {
+            t.write_bytes(0, &snap.take(t.nbytes())?)?;
+        }
+        snap.finish()?;
+        let positions: Vec<i64> = positions
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        st.slots.set_positions(&positions)?;
+        Ok((st, h["extra"].clone()))
     }
 }

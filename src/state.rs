@@ -1,18 +1,9 @@
 //! `FamState`: everything one token stream needs besides the shared model, allocated once with a
 //! size that never changes, whatever the stream's length.
 //!
-//! ## Slot layout (per layer, K and V in f16)
-//!
-//! ```text
-//! [ sinks: S | FAM: F | ring: (M+1)*B  (windowed policies)  or  n_ctx  (full) | scratch | pad ]
-//! ```
-//! Token at stream index i lives in ring slot `ring_base + i % ((M+1)*B)`: block t occupies ring
-//! block `t % (M+1)`, so starting block t+1 overwrites block t-M, which has just left every
-//! window. Models with local sliding-window layers (gemma3) get a longer ring when their native
-//! window `n_swa` needs it (`n_swa - 1 + B` slots, rounded up to whole blocks): those layers see
-//! the `n_swa` latest tokens under every policy (their own mask, without FAM or sinks), while
-//! the global layers see the policy's window. Which slot is visible to which row is decided here, on the host, and passed to the
-//! graph as an attention mask (see [`FamState::visible`]).
+//! ## Slots
+//! Per layer K and V in f16, laid out by [`SlotLayout`] (sinks, FAM, ring, scratch, padding),
+//! which also decides what each row may see: the graph gets that as an attention mask.
 //!
 //! ## Positions
 //! K is stored rotated by RoPE. Positions given to ggml are relative to an *origin* (a stream
@@ -36,16 +27,10 @@ use crate::init_memory::LearnedFam;
 use crate::kv::KvStore;
 use crate::model::Model;
 use crate::settings::{FamFeedback, FamInit, FamQueryPos, FamSettings, MemoryPolicy};
+use crate::slots::SlotLayout;
 use half::f16;
 
-/// A slot holding no token.
-/// Attention graphs read K/V slots [0, n_kv) with n_kv a multiple of this (the store is padded
-/// with never-visible slots; the extra slots are masked), as llama.cpp pads its cache for flash
-/// attention: fewer distinct graph shapes, and only the sizes GPU flash-attention kernels are
-/// exercised with. (ggml's Vulkan backend corrupted host memory on lavapipe with arbitrary
-/// lengths such as 36 or 150; with padded lengths it does not: tests/backend_vulkan.rs.)
-pub const KV_PAD: usize = 256;
-const EMPTY: i64 = i64::MIN;
+pub use crate::slots::KV_PAD;
 /// Stored keys are re-based when the window start is this far past the RoPE origin. Positions
 /// handed to ggml then stay below REBASE_INTERVAL + window, where f32 angles (pos * theta) are
 /// accurate to ~1e-3 rad, like llama.cpp's at 8-16k contexts.
@@ -96,38 +81,33 @@ pub enum Logits {
 pub struct FamState {
     pub settings: FamSettings,
     /// Context limit of the `full` policy (0 otherwise).
-    n_ctx: usize,
-    n_layer: usize,
-    n_embd: usize,
-    kv: KvStore,
+    pub(crate) n_ctx: usize,
+    pub(crate) n_layer: usize,
+    pub(crate) n_embd: usize,
+    pub(crate) kv: KvStore,
     /// Per layer f32 [n_embd, F] FAM activations (`fam` policy with F > 0).
-    fam: Option<TensorSet>,
+    pub(crate) fam: Option<TensorSet>,
     /// Per layer f16 [n_embd_kv, S] un-rotated sink keys (`sink` policy with S > 0).
-    sinks: Option<TensorSet>,
-    /// S and F as laid out (0 when the policy does not use them).
-    n_sink: usize,
-    n_fam: usize,
-    /// Ring slots: (M+1)*B, or n_ctx for `full`.
-    ring_len: usize,
-    /// Stream index held by each slot, or EMPTY.
-    slot_pos: Vec<i64>,
+    pub(crate) sinks: Option<TensorSet>,
+    /// Where rows live and what each may see.
+    pub(crate) slots: SlotLayout,
     /// Tokens fed so far (the stream index of the next token).
-    n_past: u64,
+    pub(crate) n_past: u64,
     /// Absolute position of stream index 0.
-    start_position: i64,
+    pub(crate) start_position: i64,
     /// Absolute position that RoPE position 0 stands for.
-    origin: i64,
+    pub(crate) origin: i64,
     /// Stream indices of the current FAM rows, and whether a FAM exists yet.
-    fam_pos: Vec<i64>,
-    fam_valid: bool,
-    fam_updates: u64,
+    pub(crate) fam_pos: Vec<i64>,
+    pub(crate) fam_valid: bool,
+    pub(crate) fam_updates: u64,
     /// Whether the initial FAM has been computed (lazily, at the first feed).
-    initialised: bool,
+    pub(crate) initialised: bool,
     /// The engine whose compute buffer was reserved for this stream's graphs (see `reserve`).
-    reserved_for: Option<u64>,
+    pub(crate) reserved_for: Option<u64>,
     /// BOS + seed text tokens, F of them (`seed` init).
-    seed_tokens: Vec<u32>,
-    bos: u32,
+    pub(crate) seed_tokens: Vec<u32>,
+    pub(crate) bos: u32,
 }
 
 impl FamState {
@@ -143,53 +123,21 @@ impl FamState {
     ) -> Result<FamState> {
         settings.validate()?;
         let hp = &model.hp;
-        let (b, m) = (settings.block_size as usize, settings.mem_blocks as usize);
-        // Attention sinks: the `sink` policy, and `fam` when S > 0 (FAM plus sinks).
-        let n_sink = if matches!(settings.policy, MemoryPolicy::Sink | MemoryPolicy::Fam) {
-            settings.sinks as usize
-        } else {
-            0
-        };
-        let n_fam = if settings.policy == MemoryPolicy::Fam {
-            settings.fam_len as usize
-        } else {
-            0
-        };
-        let ring_len = match settings.policy {
-            MemoryPolicy::Full => {
-                if n_ctx == 0 {
-                    return Err(Error::Invalid(
-                        "the full policy needs a context length > 0".into(),
-                    ));
-                }
-                n_ctx
-            }
-            // Local layers keep their native window: the oldest token a row of block t needs,
-            // n_swa - 1 before the block's first, must not have been overwritten yet.
-            _ => ((m + 1) * b).max((hp.n_swa.saturating_sub(1) + b).next_multiple_of(b)),
-        };
+        let slots = SlotLayout::new(&settings, n_ctx, hp.n_swa)?;
+        let (n_sink, n_fam) = (slots.n_sink(), slots.n_fam());
         if n_fam > 0 && settings.init == FamInit::SeedText && seed_tokens.len() != n_fam {
             return Err(Error::Invalid(format!(
                 "seed init needs {n_fam} seed tokens, got {}",
                 seed_tokens.len()
             )));
         }
-        // `reread` feedback computes the next FAM in F scratch slots after the ring.
-        let n_scratch = if settings.feedback == FamFeedback::Reread {
-            n_fam
-        } else {
-            0
-        };
-        if n_scratch > 0 && seed_tokens.len() != n_fam {
+        if slots.n_scratch() > 0 && seed_tokens.len() != n_fam {
             return Err(Error::Invalid(format!(
                 "reread feedback needs {n_fam} seed tokens, got {}",
                 seed_tokens.len()
             )));
         }
-        // Padding slots at the end (never visible) make every attention length a multiple of
-        // KV_PAD.
-        let n_slots = (n_sink + n_fam + ring_len + n_scratch).next_multiple_of(KV_PAD);
-        let kv = KvStore::new(hp, n_slots, backend)?;
+        let kv = KvStore::new(hp, slots.n_slots(), backend)?;
         // One [row width, rows] tensor per layer, or nothing when the policy has no such rows.
         let per_layer =
             |name: &str, ty: GgmlType, width: usize, rows: usize| -> Result<Option<TensorSet>> {
@@ -228,10 +176,7 @@ impl FamState {
             kv,
             fam,
             sinks,
-            n_sink,
-            n_fam,
-            ring_len,
-            slot_pos: vec![EMPTY; n_slots],
+            slots,
             n_past: 0,
             start_position: 0,
             origin: 0,
@@ -310,13 +255,13 @@ impl FamState {
     /// Bytes of host bookkeeping (constant too).
     pub fn host_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
-            + 8 * (self.slot_pos.len() + self.fam_pos.len())
+            + 8 * (self.slots.n_slots() + self.fam_pos.len())
             + 4 * self.seed_tokens.len()
     }
 
     /// Forget the stream: the next token is stream index 0 again.
     pub fn reset(&mut self) {
-        self.slot_pos.fill(EMPTY);
+        self.slots.clear();
         self.n_past = 0;
         self.origin = 0;
         self.fam_valid = false;
@@ -330,15 +275,6 @@ impl FamState {
     fn windowed(&self) -> bool {
         self.settings.policy != MemoryPolicy::Full
     }
-    fn block_of(&self, i: i64) -> i64 {
-        i.div_euclid(self.b())
-    }
-    fn ring_base(&self) -> usize {
-        self.n_sink + self.n_fam
-    }
-    fn ring_slot(&self, i: i64) -> usize {
-        self.ring_base() + (i.rem_euclid(self.ring_len as i64)) as usize
-    }
     /// RoPE position handed to ggml for stream index `i`.
     fn rope_pos(&self, i: i64) -> Result<i32> {
         i32::try_from(self.start_position + i - self.origin).map_err(|_| {
@@ -347,81 +283,6 @@ impl FamState {
                 self.origin
             ))
         })
-    }
-    /// First stream index of the window of block t.
-    fn window_start(&self, t: i64) -> i64 {
-        (t - self.settings.mem_blocks as i64).max(0) * self.b()
-    }
-    fn fam_slots(&self) -> Vec<i64> {
-        (self.n_sink..self.n_sink + self.n_fam)
-            .map(|s| s as i64)
-            .collect()
-    }
-    /// Scratch slots after the ring (`reread` feedback computes the next FAM there).
-    fn n_scratch(&self) -> usize {
-        if self.settings.feedback == FamFeedback::Reread && self.n_fam > 0 {
-            self.n_fam
-        } else {
-            0
-        }
-    }
-    /// Slots [0, n) that any row may attend to now, rounded up to a multiple of [`KV_PAD`]
-    /// (the extra slots are masked).
-    fn n_kv(&self, upto: i64) -> usize {
-        let used = self.ring_base() + (upto.max(0) as usize).min(self.ring_len);
-        used.next_multiple_of(KV_PAD).min(self.kv.n_slots())
-    }
-
-    /// Whether token row `i` (in block t) may attend to `slot`.
-    fn visible(&self, i: i64, t: i64, slot: usize) -> bool {
-        let m = self.settings.mem_blocks as i64;
-        if slot < self.n_sink {
-            // A sink token is shown here only once it has left the window (else it is in the ring).
-            let k = slot as i64;
-            k < self.n_past as i64 && k <= i && self.block_of(k) < t - m
-        } else if slot < self.ring_base() {
-            self.fam_valid
-        } else if slot >= self.ring_base() + self.ring_len {
-            false // reread scratch and padding
-        } else {
-            let j = self.slot_pos[slot];
-            j != EMPTY && j <= i && (!self.windowed() || self.block_of(j) >= t - m)
-        }
-    }
-
-    /// Whether token row `i` of a local sliding-window layer may attend to `slot`: the `n_swa`
-    /// latest tokens, itself included, whatever the policy (llama.cpp's
-    /// `LLAMA_SWA_TYPE_STANDARD`).
-    fn visible_swa(&self, i: i64, slot: usize, n_swa: i64) -> bool {
-        if slot < self.ring_base() || slot >= self.ring_base() + self.ring_len {
-            return false;
-        }
-        let j = self.slot_pos[slot];
-        j != EMPTY && j <= i && i - j < n_swa
-    }
-
-    fn mask_swa_for_rows(&self, rows: std::ops::Range<i64>, n_kv: usize, n_swa: i64) -> Vec<f16> {
-        let mut mask = vec![f16::NEG_INFINITY; (rows.end - rows.start) as usize * n_kv];
-        for (r, i) in rows.enumerate() {
-            for s in 0..n_kv {
-                if self.visible_swa(i, s, n_swa) {
-                    mask[r * n_kv + s] = f16::ZERO;
-                }
-            }
-        }
-        mask
-    }
-
-    fn mask_for_rows(&self, rows: std::ops::Range<i64>, t: i64, n_kv: usize) -> Vec<f16> {
-        let mut mask = vec![f16::NEG_INFINITY; (rows.end - rows.start) as usize * n_kv];
-        for (r, i) in rows.enumerate() {
-            for s in 0..n_kv {
-                if self.visible(i, t, s) {
-                    mask[r * n_kv + s] = f16::ZERO;
-                }
-            }
-        }
-        mask
     }
 
     fn fam_tensors(&self) -> Vec<crate::ggml::Tensor<'_>> {
@@ -461,7 +322,7 @@ impl FamState {
         if self.windowed() {
             n = n.min(self.b() as usize);
         }
-        let n = n.max(self.n_fam).max(1);
+        let n = n.max(self.slots.n_fam()).max(1);
         // Every row's logits (perplexity, `Logits::All`) need a batch x vocabulary buffer
         // (200 MB at B = 1024): reserved on devices where growing later is unsafe; the CPU
         // reserves for the common case (logits of the last row) and grows if asked for more.
@@ -470,19 +331,19 @@ impl FamState {
             n_tokens: n,
             n_kv: self.kv.n_slots(),
             n_out: if all_logits { None } else { Some(1) },
-            n_capture: self.n_fam.min(n),
-            n_sink_capture: self.n_sink.min(n),
-            n_sink_rotate: self.n_sink,
+            n_capture: self.slots.n_fam().min(n),
+            n_sink_capture: self.slots.n_sink().min(n),
+            n_sink_rotate: self.slots.n_sink(),
             swa_mask: eng.model.hp.n_swa > 0,
         };
         let sinks = self.sink_tensors();
         eng.reserve_tokens(&self.kv, sinks.as_deref(), shape)?;
-        if self.n_fam > 0 {
+        if self.slots.n_fam() > 0 {
             eng.reserve_fam(&self.kv, &self.fam_tensors(), self.kv.n_slots())?;
         }
         if self.windowed() {
             // the RoPE rebase (see `rebase`)
-            eng.reserve_kshift(&self.kv, self.n_sink, self.kv.n_slots())?;
+            eng.reserve_kshift(&self.kv, self.slots.n_sink(), self.kv.n_slots())?;
         }
         Ok(())
     }
@@ -491,10 +352,10 @@ impl FamState {
     fn initialise(&mut self, eng: &mut Engine) -> Result<()> {
         self.initialised = true;
         self.origin = self.start_position;
-        if self.n_fam == 0 {
+        if self.slots.n_fam() == 0 {
             return Ok(());
         }
-        let f = self.n_fam;
+        let f = self.slots.n_fam();
         let model = eng.model.clone();
         let learned = learned_fam_data(&model, f)?;
         let init = if learned.is_some() {
@@ -527,7 +388,7 @@ impl FamState {
                 };
                 let n = tokens.len() as i64;
                 let pos: Vec<i32> = (-n..0).map(|i| self.rope_pos(i)).collect::<Result<_>>()?;
-                let base = self.ring_base();
+                let base = self.slots.ring_base();
                 let slots: Vec<i64> = (0..n).map(|k| (base as i64) + k).collect();
                 // Padded like every other batch's K/V length (see KV_PAD); the padding is hidden.
                 let n_kv = (base + n as usize)
@@ -570,7 +431,7 @@ impl FamState {
             .iter()
             .map(|&p| self.rope_pos(p))
             .collect::<Result<_>>()?;
-        let slots = self.fam_slots();
+        let slots = self.slots.fam_slots();
         let fam = self.fam_tensors();
         eng.run_fam(
             &self.kv,
@@ -586,12 +447,12 @@ impl FamState {
 
     /// Before the first token of block t: move the RoPE origin if the window has run far ahead.
     fn begin_block(&mut self, eng: &mut Engine, t: i64) -> Result<()> {
-        let w = self.start_position + self.window_start(t);
+        let w = self.start_position + self.slots.window_start(t);
         let delta = w - self.origin;
         if self.windowed() && delta >= REBASE_INTERVAL {
             let d = i32::try_from(delta)
                 .map_err(|_| Error::Internal("RoPE rebase too large".into()))?;
-            eng.run_kshift(&self.kv, self.n_sink, self.kv.n_slots(), d)?;
+            eng.run_kshift(&self.kv, self.slots.n_sink(), self.kv.n_slots(), d)?;
             self.origin = w;
         }
         Ok(())
@@ -599,10 +460,10 @@ impl FamState {
 
     /// After the last token of block t: make or update the FAM.
     fn end_block(&mut self, eng: &mut Engine, t: i64) -> Result<()> {
-        if self.n_fam == 0 {
+        if self.slots.n_fam() == 0 {
             return Ok(());
         }
-        let f = self.n_fam as i64;
+        let f = self.slots.n_fam() as i64;
         let new_pos: Vec<i64> = ((t + 1) * self.b() - f..(t + 1) * self.b()).collect();
         if self.settings.feedback == FamFeedback::Reread {
             return self.reread(eng, t, new_pos);
@@ -628,9 +489,9 @@ impl FamState {
             .collect::<Result<_>>()?;
         let n_kv = self.kv.n_slots();
         // FAM rows see the old FAM and the whole finished block; no memory blocks, no sinks.
-        let mask = self.fam_rows_mask(t, n_kv, true);
+        let mask = self.slots.fam_rows_mask(t, n_kv, true);
         let zero = self.settings.zero_first_residual && self.fam_updates == 0;
-        let slots = self.fam_slots();
+        let slots = self.slots.fam_slots();
         let fam = self.fam_tensors();
         eng.run_fam(
             &self.kv,
@@ -647,42 +508,14 @@ impl FamState {
         Ok(())
     }
 
-    /// What the F rows computing the next FAM may see after block t: the current FAM (if
-    /// `with_fam`), every token of block t, and (`reread` scratch slots) the earlier rows.
-    fn fam_rows_mask(&self, t: i64, n_kv: usize, with_fam: bool) -> Vec<f16> {
-        let f = self.n_fam;
-        let scratch = self.ring_base() + self.ring_len;
-        let mut mask = vec![f16::NEG_INFINITY; f * n_kv];
-        for r in 0..f {
-            for s in 0..n_kv {
-                let vis = if s < self.n_sink {
-                    false
-                } else if s < self.ring_base() {
-                    with_fam
-                } else if s < scratch {
-                    let j = self.slot_pos[s];
-                    j != EMPTY && self.block_of(j) == t
-                } else if s < scratch + self.n_scratch() {
-                    s - scratch <= r
-                } else {
-                    false // padding
-                };
-                if vis {
-                    mask[r * n_kv + s] = f16::ZERO;
-                }
-            }
-        }
-        mask
-    }
-
     /// `reread` feedback: the seed tokens, placed at the end of block t, attend (causally among
     /// themselves) to the old FAM and the whole block at every layer; their K/V, computed in
     /// scratch slots, become the new FAM.
     fn reread(&mut self, eng: &mut Engine, t: i64, new_pos: Vec<i64>) -> Result<()> {
-        let f = self.n_fam;
-        let scratch = self.ring_base() + self.ring_len;
+        let f = self.slots.n_fam();
+        let scratch = self.slots.scratch_base();
         let n_kv = self.kv.n_slots();
-        let mask = self.fam_rows_mask(t, n_kv, self.fam_valid);
+        let mask = self.slots.fam_rows_mask(t, n_kv, self.fam_valid);
         let pos: Vec<i32> = new_pos
             .iter()
             .map(|&p| self.rope_pos(p))
@@ -699,7 +532,7 @@ impl FamState {
             ..Default::default()
         };
         eng.run_tokens(&self.kv, None, &batch)?;
-        eng.run_kv_copy(&self.kv, scratch, self.n_sink, f)?;
+        eng.run_kv_copy(&self.kv, scratch, self.slots.n_sink(), f)?;
         self.fam_pos = new_pos;
         self.fam_valid = true;
         self.fam_updates += 1;
@@ -730,7 +563,7 @@ impl FamState {
         let mut k = 0;
         while k < tokens.len() {
             let i0 = self.n_past as i64;
-            let t = self.block_of(i0);
+            let t = self.slots.block_of(i0);
             let in_block = (i0 - t * self.b()) as usize;
             if self.windowed() && in_block == 0 {
                 self.begin_block(eng, t)?;
@@ -743,18 +576,17 @@ impl FamState {
             let last_chunk = k + n == tokens.len();
             let rows = i0..i0 + n as i64;
             // Record where the new tokens go before building the mask (they see themselves).
-            let slots: Vec<i64> = rows.clone().map(|i| self.ring_slot(i) as i64).collect();
-            for (i, &s) in rows.clone().zip(&slots) {
-                self.slot_pos[s as usize] = i;
-            }
+            let slots: Vec<i64> = rows.clone().map(|i| self.slots.place(i) as i64).collect();
             let n_kv = if self.windowed() {
-                self.n_kv((t + 1) * self.b())
+                self.slots.n_kv((t + 1) * self.b())
             } else {
-                self.n_kv(i0 + n as i64)
+                self.slots.n_kv(i0 + n as i64)
             };
-            let mask = self.mask_for_rows(rows.clone(), t, n_kv);
+            let mask = self
+                .slots
+                .mask(rows.clone(), t, n_kv, self.n_past, self.fam_valid);
             let n_swa = eng.model.hp.n_swa as i64;
-            let mask_swa = (n_swa > 0).then(|| self.mask_swa_for_rows(rows.clone(), n_kv, n_swa));
+            let mask_swa = (n_swa > 0).then(|| self.slots.mask_swa(rows.clone(), n_kv, n_swa));
             let pos: Vec<i32> = rows
                 .clone()
                 .map(|i| self.rope_pos(i))
@@ -764,8 +596,8 @@ impl FamState {
                 _ => Some(vec![n as i32 - 1]),
             };
             // Tail init: keep the layer inputs of block 0's last F rows.
-            let tail = self.n_fam > 0 && !self.fam_valid && t == 0;
-            let tail_from = self.b() - self.n_fam as i64;
+            let tail = self.slots.n_fam() > 0 && !self.fam_valid && t == 0;
+            let tail_from = self.b() - self.slots.n_fam() as i64;
             let capture: Vec<i32> = if tail {
                 rows.clone()
                     .filter(|&i| i >= tail_from)
@@ -777,14 +609,14 @@ impl FamState {
             // Sinks: capture the first S tokens; show them before the window once they left it.
             let sink_capture: Vec<(i32, i64, i64)> = rows
                 .clone()
-                .filter(|&i| (i as usize) < self.n_sink)
+                .filter(|&i| (i as usize) < self.slots.n_sink())
                 .map(|i| ((i - i0) as i32, i, i))
                 .collect();
             let m = self.settings.mem_blocks as i64;
-            let sink_rotate: Vec<(i32, i64)> = if self.n_sink > 0 && t - m > 0 {
-                let w = self.window_start(t);
-                (0..self.n_sink as i64)
-                    .map(|kk| Ok((self.rope_pos(w - self.n_sink as i64 + kk)?, kk)))
+            let sink_rotate: Vec<(i32, i64)> = if self.slots.n_sink() > 0 && t - m > 0 {
+                let w = self.slots.window_start(t);
+                (0..self.slots.n_sink() as i64)
+                    .map(|kk| Ok((self.rope_pos(w - self.slots.n_sink() as i64 + kk)?, kk)))
                     .collect::<Result<_>>()?
             } else {
                 Vec::new()
@@ -824,141 +656,5 @@ impl FamState {
             k += n;
         }
         Ok(out)
-    }
-}
-
-impl FamState {
-    /// The state's tensors in snapshot order: per layer K, V; then per layer FAM rows; then
-    /// per layer sink keys.
-    fn snapshot_tensors(&self) -> Vec<crate::ggml::Tensor<'_>> {
-        let mut out = Vec::new();
-        for il in 0..self.n_layer {
-            out.push(self.kv.k(il));
-            out.push(self.kv.v(il));
-        }
-        for set in [&self.fam, &self.sinks].into_iter().flatten() {
-            for il in 0..self.n_layer {
-                out.push(set.get(il));
-            }
-        }
-        out
-    }
-
-    /// Save the whole stream state (and the caller's `extra` JSON) to `path`, atomically.
-    pub fn save(
-        &self,
-        path: impl AsRef<std::path::Path>,
-        model: &Model,
-        extra: serde_json::Value,
-    ) -> Result<()> {
-        use crate::snapshot::write;
-        let header = serde_json::json!({
-            "model_fingerprint": format!("{:016x}", model.fingerprint()),
-            "settings": self.settings.to_json(),
-            "n_ctx": self.n_ctx, "n_slots": self.slot_pos.len(), "n_layer": self.n_layer,
-            "n_embd": self.n_embd, "n_embd_kv": self.kv.n_embd_kv(),
-            "n_past": self.n_past, "start_position": self.start_position, "origin": self.origin,
-            "fam_pos": self.fam_pos, "fam_valid": self.fam_valid, "fam_updates": self.fam_updates,
-            "initialised": self.initialised, "seed_tokens": self.seed_tokens, "bos": self.bos,
-            "extra": extra,
-        });
-        let positions: Vec<u8> = self.slot_pos.iter().flat_map(|p| p.to_le_bytes()).collect();
-        let tensors = self.snapshot_tensors();
-        let parts =
-            std::iter::once(Ok(positions)).chain(tensors.into_iter().map(|t| t.read_bytes()));
-        write(path.as_ref(), &header, parts)
-    }
-
-    /// Load a snapshot for `model`. Refuses snapshots of another model, or (when `expected` is
-    /// given) of other memory settings. Returns the state and the caller's extra JSON.
-    pub fn load(
-        path: impl AsRef<std::path::Path>,
-        model: &Model,
-        backend: &Backend,
-        expected: Option<&FamSettings>,
-    ) -> Result<(FamState, serde_json::Value)> {
-        use crate::snapshot::Reader;
-        let path = path.as_ref();
-        let mut snap = Reader::open(path)?;
-        let h = &snap.header.clone();
-        let bad = |what: String| Error::file(path, what);
-        let fp = format!("{:016x}", model.fingerprint());
-        if h["model_fingerprint"].as_str() != Some(fp.as_str()) {
-            return Err(bad("the snapshot was made with a different model".into()));
-        }
-        // malformed settings make the snapshot unusable: a bad file, like its other fields
-        let settings = FamSettings::from_json(&h["settings"]).map_err(|e| bad(e.to_string()))?;
-        if let Some(e) = expected {
-            if *e != settings {
-                // the file is fine; the command line asks for something else
-                return Err(Error::Invalid(format!(
-                    "{}: the snapshot was made with other memory settings ({settings:?}), not \
-                     {e:?}",
-                    path.display()
-                )));
-            }
-        }
-        let num = |k: &str| {
-            h[k].as_i64()
-                .ok_or_else(|| bad(format!("header field `{k}` missing")))
-        };
-        let seed_tokens: Vec<u32> = h["seed_tokens"]
-            .as_array()
-            .ok_or_else(|| bad("seed tokens".into()))?
-            .iter()
-            .map(|v| v.as_u64().map(|x| x as u32))
-            .collect::<Option<_>>()
-            .ok_or_else(|| bad("seed tokens".into()))?;
-        let mut st = FamState::new(
-            model,
-            backend,
-            settings,
-            num("n_ctx")? as usize,
-            seed_tokens,
-            num("bos")? as u32,
-        )?;
-        if num("n_slots")? as usize != st.slot_pos.len() || num("n_layer")? as usize != st.n_layer {
-            return Err(bad("state shape does not match".into()));
-        }
-        st.n_past = num("n_past")? as u64;
-        st.start_position = num("start_position")?;
-        st.origin = num("origin")?;
-        st.fam_valid = h["fam_valid"]
-            .as_bool()
-            .ok_or_else(|| bad("fam_valid".into()))?;
-        st.initialised = h["initialised"]
-            .as_bool()
-            .ok_or_else(|| bad("initialised".into()))?;
-        st.fam_updates = num("fam_updates")? as u64;
-        st.fam_pos = h["fam_pos"]
-            .as_array()
-            .ok_or_else(|| bad("fam_pos".into()))?
-            .iter()
-            .map(|v| v.as_i64())
-            .collect::<Option<_>>()
-            .ok_or_else(|| bad("fam_pos".into()))?;
-        if st.fam_pos.len() != st.n_fam {
-            return Err(bad("fam_pos length".into()));
-        }
-        // Body: exact size check first, then copy tensor by tensor; the checksum is verified
-        // at the end (a corrupted file's state is dropped, never returned).
-        let n_slots = st.slot_pos.len();
-        let tensors = st.snapshot_tensors();
-        let expect = 8 * n_slots + tensors.iter().map(|t| t.nbytes()).sum::<usize>();
-        if snap.body_len() != expect as u64 {
-            return Err(bad(format!(
-                "body of {} bytes, expected {expect}",
-                snap.body_len()
-            )));
-        }
-        let positions = snap.take(8 * n_slots)?;
-        for t in tensors {
-            t.write_bytes(0, &snap.take(t.nbytes())?)?;
-        }
-        snap.finish()?;
-        for (p, c) in st.slot_pos.iter_mut().zip(positions.chunks_exact(8)) {
-            *p = i64::from_le_bytes(c.try_into().expect("8 bytes"));
-        }
-        Ok((st, h["extra"].clone()))
     }
 }

@@ -1,0 +1,353 @@
+//! `SlotLayout`: where each row of a stream lives in the K/V store, and which rows each row
+//! may see. Pure arithmetic on (B, M, F, S, n_ctx, the local window) and the stream indices
+//! the slots hold: no model, no ggml, so it is tested on its own (below).
+//!
+//! ```text
+//! [ sinks: S | FAM: F | ring: (M+1)*B  (windowed policies)  or  n_ctx  (full) | scratch | pad ]
+//! ```
+//! Token at stream index i lives in ring slot `ring_base + i % ring_len`: block t occupies ring
+//! block `t % (M+1)`, so starting block t+1 overwrites block t-M, which has just left every
+//! window. Models with local sliding-window layers (gemma3) get a longer ring when their native
+//! window `n_swa` needs it (`n_swa - 1 + B` slots, rounded up to whole blocks): those layers see
+//! the `n_swa` latest tokens under every policy (their own mask, without FAM or sinks), while
+//! the global layers see the policy's window. Scratch slots (F of them) serve the `reread`
+//! feedback; padding makes every attention length a multiple of [`KV_PAD`].
+
+use crate::error::{Error, Result};
+use crate::settings::{FamFeedback, FamSettings, MemoryPolicy};
+use half::f16;
+
+/// Attention graphs read K/V slots [0, n_kv) with n_kv a multiple of this (the store is padded
+/// with never-visible slots; the extra slots are masked), as llama.cpp pads its cache for flash
+/// attention: fewer distinct graph shapes, and only the sizes GPU flash-attention kernels are
+/// exercised with. (ggml's Vulkan backend corrupted host memory on lavapipe with arbitrary
+/// lengths such as 36 or 150; with padded lengths it does not: tests/backend_vulkan.rs.)
+pub const KV_PAD: usize = 256;
+/// A slot holding no token.
+const EMPTY: i64 = i64::MIN;
+
+#[derive(Clone, Debug)]
+pub struct SlotLayout {
+    /// Block size B and memory blocks M.
+    b: i64,
+    m: i64,
+    /// Every policy but `full` keeps a window.
+    windowed: bool,
+    /// S and F as laid out (0 when the policy does not use them).
+    n_sink: usize,
+    n_fam: usize,
+    /// Ring slots: (M+1)*B (or more for a local window), or n_ctx for `full`.
+    ring_len: usize,
+    n_scratch: usize,
+    /// Stream index held by each slot, or EMPTY.
+    slot_pos: Vec<i64>,
+}
+
+impl SlotLayout {
+    /// The layout of a stream with `settings` (`n_ctx` for the `full` policy) on a model whose
+    /// local layers have a window of `n_swa` tokens (0: none).
+    pub fn new(settings: &FamSettings, n_ctx: usize, n_swa: usize) -> Result<SlotLayout> {
+        let (b, m) = (settings.block_size as usize, settings.mem_blocks as usize);
+        // Attention sinks: the `sink` policy, and `fam` when S > 0 (FAM plus sinks).
+        let n_sink = if matches!(settings.policy, MemoryPolicy::Sink | MemoryPolicy::Fam) {
+            settings.sinks as usize
+        } else {
+            0
+        };
+        let n_fam = if settings.policy == MemoryPolicy::Fam {
+            settings.fam_len as usize
+        } else {
+            0
+        };
+        let ring_len = match settings.policy {
+            MemoryPolicy::Full => {
+                if n_ctx == 0 {
+                    return Err(Error::Invalid(
+                        "the full policy needs a context length > 0".into(),
+                    ));
+                }
+                n_ctx
+            }
+            // Local layers keep their native window: the oldest token a row of block t needs,
+            // n_swa - 1 before the block's first, must not have been overwritten yet.
+            _ => ((m + 1) * b).max((n_swa.saturating_sub(1) + b).next_multiple_of(b)),
+        };
+        // `reread` feedback computes the next FAM in F scratch slots after the ring.
+        let n_scratch = if settings.feedback == FamFeedback::Reread {
+            n_fam
+        } else {
+            0
+        };
+        let n_slots = (n_sink + n_fam + ring_len + n_scratch).next_multiple_of(KV_PAD);
+        Ok(SlotLayout {
+            b: b as i64,
+            m: m as i64,
+            windowed: settings.policy != MemoryPolicy::Full,
+            n_sink,
+            n_fam,
+            ring_len,
+            n_scratch,
+            slot_pos: vec![EMPTY; n_slots],
+        })
+    }
+
+    /// Slots of the K/V store, padding included.
+    pub fn n_slots(&self) -> usize {
+        self.slot_pos.len()
+    }
+    pub fn n_sink(&self) -> usize {
+        self.n_sink
+    }
+    pub fn n_fam(&self) -> usize {
+        self.n_fam
+    }
+    pub fn block_of(&self, i: i64) -> i64 {
+        i.div_euclid(self.b)
+    }
+    pub fn ring_base(&self) -> usize {
+        self.n_sink + self.n_fam
+    }
+    /// First scratch slot (`reread` feedback), right after the ring.
+    pub fn scratch_base(&self) -> usize {
+        self.ring_base() + self.ring_len
+    }
+    /// Scratch slots (F with the `reread` feedback and a FAM, else 0).
+    pub fn n_scratch(&self) -> usize {
+        if self.n_fam > 0 {
+            self.n_scratch
+        } else {
+            0
+        }
+    }
+    pub fn ring_slot(&self, i: i64) -> usize {
+        self.ring_base() + (i.rem_euclid(self.ring_len as i64)) as usize
+    }
+    /// Put stream index `i` in its ring slot; returns the slot.
+    pub fn place(&mut self, i: i64) -> usize {
+        let s = self.ring_slot(i);
+        self.slot_pos[s] = i;
+        s
+    }
+    /// First stream index of the window of block t.
+    pub fn window_start(&self, t: i64) -> i64 {
+        (t - self.m).max(0) * self.b
+    }
+    pub fn fam_slots(&self) -> Vec<i64> {
+        (self.n_sink..self.n_sink + self.n_fam)
+            .map(|s| s as i64)
+            .collect()
+    }
+    /// Slots [0, n) that any row may attend to once stream indices below `upto` are placed,
+    /// rounded up to a multiple of [`KV_PAD`] (the extra slots are masked).
+    pub fn n_kv(&self, upto: i64) -> usize {
+        let used = self.ring_base() + (upto.max(0) as usize).min(self.ring_len);
+        used.next_multiple_of(KV_PAD).min(self.n_slots())
+    }
+    /// Stream index each slot holds (`i64::MIN`: none), for snapshots.
+    pub fn positions(&self) -> &[i64] {
+        &self.slot_pos
+    }
+    pub fn set_positions(&mut self, p: &[i64]) -> Result<()> {
+        if p.len() != self.slot_pos.len() {
+            return Err(Error::Internal("slot positions of another layout".into()));
+        }
+        self.slot_pos.copy_from_slice(p);
+        Ok(())
+    }
+    /// Forget every placed token.
+    pub fn clear(&mut self) {
+        self.slot_pos.fill(EMPTY);
+    }
+
+    /// Whether token row `i` (in block t) may attend to `slot`, with `n_past` tokens placed
+    /// before this batch and a FAM that exists (`fam_valid`) or not.
+    pub fn visible(&self, i: i64, t: i64, slot: usize, n_past: u64, fam_valid: bool) -> bool {
+        if slot < self.n_sink {
+            // A sink token is shown here only once it has left the window (else it is in the ring).
+            let k = slot as i64;
+            k < n_past as i64 && k <= i && self.block_of(k) < t - self.m
+        } else if slot < self.ring_base() {
+            fam_valid
+        } else if slot >= self.scratch_base() {
+            false // reread scratch and padding
+        } else {
+            let j = self.slot_pos[slot];
+            j != EMPTY && j <= i && (!self.windowed || self.block_of(j) >= t - self.m)
+        }
+    }
+
+    /// Whether token row `i` of a local sliding-window layer may attend to `slot`: the `n_swa`
+    /// latest tokens, itself included, whatever the policy (llama.cpp's
+    /// `LLAMA_SWA_TYPE_STANDARD`).
+    pub fn visible_swa(&self, i: i64, slot: usize, n_swa: i64) -> bool {
+        if slot < self.ring_base() || slot >= self.scratch_base() {
+            return false;
+        }
+        let j = self.slot_pos[slot];
+        j != EMPTY && j <= i && i - j < n_swa
+    }
+
+    /// The mask of token rows `rows` (stream indices, in block t) over slots [0, n_kv).
+    pub fn mask(
+        &self,
+        rows: std::ops::Range<i64>,
+        t: i64,
+        n_kv: usize,
+        n_past: u64,
+        fam_valid: bool,
+    ) -> Vec<f16> {
+        mask_of(rows, n_kv, |i, s| self.visible(i, t, s, n_past, fam_valid))
+    }
+
+    /// The mask of the local sliding-window layers.
+    pub fn mask_swa(&self, rows: std::ops::Range<i64>, n_kv: usize, n_swa: i64) -> Vec<f16> {
+        mask_of(rows, n_kv, |i, s| self.visible_swa(i, s, n_swa))
+    }
+
+    /// What the F rows computing the next FAM may see after block t: the current FAM (if
+    /// `with_fam`), every token of block t, and (`reread` scratch slots) the earlier rows.
+    pub fn fam_rows_mask(&self, t: i64, n_kv: usize, with_fam: bool) -> Vec<f16> {
+        let scratch = self.scratch_base();
+        mask_of(0..self.n_fam as i64, n_kv, |r, s| {
+            if s < self.n_sink {
+                false
+            } else if s < self.ring_base() {
+                with_fam
+            } else if s < scratch {
+                let j = self.slot_pos[s];
+                j != EMPTY && self.block_of(j) == t
+            } else if s < scratch + self.n_scratch() {
+                (s - scratch) as i64 <= r
+            } else {
+                false // padding
+            }
+        })
+    }
+}
+
+/// Row-major [rows][n_kv] f16 mask: 0 where `visible(row, slot)`, -inf elsewhere.
+fn mask_of(
+    rows: std::ops::Range<i64>,
+    n_kv: usize,
+    visible: impl Fn(i64, usize) -> bool,
+) -> Vec<f16> {
+    let mut mask = vec![f16::NEG_INFINITY; (rows.end - rows.start) as usize * n_kv];
+    for (r, i) in rows.enumerate() {
+        for s in 0..n_kv {
+            if visible(i, s) {
+                mask[r * n_kv + s] = f16::ZERO;
+            }
+        }
+    }
+    mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(policy: MemoryPolicy, b: u32, m: u32, f: u32, s: u32) -> FamSettings {
+        FamSettings {
+            policy,
+            block_size: b,
+            mem_blocks: m,
+            fam_len: f,
+            sinks: s,
+            ..FamSettings::default()
+        }
+    }
+
+    /// Place stream indices 0..n, one by one.
+    fn fed(mut l: SlotLayout, n: i64) -> SlotLayout {
+        for i in 0..n {
+            l.place(i);
+        }
+        l
+    }
+
+    /// Stream indices row `i` of block t sees in the ring.
+    fn seen(l: &SlotLayout, i: i64, t: i64, n_past: u64) -> Vec<i64> {
+        let mut v: Vec<i64> = (0..l.n_slots())
+            .filter(|&s| s >= l.ring_base() && l.visible(i, t, s, n_past, false))
+            .map(|s| l.positions()[s])
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn bswa_sees_its_block_and_m_blocks_before() {
+        // B = 4, M = 1: row 13 (block 3) sees blocks 2 and 3 up to itself: 8..=13.
+        let l = fed(
+            SlotLayout::new(&settings(MemoryPolicy::Bswa, 4, 1, 0, 0), 0, 0).unwrap(),
+            14,
+        );
+        assert_eq!(l.n_slots(), KV_PAD);
+        assert_eq!(seen(&l, 13, 3, 14), (8..=13).collect::<Vec<_>>());
+        // The ring is 8 slots: index 13 overwrote index 5.
+        assert_eq!(l.ring_slot(13), l.ring_slot(5));
+    }
+
+    #[test]
+    fn full_attention_sees_everything_before() {
+        let l = fed(
+            SlotLayout::new(&settings(MemoryPolicy::Full, 4, 1, 0, 0), 64, 0).unwrap(),
+            40,
+        );
+        assert_eq!(seen(&l, 39, 9, 40), (0..=39).collect::<Vec<_>>());
+        assert!(SlotLayout::new(&settings(MemoryPolicy::Full, 4, 1, 0, 0), 0, 0).is_err());
+    }
+
+    #[test]
+    fn sinks_show_once_they_left_the_window() {
+        let l = fed(
+            SlotLayout::new(&settings(MemoryPolicy::Sink, 4, 1, 0, 2), 0, 0).unwrap(),
+            24,
+        );
+        let sinks_seen = |i: i64, t: i64, n_past: u64| -> Vec<usize> {
+            (0..2)
+                .filter(|&s| l.visible(i, t, s, n_past, false))
+                .collect()
+        };
+        assert!(sinks_seen(5, 1, 6).is_empty()); // still in the window (block 0)
+        assert_eq!(sinks_seen(23, 5, 24), vec![0, 1]);
+    }
+
+    #[test]
+    fn fam_slots_are_seen_only_once_the_fam_exists() {
+        let l = SlotLayout::new(&settings(MemoryPolicy::Fam, 4, 1, 2, 0), 0, 0).unwrap();
+        assert_eq!(l.fam_slots(), vec![0, 1]);
+        assert!(!l.visible(0, 0, 0, 0, false) && l.visible(0, 0, 0, 0, true));
+        // the rows computing the next FAM see the old FAM and the block just finished
+        let l = fed(l, 8);
+        let m = l.fam_rows_mask(1, KV_PAD, true);
+        let row0: Vec<usize> = (0..KV_PAD).filter(|&s| m[s] == f16::ZERO).collect();
+        let block1: Vec<usize> = (4..8).map(|i| l.ring_slot(i)).collect();
+        assert_eq!(row0, [vec![0, 1], block1].concat());
+    }
+
+    #[test]
+    fn local_layers_keep_their_window_when_the_ring_is_shorter() {
+        // B = 4, M = 0 would keep 4 slots; a local window of 10 needs 13, rounded to 16.
+        let l = SlotLayout::new(&settings(MemoryPolicy::Bswa, 4, 0, 0, 0), 0, 10).unwrap();
+        assert_eq!(l.scratch_base() - l.ring_base(), 16);
+        let l = fed(l, 40);
+        let local: Vec<i64> = (0..l.n_slots())
+            .filter(|&s| l.visible_swa(39, s, 10))
+            .map(|s| l.positions()[s])
+            .collect();
+        let mut local = local;
+        local.sort_unstable();
+        assert_eq!(local, (30..=39).collect::<Vec<_>>());
+        // the global layers still see only the current block
+        assert_eq!(seen(&l, 39, 9, 40), (36..=39).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn attention_lengths_are_padded() {
+        let l = SlotLayout::new(&settings(MemoryPolicy::Full, 4, 1, 0, 0), 1000, 0).unwrap();
+        assert_eq!(l.n_slots(), 1024);
+        assert_eq!(l.n_kv(1), KV_PAD);
+        assert_eq!(l.n_kv(300), 2 * KV_PAD);
+    }
+}
