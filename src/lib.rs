@@ -129,6 +129,7 @@ pub mod error;
 pub mod forward;
 pub mod ggml;
 pub mod gguf;
+pub mod grammar;
 pub mod init_memory;
 pub mod inspect;
 pub mod kv;

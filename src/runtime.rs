@@ -64,9 +64,11 @@ pub fn default_threads() -> usize {
 /// A loaded model with everything needed to talk to it. Immutable; share it between streams.
 pub struct Runtime {
     pub model: Arc<Model>,
-    pub tokenizer: Tokenizer,
+    pub tokenizer: Arc<Tokenizer>,
     pub chat: ChatTemplate,
     threads: usize,
+    /// The vocabulary prepared for structured output, made at its first use.
+    grammar: std::sync::OnceLock<crate::grammar::GrammarEnv>,
 }
 
 /// Generation settings.
@@ -79,6 +81,8 @@ pub struct GenerateOptions {
     /// Record each generated token's log-probability under the model (before sampling's
     /// transforms) and those of the `n` most likely tokens at that step (`Some(n)`).
     pub logprobs: Option<usize>,
+    /// Constrain the reply to this structure (JSON object or schema).
+    pub structure: Option<crate::grammar::Structure>,
 }
 
 /// A generated token's log-probability and the most likely alternatives at its step.
@@ -117,6 +121,7 @@ impl Default for GenerateOptions {
             sampler: SamplerConfig::default(),
             stop: Vec::new(),
             logprobs: None,
+            structure: None,
         }
     }
 }
@@ -247,9 +252,10 @@ impl Runtime {
         }
         Ok(Runtime {
             model: Arc::new(model),
-            tokenizer,
+            tokenizer: Arc::new(tokenizer),
             chat,
             threads: opts.threads,
+            grammar: std::sync::OnceLock::new(),
         })
     }
 
@@ -292,6 +298,16 @@ impl Runtime {
         ids
     }
 
+    /// The vocabulary prepared for structured output (built at the first call: it walks the
+    /// whole vocabulary).
+    pub fn grammar_env(&self) -> Result<&crate::grammar::GrammarEnv> {
+        if let Some(g) = self.grammar.get() {
+            return Ok(g);
+        }
+        let g = crate::grammar::GrammarEnv::new(self.tokenizer.clone())?;
+        Ok(self.grammar.get_or_init(|| g))
+    }
+
     pub fn new_state(&self, eng: &Engine, settings: FamSettings, n_ctx: usize) -> Result<FamState> {
         let (seed, bos) = FamState::seed_tokens_for(&self.tokenizer, settings.fam_len as usize);
         FamState::new(&self.model, eng.backend(), settings, n_ctx, seed, bos)
@@ -331,22 +347,36 @@ impl Runtime {
         for &t in prompt {
             sampler.accept(t);
         }
+        let mut constraint = match &opts.structure {
+            Some(s) => Some(self.grammar_env()?.constraint(s)?),
+            None => None,
+        };
         let t0 = Instant::now();
         let mut logits = stream.feed(eng, prompt, Logits::Last)?;
         stats.prompt_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut dec = StreamDecoder::new();
         while stats.generated_tokens < opts.max_tokens {
+            // Log-probabilities are the model's, before a constraint masks anything.
+            let raw = match (&constraint, opts.logprobs) {
+                (Some(_), Some(_)) => Some(logits.clone()),
+                _ => None,
+            };
+            if let Some(c) = constraint.as_mut() {
+                c.mask(&mut logits)?;
+            }
             let tok = sampler.sample(&logits);
             if self.tokenizer.is_eog(tok) {
                 stats.finish_reason = "eos";
                 break;
             }
+            if let Some(c) = constraint.as_mut() {
+                c.accept(tok)?;
+            }
             sampler.accept(tok);
             if let Some(n) = opts.logprobs {
-                stats
-                    .logprobs
-                    .push(TokenLogprob::from_logits(&logits, tok, n));
+                let l = raw.as_deref().unwrap_or(&logits);
+                stats.logprobs.push(TokenLogprob::from_logits(l, tok, n));
             }
             stats.tokens.push(tok);
             stats.generated_tokens += 1;

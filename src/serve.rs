@@ -397,6 +397,13 @@ fn parse(
         ));
     }
     let seed = num("seed")?.map_or(0x5EED, |s| s as u64);
+    let structure = response_format(obj.get("response_format"))?;
+    if let Some(s) = &structure {
+        // compile the schema now: a bad one is the client's 400, not the worker's failure
+        rt.grammar_env()
+            .and_then(|g| g.constraint(s))
+            .map_err(|e| HttpError(400, format!("`response_format`: {e}")))?;
+    }
     let gen = GenerateOptions {
         max_tokens: max_tokens as usize,
         sampler: SamplerConfig {
@@ -409,6 +416,7 @@ fn parse(
         },
         stop,
         logprobs,
+        structure,
     };
     let (tx, rx) = mpsc::sync_channel(64);
     Ok((
@@ -458,6 +466,7 @@ fn check_fields(
         "session",
         "user",
         "n",
+        "response_format",
     ];
     let input = if chat { "messages" } else { "prompt" };
     for (k, v) in obj {
@@ -471,7 +480,6 @@ fn check_fields(
             "logprobs" => v.is_null() || *v == Json::Bool(false) || v.as_f64() == Some(0.0),
             "top_logprobs" => v.is_null() || v.as_f64() == Some(0.0),
             "logit_bias" => v.is_null() || v.as_object().is_some_and(|o| o.is_empty()),
-            "response_format" => v.is_null() || v["type"] == "text",
             "tools" | "functions" => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
             "tool_choice" | "function_call" => v.is_null() || v == "none",
             "echo" => v.is_null() || *v == Json::Bool(false),
@@ -490,6 +498,32 @@ fn check_fields(
         }
     }
     Ok(())
+}
+
+/// OpenAI's `response_format`: `text` (or absent), `json_object`, or `json_schema` with its
+/// `json_schema.schema`; anything else is refused, naming it.
+fn response_format(
+    v: Option<&Json>,
+) -> std::result::Result<Option<crate::grammar::Structure>, HttpError> {
+    use crate::grammar::Structure;
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    match v["type"].as_str() {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Structure::JsonObject)),
+        Some("json_schema") => match &v["json_schema"]["schema"] {
+            s @ Json::Object(_) => Ok(Some(Structure::JsonSchema(s.clone()))),
+            _ => Err(HttpError(
+                400,
+                "`response_format.json_schema.schema` must be a JSON schema object".into(),
+            )),
+        },
+        _ => Err(HttpError(
+            400,
+            format!("`response_format` = {v}: type must be text, json_object or json_schema"),
+        )),
+    }
 }
 
 fn session_exists(opts: &ServeOptions, name: &str) -> bool {

@@ -341,8 +341,9 @@ fn openai_fields_are_honoured_or_refused_by_name() {
         (r#","top_logprobs":3"#, "`logprobs`"),
         (r#","logprobs":true,"top_logprobs":21"#, "`top_logprobs`"),
         (r#","logprobs":true,"stream":true"#, "`logprobs`"),
+        (r#","response_format":{"type":"xml"}"#, "`response_format`"),
         (
-            r#","response_format":{"type":"json_object"}"#,
+            r#","response_format":{"type":"json_schema","json_schema":{"schema":{"type":"nonsense"}}}"#,
             "`response_format`",
         ),
         (
@@ -458,4 +459,155 @@ fn openai_fields_are_honoured_or_refused_by_name() {
     );
     assert_eq!(s, 400, "{b}");
     assert!(b.contains("`logprobs`"), "{b}");
+}
+
+#[test]
+fn the_official_openai_client_reads_every_reply() {
+    // tools/openai_client_check.py drives the server with the `openai` package (pinned in
+    // tools/requirements.txt): chat, streaming with usage, n, seed, stop, logprobs,
+    // completions, sessions, a refused field and a wrong key, each parsed by the client itself.
+    let srv = start(&["--api-key", "client-check-key"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/openai_client_check.py");
+    let out = Command::new("python3")
+        .args([
+            script,
+            "--base-url",
+            &format!("http://{}/v1", srv.addr),
+            "--api-key",
+            "client-check-key",
+        ])
+        .output()
+        .expect("run python3 tools/openai_client_check.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+}
+
+/// Schemas of varied shapes for structured replies: every reply must parse and match its schema.
+fn schemas() -> Vec<serde_json::Value> {
+    use serde_json::json;
+    vec![
+        json!({"type": "object", "properties": {"colour": {"type": "string", "enum": ["red", "green", "blue"]}}, "required": ["colour"], "additionalProperties": false}),
+        json!({"type": "object", "properties": {"age": {"type": "integer", "minimum": 0, "maximum": 120}, "name": {"type": "string", "maxLength": 12}}, "required": ["age", "name"], "additionalProperties": false}),
+        json!({"type": "object", "properties": {"ok": {"type": "boolean"}, "items": {"type": "array", "items": {"type": "integer"}, "maxItems": 3}}, "required": ["ok", "items"], "additionalProperties": false}),
+        json!({"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}, "temp": {"type": "number"}}, "required": ["city", "temp"], "additionalProperties": false}),
+    ]
+}
+
+/// Whether `v` matches the small schema subset used above (type, enum, required, properties,
+/// additionalProperties, items, maxItems, maxLength, minimum/maximum).
+fn matches(v: &serde_json::Value, s: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    if let Some(e) = s["enum"].as_array() {
+        return e.contains(v);
+    }
+    let ok_type = match s["type"].as_str() {
+        Some("object") => v.is_object(),
+        Some("string") => v.is_string(),
+        Some("integer") => v.is_i64() || v.is_u64(),
+        Some("number") => v.is_number(),
+        Some("boolean") => v.is_boolean(),
+        Some("array") => v.is_array(),
+        _ => true,
+    };
+    if !ok_type {
+        return false;
+    }
+    if let (Some(n), Some(max)) = (v.as_f64(), s["maximum"].as_f64()) {
+        if n > max {
+            return false;
+        }
+    }
+    if let (Some(n), Some(min)) = (v.as_f64(), s["minimum"].as_f64()) {
+        if n < min {
+            return false;
+        }
+    }
+    if let (Some(t), Some(max)) = (v.as_str(), s["maxLength"].as_u64()) {
+        if t.chars().count() as u64 > max {
+            return false;
+        }
+    }
+    if let Value::Array(a) = v {
+        if s["maxItems"].as_u64().is_some_and(|m| a.len() as u64 > m) {
+            return false;
+        }
+        return a.iter().all(|x| matches(x, &s["items"]));
+    }
+    if let Value::Object(o) = v {
+        let props = s["properties"].as_object();
+        for r in s["required"].as_array().into_iter().flatten() {
+            if !o.contains_key(r.as_str().unwrap()) {
+                return false;
+            }
+        }
+        for (k, x) in o {
+            match props.and_then(|p| p.get(k)) {
+                Some(ps) if !matches(x, ps) => return false,
+                None if s["additionalProperties"] == Value::Bool(false) => return false,
+                _ => {}
+            }
+        }
+    }
+    true
+}
+
+#[test]
+fn structured_replies_parse_and_match_their_schema() {
+    // response_format json_schema (and json_object) through the server: constrained decoding
+    // makes every reply that ends valid, sampled at temperature 1 from the 135M model.
+    let srv = start(&[]);
+    let a = srv.addr.as_str();
+    let prompts = [
+        "Describe a person.",
+        "Pick a colour and say why.",
+        "What's the weather like?",
+        "List some numbers.",
+    ];
+    let mut n_ok = 0;
+    for (i, schema) in schemas().iter().enumerate() {
+        for (k, p) in prompts.iter().enumerate() {
+            let body = serde_json::json!({
+                "messages": [{"role": "user", "content": p}],
+                "max_tokens": 96, "temperature": 1.0, "seed": (i * 10 + k) as u64,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "s", "strict": true, "schema": schema}},
+            });
+            let (s, b) = http(a, "POST", "/v1/chat/completions", &body.to_string());
+            assert_eq!(s, 200, "{b}");
+            let j = json(&b);
+            let text = j["choices"][0]["message"]["content"].as_str().unwrap();
+            assert_eq!(
+                j["choices"][0]["finish_reason"], "stop",
+                "did not finish: {text}"
+            );
+            let v: serde_json::Value = serde_json::from_str(text)
+                .unwrap_or_else(|e| panic!("reply is not JSON ({e}): {text:?}"));
+            assert!(matches(&v, schema), "{text} does not match {schema}");
+            n_ok += 1;
+        }
+    }
+    // json_object: any object
+    let body = r#"{"messages":[{"role":"user","content":"Give me a JSON object about cats."}],"max_tokens":64,"temperature":0,"response_format":{"type":"json_object"}}"#;
+    let (s, b) = http(a, "POST", "/v1/chat/completions", body);
+    assert_eq!(s, 200, "{b}");
+    let text = json(&b)["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    if json(&b)["choices"][0]["finish_reason"] == "stop" {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&text)
+                .unwrap()
+                .is_object(),
+            "{text}"
+        );
+    } else {
+        assert!(text.starts_with('{'), "{text}");
+    }
+    assert_eq!(n_ok, 16);
 }

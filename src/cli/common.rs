@@ -300,6 +300,7 @@ impl SampleArgs {
             },
             stop: self.stop.clone(),
             logprobs: None,
+            structure: None,
         })
     }
 }

@@ -3,7 +3,7 @@
 use super::common::*;
 use clap::Args;
 use famstream::chat::Message;
-use famstream::Result;
+use famstream::{Error, Result};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -20,6 +20,10 @@ pub struct RunArgs {
     /// Wrap the prompt as a user turn of the model's chat template.
     #[arg(long)]
     pub chat: bool,
+    /// Constrain the output to JSON matching the JSON schema in FILE (constrained decoding:
+    /// every output that ends is valid).
+    #[arg(long = "json-schema", value_name = "FILE")]
+    pub json_schema: Option<PathBuf>,
     #[command(flatten)]
     pub sample: SampleArgs,
     #[command(flatten)]
@@ -32,12 +36,19 @@ pub fn run(args: RunArgs) -> Result<()> {
         prompt,
         file,
         chat,
+        json_schema,
         sample,
         memory,
         ..
     } = args;
     let text = read_text(prompt, file)?;
-    let opts = sample.options()?;
+    let mut opts = sample.options()?;
+    if let Some(p) = &json_schema {
+        let s = std::fs::read_to_string(p).map_err(|e| Error::io(p, "read", e))?;
+        let schema: serde_json::Value = serde_json::from_str(&s)
+            .map_err(|e| Error::Invalid(format!("{}: not JSON: {e}", p.display())))?;
+        opts.structure = Some(famstream::grammar::Structure::JsonSchema(schema));
+    }
     let rt = model.load()?;
     let tokens = if chat {
         rt.encode_chat(&rt.chat.render(&[Message::new("user", &text)], true), true)

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""The official `openai` Python client against a running `famstream serve`.
+
+    python3 tools/openai_client_check.py --base-url http://127.0.0.1:PORT/v1 --api-key KEY
+
+Run by tests/serve.rs (the server is started there). Each check uses the client's own types
+and parsing, so a reply that the client cannot read fails here, not just a field we look at by
+hand: chat (plain, streamed with the usage chunk, `n`, `seed`, `stop`, logprobs with
+top_logprobs), completions (plain and streamed), the model list, sessions, a wrong key (401
+AuthenticationError), and a refused field (400 BadRequestError naming it). Prints one line per
+check and exits non-zero on the first failure.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+SCHEMAS = [
+    {"type": "object", "properties": {"colour": {"enum": ["red", "green", "blue"]}}, "required": ["colour"],
+     "additionalProperties": False},
+    {"type": "object", "properties": {"age": {"type": "integer", "minimum": 0, "maximum": 120},
+                                      "name": {"type": "string", "maxLength": 12}},
+     "required": ["age", "name"], "additionalProperties": False},
+    {"type": "object", "properties": {"ok": {"type": "boolean"},
+                                      "items": {"type": "array", "items": {"type": "integer"}, "maxItems": 3}},
+     "required": ["ok", "items"], "additionalProperties": False},
+    {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}, "temp": {"type": "number"}},
+     "required": ["city", "temp"], "additionalProperties": False},
+    {"type": "object", "properties": {"title": {"type": "string", "maxLength": 20},
+                                      "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 2},
+                                      "year": {"type": "integer", "minimum": 1900, "maximum": 2100}},
+     "required": ["title", "tags", "year"], "additionalProperties": False},
+]
+PROMPTS = ["Describe a person.", "Pick a colour.", "What's the weather?", "List some numbers.", "Name a book."]
+
+
+def valid(v, s) -> bool:
+    """The schema subset of SCHEMAS: enum, type, min/max, maxLength, items/maxItems, properties."""
+    if "enum" in s:
+        return v in s["enum"]
+    t = s.get("type")
+    types = {"object": dict, "string": str, "boolean": bool, "array": list}
+    if t == "integer" and not (isinstance(v, int) and not isinstance(v, bool)):
+        return False
+    if t == "number" and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
+        return False
+    if t in types and not isinstance(v, types[t]):
+        return False
+    if "minimum" in s and v < s["minimum"] or "maximum" in s and v > s["maximum"]:
+        return False
+    if "maxLength" in s and len(v) > s["maxLength"]:
+        return False
+    if isinstance(v, list):
+        return len(v) <= s.get("maxItems", len(v)) and all(valid(x, s.get("items", {})) for x in v)
+    if isinstance(v, dict):
+        props = s.get("properties", {})
+        return all(k in v for k in s.get("required", [])) and all(
+            (k in props and valid(x, props[k])) or (k not in props and s.get("additionalProperties", True) is not False)
+            for k, x in v.items())
+    return True
+
+
+def structured(c, n: int) -> int:
+    """n json_schema requests over SCHEMAS x PROMPTS at temperature 1 with varied seeds: every
+    reply that finished must parse and validate. Prints the tally (results/README.md quotes it)."""
+    import json
+    import time
+
+    ok = truncated = 0
+    t0 = time.time()
+    for i in range(n):
+        schema, prompt = SCHEMAS[i % len(SCHEMAS)], PROMPTS[(i // len(SCHEMAS)) % len(PROMPTS)]
+        r = c.chat.completions.create(
+            model="famstream", messages=[{"role": "user", "content": prompt}], max_tokens=128, temperature=1.0,
+            seed=i, response_format={"type": "json_schema",
+                                     "json_schema": {"name": f"s{i % len(SCHEMAS)}", "strict": True, "schema": schema}})
+        ch = r.choices[0]
+        if ch.finish_reason != "stop":
+            truncated += 1
+            continue
+        v = json.loads(ch.message.content)
+        if not valid(v, schema):
+            print(f"FAIL reply {ch.message.content!r} does not match {schema}")
+            return 1
+        ok += 1
+    print(f"structured: {ok} of {n} replies parsed and matched their schema, {truncated} hit max_tokens, "
+          f"{time.time() - t0:.0f} s")
+    return 0 if ok + truncated == n else 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base-url", required=True)
+    ap.add_argument("--api-key", required=True)
+    ap.add_argument("--structured", type=int, default=0,
+                    help="instead: N structured (json_schema) requests, each validated")
+    args = ap.parse_args()
+    import openai
+
+    c = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=120)
+    if args.structured:
+        return structured(c, args.structured)
+    user = [{"role": "user", "content": "Name three colours."}]
+
+    def check(name, ok, detail=""):
+        print(f"{'ok  ' if ok else 'FAIL'} {name} {detail}")
+        if not ok:
+            sys.exit(1)
+
+    models = c.models.list()
+    check("models.list", len(models.data) >= 1 and models.data[0].id, models.data[0].id)
+
+    r = c.chat.completions.create(model="famstream", messages=user, max_tokens=12, temperature=0)
+    check("chat", r.choices[0].message.role == "assistant" and len(r.choices[0].message.content) > 0
+          and r.usage.completion_tokens > 0, repr(r.choices[0].message.content))
+
+    again = c.chat.completions.create(model="famstream", messages=user, max_tokens=12, temperature=0)
+    check("chat is deterministic at temperature 0", again.choices[0].message.content == r.choices[0].message.content)
+
+    pieces, usage = [], None
+    for chunk in c.chat.completions.create(model="famstream", messages=user, max_tokens=12, temperature=0,
+                                           stream=True, stream_options={"include_usage": True}):
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        if chunk.usage is not None:
+            usage = chunk.usage
+    check("chat stream equals the plain reply", "".join(pieces) == r.choices[0].message.content, repr("".join(pieces)))
+    check("stream_options.include_usage", usage is not None and usage.completion_tokens > 0)
+
+    n2 = c.chat.completions.create(model="famstream", messages=user, max_tokens=8, temperature=0.9, n=2, seed=7)
+    check("n=2", len(n2.choices) == 2 and [ch.index for ch in n2.choices] == [0, 1])
+    s1 = c.chat.completions.create(model="famstream", messages=user, max_tokens=8, temperature=0.9, seed=11)
+    s2 = c.chat.completions.create(model="famstream", messages=user, max_tokens=8, temperature=0.9, seed=11)
+    check("seed reproduces a sampled reply", s1.choices[0].message.content == s2.choices[0].message.content)
+
+    lp = c.chat.completions.create(model="famstream", messages=user, max_tokens=5, temperature=0,
+                                   logprobs=True, top_logprobs=3)
+    content = lp.choices[0].logprobs.content
+    check("logprobs + top_logprobs", len(content) > 0 and all(len(t.top_logprobs) == 3 and t.logprob <= 0
+                                                               for t in content))
+
+    first = r.choices[0].message.content.split()[0] if r.choices[0].message.content.split() else None
+    if first:
+        st = c.chat.completions.create(model="famstream", messages=user, max_tokens=12, temperature=0, stop=[first])
+        check("stop", first not in st.choices[0].message.content and st.choices[0].finish_reason == "stop",
+              repr(st.choices[0].message.content))
+
+    comp = c.completions.create(model="famstream", prompt="The capital of France is", max_tokens=6, temperature=0)
+    check("completions", len(comp.choices[0].text) > 0, repr(comp.choices[0].text))
+    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
+        model="famstream", prompt="The capital of France is", max_tokens=6, temperature=0, stream=True) if ch.choices)
+    check("completions stream equals the plain one", streamed == comp.choices[0].text)
+
+    s = c.chat.completions.create(model="famstream", messages=[{"role": "user", "content": "My name is Ada."}],
+                                  max_tokens=4, temperature=0, extra_body={"session": "client-check"})
+    check("session", len(s.choices) == 1)
+
+    try:
+        c.chat.completions.create(model="famstream", messages=user, max_tokens=4, presence_penalty=0.5)
+        check("refused field", False, "presence_penalty was accepted")
+    except openai.BadRequestError as e:
+        check("refused field names it", "presence_penalty" in str(e), str(e)[:80])
+
+    bad = openai.OpenAI(base_url=args.base_url, api_key="wrong-key", max_retries=0)
+    try:
+        bad.models.list()
+        check("wrong key", False, "accepted")
+    except openai.AuthenticationError:
+        check("wrong key gets 401", True)
+    print("all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
