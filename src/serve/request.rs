@@ -1,0 +1,324 @@
+//! Requests: parsing, the OpenAI fields (honoured or refused by name), `response_format`.
+
+use super::*;
+use crate::chat::Message;
+use crate::runtime::{GenerateOptions, Runtime};
+use crate::sample::SamplerConfig;
+use serde_json::Value as Json;
+use std::io::Read;
+use std::sync::mpsc::{self, Receiver};
+
+/// Read, parse and validate a completion request.
+pub(super) fn parse(
+    rt: &Runtime,
+    opts: &ServeOptions,
+    req: &mut tiny_http::Request,
+    chat: bool,
+) -> std::result::Result<(Job, Receiver<Event>, Streaming), HttpError> {
+    if req.body_length().is_some_and(|n| n > opts.max_body) {
+        return Err(HttpError(
+            413,
+            format!("request body over {} bytes", opts.max_body),
+        ));
+    }
+    let mut body = Vec::new();
+    req.as_reader()
+        .take(opts.max_body as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| HttpError(400, format!("cannot read the body: {e}")))?;
+    if body.len() > opts.max_body {
+        return Err(HttpError(
+            413,
+            format!("request body over {} bytes", opts.max_body),
+        ));
+    }
+    let j: Json = serde_json::from_slice(&body)
+        .map_err(|e| HttpError(400, format!("malformed JSON: {e}")))?;
+    let obj = j
+        .as_object()
+        .ok_or_else(|| HttpError(400, "the body must be a JSON object".into()))?;
+    let bad = |k: &str, want: &str| HttpError(400, format!("`{k}` must be {want}"));
+    check_fields(obj, chat)?;
+    let num = |k: &str| -> std::result::Result<Option<f64>, HttpError> {
+        match obj.get(k) {
+            None | Some(Json::Null) => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| bad(k, "a number")),
+        }
+    };
+    let string = |k: &str| -> std::result::Result<Option<String>, HttpError> {
+        match obj.get(k) {
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(bad(k, "a string")),
+        }
+    };
+    let stream = match obj.get("stream") {
+        None | Some(Json::Null) => false,
+        Some(Json::Bool(b)) => *b,
+        Some(_) => return Err(bad("stream", "a boolean")),
+    };
+    let max_tokens = num("max_tokens")?
+        .or(num("max_completion_tokens")?)
+        .unwrap_or(256.0);
+    if !(1.0..=opts.max_new_tokens as f64).contains(&max_tokens) || max_tokens.fract() != 0.0 {
+        return Err(HttpError(
+            400,
+            format!(
+                "`max_tokens` must be an integer from 1 to {}",
+                opts.max_new_tokens
+            ),
+        ));
+    }
+    let temperature = num("temperature")?.unwrap_or(0.7);
+    let top_p = num("top_p")?.unwrap_or(0.95);
+    let defaults = SamplerConfig::default();
+    let top_k = num("top_k")?.map_or(defaults.top_k as f64, |k| k.max(0.0));
+    let min_p = num("min_p")?.unwrap_or(defaults.min_p as f64);
+    if top_k.fract() != 0.0 || !(0.0..=1.0).contains(&min_p) {
+        return Err(HttpError(
+            400,
+            "`top_k` must be a non-negative integer and `min_p` in [0, 1]".into(),
+        ));
+    }
+    let include_usage = match obj.get("stream_options") {
+        None | Some(Json::Null) => false,
+        Some(Json::Object(o)) => match o.get("include_usage") {
+            None | Some(Json::Null) => false,
+            Some(Json::Bool(b)) => *b,
+            Some(_) => return Err(bad("stream_options.include_usage", "a boolean")),
+        },
+        Some(_) => return Err(bad("stream_options", "an object")),
+    };
+    if !(0.0..=2.0).contains(&temperature) || !(0.0..=1.0).contains(&top_p) {
+        return Err(HttpError(
+            400,
+            "`temperature` must be in [0, 2] and `top_p` in [0, 1]".into(),
+        ));
+    }
+    let stop = match obj.get("stop") {
+        None | Some(Json::Null) => vec![],
+        Some(Json::String(s)) => vec![s.clone()],
+        Some(Json::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("stop", "a string or an array of strings"))?,
+        Some(_) => return Err(bad("stop", "a string or an array of strings")),
+    };
+    let session = string("session")?.or(string("user")?);
+    if let Some(s) = &session {
+        if s.is_empty()
+            || s.len() > 100
+            || !s
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(bad("session", "1-100 letters, digits, - or _"));
+        }
+    }
+    let prompt = if chat {
+        let msgs = obj
+            .get("messages")
+            .and_then(|m| m.as_array())
+            .ok_or_else(|| bad("messages", "an array of {role, content}"))?;
+        if msgs.is_empty() {
+            return Err(bad("messages", "a non-empty array"));
+        }
+        let mut list = Vec::new();
+        for m in msgs {
+            let role = m["role"]
+                .as_str()
+                .filter(|r| matches!(*r, "system" | "user" | "assistant"))
+                .ok_or_else(|| bad("messages[].role", "system, user or assistant"))?;
+            let content = m["content"]
+                .as_str()
+                .ok_or_else(|| bad("messages[].content", "a string"))?;
+            list.push(Message::new(role, content));
+        }
+        // A new conversation starts with the template's first-turn text; a session continues.
+        let first = session.as_ref().is_none_or(|s| !session_exists(opts, s));
+        let mut text: String = if first {
+            rt.chat.render_opening(&list)
+        } else {
+            list.iter().map(|m| rt.chat.render_turn(m, false)).collect()
+        };
+        text.push_str(rt.chat.generation_prompt());
+        text
+    } else {
+        string("prompt")?.ok_or_else(|| bad("prompt", "a string"))?
+    };
+    let n_prompt = rt.tokenizer.encode(&prompt, false, true).len();
+    if n_prompt > opts.max_prompt_tokens {
+        return Err(HttpError(
+            413,
+            format!(
+                "prompt of {n_prompt} tokens exceeds the limit of {}",
+                opts.max_prompt_tokens
+            ),
+        ));
+    }
+    // chat logprobs (`check_fields` refuses them for completions)
+    let logprobs = match obj.get("logprobs") {
+        Some(Json::Bool(true)) if chat => {
+            let n = num("top_logprobs")?.unwrap_or(0.0);
+            if !(0.0..=20.0).contains(&n) || n.fract() != 0.0 {
+                return Err(bad("top_logprobs", "an integer from 0 to 20"));
+            }
+            Some(n as usize)
+        }
+        _ if chat && num("top_logprobs")?.is_some_and(|n| n != 0.0) => {
+            return Err(bad("logprobs", "true when `top_logprobs` is given"))
+        }
+        _ => None,
+    };
+    if logprobs.is_some() && stream {
+        return Err(HttpError(
+            400,
+            "`logprobs` with `stream` is not supported yet (ask without streaming)".into(),
+        ));
+    }
+    let n = num("n")?.unwrap_or(1.0);
+    if !(1.0..=MAX_CHOICES as f64).contains(&n) || n.fract() != 0.0 {
+        return Err(bad("n", &format!("an integer from 1 to {MAX_CHOICES}")));
+    }
+    let n = n as usize;
+    if n > 1 && (stream || session.is_some()) {
+        return Err(HttpError(
+            400,
+            "`n` > 1 is not supported with `stream` or a session (one conversation, one reply)"
+                .into(),
+        ));
+    }
+    let seed = num("seed")?.map_or(0x5EED, |s| s as u64);
+    let structure = response_format(obj.get("response_format"))?;
+    if let Some(s) = &structure {
+        // compile the schema now: a bad one is the client's 400, not the worker's failure
+        rt.grammar_env()
+            .and_then(|g| g.constraint(s))
+            .map_err(|e| HttpError(400, format!("`response_format`: {e}")))?;
+    }
+    let gen = GenerateOptions {
+        max_tokens: max_tokens as usize,
+        sampler: SamplerConfig {
+            temperature: temperature as f32,
+            top_p: top_p as f32,
+            top_k: top_k as usize,
+            min_p: min_p as f32,
+            seed,
+            ..defaults
+        },
+        stop,
+        logprobs,
+        structure,
+    };
+    let (tx, rx) = mpsc::sync_channel(64);
+    Ok((
+        Job {
+            prompt,
+            session,
+            gen,
+            n,
+            out: tx,
+        },
+        rx,
+        Streaming {
+            stream,
+            include_usage,
+        },
+    ))
+}
+
+/// How the reply goes out.
+pub(super) struct Streaming {
+    /// As server-sent events.
+    pub(super) stream: bool,
+    /// `stream_options.include_usage`: a last event with the token counts.
+    pub(super) include_usage: bool,
+}
+
+/// Request fields that are accepted: those honoured (`honoured`), and those of features not
+/// implemented, accepted only with the value that asks for nothing (`inert`). Any other field,
+/// or a non-inert value, is refused with a 400 naming it: nothing a client asks for is silently
+/// ignored.
+pub(super) fn check_fields(
+    obj: &serde_json::Map<String, Json>,
+    chat: bool,
+) -> std::result::Result<(), HttpError> {
+    const HONOURED: &[&str] = &[
+        "model",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "stop",
+        "seed",
+        "stream",
+        "stream_options",
+        "session",
+        "user",
+        "n",
+        "response_format",
+    ];
+    let input = if chat { "messages" } else { "prompt" };
+    for (k, v) in obj {
+        let chat_only = chat && matches!(k.as_str(), "logprobs" | "top_logprobs");
+        if HONOURED.contains(&k.as_str()) || k == input || chat_only {
+            continue;
+        }
+        let inert = match k.as_str() {
+            "best_of" => v.is_null() || v.as_f64() == Some(1.0),
+            "presence_penalty" | "frequency_penalty" => v.is_null() || v.as_f64() == Some(0.0),
+            "logprobs" => v.is_null() || *v == Json::Bool(false) || v.as_f64() == Some(0.0),
+            "top_logprobs" => v.is_null() || v.as_f64() == Some(0.0),
+            "logit_bias" => v.is_null() || v.as_object().is_some_and(|o| o.is_empty()),
+            "tools" | "functions" => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
+            "tool_choice" | "function_call" => v.is_null() || v == "none",
+            "echo" => v.is_null() || *v == Json::Bool(false),
+            _ => {
+                return Err(HttpError(
+                    400,
+                    format!("unknown field `{k}` (famstream does not implement it)"),
+                ))
+            }
+        };
+        if !inert {
+            return Err(HttpError(
+                400,
+                format!("`{k}` = {v} is not supported by famstream yet"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// OpenAI's `response_format`: `text` (or absent), `json_object`, or `json_schema` with its
+/// `json_schema.schema`; anything else is refused, naming it.
+pub(super) fn response_format(
+    v: Option<&Json>,
+) -> std::result::Result<Option<crate::grammar::Structure>, HttpError> {
+    use crate::grammar::Structure;
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    match v["type"].as_str() {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Structure::JsonObject)),
+        Some("json_schema") => match &v["json_schema"]["schema"] {
+            s @ Json::Object(_) => Ok(Some(Structure::JsonSchema(s.clone()))),
+            _ => Err(HttpError(
+                400,
+                "`response_format.json_schema.schema` must be a JSON schema object".into(),
+            )),
+        },
+        _ => Err(HttpError(
+            400,
+            format!("`response_format` = {v}: type must be text, json_object or json_schema"),
+        )),
+    }
+}
+
+pub(super) fn session_exists(opts: &ServeOptions, name: &str) -> bool {
+    opts.sessions_dir.join(format!("{name}.famsnap")).exists()
+}

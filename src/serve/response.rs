@@ -1,0 +1,229 @@
+//! Replies: running a completion through the worker, JSON bodies and server-sent events.
+
+use super::*;
+use crate::runtime::{Runtime, TokenLogprob};
+use serde_json::{json, Value as Json};
+use std::io::Read;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+
+pub(super) fn completion(
+    rt: &Runtime,
+    opts: &ServeOptions,
+    jobs: &SyncSender<Job>,
+    mut req: tiny_http::Request,
+    chat: bool,
+) {
+    let (
+        job,
+        rx,
+        Streaming {
+            stream,
+            include_usage,
+        },
+    ) = match parse(rt, opts, &mut req, chat) {
+        Ok(x) => x,
+        Err(HttpError(s, m)) => {
+            let _ = req.respond(json_response(s, error_body(s, &m)));
+            return;
+        }
+    };
+    let want_logprobs = job.gen.logprobs.is_some();
+    if let Err(e) = jobs.try_send(job) {
+        let msg = match e {
+            mpsc::TrySendError::Full(_) => "the server is busy; retry later",
+            mpsc::TrySendError::Disconnected(_) => "the compute worker has stopped",
+        };
+        let _ = req.respond(json_response(503, error_body(503, msg)));
+        return;
+    }
+    let id = format!(
+        "cmpl-{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let model = opts.model_name.clone();
+    if stream {
+        let sse = Sse {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+            done: false,
+            include_usage,
+            chat,
+            id,
+            created,
+            model,
+        };
+        let h = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/event-stream"[..])
+            .expect("static header");
+        let resp = tiny_http::Response::new(tiny_http::StatusCode(200), vec![h], sse, None, None);
+        // A failed write (client gone) drops `sse` and its receiver: the worker cancels.
+        let _ = req.respond(resp);
+        return;
+    }
+    // Each choice's text, finish reason and logprobs; the completion tokens of all of them.
+    let (mut text, mut choices, mut completion_total) = (String::new(), Vec::new(), 0);
+    let mut end_choice = |text: &mut String, finish: &str, tokens: usize, lps: &[TokenLogprob]| {
+        let content = std::mem::take(text);
+        let choice = if chat {
+            let lp = want_logprobs.then(|| logprobs_json(rt, lps));
+            json!({"index": choices.len(), "message": {"role": "assistant", "content": content}, "logprobs": lp, "finish_reason": finish})
+        } else {
+            json!({"index": choices.len(), "text": content, "finish_reason": finish})
+        };
+        choices.push(choice);
+        completion_total += tokens;
+        completion_total
+    };
+    let resp = loop {
+        match rx.recv() {
+            Ok(Event::Piece(p)) => text.push_str(&p),
+            Ok(Event::Choice {
+                finish_reason,
+                completion_tokens,
+                logprobs,
+            }) => {
+                end_choice(&mut text, finish_reason, completion_tokens, &logprobs);
+            }
+            Ok(Event::Done {
+                finish_reason,
+                prompt_tokens,
+                completion_tokens,
+                logprobs,
+            }) => {
+                let total = end_choice(&mut text, finish_reason, completion_tokens, &logprobs);
+                let usage = usage_json(prompt_tokens, total);
+                let object = if chat {
+                    "chat.completion"
+                } else {
+                    "text_completion"
+                };
+                break json_response(200, json!({"id": id, "object": object, "created": created, "model": model, "choices": choices, "usage": usage}).to_string());
+            }
+            Ok(Event::Failed(m)) => break json_response(400, error_body(400, &m)),
+            Err(_) => break json_response(500, error_body(500, "the compute worker stopped")),
+        }
+    };
+    let _ = req.respond(resp);
+}
+
+/// OpenAI's `usage` object.
+pub(super) fn usage_json(prompt_tokens: usize, completion_tokens: usize) -> Json {
+    json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens})
+}
+
+/// OpenAI's chat `logprobs` object: per token its text, log-probability, UTF-8 bytes and the
+/// most likely alternatives.
+pub(super) fn logprobs_json(rt: &Runtime, lps: &[TokenLogprob]) -> Json {
+    let entry = |t: u32, lp: f32| {
+        let bytes = rt.tokenizer.token_bytes(t);
+        json!({"token": String::from_utf8_lossy(bytes), "logprob": lp, "bytes": bytes})
+    };
+    let content: Vec<Json> = lps
+        .iter()
+        .map(|l| {
+            let mut e = entry(l.token, l.logprob);
+            e["top_logprobs"] = l.top.iter().map(|&(t, lp)| entry(t, lp)).collect();
+            e
+        })
+        .collect();
+    json!({ "content": content })
+}
+
+/// Server-sent events, produced lazily from the worker's channel.
+pub(super) struct Sse {
+    pub(super) rx: Receiver<Event>,
+    pub(super) buf: Vec<u8>,
+    pub(super) pos: usize,
+    pub(super) done: bool,
+    pub(super) include_usage: bool,
+    pub(super) chat: bool,
+    pub(super) id: String,
+    pub(super) created: u64,
+    pub(super) model: String,
+}
+
+impl Sse {
+    /// One event carrying `choices` (and `usage`, for the last event of include_usage).
+    fn event(&self, choices: Json, usage: Option<Json>) -> String {
+        let object = if self.chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
+        let mut j = json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices});
+        if let Some(u) = usage {
+            j["usage"] = u;
+        }
+        format!("data: {j}\n\n")
+    }
+
+    fn chunk(&self, text: Option<&str>, finish: Option<&str>) -> String {
+        let choice = if self.chat {
+            json!({"index": 0, "delta": text.map_or(json!({}), |t| json!({"content": t})), "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish})
+        };
+        self.event(json!([choice]), None)
+    }
+}
+
+impl Read for Sse {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            if self.done {
+                return Ok(0);
+            }
+            let next = match self.rx.recv() {
+                Ok(Event::Piece(p)) => self.chunk(Some(&p), None),
+                // `n` > 1 is refused with `stream`, so a stream has one choice
+                Ok(Event::Choice { .. }) => String::new(),
+                Ok(Event::Done {
+                    finish_reason,
+                    prompt_tokens,
+                    completion_tokens,
+                    ..
+                }) => {
+                    self.done = true;
+                    let usage = if self.include_usage {
+                        let u = usage_json(prompt_tokens, completion_tokens);
+                        self.event(json!([]), Some(u))
+                    } else {
+                        String::new()
+                    };
+                    format!(
+                        "{}{usage}data: [DONE]\n\n",
+                        self.chunk(None, Some(finish_reason))
+                    )
+                }
+                Ok(Event::Failed(m)) => {
+                    self.done = true;
+                    format!("data: {}\n\n", error_body(400, &m))
+                }
+                Err(_) => {
+                    self.done = true;
+                    String::new()
+                }
+            };
+            self.buf = next.into_bytes();
+            self.pos = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// OpenAI's names: "stop" (an end token or a stop string) or "length".
+pub(super) fn openai_finish(ours: &str) -> &'static str {
+    if ours == "length" {
+        "length"
+    } else {
+        "stop"
+    }
+}
