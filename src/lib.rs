@@ -46,9 +46,10 @@
 //! - [`gguf`]: our GGUF v2/v3 reader (memory-mapped, zero-copy, hostile-input safe) and writer
 //!   (atomic: temp file + rename). Knows the format, nothing about transformers.
 //! - [`ggml`]: the only module that calls into ggml (through `llama-cpp-sys-2`): contexts,
-//!   tensors tied to their context's lifetime, graphs, backends with a persistent threadpool,
-//!   device selection through ggml's registry (`--device`), the graph allocator,
-//!   quantize/dequantize.
+//!   tensors tied to their context's lifetime, graphs (`ggml/tensor.rs`), backends with a
+//!   persistent threadpool, device selection through ggml's registry (`--device`), the graph
+//!   allocator (`ggml/backend.rs`), tensor sets (`ggml/tensor_set.rs`), quantize/dequantize
+//!   (`ggml/quant.rs`).
 //! - [`model`]: hyperparameters and weights of the `llama` (with Llama 3 RoPE factors),
 //!   `qwen2`, `qwen3`, `gemma3` and `phi3` architectures; what differs between them is a few
 //!   [`model::Arch`] properties (QK-norm, post-norms, biases, fused projections, gate
@@ -72,7 +73,10 @@
 //!   for the next batch of the same shape on the same K/V store (a decoded token builds and
 //!   places nothing while no other graph ran in between).
 //! - [`tokenizer`]: byte-level BPE (GPT-2 style) and SentencePiece BPE, from GGUF metadata.
-//! - [`sample`], [`chat`], [`runtime`]: sampling, chat templates, the embedding API.
+//! - [`sample`], [`chat`], [`runtime`]: sampling, chat templates (the model's own Jinja
+//!   template through minijinja, built-in families as the fallback), the embedding API.
+//! - [`grammar`]: structured output: constrained decoding to a JSON schema with llguidance
+//!   over famstream's vocabulary (`run --json-schema`, the server's `response_format`).
 //! - [`perplexity`], [`passkey`], [`bench`]: evaluation and speed; [`recall`]: recall of a
 //!   planted fact k windows back (the memory benchmark, cases from `tools/recall_bench.py`);
 //!   [`streaming_run`]: a streaming-perplexity run with checkpoints to resume from and the
@@ -80,7 +84,8 @@
 //! - [`summarize`]: long documents through the state, then a summary or an answer.
 //! - [`notes`]: `summarize`'s default method: notes on each window-sized chunk, kept outside
 //!   the window and merged under a token budget, so every part of the input reaches the answer.
-//! - [`serve`]: the OpenAI-compatible HTTP server (one compute worker, bounded live states).
+//! - [`serve`]: the OpenAI-compatible HTTP server (one compute worker, bounded live states;
+//!   `serve/request.rs` parses and checks the OpenAI fields, `serve/response.rs` writes replies).
 //! - [`convert`]: HF checkpoints / GGUF -> quantized GGUF (our safetensors reader, name maps,
 //!   Q/K permutation, tokenizer.json, ggml quantizers in parallel, streaming writes).
 //! - [`npy`], [`util`], [`inspect`]: small helpers.
