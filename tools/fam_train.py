@@ -327,12 +327,21 @@ def cmd_train(a):
     torch.set_num_threads(a.threads)
     run = Path(a.run_dir); run.mkdir(parents=True, exist_ok=True)
     args_path, ckpt_path, log_path = run / "args.json", run / "ckpt.pt", run / "log.jsonl"
-    keep = {k: v for k, v in vars(a).items() if k not in ("func", "threads", "device", "steps", "max_k")}
+    # The curriculum's schedule (steps, last distance, the recall that advances it) may change
+    # when a run resumes; everything else that shapes the model must stay as it started.
+    schedule = ("steps", "max_k", "advance_at")
+    keep = {k: v for k, v in vars(a).items() if k not in ("func", "threads", "device") + schedule}
     if args_path.exists():
         old = json.loads(args_path.read_text())
         diff = {k: (old.get(k), v) for k, v in keep.items() if old.get(k) != v}
         if diff:
             raise SystemExit(f"{run}: was started with other settings {diff}; use another RUN_DIR")
+        if old.get("advance_at", a.advance_at) != a.advance_at:
+            print(f"curriculum: advancing at held-out recall {a.advance_at} (was {old.get('advance_at')})",
+                  file=sys.stderr)
+            old.setdefault("advance_at_history", []).append(old.get("advance_at"))
+            old["advance_at"] = a.advance_at
+            args_path.write_text(json.dumps(old, indent=1) + "\n")
     else:
         args_path.write_text(json.dumps(keep, indent=1) + "\n")
     torch.manual_seed(a.seed)
