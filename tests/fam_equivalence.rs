@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{prose_tokens, settings};
+use common::{max_diff, mean_kl, prose_tokens, settings};
 
 use famstream::engine::Engine;
 use famstream::ggml::Backend;
@@ -55,22 +55,6 @@ fn run_all(m: &Arc<Model>, s: FamSettings, tokens: &[u32], chunk: usize) -> Vec<
             .flat_map(|c| st.feed(&mut eng, c, Logits::All).unwrap())
             .collect()
     }
-}
-
-fn mean_kl(p: &[f32], q: &[f32], nv: usize) -> f64 {
-    let n = p.len() / nv;
-    (0..n)
-        .map(|i| common::llama::kl_divergence(&p[i * nv..(i + 1) * nv], &q[i * nv..(i + 1) * nv]))
-        .sum::<f64>()
-        / n as f64
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max)
 }
 
 #[test]

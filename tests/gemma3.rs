@@ -6,7 +6,7 @@
 mod common;
 
 use common::llama::{argmax, kl_divergence, LlamaOracle};
-use common::settings;
+use common::{max_diff, settings};
 use famstream::engine::Engine;
 use famstream::ggml::Backend;
 use famstream::model::Model;
@@ -75,31 +75,7 @@ fn tokenizer_matches_llama_cpp() {
     let path = common::gemma3_path();
     let tok = tokenizer();
     let oracle = LlamaOracle::new(&path, 64, 1);
-    let corpus = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/golden/tokenizer/smollm2.jsonl"
-    ))
-    .unwrap();
-    let mut n = 0;
-    for line in corpus.lines() {
-        let row: serde_json::Value = serde_json::from_str(line).unwrap();
-        let t = row["text"].as_str().unwrap();
-        for parse_special in [false, true] {
-            assert_eq!(
-                tok.encode(t, true, parse_special),
-                oracle.tokenize(t, true, parse_special),
-                "{t:?} (parse_special {parse_special})"
-            );
-        }
-        n += 1;
-    }
-    assert!(n > 50);
-    let book = common::shared_text("moby_dick.txt");
-    let chunk = &book[..60_000];
-    assert_eq!(
-        tok.encode(chunk, false, false),
-        oracle.tokenize(chunk, false, false)
-    );
+    common::llama::assert_tokenizer_matches(&tok, &oracle);
 }
 
 #[test]
@@ -146,8 +122,7 @@ fn logits_match_llama_cpp_across_the_local_window() {
 
 #[test]
 fn greedy_generation_matches_llama_cpp() {
-    use famstream::runtime::{GenerateOptions, LoadOptions, Runtime};
-    use famstream::sample::SamplerConfig;
+    use famstream::runtime::{LoadOptions, Runtime};
     let path = common::gemma3_path();
     let rt = Runtime::load(
         &path,
@@ -162,20 +137,7 @@ fn greedy_generation_matches_llama_cpp() {
     let mut eng = rt.engine().unwrap();
     for p in ["The capital of France is", "def fibonacci(n):\n"] {
         let tokens = rt.tokenizer.encode(p, true, false);
-        let theirs = oracle.greedy(&tokens, 24);
-        let mut stream = rt.new_stream(&eng, 512).unwrap();
-        let opts = GenerateOptions {
-            max_tokens: 24,
-            sampler: SamplerConfig::greedy(),
-            ..GenerateOptions::default()
-        };
-        let ours = rt
-            .generate(&mut eng, &mut stream, &tokens, &opts, |_| true)
-            .unwrap();
-        // llama.cpp's loop does not stop at end-of-generation tokens; compare up to ours.
-        let n = ours.tokens.len();
-        assert!(n > 0);
-        assert_eq!(ours.tokens[..], theirs[..n], "{p:?}: {:?}", ours.text);
+        common::llama::assert_greedy_matches(&rt, &mut eng, &mut oracle, &tokens, 24);
     }
 }
 
@@ -243,14 +205,6 @@ fn tail_logits(
             .flat_map(|c| st.feed(&mut eng, c, Logits::All).unwrap())
             .collect()
     }
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max)
 }
 
 #[test]

@@ -139,26 +139,5 @@ fn smollm2_matches_llama_cpp_tokenizer_on_the_corpus() {
     let path = common::model_path();
     let tok = Tokenizer::from_vocab(vocab(&path)).unwrap();
     let oracle = common::llama::LlamaOracle::new(&path, 64, 1);
-    let text = std::fs::read_to_string(format!("{}/smollm2.jsonl", golden_dir())).unwrap();
-    let mut n = 0;
-    for line in text.lines() {
-        let row: Value = serde_json::from_str(line).unwrap();
-        let t = row["text"].as_str().unwrap();
-        for parse_special in [false, true] {
-            assert_eq!(
-                tok.encode(t, true, parse_special),
-                oracle.tokenize(t, true, parse_special),
-                "{t:?} (parse_special {parse_special})"
-            );
-        }
-        n += 1;
-    }
-    // A whole chapter of prose too.
-    let book = common::shared_text("moby_dick.txt");
-    let chunk = &book[..60_000];
-    assert_eq!(
-        tok.encode(chunk, false, false),
-        oracle.tokenize(chunk, false, false)
-    );
-    assert!(n > 50);
+    common::llama::assert_tokenizer_matches(&tok, &oracle);
 }

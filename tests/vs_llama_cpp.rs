@@ -51,8 +51,7 @@ fn logits_match_llama_cpp_on_a_multi_sentence_prompt() {
 
 #[test]
 fn greedy_generation_matches_llama_cpp() {
-    use famstream::runtime::{GenerateOptions, LoadOptions, Runtime};
-    use famstream::sample::SamplerConfig;
+    use famstream::runtime::{LoadOptions, Runtime};
     let path = common::model_path();
     let mut oracle = LlamaOracle::new(&path, 512, 2);
     let rt = Runtime::load(
@@ -83,31 +82,7 @@ fn greedy_generation_matches_llama_cpp() {
             oracle.tokenize(p, true, true),
             "tokenization of {p:?}"
         );
-        let theirs = oracle.greedy(&tokens, 32);
-        let mut stream = rt.new_stream(&eng, 512).unwrap();
-        let opts = GenerateOptions {
-            max_tokens: 32,
-            sampler: SamplerConfig::greedy(),
-            ..GenerateOptions::default()
-        };
-        let ours = rt
-            .generate(&mut eng, &mut stream, &tokens, &opts, |_| true)
-            .unwrap();
-        // llama.cpp's loop above does not stop at end-of-generation tokens; compare up to ours.
-        let n = ours.tokens.len();
-        assert!(n > 0);
-        assert_eq!(
-            ours.tokens[..],
-            theirs[..n],
-            "greedy continuation of {p:?}: {:?}",
-            ours.text
-        );
-        if n < 32 {
-            assert!(
-                rt.tokenizer.is_eog(theirs[n]),
-                "we stopped early at {n} without an end token"
-            );
-        }
+        common::llama::assert_greedy_matches(&rt, &mut eng, &mut oracle, &tokens, 32);
     }
 }
 

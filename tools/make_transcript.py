@@ -36,9 +36,9 @@ def turns(text):
             buf.append(line.strip())
     return out
 
-def main():
-    out_txt, out_json = Path(sys.argv[1]), Path(sys.argv[2])
-    chars = int(sys.argv[sys.argv.index("--chars") + 1]) if "--chars" in sys.argv else 140_000
+def speaker_lines(chars, facts=()):
+    """`NAME: speech` lines, about `chars` characters, with `facts` ((fraction, line, ...))
+    inserted at their fractions of the text."""
     src = Path(__file__).resolve().parent.parent.parent / "shared/data/shakespeare_37_plays.txt"
     lines, n = [], 0
     for who, speech in turns(src.read_text()):
@@ -46,9 +46,14 @@ def main():
         n += len(lines[-1]) + 1
         if n >= chars:
             break
-    if "--no-facts" not in sys.argv:
-        for frac, fact, *_ in sorted(FACTS, reverse=True):
-            lines.insert(int(len(lines) * frac), fact)
+    for frac, fact, *_ in sorted(facts, reverse=True):
+        lines.insert(int(len(lines) * frac), fact)
+    return lines
+
+def main():
+    out_txt, out_json = Path(sys.argv[1]), Path(sys.argv[2])
+    chars = int(sys.argv[sys.argv.index("--chars") + 1]) if "--chars" in sys.argv else 140_000
+    lines = speaker_lines(chars, () if "--no-facts" in sys.argv else FACTS)
     out_txt.write_text("\n".join(lines) + "\n")
     out_json.write_text(json.dumps([{"position": f, "fact": t, "question": q, "expect": e, "answer": a} for f, t, q, e, a in FACTS], indent=1))
 

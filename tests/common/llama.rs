@@ -239,3 +239,70 @@ pub fn llama_quantize(input: &Path, output: &Path, ftype: u32) {
         assert_eq!(rc, 0, "llama_model_quantize failed");
     }
 }
+
+/// famstream's greedy continuation of `tokens` (at most `n` tokens) equals llama.cpp's; where
+/// ours stopped early, llama.cpp's next token is an end token (its loop does not stop there).
+pub fn assert_greedy_matches(
+    rt: &famstream::runtime::Runtime,
+    eng: &mut famstream::engine::Engine,
+    oracle: &mut LlamaOracle,
+    tokens: &[u32],
+    n: usize,
+) {
+    use famstream::runtime::GenerateOptions;
+    use famstream::sample::SamplerConfig;
+    let theirs = oracle.greedy(tokens, n);
+    let mut stream = rt.new_stream(eng, 512).unwrap();
+    let opts = GenerateOptions {
+        max_tokens: n,
+        sampler: SamplerConfig::greedy(),
+        ..GenerateOptions::default()
+    };
+    let ours = rt
+        .generate(eng, &mut stream, tokens, &opts, |_| true)
+        .unwrap();
+    let k = ours.tokens.len();
+    assert!(k > 0);
+    assert_eq!(
+        ours.tokens[..],
+        theirs[..k],
+        "greedy continuation: {:?}",
+        ours.text
+    );
+    if k < n {
+        assert!(
+            rt.tokenizer.is_eog(theirs[k]),
+            "we stopped early at {k} without an end token"
+        );
+    }
+}
+
+/// `tok` gives llama.cpp's ids on the tokenizer corpus (tests/golden/tokenizer/smollm2.jsonl,
+/// with and without special-token parsing) and on 60k characters of Moby-Dick.
+pub fn assert_tokenizer_matches(tok: &famstream::tokenizer::Tokenizer, oracle: &LlamaOracle) {
+    let corpus = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/tokenizer/smollm2.jsonl"
+    ))
+    .unwrap();
+    let mut n = 0;
+    for line in corpus.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let t = row["text"].as_str().unwrap();
+        for parse_special in [false, true] {
+            assert_eq!(
+                tok.encode(t, true, parse_special),
+                oracle.tokenize(t, true, parse_special),
+                "{t:?} (parse_special {parse_special})"
+            );
+        }
+        n += 1;
+    }
+    assert!(n > 50);
+    let book = super::shared_text("moby_dick.txt");
+    let chunk = &book[..60_000];
+    assert_eq!(
+        tok.encode(chunk, false, false),
+        oracle.tokenize(chunk, false, false)
+    );
+}

@@ -274,3 +274,21 @@ pub fn settings(
         ..Default::default()
     }
 }
+
+/// Largest |a - b| over two equal-length logit arrays.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+/// Mean KL(p || q) over the rows of two row-major [rows][nv] logit arrays.
+pub fn mean_kl(p: &[f32], q: &[f32], nv: usize) -> f64 {
+    let n = p.len() / nv;
+    (0..n)
+        .map(|i| llama::kl_divergence(&p[i * nv..(i + 1) * nv], &q[i * nv..(i + 1) * nv]))
+        .sum::<f64>()
+        / n as f64
+}
