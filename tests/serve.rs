@@ -347,10 +347,18 @@ fn openai_fields_are_honoured_or_refused_by_name() {
             "`response_format`",
         ),
         (
-            r#","tools":[{"type":"function","function":{"name":"f"}}]"#,
-            "`tools`",
+            r#","tools":[{"type":"function","function":{}}]"#,
+            "`tools[]`",
         ),
         (r#","tool_choice":"required""#, "`tool_choice`"),
+        (
+            r#","tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"g"}}"#,
+            "`tool_choice`",
+        ),
+        (
+            r#","tools":[{"type":"function","function":{"name":"f"}}],"stream":true"#,
+            "`stream`",
+        ),
         (r#","logit_bias":{"42":5}"#, "`logit_bias`"),
         (r#","frobnicate":1"#, "`frobnicate`"),
         (

@@ -13,6 +13,7 @@ check and exits non-zero on the first failure.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -155,6 +156,35 @@ def main() -> int:
     s = c.chat.completions.create(model="famstream", messages=[{"role": "user", "content": "My name is Ada."}],
                                   max_tokens=4, temperature=0, extra_body={"session": "client-check"})
     check("session", len(s.choices) == 1)
+
+    weather = [{"type": "function", "function": {
+        "name": "get_weather", "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24}},
+                       "required": ["city"], "additionalProperties": False}}},
+               {"type": "function", "function": {
+        "name": "get_time", "description": "The time in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24}},
+                       "required": ["city"], "additionalProperties": False}}}]
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        t = c.chat.completions.create(model="famstream", messages=ask, max_tokens=64, temperature=0,
+                                      tools=weather, tool_choice=choice)
+        calls = t.choices[0].message.tool_calls
+        check(f"tool_choice={choice if isinstance(choice, str) else 'named'}",
+              t.choices[0].finish_reason == "tool_calls" and len(calls) == 1
+              and calls[0].function.name in ("get_weather", "get_time")
+              and isinstance(json.loads(calls[0].function.arguments)["city"], str),
+              f"{calls[0].function.name}({calls[0].function.arguments})" if calls else "no call")
+    named = calls[0]
+    check("named tool is the one called", named.function.name == "get_weather")
+    auto = c.chat.completions.create(model="famstream", messages=ask, max_tokens=64, temperature=0, tools=weather)
+    m = auto.choices[0].message
+    check("tool_choice=auto gives a reply or a call", (m.content is not None) != bool(m.tool_calls))
+    follow = c.chat.completions.create(model="famstream", max_tokens=24, temperature=0, tools=weather, messages=ask + [
+        {"role": "assistant", "content": None, "tool_calls": [named.model_dump()]},
+        {"role": "tool", "tool_call_id": named.id, "content": '{"temp_c": 21, "sky": "clear"}'}])
+    check("a tool result continues the conversation", follow.choices[0].message.content is not None
+          or bool(follow.choices[0].message.tool_calls))
 
     try:
         c.chat.completions.create(model="famstream", messages=user, max_tokens=4, presence_penalty=0.5)

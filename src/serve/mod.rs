@@ -104,6 +104,8 @@ pub(super) struct Job {
     pub(super) gen: GenerateOptions,
     /// Choices to generate (`n`), each from a fresh state with seed + index.
     pub(super) n: usize,
+    /// The tools the reply may call (by name): a reply that is a call becomes `tool_calls`.
+    pub(super) tools: Vec<String>,
     /// Pieces of output, then one final event.
     pub(super) out: SyncSender<Event>,
 }

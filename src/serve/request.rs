@@ -4,7 +4,7 @@ use super::*;
 use crate::chat::Message;
 use crate::runtime::{GenerateOptions, Runtime};
 use crate::sample::SamplerConfig;
-use serde_json::Value as Json;
+use serde_json::{json, Value as Json};
 use std::io::Read;
 use std::sync::mpsc::{self, Receiver};
 
@@ -116,6 +116,7 @@ pub(super) fn parse(
             return Err(bad("session", "1-100 letters, digits, - or _"));
         }
     }
+    let tools = if chat { parse_tools(obj)? } else { None };
     let prompt = if chat {
         let msgs = obj
             .get("messages")
@@ -128,12 +129,29 @@ pub(super) fn parse(
         for m in msgs {
             let role = m["role"]
                 .as_str()
-                .filter(|r| matches!(*r, "system" | "user" | "assistant"))
-                .ok_or_else(|| bad("messages[].role", "system, user or assistant"))?;
-            let content = m["content"]
-                .as_str()
-                .ok_or_else(|| bad("messages[].content", "a string"))?;
-            list.push(Message::new(role, content));
+                .filter(|r| matches!(*r, "system" | "user" | "assistant" | "tool"))
+                .ok_or_else(|| bad("messages[].role", "system, user, assistant or tool"))?;
+            let content = match (&m["content"], &m["tool_calls"]) {
+                (Json::String(s), _) => s.clone(),
+                // an earlier call of ours, shown to the model as it wrote it
+                (Json::Null, Json::Array(calls)) if role == "assistant" => calls
+                    .iter()
+                    .map(|c| {
+                        let f = &c["function"];
+                        let args: Json = f["arguments"]
+                            .as_str()
+                            .and_then(|a| serde_json::from_str(a).ok())
+                            .unwrap_or(Json::Null);
+                        json!({"name": f["name"], "arguments": args}).to_string()
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                _ => return Err(bad("messages[].content", "a string")),
+            };
+            list.push(Message::new(role, &content));
+        }
+        if let Some(t) = &tools {
+            tools_prompt(&mut list, t);
         }
         // A new conversation starts with the template's first-turn text; a session continues.
         let first = session.as_ref().is_none_or(|s| !session_exists(opts, s));
@@ -190,7 +208,22 @@ pub(super) fn parse(
         ));
     }
     let seed = num("seed")?.map_or(0x5EED, |s| s as u64);
-    let structure = response_format(obj.get("response_format"))?;
+    let mut structure = response_format(obj.get("response_format"))?;
+    if let Some(t) = &tools {
+        if stream {
+            return Err(bad(
+                "stream",
+                "false with `tools` (tool calls are not streamed yet)",
+            ));
+        }
+        if structure.is_some() {
+            return Err(HttpError(
+                400,
+                "`response_format` and `tools` together".into(),
+            ));
+        }
+        structure = t.structure();
+    }
     if let Some(s) = &structure {
         // compile the schema now: a bad one is the client's 400, not the worker's failure
         rt.grammar_env()
@@ -211,6 +244,7 @@ pub(super) fn parse(
         logprobs,
         structure,
     };
+    let tools = tools.map(|t| t.names()).unwrap_or_default();
     let (tx, rx) = mpsc::sync_channel(64);
     Ok((
         Job {
@@ -218,6 +252,7 @@ pub(super) fn parse(
             session,
             gen,
             n,
+            tools,
             out: tx,
         },
         rx,
@@ -260,6 +295,8 @@ pub(super) fn check_fields(
         "user",
         "n",
         "response_format",
+        "tools",
+        "tool_choice",
     ];
     let input = if chat { "messages" } else { "prompt" };
     for (k, v) in obj {
@@ -273,8 +310,8 @@ pub(super) fn check_fields(
             "logprobs" => v.is_null() || *v == Json::Bool(false) || v.as_f64() == Some(0.0),
             "top_logprobs" => v.is_null() || v.as_f64() == Some(0.0),
             "logit_bias" => v.is_null() || v.as_object().is_some_and(|o| o.is_empty()),
-            "tools" | "functions" => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
-            "tool_choice" | "function_call" => v.is_null() || v == "none",
+            "functions" => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
+            "function_call" => v.is_null() || v == "none",
             "echo" => v.is_null() || *v == Json::Bool(false),
             _ => {
                 return Err(HttpError(
@@ -321,4 +358,116 @@ pub(super) fn response_format(
 
 pub(super) fn session_exists(opts: &ServeOptions, name: &str) -> bool {
     opts.sessions_dir.join(format!("{name}.famsnap")).exists()
+}
+
+/// The request's `tools` and `tool_choice`: what the reply may call and whether it must.
+pub(super) struct Tools {
+    /// (name, description, parameters schema), in the request's order.
+    functions: Vec<(String, String, Json)>,
+    /// `required`, or one named function: the reply is a call, by constrained decoding.
+    forced: Option<Option<String>>,
+}
+
+impl Tools {
+    pub(super) fn names(&self) -> Vec<String> {
+        self.functions.iter().map(|f| f.0.clone()).collect()
+    }
+
+    /// The schema of a call `{"name": ..., "arguments": {...}}` when the reply must be one.
+    pub(super) fn structure(&self) -> Option<crate::grammar::Structure> {
+        let forced = self.forced.as_ref()?;
+        let call = |(name, _, params): &(String, String, Json)| {
+            json!({"type": "object", "properties": {"name": {"const": name}, "arguments": params},
+                   "required": ["name", "arguments"], "additionalProperties": false})
+        };
+        let schema = match forced {
+            Some(name) => call(self.functions.iter().find(|f| &f.0 == name)?),
+            None => json!({"anyOf": self.functions.iter().map(call).collect::<Vec<_>>()}),
+        };
+        Some(crate::grammar::Structure::JsonSchema(schema))
+    }
+}
+
+/// `tools` (functions with a name, an optional description and a JSON-schema `parameters`)
+/// and `tool_choice` (`none`, `auto`, `required`, or one function by name). `None`: no tools
+/// in play (absent, empty, or `tool_choice: none`).
+fn parse_tools(
+    obj: &serde_json::Map<String, Json>,
+) -> std::result::Result<Option<Tools>, HttpError> {
+    let bad = |k: &str, want: &str| HttpError(400, format!("`{k}` must be {want}"));
+    let choice = obj.get("tool_choice").filter(|c| !c.is_null());
+    let no_tools = || match choice {
+        None => Ok(None),
+        Some(c) if c == "none" || c == "auto" => Ok(None),
+        Some(c) => Err(HttpError(
+            400,
+            format!("`tool_choice` = {c} without `tools`"),
+        )),
+    };
+    let list = match obj.get("tools") {
+        None | Some(Json::Null) => return no_tools(),
+        Some(Json::Array(a)) if a.is_empty() => return no_tools(),
+        Some(Json::Array(a)) => a,
+        Some(_) => return Err(bad("tools", "an array of functions")),
+    };
+    let mut functions = Vec::new();
+    for t in list {
+        let f = &t["function"];
+        let name = f["name"]
+            .as_str()
+            .filter(|n| t["type"] == "function" && !n.is_empty())
+            .ok_or_else(|| {
+                bad(
+                    "tools[]",
+                    "{\"type\": \"function\", \"function\": {\"name\", ...}}",
+                )
+            })?;
+        let params = match &f["parameters"] {
+            Json::Null => json!({"type": "object"}),
+            p @ Json::Object(_) => p.clone(),
+            _ => return Err(bad("tools[].function.parameters", "a JSON schema object")),
+        };
+        let desc = f["description"].as_str().unwrap_or("").to_string();
+        functions.push((name.to_string(), desc, params));
+    }
+    let forced = match obj.get("tool_choice") {
+        None | Some(Json::Null) => None,
+        Some(Json::String(s)) if s == "auto" => None,
+        Some(Json::String(s)) if s == "none" => return Ok(None),
+        Some(Json::String(s)) if s == "required" => Some(None),
+        Some(v) => {
+            let name = v["function"]["name"]
+                .as_str()
+                .filter(|_| v["type"] == "function")
+                .ok_or_else(|| bad("tool_choice", "none, auto, required or {\"type\": \"function\", \"function\": {\"name\"}}"))?;
+            if !functions.iter().any(|f| f.0 == name) {
+                return Err(HttpError(
+                    400,
+                    format!("`tool_choice` names `{name}`, which is not in `tools`"),
+                ));
+            }
+            Some(Some(name.to_string()))
+        }
+    };
+    Ok(Some(Tools { functions, forced }))
+}
+
+/// Tell the model about the tools: a system message (added, or appended to the first one) that
+/// lists them and the form of a call. Every chat template renders a system message; templates'
+/// own tool syntaxes differ, and a call is parsed (or, when required, constrained) in this form.
+fn tools_prompt(list: &mut Vec<Message>, t: &Tools) {
+    let specs: Vec<Json> = t
+        .functions
+        .iter()
+        .map(|(n, d, p)| json!({"name": n, "description": d, "parameters": p}))
+        .collect();
+    let text = format!(
+        "You can call these functions:\n{}\nTo call one, reply with only a JSON object: \
+         {{\"name\": <function name>, \"arguments\": {{...}}}}.",
+        serde_json::to_string(&specs).unwrap_or_default()
+    );
+    match list.first_mut() {
+        Some(m) if m.role == "system" => m.content = format!("{}\n\n{text}", m.content),
+        _ => list.insert(0, Message::new("system", &text)),
+    }
 }

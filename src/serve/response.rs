@@ -28,6 +28,7 @@ pub(super) fn completion(
         }
     };
     let want_logprobs = job.gen.logprobs.is_some();
+    let tools = job.tools.clone();
     if let Err(e) = jobs.try_send(job) {
         let msg = match e {
             mpsc::TrySendError::Full(_) => "the server is busy; retry later",
@@ -71,7 +72,17 @@ pub(super) fn completion(
         let content = std::mem::take(text);
         let choice = if chat {
             let lp = want_logprobs.then(|| logprobs_json(rt, lps));
-            json!({"index": choices.len(), "message": {"role": "assistant", "content": content}, "logprobs": lp, "finish_reason": finish})
+            let i = choices.len();
+            match tool_call(&content, &tools) {
+                Some(call) => {
+                    let calls =
+                        json!([{"id": format!("call_{i}"), "type": "function", "function": call}]);
+                    json!({"index": i, "message": {"role": "assistant", "content": null, "tool_calls": calls}, "logprobs": lp, "finish_reason": "tool_calls"})
+                }
+                None => {
+                    json!({"index": i, "message": {"role": "assistant", "content": content}, "logprobs": lp, "finish_reason": finish})
+                }
+            }
         } else {
             json!({"index": choices.len(), "text": content, "finish_reason": finish})
         };
@@ -226,4 +237,31 @@ pub(super) fn openai_finish(ours: &str) -> &'static str {
     } else {
         "stop"
     }
+}
+
+/// A reply that is a call of one of `tools`: `{"name": ..., "arguments": {...}}` (also inside
+/// `<tool_call>` tags, as Qwen's template asks) becomes OpenAI's `function` object, with the
+/// arguments as a JSON string.
+pub(super) fn tool_call(reply: &str, tools: &[String]) -> Option<Json> {
+    if tools.is_empty() {
+        return None;
+    }
+    let t = reply.trim();
+    let t = t
+        .strip_prefix("<tool_call>")
+        .and_then(|r| r.strip_suffix("</tool_call>"))
+        .unwrap_or(t)
+        .trim();
+    let v: Json = serde_json::from_str(t).ok()?;
+    let name = v["name"]
+        .as_str()
+        .filter(|n| tools.iter().any(|t| t == n))?;
+    let args = match &v["arguments"] {
+        a @ Json::Object(_) => a.to_string(),
+        Json::String(s) if serde_json::from_str::<Json>(s).is_ok_and(|a| a.is_object()) => {
+            s.clone()
+        }
+        _ => return None,
+    };
+    Some(json!({"name": name, "arguments": args}))
 }
