@@ -299,7 +299,12 @@ pub fn assert_tokenizer_matches(tok: &famstream::tokenizer::Tokenizer, oracle: &
         n += 1;
     }
     assert!(n > 50);
-    let book = super::shared_text("moby_dick.txt");
+    // (read here, not through `common`: benches include this file without its parent module)
+    let book = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/data/moby_dick.txt"
+    ))
+    .unwrap();
     let chunk = &book[..60_000];
     assert_eq!(
         tok.encode(chunk, false, false),
