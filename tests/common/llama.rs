@@ -311,3 +311,24 @@ pub fn assert_tokenizer_matches(tok: &famstream::tokenizer::Tokenizer, oracle: &
         oracle.tokenize(chunk, false, false)
     );
 }
+
+/// llama.cpp's perplexity of `tokens` scored as llama-perplexity does: independent windows of
+/// `ctx` tokens, the second half of each scored. Logits are read 64 rows at a time (a row of a
+/// large vocabulary is a megabyte).
+pub fn llama_perplexity(oracle: &mut LlamaOracle, tokens: &[u32], ctx: usize) -> (f64, usize) {
+    let (mut sum, mut n) = (0.0, 0);
+    for win in tokens.chunks_exact(ctx) {
+        oracle.clear();
+        oracle.eval(&win[..ctx / 2], 0, &[]);
+        for c0 in (ctx / 2..ctx - 1).step_by(64) {
+            let c1 = (c0 + 64).min(ctx - 1);
+            let want: Vec<usize> = (0..c1 - c0).collect();
+            let logits = oracle.eval(&win[c0..c1], c0, &want);
+            for (j, l) in (c0..c1).zip(&logits) {
+                sum += famstream::perplexity::nll(l, win[j + 1]);
+                n += 1;
+            }
+        }
+    }
+    ((sum / n as f64).exp(), n)
+}

@@ -44,50 +44,34 @@ pub fn gguf_copy(
 
 pub fn model_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/fetch_model.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .output()
-            .expect("run tools/fetch_model.sh");
-        assert!(
-            out.status.success(),
-            "tools/fetch_model.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        assert!(
-            p.is_file(),
-            "fetch_model.sh printed {p:?}, which is not a file"
-        );
-        p
-    })
-    .clone()
+    PATH.get_or_init(|| fetch(None)).clone()
 }
 
 /// The second real model, Gemma 3 270M (Q4_K_M), fetched by `tools/fetch_model.sh gemma3-270m`.
 pub fn gemma3_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/fetch_model.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .arg("gemma3-270m")
-            .output()
-            .expect("run tools/fetch_model.sh gemma3-270m");
-        assert!(
-            out.status.success(),
-            "tools/fetch_model.sh gemma3-270m failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        assert!(
-            p.is_file(),
-            "fetch_model.sh printed {p:?}, which is not a file"
-        );
-        p
-    })
-    .clone()
+    PATH.get_or_init(|| fetch(Some("gemma3-270m"))).clone()
+}
+
+/// `tools/fetch_model.sh [which]`: the model's path in the cache (fetched there if missing).
+fn fetch(which: Option<&str>) -> PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/fetch_model.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .args(which)
+        .output()
+        .expect("run tools/fetch_model.sh");
+    assert!(
+        out.status.success(),
+        "tools/fetch_model.sh {which:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        p.is_file(),
+        "fetch_model.sh printed {p:?}, which is not a file"
+    );
+    p
 }
 
 /// A scratch directory unique to this test process and name.
