@@ -8,7 +8,6 @@ mod common;
 use common::llama::{kl_divergence, LlamaOracle};
 use famstream::convert::{convert, ConvertOptions, Target};
 use famstream::gguf::GgufFile;
-use famstream::runtime::{LoadOptions, Runtime};
 use std::path::Path;
 
 /// The brief's bound for q8_0.
@@ -23,15 +22,7 @@ const PPL_REL_TOL_VS_LLAMA_QUANTIZE: f64 = 0.02;
 const ENGINES_MEAN_KL: f64 = 1e-2;
 
 fn ppl(path: &Path, tokens: &[u32]) -> f64 {
-    let rt = Runtime::load(
-        path,
-        &LoadOptions {
-            threads: 2,
-            device: None,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let rt = common::runtime(path);
     let mut eng = rt.engine().unwrap();
     famstream::perplexity::windowed(&rt.model, &mut eng, tokens, 512, None, |_, _| {})
         .unwrap()
@@ -44,15 +35,7 @@ fn smollm2_from_hugging_face_format_converts_and_keeps_its_quality() {
     let src = common::model_path();
     let dir = common::scratch_dir("convert-smollm2");
     let text = common::shared_text("moby_dick.txt");
-    let rt = Runtime::load(
-        &src,
-        &LoadOptions {
-            threads: 2,
-            device: None,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let rt = common::runtime(&src);
     let mut tokens = rt.tokenizer.encode(&text[..40_000], false, false);
     tokens.truncate(4 * 512);
     let base = ppl(&src, &tokens);
@@ -108,15 +91,7 @@ fn smollm2_from_hugging_face_format_converts_and_keeps_its_quality() {
             );
         }
         // llama.cpp loads our file and computes the same distributions.
-        let rt2 = Runtime::load(
-            &out,
-            &LoadOptions {
-                threads: 2,
-                device: None,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let rt2 = common::runtime(&out);
         let mut eng = rt2.engine().unwrap();
         let sample = &tokens[..128];
         let mut st = rt2.new_stream(&eng, 256).unwrap();

@@ -122,17 +122,8 @@ fn logits_match_llama_cpp_across_the_local_window() {
 
 #[test]
 fn greedy_generation_matches_llama_cpp() {
-    use famstream::runtime::{LoadOptions, Runtime};
     let path = common::gemma3_path();
-    let rt = Runtime::load(
-        &path,
-        &LoadOptions {
-            threads: 2,
-            device: None,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let rt = common::runtime(&path);
     let mut oracle = LlamaOracle::new(&path, 512, 2);
     let mut eng = rt.engine().unwrap();
     for p in ["The capital of France is", "def fibonacci(n):\n"] {

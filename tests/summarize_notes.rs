@@ -6,7 +6,6 @@
 mod common;
 
 use famstream::notes::{self, NotesOptions, Step};
-use famstream::runtime::{LoadOptions, Runtime};
 use famstream::settings::{FamSettings, MemoryPolicy};
 use std::process::Command;
 
@@ -49,14 +48,7 @@ fn transcript(n_lines: usize) -> String {
 
 #[test]
 fn every_chunk_is_noted_within_the_window_and_the_budget() {
-    let rt = Runtime::load(
-        common::model_path(),
-        &LoadOptions {
-            threads: 2,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let rt = common::runtime(common::model_path());
     let mut eng = rt.engine().unwrap();
     let mut state = rt.new_state(&eng, settings(), 0).unwrap();
     let state_bytes = state.state_bytes();

@@ -51,18 +51,9 @@ fn logits_match_llama_cpp_on_a_multi_sentence_prompt() {
 
 #[test]
 fn greedy_generation_matches_llama_cpp() {
-    use famstream::runtime::{LoadOptions, Runtime};
     let path = common::model_path();
     let mut oracle = LlamaOracle::new(&path, 512, 2);
-    let rt = Runtime::load(
-        &path,
-        &LoadOptions {
-            threads: 2,
-            device: None,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let rt = common::runtime(&path);
     let mut eng = rt.engine().unwrap();
     let prompts = [
         "The capital of France is".to_string(),
@@ -91,20 +82,11 @@ const PERPLEXITY_REL_TOL: f64 = 0.01;
 
 #[test]
 fn perplexity_matches_llama_cpp_on_moby_dick() {
-    use famstream::runtime::{LoadOptions, Runtime};
     let path = common::model_path();
     let text = common::shared_text("moby_dick.txt");
     let text = &text[..40_000];
     let ctx = 512;
-    let rt = Runtime::load(
-        &path,
-        &LoadOptions {
-            threads: 2,
-            device: None,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let rt = common::runtime(&path);
     let mut tokens = rt.tokenizer.encode(text, rt.tokenizer.add_bos(), false);
     tokens.truncate(4 * ctx);
     assert_eq!(tokens.len(), 4 * ctx);

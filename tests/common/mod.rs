@@ -74,6 +74,18 @@ fn fetch(which: Option<&str>) -> PathBuf {
     p
 }
 
+/// The model at `path` as the tests run it: the CPU, 2 threads, default options.
+pub fn runtime(path: impl AsRef<std::path::Path>) -> famstream::runtime::Runtime {
+    famstream::runtime::Runtime::load(
+        path,
+        &famstream::runtime::LoadOptions {
+            threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
 /// A scratch directory unique to this test process and name.
 pub fn scratch_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("famstream-test-{}-{name}", std::process::id()));
