@@ -4,8 +4,8 @@
 
 use crate::error::{Error, Result};
 use crate::forward::{
-    build_fam_graph, build_kshift_graph, build_kv_copy_graph, build_token_graph, graph_size,
-    SinkStore, TokenBatchShape,
+    build_fam_graph, build_keep_graph, build_kshift_graph, build_kv_copy_graph, build_token_graph,
+    graph_size, SinkStore, TokenBatchShape,
 };
 use crate::forward::{TokenInputs, TokenOutputs};
 use crate::ggml::{Allocator, Backend, Context, Graph, Tensor};
@@ -41,6 +41,9 @@ pub struct TokenBatch<'x> {
     pub sink_capture: &'x [(i32, i64, i64)],
     /// Sinks to re-rotate: (virtual position, KV slot).
     pub sink_rotate: &'x [(i32, i64)],
+    /// Rows whose next token's probability is wanted: (row, next token). Needs every row's
+    /// logits in the graph (`keep` salience).
+    pub surprisal: &'x [(i32, u32)],
 }
 
 /// What a token batch produced.
@@ -49,6 +52,19 @@ pub struct TokenResult {
     pub logits: Vec<f32>,
     /// Per layer: [n_capture][n_embd] row-major.
     pub layer_inputs: Vec<Vec<f32>>,
+    /// The probability of each requested row's next token (`TokenBatch::surprisal` order).
+    pub next_prob: Vec<f32>,
+}
+
+/// A token about to leave the ring that the `keep` policy keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct KeepEntry {
+    /// The ring slot it is in.
+    pub src: usize,
+    /// Its RoPE position (relative to the stream's origin).
+    pub pos: i32,
+    /// The sink-store column for its un-rotated key, which is also the KV slot of its value.
+    pub slot: usize,
 }
 
 /// A FAM graph, described on the host.
@@ -174,6 +190,51 @@ impl Engine {
         self.alloc.reserve(&graph)
     }
 
+    /// Size the compute buffer for keeping `n` tokens (see [`Self::reserve_tokens`]).
+    pub fn reserve_keep(&mut self, kv: &KvStore, sinks: &[Tensor<'_>], n: usize) -> Result<()> {
+        let model = self.model.clone();
+        let ctx = self.new_ctx()?;
+        let store = SinkStore {
+            k_raw: sinks.to_vec(),
+        };
+        let (graph, _) = build_keep_graph(&ctx, &model, kv, &store, n);
+        self.alloc.reserve(&graph)
+    }
+
+    /// Keep tokens that are about to leave the ring (`keep` policy): un-rotated keys to the
+    /// sink store, values to their kept slots.
+    pub fn run_keep(
+        &mut self,
+        kv: &KvStore,
+        sinks: &[Tensor<'_>],
+        keep: &[KeepEntry],
+    ) -> Result<()> {
+        let cols = sinks.first().map_or(0, |t| t.ne()[1] as usize);
+        if keep.is_empty()
+            || sinks.len() != self.model.hp.n_layer
+            || !keep
+                .iter()
+                .all(|e| e.src < kv.n_slots() && e.slot < cols.min(kv.n_slots()) && e.src != e.slot)
+        {
+            return Err(Error::Internal("bad keep batch".into()));
+        }
+        let model = self.model.clone();
+        let ctx = self.new_ctx()?;
+        let store = SinkStore {
+            k_raw: sinks.to_vec(),
+        };
+        let (graph, inp) = build_keep_graph(&ctx, &model, kv, &store, keep.len());
+        self.run(&graph, || {
+            let src: Vec<i32> = keep.iter().map(|e| e.src as i32).collect();
+            let unpos: Vec<i32> = keep.iter().map(|e| -e.pos).collect();
+            let slots: Vec<i64> = keep.iter().map(|e| e.slot as i64).collect();
+            inp.src.write_i32(&src)?;
+            inp.unpos.write_i32(&unpos)?;
+            inp.cols.write_bytes(0, as_bytes(&slots))?;
+            inp.dst.write_bytes(0, as_bytes(&slots))
+        })
+    }
+
     /// Allocate, let `fill` write the inputs, compute.
     fn run(&mut self, graph: &Graph<'_>, fill: impl FnOnce() -> Result<()>) -> Result<()> {
         self.alloc.alloc_graph(graph)?;
@@ -225,6 +286,10 @@ impl Engine {
         if !rows_ok(b.out_rows.unwrap_or(&[]))
             || !rows_ok(b.capture_rows)
             || !b
+                .surprisal
+                .iter()
+                .all(|&(r, t)| r >= 0 && (r as usize) < n && (t as usize) < hp.n_vocab)
+            || !b
                 .sink_capture
                 .iter()
                 .all(|c| c.0 >= 0 && (c.0 as usize) < n)
@@ -244,6 +309,7 @@ impl Engine {
             n_sink_capture: b.sink_capture.len(),
             n_sink_rotate: b.sink_rotate.len(),
             swa_mask: hp.n_swa > 0,
+            n_surprisal: b.surprisal.len(),
         };
         let key = TokenGraphKey {
             shape,
@@ -314,6 +380,16 @@ impl Engine {
                     as_bytes(&b.sink_capture.iter().map(|c| c.2).collect::<Vec<_>>()),
                 )?;
             }
+            if let Some(t) = inp.surprisal {
+                let v = hp.n_vocab as i64;
+                let flat: Vec<i32> = b
+                    .surprisal
+                    .iter()
+                    .map(|&(r, tok)| i32::try_from(r as i64 * v + tok as i64))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|_| Error::Internal("surprisal index beyond i32".into()))?;
+                t.write_i32(&flat)?;
+            }
             if let Some((pos, slots)) = inp.sink_rotate {
                 pos.write_i32(&b.sink_rotate.iter().map(|c| c.0).collect::<Vec<_>>())?;
                 slots.write_bytes(
@@ -329,9 +405,14 @@ impl Engine {
             .iter()
             .map(|t| t.read_f32())
             .collect::<Result<_>>()?;
+        let next_prob = match out.surprisal {
+            Some(t) => t.read_f32()?,
+            None => Vec::new(),
+        };
         Ok(TokenResult {
             logits,
             layer_inputs,
+            next_prob,
         })
     }
 

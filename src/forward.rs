@@ -39,6 +39,8 @@ pub struct TokenInputs<'a> {
     pub sink_capture: Option<(Tensor<'a>, Tensor<'a>, Tensor<'a>)>,
     /// i32 [n_sink_rotate] virtual positions and i64 [n_sink_rotate] KV slots of the sinks.
     pub sink_rotate: Option<(Tensor<'a>, Tensor<'a>)>,
+    /// i32 [n_surprisal]: flat indices `row * n_vocab + next token` into the rows' softmax.
+    pub surprisal: Option<Tensor<'a>>,
 }
 
 /// Outputs of a token graph.
@@ -47,6 +49,8 @@ pub struct TokenOutputs<'a> {
     pub logits: Tensor<'a>,
     /// Per layer, f32 [n_embd, n_capture]: the layer's input hidden states of the captured rows.
     pub layer_inputs: Vec<Tensor<'a>>,
+    /// f32 [1, n_surprisal]: the probability each row gave its next token (`keep` salience).
+    pub surprisal: Option<Tensor<'a>>,
 }
 
 /// Graph dimensions of a token batch.
@@ -65,11 +69,15 @@ pub struct TokenBatchShape {
     pub n_sink_rotate: usize,
     /// The local sliding-window layers get their own mask input.
     pub swa_mask: bool,
+    /// Rows whose next token's probability is wanted (the `keep` policy's salience); the
+    /// logits of every row are then computed, and `n_out` rows of them returned.
+    pub n_surprisal: usize,
 }
 
 /// Per-stream tensors a token graph may write besides the KV store.
 pub struct SinkStore<'a> {
-    /// Per layer, f16 [n_embd_kv, S]: un-rotated keys of the first S tokens.
+    /// Per layer, f16 [n_embd_kv, S + kept]: un-rotated keys of the first S tokens, then of
+    /// the kept tokens (`keep` policy).
     pub k_raw: Vec<Tensor<'a>>,
 }
 
@@ -356,7 +364,14 @@ pub fn build_token_graph<'a>(
     let out_rows = shape
         .n_out
         .map(|k| input(GgmlType::I32, &[k as i64], "out_rows"));
-    if let Some(r) = out_rows {
+    let surprisal = (shape.n_surprisal > 0).then(|| {
+        input(
+            GgmlType::I32,
+            &[shape.n_surprisal as i64],
+            "surprisal_targets",
+        )
+    });
+    if let (Some(r), None) = (out_rows, surprisal) {
         x = ctx.get_rows(x, r); // [n_embd, n_out]
     }
     let x = norm(ctx, x, m.output_norm(), hp.rms_eps).set_name("result_norm");
@@ -364,6 +379,21 @@ pub fn build_token_graph<'a>(
     if hp.logit_softcap > 0.0 {
         let c = hp.logit_softcap;
         logits = ctx.scale(ctx.tanh(ctx.scale(logits, 1.0 / c)), c);
+    }
+    // Salience: every row's probability of the token that follows it, picked out of the
+    // flattened softmax ([1, n_vocab * n], one element per "row").
+    let probs = surprisal.map(|targets| {
+        let p = ctx.soft_max_ext(logits, None, 1.0);
+        let flat = ctx.reshape(p, &[1, hp.n_vocab as i64 * n]);
+        let s = ctx
+            .get_rows(flat, targets)
+            .set_name("surprisal")
+            .set_output();
+        gf.expand(s);
+        s
+    });
+    if let (Some(r), Some(_)) = (out_rows, surprisal) {
+        logits = ctx.get_rows(logits, r); // [n_vocab, n_out]
     }
     let logits = logits.set_name("result_output").set_output();
     gf.expand(logits);
@@ -377,6 +407,7 @@ pub fn build_token_graph<'a>(
         capture_rows,
         sink_capture,
         sink_rotate,
+        surprisal,
     };
     (
         gf,
@@ -384,6 +415,7 @@ pub fn build_token_graph<'a>(
         TokenOutputs {
             logits,
             layer_inputs,
+            surprisal: probs,
         },
     )
 }
@@ -517,6 +549,50 @@ pub fn build_kshift_graph<'a>(
         gf.expand(ctx.cpy(rot, view));
     }
     (gf, shift)
+}
+
+/// Inputs of a keep graph (see [`build_keep_graph`]).
+pub struct KeepInputs<'a> {
+    /// i32 [n]: ring slots of the tokens to keep.
+    pub src: Tensor<'a>,
+    /// i32 [n]: minus each token's RoPE position (to rotate its stored key back).
+    pub unpos: Tensor<'a>,
+    /// i64 [n]: columns of the sink store for their un-rotated keys.
+    pub cols: Tensor<'a>,
+    /// i64 [n]: KV slots for their values.
+    pub dst: Tensor<'a>,
+}
+
+/// Keep `n` tokens that are about to leave the ring (`keep` policy), in every layer: their
+/// stored keys, rotated back to position 0, go to the sink store (the token graph rotates them
+/// to virtual positions before the window, as it does for sinks), their values to kept slots.
+pub fn build_keep_graph<'a>(
+    ctx: &'a Context,
+    m: &'a Model,
+    kv: &'a KvStore,
+    sinks: &SinkStore<'a>,
+    n: usize,
+) -> (Graph<'a>, KeepInputs<'a>) {
+    let hp = &m.hp;
+    let n = n as i64;
+    let n_embd_kv = kv.n_embd_kv() as i64;
+    let mut gf = ctx.new_graph(graph_size(hp.n_layer));
+    let input = |ty, name: &str| ctx.new_tensor(ty, &[n]).set_name(name).set_input();
+    let inp = KeepInputs {
+        src: input(GgmlType::I32, "keep_src"),
+        unpos: input(GgmlType::I32, "keep_unpos"),
+        cols: input(GgmlType::I64, "keep_cols"),
+        dst: input(GgmlType::I64, "keep_dst"),
+    };
+    for il in 0..hp.n_layer {
+        let k = ctx.get_rows(kv.k(il), inp.src); // [n_embd_kv, n] f32
+        let k = ctx.reshape(k, &[hp.head_dim as i64, hp.n_head_kv as i64, n]);
+        let raw = rope(ctx, m, k, inp.unpos, il);
+        gf.expand(ctx.set_rows(sinks.k_raw[il], ctx.reshape(raw, &[n_embd_kv, n]), inp.cols));
+        let v = ctx.get_rows(kv.v(il), inp.src);
+        gf.expand(ctx.set_rows(kv.v(il), v, inp.dst));
+    }
+    (gf, inp)
 }
 
 /// Copy K/V rows [from, from+n) to [to, to+n) in every layer.

@@ -35,7 +35,9 @@
 //!    with their own mask), then [`forward::finish_layer`]: o_proj, (post-norm), residual,
 //!    RMSNorm, SwiGLU/GeGLU, (post-norm), residual -> final norm -> LM head). After each block it runs
 //!    [`forward::build_fam_graph`] (the FAM update of every layer, batched), or, with the
-//!    `reread` feedback, the seed tokens through the token graph into scratch slots.
+//!    `reread` feedback, the seed tokens through the token graph into scratch slots; with
+//!    `keep`, [`forward::build_keep_graph`] moves the most surprising tokens of the block that
+//!    leaves the window into the kept slots.
 //! 5. [`sample::Sampler`] picks the next token; [`tokenizer::StreamDecoder`] emits UTF-8.
 //!
 //! ## Module map
@@ -59,13 +61,18 @@
 //!   FAM, `fam.*` stream defaults, the base model's fingerprint): validation and device upload.
 //! - [`init_memory`]: the learned initial FAM (`fam.init_memory`), read from a metadata array
 //!   (what famstream writes, so llama.cpp still loads the file) or an older tensor.
-//! - [`forward`]: the model as ggml graphs (token graph, FAM update graph, K-shift graph).
+//! - [`forward`]: the model as ggml graphs (token graph, FAM update graph, K-shift graph,
+//!   keep graph).
 //! - [`kv`]: per-layer K/V slot storage (f16).
-//! - [`slots`]: `SlotLayout`, where each row lives in the K/V store (sinks, FAM, ring,
-//!   scratch) and what each row may see (the masks); pure arithmetic, unit-tested alone.
+//! - [`slots`]: `SlotLayout`, where each row lives in the K/V store (sinks, FAM or kept
+//!   tokens, ring, scratch) and what each row may see (the masks); pure arithmetic,
+//!   unit-tested alone.
+//! - [`keep`]: the `keep` policy's salience bookkeeping (surprisal scores of the ring's and the
+//!   kept tokens, which tokens stay when a block leaves the window); pure, unit-tested alone.
 //! - [`state`]: `FamState`, the fixed-size per-stream state and the memory policies: feeding,
-//!   the FAM's initialisations and updates, RoPE rebasing.
-//! - [`settings`]: the `fam.*` keys and memory policies (`full`, `bswa`, `sink`, `fam`).
+//!   the FAM's initialisations and updates, the kept tokens' moves, RoPE rebasing.
+//! - [`settings`]: the `fam.*` keys and memory policies (`full`, `bswa`, `sink`, `fam`,
+//!   `keep`).
 //! - [`snapshot`]: the on-disk state format (versioned, checksummed), written and read one
 //!   tensor at a time (saving a session never holds a second copy of its state), and
 //!   `FamState::save`/`load`, its codec.
@@ -111,7 +118,8 @@
 //!   they are used only while their key names the very K/V store and model passed in); each
 //!   block says why it is sound.
 //! - A `FamState`'s memory is fixed at creation: it depends on the model and (B, M, F, S) and the
-//!   FAM feedback (`reread` adds F scratch slots), or n_ctx for `full`, never on the stream's
+//!   FAM feedback (`reread` adds F scratch slots; `keep` adds F kept slots and its scores), or
+//!   n_ctx for `full`, never on the stream's
 //!   length. Positions handed to ggml stay small (RoPE origin rebasing), so numerics
 //!   do not degrade with stream length.
 //! - Graphs only touch tensors through ggml's backend API (buffers, `tensor_set/get`), so the same
@@ -137,6 +145,7 @@ pub mod gguf;
 pub mod grammar;
 pub mod init_memory;
 pub mod inspect;
+pub mod keep;
 pub mod kv;
 pub mod model;
 pub mod notes;

@@ -24,6 +24,8 @@ pub const KEY_QUERY_POS: &str = "fam.query_pos";
 pub const KEY_ZERO_FIRST_RESIDUAL: &str = "fam.zero_first_residual";
 pub const KEY_RENORM: &str = "fam.renorm";
 pub const KEY_FEEDBACK: &str = "fam.feedback";
+/// Most tokens the `keep` policy keeps (F): its graphs gather and rotate them all per batch.
+pub const MAX_KEEP: u32 = 4096;
 /// Every settings key (other `fam.*` keys, such as an adapter's base fingerprint, are not
 /// settings).
 pub const SETTINGS_KEYS: [&str; 10] = [
@@ -78,6 +80,10 @@ string_enum!(
         Sink = "sink",
         /// `bswa` plus Feedback Attention Memory: F rows per layer fed back block after block.
         Fam = "fam",
+        /// `sink` plus F kept tokens: when a block leaves the window, the F most surprising
+        /// tokens read so far (surprisal -log p when the token was read) keep their K/V,
+        /// shown just before the window. Training-free, constant size.
+        Keep = "keep",
     }
 );
 
@@ -127,7 +133,7 @@ pub struct FamSettings {
     pub block_size: u32,
     /// M: finished blocks kept in the ring.
     pub mem_blocks: u32,
-    /// F: FAM rows per layer.
+    /// F: FAM rows per layer (`fam`), or tokens kept (`keep`).
     pub fam_len: u32,
     /// S: attention-sink tokens kept forever (`sink` policy).
     pub sinks: u32,
@@ -305,13 +311,13 @@ macro_rules! field {
 /// how to read it from and write it into [`FamSettings`].
 #[rustfmt::skip]
 pub const FIELDS: [Field; 10] = [
-    field!("policy", KEY_POLICY, "--memory", Str, "memory policy: full, bswa, sink or fam",
+    field!("policy", KEY_POLICY, "--memory", Str, "memory policy: full, bswa, sink, fam or keep",
         |s| Raw::Str(s.policy.as_str().into()), |s, v| s.policy = v.str().parse()?),
     field!("block_size", KEY_BLOCK_SIZE, "--block", U32, "B: tokens per block",
         |s| Raw::U32(s.block_size), |s, v| s.block_size = v.u32()),
     field!("mem_blocks", KEY_MEM_BLOCKS, "--mem-blocks", U32, "M: finished blocks in the window",
         |s| Raw::U32(s.mem_blocks), |s, v| s.mem_blocks = v.u32()),
-    field!("fam_len", KEY_FAM_LEN, "--fam-len", U32, "F: FAM rows per layer",
+    field!("fam_len", KEY_FAM_LEN, "--fam-len", U32, "F: FAM rows per layer (fam), tokens kept (keep)",
         |s| Raw::U32(s.fam_len), |s, v| s.fam_len = v.u32()),
     field!("sinks", KEY_SINKS, "--sinks", U32, "S: attention-sink tokens",
         |s| Raw::U32(s.sinks), |s, v| s.sinks = v.u32()),
@@ -421,8 +427,16 @@ impl FamSettings {
                     .into(),
             ));
         }
-        if matches!(self.policy, MemoryPolicy::Sink | MemoryPolicy::Fam)
-            && self.sinks > self.block_size
+        if self.policy == MemoryPolicy::Keep && (self.fam_len == 0 || self.fam_len > MAX_KEEP) {
+            return Err(Error::Invalid(format!(
+                "the keep policy keeps F = {} tokens (1 to {MAX_KEEP}; set it with --fam-len)",
+                self.fam_len
+            )));
+        }
+        if matches!(
+            self.policy,
+            MemoryPolicy::Sink | MemoryPolicy::Fam | MemoryPolicy::Keep
+        ) && self.sinks > self.block_size
         {
             return Err(Error::Invalid(format!(
                 "{} sink tokens exceed the block size {}",

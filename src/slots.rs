@@ -3,8 +3,10 @@
 //! the slots hold: no model, no ggml, so it is tested on its own (below).
 //!
 //! ```text
-//! [ sinks: S | FAM: F | ring: (M+1)*B  (windowed policies)  or  n_ctx  (full) | scratch | pad ]
+//! [ sinks: S | FAM: F  or  kept: F | ring: (M+1)*B (windowed)  or  n_ctx (full) | scratch | pad ]
 //! ```
+//! Kept slots (`keep` policy) hold tokens that left the window, chosen by salience
+//! ([`crate::keep`]); the slot records which stream index it holds.
 //! Token at stream index i lives in ring slot `ring_base + i % ring_len`: block t occupies ring
 //! block `t % (M+1)`, so starting block t+1 overwrites block t-M, which has just left every
 //! window. Models with local sliding-window layers (gemma3) get a longer ring when their native
@@ -36,6 +38,8 @@ pub struct SlotLayout {
     /// S and F as laid out (0 when the policy does not use them).
     n_sink: usize,
     n_fam: usize,
+    /// Kept-token slots (`keep`), right after the sinks.
+    n_keep: usize,
     /// Ring slots: (M+1)*B (or more for a local window), or n_ctx for `full`.
     ring_len: usize,
     n_scratch: usize,
@@ -49,8 +53,16 @@ impl SlotLayout {
     pub fn new(settings: &FamSettings, n_ctx: usize, n_swa: usize) -> Result<SlotLayout> {
         let (b, m) = (settings.block_size as usize, settings.mem_blocks as usize);
         // Attention sinks: the `sink` policy, and `fam` when S > 0 (FAM plus sinks).
-        let n_sink = if matches!(settings.policy, MemoryPolicy::Sink | MemoryPolicy::Fam) {
+        let n_sink = if matches!(
+            settings.policy,
+            MemoryPolicy::Sink | MemoryPolicy::Fam | MemoryPolicy::Keep
+        ) {
             settings.sinks as usize
+        } else {
+            0
+        };
+        let n_keep = if settings.policy == MemoryPolicy::Keep {
+            settings.fam_len as usize
         } else {
             0
         };
@@ -78,13 +90,14 @@ impl SlotLayout {
         } else {
             0
         };
-        let n_slots = (n_sink + n_fam + ring_len + n_scratch).next_multiple_of(KV_PAD);
+        let n_slots = (n_sink + n_fam + n_keep + ring_len + n_scratch).next_multiple_of(KV_PAD);
         Ok(SlotLayout {
             b: b as i64,
             m: m as i64,
             windowed: settings.policy != MemoryPolicy::Full,
             n_sink,
             n_fam,
+            n_keep,
             ring_len,
             n_scratch,
             slot_pos: vec![EMPTY; n_slots],
@@ -101,11 +114,33 @@ impl SlotLayout {
     pub fn n_fam(&self) -> usize {
         self.n_fam
     }
+    pub fn n_keep(&self) -> usize {
+        self.n_keep
+    }
+    /// Sinks and kept slots: rows whose keys are stored un-rotated and shown at virtual
+    /// positions just before the window.
+    pub fn n_pinned(&self) -> usize {
+        self.n_sink + self.n_keep
+    }
+    /// Ring slots.
+    pub fn ring_len(&self) -> usize {
+        self.ring_len
+    }
+    /// Record that kept slot `k` (0..n_keep) holds stream index `i` (`None`: nothing).
+    pub fn keep_at(&mut self, k: usize, i: Option<i64>) {
+        assert!(k < self.n_keep, "kept slot {k} of {}", self.n_keep);
+        self.slot_pos[self.n_sink + k] = i.unwrap_or(EMPTY);
+    }
+    /// The stream index kept slot `k` holds.
+    pub fn kept(&self, k: usize) -> Option<i64> {
+        let j = self.slot_pos[self.n_sink + k];
+        (j != EMPTY).then_some(j)
+    }
     pub fn block_of(&self, i: i64) -> i64 {
         i.div_euclid(self.b)
     }
     pub fn ring_base(&self) -> usize {
-        self.n_sink + self.n_fam
+        self.n_sink + self.n_fam + self.n_keep
     }
     /// First scratch slot (`reread` feedback), right after the ring.
     pub fn scratch_base(&self) -> usize {
@@ -166,8 +201,12 @@ impl SlotLayout {
             // A sink token is shown here only once it has left the window (else it is in the ring).
             let k = slot as i64;
             k < n_past as i64 && k <= i && self.block_of(k) < t - self.m
-        } else if slot < self.ring_base() {
+        } else if slot < self.n_sink + self.n_fam {
             fam_valid
+        } else if slot < self.ring_base() {
+            // A kept token: shown once it has left the window (it is kept only then).
+            let j = self.slot_pos[slot];
+            j != EMPTY && j <= i && self.block_of(j) < t - self.m
         } else if slot >= self.scratch_base() {
             false // reread scratch and padding
         } else {
@@ -211,7 +250,7 @@ impl SlotLayout {
         mask_of(0..self.n_fam as i64, n_kv, |r, s| {
             if s < self.n_sink {
                 false
-            } else if s < self.ring_base() {
+            } else if s < self.n_sink + self.n_fam {
                 with_fam
             } else if s < scratch {
                 let j = self.slot_pos[s];
@@ -341,6 +380,31 @@ mod tests {
         assert_eq!(local, (30..=39).collect::<Vec<_>>());
         // the global layers still see only the current block
         assert_eq!(seen(&l, 39, 9, 40), (36..=39).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn kept_tokens_show_once_they_left_the_window() {
+        // B = 4, M = 0, S = 1, F = 2: [sink | kept, kept | ring of 4]
+        let mut l = fed(
+            SlotLayout::new(&settings(MemoryPolicy::Keep, 4, 0, 2, 1), 0, 0).unwrap(),
+            8,
+        );
+        assert_eq!((l.n_pinned(), l.ring_base()), (3, 3));
+        assert_eq!(l.kept(0), None);
+        l.keep_at(1, Some(2));
+        assert_eq!(l.kept(1), Some(2));
+        let shown = |l: &SlotLayout, i: i64, t: i64| -> Vec<usize> {
+            (1..3)
+                .filter(|&s| l.visible(i, t, s, i as u64, false))
+                .collect()
+        };
+        assert_eq!(shown(&l, 5, 1), vec![2]); // index 2 (block 0) left with block 1
+        assert!(shown(&l, 2, 0).is_empty()); // not to rows of its own block
+        l.keep_at(1, None);
+        assert!(shown(&l, 5, 1).is_empty());
+        // other policies have no kept slots
+        let s = SlotLayout::new(&settings(MemoryPolicy::Sink, 4, 0, 2, 1), 0, 0).unwrap();
+        assert_eq!((s.n_keep(), s.ring_base()), (0, 1));
     }
 
     #[test]

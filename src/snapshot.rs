@@ -4,7 +4,7 @@
 //! ```text
 //! "FAMSNAP\0" | version u32 | header length u32 | header (JSON) | body | FNV-1a-64 of all before
 //! body = slot positions (i64 x n_slots) | per layer: K, V (f16 rows) | per layer FAM (f32) |
-//!        per layer sink keys (f16)
+//!        per layer sink and kept keys (f16) | `keep` salience scores (crate::keep)
 //! ```
 //! The header records the model fingerprint, the memory settings, the state's counters and the
 //! caller's extra data (e.g. the tokenizer's pending UTF-8 bytes). The size depends on the model
@@ -208,8 +208,10 @@ impl FamState {
             .flat_map(|p| p.to_le_bytes())
             .collect();
         let tensors = self.snapshot_tensors();
-        let parts =
-            std::iter::once(Ok(positions)).chain(tensors.into_iter().map(|t| t.read_bytes()));
+        let salience = self.salience.as_ref().map(|s| Ok(s.to_bytes()));
+        let parts = std::iter::once(Ok(positions))
+            .chain(tensors.into_iter().map(|t| t.read_bytes()))
+            .chain(salience);
         write(path.as_ref(), &header, parts)
     }
 
@@ -288,7 +290,9 @@ impl FamState {
         // at the end (a corrupted file's state is dropped, never returned).
         let n_slots = st.slots.n_slots();
         let tensors = st.snapshot_tensors();
-        let expect = 8 * n_slots + tensors.iter().map(|t| t.nbytes()).sum::<usize>();
+        let salience_bytes = st.salience.as_ref().map_or(0, |s| s.n_bytes());
+        let expect =
+            8 * n_slots + tensors.iter().map(|t| t.nbytes()).sum::<usize>() + salience_bytes;
         if snap.body_len() != expect as u64 {
             return Err(bad(format!(
                 "body of {} bytes, expected {expect}",
@@ -299,7 +303,11 @@ impl FamState {
         for t in tensors {
             t.write_bytes(0, &snap.take(t.nbytes())?)?;
         }
+        let salience = snap.take(salience_bytes)?;
         snap.finish()?;
+        if let Some(s) = st.salience.as_mut() {
+            s.load_bytes(&salience).map_err(|e| bad(e.to_string()))?;
+        }
         let positions: Vec<i64> = positions
             .chunks_exact(8)
             .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))

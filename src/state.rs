@@ -18,12 +18,19 @@
 //! layer's FAM from its old FAM and the block's K/V ([`crate::forward::build_fam_graph`]).
 //! Attention sinks (`sink`) keep their un-rotated keys and are shown at virtual positions just
 //! before the window (StreamingLLM: positions within the cache, not in the text).
+//!
+//! ## Kept tokens (`keep`)
+//! Like sinks, plus F slots for the most surprising tokens that left the window ([`Salience`]):
+//! when a block is about to leave, [`crate::forward::build_keep_graph`] rotates the winners'
+//! keys back to position 0 into the sink store and copies their values; every batch then shows
+//! them, in stream order, at the F positions just before the window (sinks before them).
 
 use crate::dtype::GgmlType;
-use crate::engine::{Engine, FamBatch, TokenBatch};
+use crate::engine::{Engine, FamBatch, KeepEntry, TokenBatch};
 use crate::error::{Error, Result};
 use crate::ggml::{Backend, TensorSet};
 use crate::init_memory::LearnedFam;
+use crate::keep::{surprisal, Salience};
 use crate::kv::KvStore;
 use crate::model::Model;
 use crate::settings::{FamFeedback, FamInit, FamQueryPos, FamSettings, MemoryPolicy};
@@ -87,8 +94,10 @@ pub struct FamState {
     pub(crate) kv: KvStore,
     /// Per layer f32 [n_embd, F] FAM activations (`fam` policy with F > 0).
     pub(crate) fam: Option<TensorSet>,
-    /// Per layer f16 [n_embd_kv, S] un-rotated sink keys (`sink` policy with S > 0).
+    /// Per layer f16 [n_embd_kv, S + kept] un-rotated keys of the sinks and the kept tokens.
     pub(crate) sinks: Option<TensorSet>,
+    /// Salience scores (`keep` policy).
+    pub(crate) salience: Option<Salience>,
     /// Where rows live and what each may see.
     pub(crate) slots: SlotLayout,
     /// Tokens fed so far (the stream index of the next token).
@@ -124,7 +133,7 @@ impl FamState {
         settings.validate()?;
         let hp = &model.hp;
         let slots = SlotLayout::new(&settings, n_ctx, hp.n_swa)?;
-        let (n_sink, n_fam) = (slots.n_sink(), slots.n_fam());
+        let n_fam = slots.n_fam();
         if n_fam > 0 && settings.init == FamInit::SeedText && seed_tokens.len() != n_fam {
             return Err(Error::Invalid(format!(
                 "seed init needs {n_fam} seed tokens, got {}",
@@ -163,7 +172,15 @@ impl FamState {
             }
         }
         let fam = per_layer("fam", GgmlType::F32, hp.n_embd, n_fam)?;
-        let sinks = per_layer("sink_k", GgmlType::F16, hp.n_head_kv * hp.head_dim, n_sink)?;
+        let n_pinned = slots.n_pinned();
+        let sinks = per_layer(
+            "sink_k",
+            GgmlType::F16,
+            hp.n_head_kv * hp.head_dim,
+            n_pinned,
+        )?;
+        let salience = (slots.n_keep() > 0)
+            .then(|| Salience::new(slots.ring_len(), slots.n_keep(), hp.n_vocab));
         Ok(FamState {
             settings,
             n_ctx: if settings.policy == MemoryPolicy::Full {
@@ -176,6 +193,7 @@ impl FamState {
             kv,
             fam,
             sinks,
+            salience,
             slots,
             n_past: 0,
             start_position: 0,
@@ -257,6 +275,7 @@ impl FamState {
         std::mem::size_of::<Self>()
             + 8 * (self.slots.n_slots() + self.fam_pos.len())
             + 4 * self.seed_tokens.len()
+            + self.salience.as_ref().map_or(0, |s| s.n_bytes())
     }
 
     /// Forget the stream: the next token is stream index 0 again.
@@ -267,6 +286,9 @@ impl FamState {
         self.fam_valid = false;
         self.fam_updates = 0;
         self.initialised = false;
+        if let Some(s) = &mut self.salience {
+            s.clear();
+        }
     }
 
     fn b(&self) -> i64 {
@@ -326,24 +348,29 @@ impl FamState {
         // Every row's logits (perplexity, `Logits::All`) need a batch x vocabulary buffer
         // (200 MB at B = 1024): reserved on devices where growing later is unsafe; the CPU
         // reserves for the common case (logits of the last row) and grows if asked for more.
-        let all_logits = !eng.backend().is_cpu();
+        // (`keep` computes every row's logits for its salience.)
+        let all_logits = !eng.backend().is_cpu() || self.salience.is_some();
         let shape = crate::forward::TokenBatchShape {
             n_tokens: n,
             n_kv: self.kv.n_slots(),
             n_out: if all_logits { None } else { Some(1) },
             n_capture: self.slots.n_fam().min(n),
             n_sink_capture: self.slots.n_sink().min(n),
-            n_sink_rotate: self.slots.n_sink(),
+            n_sink_rotate: self.slots.n_pinned(),
             swa_mask: eng.model.hp.n_swa > 0,
+            n_surprisal: if self.salience.is_some() { n - 1 } else { 0 },
         };
         let sinks = self.sink_tensors();
         eng.reserve_tokens(&self.kv, sinks.as_deref(), shape)?;
         if self.slots.n_fam() > 0 {
             eng.reserve_fam(&self.kv, &self.fam_tensors(), self.kv.n_slots())?;
         }
+        if let (Some(sinks), true) = (&sinks, self.slots.n_keep() > 0) {
+            eng.reserve_keep(&self.kv, sinks, self.slots.n_keep())?;
+        }
         if self.windowed() {
             // the RoPE rebase (see `rebase`)
-            eng.reserve_kshift(&self.kv, self.slots.n_sink(), self.kv.n_slots())?;
+            eng.reserve_kshift(&self.kv, self.slots.n_pinned(), self.kv.n_slots())?;
         }
         Ok(())
     }
@@ -452,14 +479,95 @@ impl FamState {
         if self.windowed() && delta >= REBASE_INTERVAL {
             let d = i32::try_from(delta)
                 .map_err(|_| Error::Internal("RoPE rebase too large".into()))?;
-            eng.run_kshift(&self.kv, self.slots.n_sink(), self.kv.n_slots(), d)?;
+            eng.run_kshift(&self.kv, self.slots.n_pinned(), self.kv.n_slots(), d)?;
             self.origin = w;
         }
         Ok(())
     }
 
-    /// After the last token of block t: make or update the FAM.
+    /// Virtual positions of the pinned rows in block t: the kept tokens, in stream order, take
+    /// the positions just before the window, the sinks the S before them (so a stream whose
+    /// every evicted token is kept sees them all at their own positions: full attention).
+    /// Returns (position, KV slot) for each of the S + F pinned rows (empty kept slots are
+    /// masked; their position does not matter).
+    fn pinned_positions(&self, t: i64) -> Result<Vec<(i32, i64)>> {
+        let (n_sink, n_keep) = (self.slots.n_sink(), self.slots.n_keep());
+        let mut kept: Vec<(i64, usize)> = (0..n_keep)
+            .filter_map(|k| self.slots.kept(k).map(|j| (j, k)))
+            .collect();
+        kept.sort_unstable();
+        let first = self.slots.window_start(t) - kept.len() as i64;
+        let at = |p: i64| self.rope_pos(p);
+        let mut out = vec![(at(first)?, 0i64); n_sink + n_keep];
+        for k in 0..n_sink {
+            out[k] = (at(first - (n_sink - k) as i64)?, k as i64);
+        }
+        for k in 0..n_keep {
+            out[n_sink + k].1 = (n_sink + k) as i64;
+        }
+        for (rank, &(_, k)) in kept.iter().enumerate() {
+            out[n_sink + k].0 = at(first + rank as i64)?;
+        }
+        Ok(out)
+    }
+
+    /// Stream indices of the kept tokens (`keep`), in stream order.
+    pub fn kept_tokens(&self) -> Vec<i64> {
+        let mut v: Vec<i64> = (0..self.slots.n_keep())
+            .filter_map(|k| self.slots.kept(k))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// After the last token of block t (`keep`): the tokens of block t - M, which leave the
+    /// window with the next block, compete with the kept ones; the winners move to kept slots.
+    fn keep_block(&mut self, eng: &mut Engine, t: i64) -> Result<()> {
+        let leaving_block = t - self.settings.mem_blocks as i64;
+        let Some(sal) = self.salience.as_mut() else {
+            return Ok(());
+        };
+        if leaving_block < 0 {
+            return Ok(());
+        }
+        let b = self.settings.block_size as i64;
+        let base = self.slots.ring_base();
+        let leaving: Vec<(i64, usize)> = (leaving_block * b..(leaving_block + 1) * b)
+            .filter(|&i| i as usize >= self.slots.n_sink()) // sinks stay anyway
+            .map(|i| (i, self.slots.ring_slot(i) - base))
+            .collect();
+        let kept: Vec<Option<i64>> = (0..self.slots.n_keep())
+            .map(|k| self.slots.kept(k))
+            .collect();
+        let new = sal.select(&kept, &leaving);
+        if new.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<KeepEntry> = new
+            .iter()
+            .map(|&(k, i, o)| {
+                Ok(KeepEntry {
+                    src: base + o,
+                    pos: self.rope_pos(i)?,
+                    slot: self.slots.n_sink() + k,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let sinks = self
+            .sink_tensors()
+            .ok_or_else(|| Error::Internal("keep without a sink store".into()))?;
+        eng.run_keep(&self.kv, &sinks, &entries)?;
+        for &(k, i, _) in &new {
+            self.slots.keep_at(k, Some(i));
+        }
+        Ok(())
+    }
+
+    /// After the last token of block t: make or update the FAM, or keep tokens.
     fn end_block(&mut self, eng: &mut Engine, t: i64) -> Result<()> {
+        if self.slots.n_keep() > 0 {
+            return self.keep_block(eng, t);
+        }
         if self.slots.n_fam() == 0 {
             return Ok(());
         }
@@ -595,6 +703,12 @@ impl FamState {
                 Logits::All => None,
                 _ => Some(vec![n as i32 - 1]),
             };
+            // `keep`: each row's probability of the next token in this chunk.
+            let next_of_row: Vec<(i32, u32)> = if self.salience.is_some() {
+                (1..n).map(|r| (r as i32 - 1, chunk[r])).collect()
+            } else {
+                Vec::new()
+            };
             // Tail init: keep the layer inputs of block 0's last F rows.
             let tail = self.slots.n_fam() > 0 && !self.fam_valid && t == 0;
             let tail_from = self.b() - self.slots.n_fam() as i64;
@@ -613,11 +727,8 @@ impl FamState {
                 .map(|i| ((i - i0) as i32, i, i))
                 .collect();
             let m = self.settings.mem_blocks as i64;
-            let sink_rotate: Vec<(i32, i64)> = if self.slots.n_sink() > 0 && t - m > 0 {
-                let w = self.slots.window_start(t);
-                (0..self.slots.n_sink() as i64)
-                    .map(|kk| Ok((self.rope_pos(w - self.slots.n_sink() as i64 + kk)?, kk)))
-                    .collect::<Result<_>>()?
+            let sink_rotate: Vec<(i32, i64)> = if self.slots.n_pinned() > 0 && t - m > 0 {
+                self.pinned_positions(t)?
             } else {
                 Vec::new()
             };
@@ -636,8 +747,22 @@ impl FamState {
                     capture_rows: &capture,
                     sink_capture: &sink_capture,
                     sink_rotate: &sink_rotate,
+                    surprisal: &next_of_row,
                 },
             )?;
+            if let Some(sal) = self.salience.as_mut() {
+                let base = self.slots.ring_base();
+                for (row, &slot) in slots.iter().enumerate() {
+                    let score = if row == 0 {
+                        sal.score_next(chunk[0])
+                    } else {
+                        surprisal(r.next_prob[row - 1])
+                    };
+                    sal.record(slot as usize - base, score);
+                }
+                let v = eng.model.hp.n_vocab;
+                sal.set_next_logits(&r.logits[r.logits.len() - v..])?;
+            }
             if !capture.is_empty() {
                 let first = (i0 + capture[0] as i64 - tail_from) as usize;
                 self.write_fam_rows(&r.layer_inputs, first)?;

@@ -49,6 +49,7 @@ fn loading_a_snapshot_and_continuing_equals_never_stopping() {
         MemoryPolicy::Bswa,
         MemoryPolicy::Sink,
         MemoryPolicy::Fam,
+        MemoryPolicy::Keep,
     ] {
         let s = settings(policy);
         let mut eng = Engine::new(m.clone(), Backend::cpu(1).unwrap()).unwrap();

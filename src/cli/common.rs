@@ -77,7 +77,7 @@ impl ModelArgs {
 /// `convert` writes them into the output.
 #[derive(Args, Clone, Default)]
 pub struct SettingsArgs {
-    /// Memory policy: full, bswa, sink or fam.
+    /// Memory policy: full, bswa, sink, fam or keep.
     #[arg(long = "memory", alias = "fam-policy")]
     pub memory: Option<String>,
     /// Block size B (tokens).

@@ -1,0 +1,240 @@
+//! The `keep` policy's salience memory, host side: which tokens that leave the window keep
+//! their K/V in the F kept slots.
+//!
+//! Salience is surprisal, `-ln p(token | what came before)`, taken when the token is read (the
+//! token graph returns each row's probability of the next token; the first token of a batch is
+//! scored from the previous batch's last logits, kept here as log-probabilities). When a block
+//! leaves the window, its tokens compete with the tokens already kept: the F highest scores
+//! stay. Names, numbers and codes are what a language model finds surprising, so they are what
+//! stays; this is what an un-tuned model gets without training (a heavy-hitter cache, scored by
+//! surprisal instead of attention, which ggml's fused attention does not return).
+//!
+//! Everything here is pure bookkeeping with a size fixed at creation (ring length, F, the
+//! vocabulary), so the stream's memory stays constant; [`Salience::to_bytes`] /
+//! [`Salience::load_bytes`] carry it in snapshots.
+
+use crate::error::{Error, Result};
+
+/// The surprisal given to a token whose probability underflowed to 0 (f32's smallest positive
+/// number is 1.4e-45 = e^-103.3).
+pub const MAX_SURPRISAL: f32 = 104.0;
+
+/// `-ln p`, clamped to [0, MAX_SURPRISAL]; a NaN probability scores 0.
+pub fn surprisal(p: f32) -> f32 {
+    if p.is_nan() {
+        0.0
+    } else {
+        (-p.max(0.0).ln()).clamp(0.0, MAX_SURPRISAL)
+    }
+}
+
+/// Salience scores of the ring's tokens and of the kept tokens, and what the next token will be
+/// scored against.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Salience {
+    /// Score of the token in each ring slot (by offset from the ring's first slot).
+    ring: Vec<f32>,
+    /// Score of the token in each kept slot (meaningless where the slot is empty).
+    kept: Vec<f32>,
+    /// ln p over the vocabulary after the last token read; valid when `has_next`.
+    next: Vec<f32>,
+    has_next: bool,
+}
+
+impl Salience {
+    pub fn new(ring_len: usize, n_keep: usize, n_vocab: usize) -> Salience {
+        Salience {
+            ring: vec![0.0; ring_len],
+            kept: vec![0.0; n_keep],
+            next: vec![0.0; n_vocab],
+            has_next: false,
+        }
+    }
+
+    /// Forget the stream (scores are overwritten before they are read again).
+    pub fn clear(&mut self) {
+        self.has_next = false;
+    }
+
+    /// The score of token `token` if it comes next (0 at the stream's start).
+    pub fn score_next(&self, token: u32) -> f32 {
+        match self.next.get(token as usize) {
+            Some(&lp) if self.has_next && !lp.is_nan() => (-lp).clamp(0.0, MAX_SURPRISAL),
+            _ => 0.0,
+        }
+    }
+
+    /// Remember the last row's `logits` (n_vocab) to score the token after it.
+    pub fn set_next_logits(&mut self, logits: &[f32]) -> Result<()> {
+        if logits.len() != self.next.len() {
+            return Err(Error::Internal(format!(
+                "{} logits for a vocabulary of {}",
+                logits.len(),
+                self.next.len()
+            )));
+        }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+        for (o, &x) in self.next.iter_mut().zip(logits) {
+            *o = x - lse;
+        }
+        self.has_next = true;
+        Ok(())
+    }
+
+    /// Record the score of the token now in ring offset `offset`.
+    pub fn record(&mut self, offset: usize, score: f32) {
+        self.ring[offset] = score;
+    }
+
+    /// The score recorded for ring offset `offset`.
+    pub fn ring_score(&self, offset: usize) -> f32 {
+        self.ring[offset]
+    }
+
+    /// The tokens leaving the window, `(stream index, ring offset)`, compete with the kept
+    /// ones (`kept[k]`: the stream index kept slot k holds, if any): the F highest scores stay
+    /// (ties: the later token). Returns the newly kept tokens as (kept slot, stream index,
+    /// ring offset); the slots they take were empty or held a token that lost.
+    pub fn select(
+        &mut self,
+        kept: &[Option<i64>],
+        leaving: &[(i64, usize)],
+    ) -> Vec<(usize, i64, usize)> {
+        let f = self.kept.len();
+        assert_eq!(kept.len(), f, "one entry per kept slot");
+        // (score, stream index, Err(kept slot) | Ok(ring offset))
+        let mut all: Vec<(f32, i64, std::result::Result<usize, usize>)> = kept
+            .iter()
+            .enumerate()
+            .filter_map(|(k, j)| j.map(|j| (self.kept[k], j, Err(k))))
+            .chain(leaving.iter().map(|&(j, o)| (self.ring[o], j, Ok(o))))
+            .collect();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+        all.truncate(f);
+        let mut free: Vec<usize> = (0..f)
+            .filter(|&k| !all.iter().any(|e| e.2 == Err(k)))
+            .collect();
+        free.reverse(); // pop from the lowest slot
+        let mut new = Vec::new();
+        for (score, j, src) in all {
+            if let Ok(o) = src {
+                let k = free.pop().expect("at most F winners, F slots");
+                self.kept[k] = score;
+                new.push((k, j, o));
+            }
+        }
+        new
+    }
+
+    /// Bytes of the snapshot form (fixed by the sizes).
+    pub fn n_bytes(&self) -> usize {
+        4 * (self.ring.len() + self.kept.len() + self.next.len()) + 1
+    }
+
+    /// Snapshot form: ring, kept and next scores (f32 LE), then `has_next` (one byte).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b: Vec<u8> = self
+            .ring
+            .iter()
+            .chain(&self.kept)
+            .chain(&self.next)
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        b.push(self.has_next as u8);
+        b
+    }
+
+    /// Read the snapshot form (of the same sizes).
+    pub fn load_bytes(&mut self, b: &[u8]) -> Result<()> {
+        if b.len() != self.n_bytes() || b[b.len() - 1] > 1 {
+            return Err(Error::Internal("salience scores of another size".into()));
+        }
+        let mut x = b[..b.len() - 1]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")));
+        for v in self
+            .ring
+            .iter_mut()
+            .chain(self.kept.iter_mut())
+            .chain(self.next.iter_mut())
+        {
+            *v = x.next().expect("sized above");
+        }
+        self.has_next = b[b.len() - 1] == 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_most_surprising_tokens_stay() {
+        // F = 2, a ring of 4; block 0 (indices 0..4) leaves with scores 1, 5, 2, 7.
+        let mut s = Salience::new(4, 2, 3);
+        for (o, x) in [1.0, 5.0, 2.0, 7.0].into_iter().enumerate() {
+            s.record(o, x);
+        }
+        let leaving: Vec<(i64, usize)> = (0..4).map(|i| (i, i as usize)).collect();
+        let new = s.select(&[None, None], &leaving);
+        let mut kept: Vec<i64> = new.iter().map(|e| e.1).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, vec![1, 3]);
+        // block 1 (4..8) leaves with 6, 0, 0, 0: it replaces index 1 (score 5), not 3 (7)
+        let mut slots = [None, None];
+        for &(k, j, _) in &new {
+            slots[k] = Some(j);
+        }
+        for (o, x) in [6.0, 0.0, 0.0, 0.0].into_iter().enumerate() {
+            s.record(o, x);
+        }
+        let leaving: Vec<(i64, usize)> = (4..8).map(|i| (i, (i - 4) as usize)).collect();
+        let new2 = s.select(&slots, &leaving);
+        assert_eq!(new2.len(), 1);
+        let (k, j, o) = new2[0];
+        assert_eq!((slots[k], j, o), (Some(1), 4, 0));
+        // nothing beats what is kept: nothing changes
+        for o in 0..4 {
+            s.record(o, 0.5);
+        }
+        let leaving: Vec<(i64, usize)> = (8..12).map(|i| (i, (i - 8) as usize)).collect();
+        slots[k] = Some(4);
+        assert!(s.select(&slots, &leaving).is_empty());
+    }
+
+    #[test]
+    fn ties_keep_the_later_token_and_empty_slots_fill_first() {
+        let mut s = Salience::new(2, 3, 1);
+        s.record(0, 1.0);
+        s.record(1, 1.0);
+        let new = s.select(&[None, None, None], &[(10, 0), (11, 1)]);
+        assert_eq!(new, vec![(0, 11, 1), (1, 10, 0)]);
+    }
+
+    #[test]
+    fn next_token_scores_are_log_softmax() {
+        let mut s = Salience::new(1, 1, 3);
+        assert_eq!(s.score_next(0), 0.0); // stream start
+        s.set_next_logits(&[0.0, 1.0, 2.0]).unwrap();
+        let z: f32 = [0.0f32, 1.0, 2.0].iter().map(|x| x.exp()).sum();
+        assert!((s.score_next(2) - (z.ln() - 2.0)).abs() < 1e-6);
+        assert!(s.set_next_logits(&[0.0]).is_err());
+        assert_eq!(surprisal(0.0), MAX_SURPRISAL);
+        assert_eq!(surprisal(1.0), 0.0);
+        assert_eq!(surprisal(f32::NAN), 0.0);
+    }
+
+    #[test]
+    fn snapshot_bytes_round_trip() {
+        let mut s = Salience::new(3, 2, 4);
+        s.record(2, 3.5);
+        s.set_next_logits(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        s.select(&[None, None], &[(7, 2)]);
+        let mut t = Salience::new(3, 2, 4);
+        t.load_bytes(&s.to_bytes()).unwrap();
+        assert_eq!(s, t);
+        assert!(t.load_bytes(&[0; 5]).is_err());
+    }
+}
