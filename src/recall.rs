@@ -36,6 +36,8 @@ pub struct Outcome {
     /// The argmax at each answer position.
     pub predicted: Vec<u32>,
     pub seconds: f64,
+    /// The prompt tokens the `keep` policy held when the question was asked (stream order).
+    pub kept: Vec<u32>,
 }
 
 /// Read a JSONL file of cases: one object a line with `k`, `kind`, `prompt` and `answer` (token
@@ -92,6 +94,11 @@ pub fn run_case(eng: &mut Engine, state: &mut FamState, case: &Case) -> Result<O
     let t0 = std::time::Instant::now();
     state.reset();
     let mut logits = state.feed(eng, &case.prompt, Logits::Last)?;
+    let kept = state
+        .kept_tokens()
+        .iter()
+        .filter_map(|&i| case.prompt.get(i as usize).copied())
+        .collect();
     let (mut logprob, mut predicted) = (0.0f64, Vec::with_capacity(case.answer.len()));
     for (i, &a) in case.answer.iter().enumerate() {
         let (best, lp) = argmax_and_logprob(&logits, a as usize);
@@ -106,6 +113,7 @@ pub fn run_case(eng: &mut Engine, state: &mut FamState, case: &Case) -> Result<O
         logprob,
         predicted,
         seconds: t0.elapsed().as_secs_f64(),
+        kept,
     })
 }
 
@@ -168,6 +176,7 @@ pub fn report(
             Some(o) => serde_json::json!({
                 "k": c.k, "kind": c.kind, "prompt_tokens": c.prompt.len(), "hit": o.hit,
                 "answer_logprob": o.logprob, "predicted": o.predicted, "seconds": o.seconds,
+                "kept": o.kept,
             }),
             None => serde_json::json!({"k": c.k, "kind": c.kind, "prompt_tokens": c.prompt.len(),
                                        "beyond_context": true}),

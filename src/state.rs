@@ -30,7 +30,7 @@ use crate::engine::{Engine, FamBatch, KeepEntry, TokenBatch};
 use crate::error::{Error, Result};
 use crate::ggml::{Backend, TensorSet};
 use crate::init_memory::LearnedFam;
-use crate::keep::{surprisal, Salience};
+use crate::keep::{surprisal, Salience, SALIENCE_DECAY};
 use crate::kv::KvStore;
 use crate::model::Model;
 use crate::settings::{FamFeedback, FamInit, FamQueryPos, FamSettings, MemoryPolicy};
@@ -180,7 +180,7 @@ impl FamState {
             n_pinned,
         )?;
         let salience = (slots.n_keep() > 0)
-            .then(|| Salience::new(slots.ring_len(), slots.n_keep(), hp.n_vocab));
+            .then(|| Salience::new(slots.ring_len(), slots.n_keep(), hp.n_vocab, SALIENCE_DECAY));
         Ok(FamState {
             settings,
             n_ctx: if settings.policy == MemoryPolicy::Full {

@@ -35,6 +35,8 @@ def policies(block, adapter):
         "bswa": ["--memory", "bswa", *w],
         "sink": ["--memory", "sink", *w, "--sinks", "4"],
         "fam-untuned": ["--memory", "fam", *w, "--fam-len", "16"],
+        # training-free salience memory: the 16 most surprising evicted tokens (plus 4 sinks)
+        "keep": ["--memory", "keep", *w, "--fam-len", "16", "--sinks", "4"],
     }
     if adapter:
         p["fam-trained"] = ["--adapter", str(adapter), "--memory", "fam", *w]
