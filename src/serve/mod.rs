@@ -124,6 +124,8 @@ pub(super) enum Event {
         completion_tokens: usize,
         /// One per completion token when the request asked for logprobs.
         logprobs: Vec<TokenLogprob>,
+        /// The stream's memory after the reply (`famstream` field of the response).
+        memory: Json,
     },
     Failed(String),
 }
@@ -199,7 +201,8 @@ pub(super) fn handle(
     let method = req.method().clone();
     let url = req.url().split('?').next().unwrap_or("").to_string();
     if let Some(key) = &opts.api_key {
-        if url != "/health" && !authorized(&req, key) {
+        // The chat page is static (no model access); it asks for the key and sends it.
+        if url != "/health" && url != "/" && !authorized(&req, key) {
             let _ = drain(&mut req);
             let www = tiny_http::Header::from_bytes(&b"WWW-Authenticate"[..], &b"Bearer"[..])
                 .expect("static header");
@@ -209,6 +212,7 @@ pub(super) fn handle(
         }
     }
     let r = match (method, url.as_str()) {
+        (tiny_http::Method::Get, "/") => Ok(chat_page()),
         (tiny_http::Method::Get, "/health") => Ok(json_response(200, json!({"status": "ok"}).to_string())),
         (tiny_http::Method::Get, "/v1/models") => Ok(json_response(
             200,
@@ -222,6 +226,15 @@ pub(super) fn handle(
     let resp = r.unwrap_or_else(|HttpError(s, m)| json_response(s, error_body(s, &m)));
     let _ = drain(&mut req);
     let _ = req.respond(resp);
+}
+
+/// The built-in chat page: one static file, compiled into the binary (no build step).
+const CHAT_PAGE: &str = include_str!("chat.html");
+
+fn chat_page() -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let h = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/html; charset=utf-8"[..])
+        .expect("static header");
+    tiny_http::Response::from_string(CHAT_PAGE).with_header(h)
 }
 
 pub(super) fn drain(req: &mut tiny_http::Request) -> std::io::Result<()> {
@@ -295,6 +308,11 @@ pub(super) fn run_job(
             return Err(e);
         }
     };
+    let memory = json!({
+        "session": job.session, "policy": state.settings.policy.as_str(),
+        "tokens_streamed": state.n_past(), "state_bytes": state.state_bytes(),
+        "settings": state.settings.to_json(),
+    });
     if let Some(name) = &job.session {
         // Close the assistant turn so the next request continues a well-formed conversation.
         let end = rt
@@ -317,5 +335,6 @@ pub(super) fn run_job(
         prompt_tokens: tokens.len(),
         completion_tokens: stats.generated_tokens,
         logprobs: stats.logprobs,
+        memory,
     })
 }

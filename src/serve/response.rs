@@ -105,6 +105,7 @@ pub(super) fn completion(
                 prompt_tokens,
                 completion_tokens,
                 logprobs,
+                memory,
             }) => {
                 let total = end_choice(&mut text, finish_reason, completion_tokens, &logprobs);
                 let usage = usage_json(prompt_tokens, total);
@@ -113,7 +114,7 @@ pub(super) fn completion(
                 } else {
                     "text_completion"
                 };
-                break json_response(200, json!({"id": id, "object": object, "created": created, "model": model, "choices": choices, "usage": usage}).to_string());
+                break json_response(200, json!({"id": id, "object": object, "created": created, "model": model, "choices": choices, "usage": usage, "famstream": memory}).to_string());
             }
             Ok(Event::Failed(m)) => break json_response(400, error_body(400, &m)),
             Err(_) => break json_response(500, error_body(500, "the compute worker stopped")),
@@ -159,27 +160,33 @@ pub(super) struct Sse {
 }
 
 impl Sse {
-    /// One event carrying `choices` (and `usage`, for the last event of include_usage).
-    fn event(&self, choices: Json, usage: Option<Json>) -> String {
+    /// One event carrying `choices` and the `extra` top-level fields (`usage` for the last
+    /// event of include_usage, `famstream` for the last chunk).
+    fn event(&self, choices: Json, extra: Option<(&str, Json)>) -> String {
         let object = if self.chat {
             "chat.completion.chunk"
         } else {
             "text_completion"
         };
         let mut j = json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices});
-        if let Some(u) = usage {
-            j["usage"] = u;
+        if let Some((k, v)) = extra {
+            j[k] = v;
         }
         format!("data: {j}\n\n")
     }
 
-    fn chunk(&self, text: Option<&str>, finish: Option<&str>) -> String {
+    fn chunk(
+        &self,
+        text: Option<&str>,
+        finish: Option<&str>,
+        extra: Option<(&str, Json)>,
+    ) -> String {
         let choice = if self.chat {
             json!({"index": 0, "delta": text.map_or(json!({}), |t| json!({"content": t})), "finish_reason": finish})
         } else {
             json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish})
         };
-        self.event(json!([choice]), None)
+        self.event(json!([choice]), extra)
     }
 }
 
@@ -190,26 +197,26 @@ impl Read for Sse {
                 return Ok(0);
             }
             let next = match self.rx.recv() {
-                Ok(Event::Piece(p)) => self.chunk(Some(&p), None),
+                Ok(Event::Piece(p)) => self.chunk(Some(&p), None, None),
                 // `n` > 1 is refused with `stream`, so a stream has one choice
                 Ok(Event::Choice { .. }) => String::new(),
                 Ok(Event::Done {
                     finish_reason,
                     prompt_tokens,
                     completion_tokens,
+                    memory,
                     ..
                 }) => {
                     self.done = true;
                     let usage = if self.include_usage {
                         let u = usage_json(prompt_tokens, completion_tokens);
-                        self.event(json!([]), Some(u))
+                        self.event(json!([]), Some(("usage", u)))
                     } else {
                         String::new()
                     };
-                    format!(
-                        "{}{usage}data: [DONE]\n\n",
-                        self.chunk(None, Some(finish_reason))
-                    )
+                    // the last chunk also says what the stream now holds (`famstream`)
+                    let last = self.chunk(None, Some(finish_reason), Some(("famstream", memory)));
+                    format!("{last}{usage}data: [DONE]\n\n")
                 }
                 Ok(Event::Failed(m)) => {
                     self.done = true;
