@@ -235,6 +235,16 @@ fn openai_compatible_endpoints_sessions_and_abuse() {
     assert_eq!(http(a, "GET", "/nope", "").0, 404);
     assert_eq!(http(a, "GET", "/v1/chat/completions", "").0, 405);
 
+    under_load(&srv, "");
+}
+
+/// Clients that disconnect mid-stream, 20 concurrent clients and malformed JSON, each request
+/// with `headers` (e.g. an API key): all answered, the server still up, its memory flat.
+fn under_load(srv: &Server, headers: &str) {
+    let a = srv.addr.as_str();
+    // warm: the weights' pages and the compute buffer are in before memory is measured
+    let warm = http_with(a, "POST", "/v1/chat/completions", CHAT, headers);
+    assert_eq!(warm.0, 200, "{}", warm.1);
     let rss_before = rss_kb(srv.child.id());
     // A client that disconnects mid-stream.
     for _ in 0..3 {
@@ -242,7 +252,7 @@ fn openai_compatible_endpoints_sessions_and_abuse() {
         let body = r#"{"messages":[{"role":"user","content":"Write a long story."}],"max_tokens":400,"stream":true}"#;
         write!(
             s,
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .unwrap();
@@ -250,18 +260,20 @@ fn openai_compatible_endpoints_sessions_and_abuse() {
         let _ = s.read(&mut buf);
         drop(s);
     }
-    // 20 concurrent clients.
+    // 20 concurrent clients, and malformed JSON among them.
     let handles: Vec<_> = (0..20)
         .map(|i| {
-            let a = srv.addr.clone();
+            let (a, h) = (srv.addr.clone(), headers.to_string());
             std::thread::spawn(move || {
                 let body = format!(r#"{{"messages":[{{"role":"user","content":"Say the number {i}."}}],"max_tokens":6,"temperature":0}}"#);
-                http(&a, "POST", "/v1/chat/completions", &body).0
+                let ok = http_with(&a, "POST", "/v1/chat/completions", &body, &h).0;
+                let bad = http_with(&a, "POST", "/v1/chat/completions", "{\"messages\": [", &h).0;
+                (ok, bad)
             })
         })
         .collect();
-    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let statuses: Vec<(u16, u16)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(statuses.iter().all(|&s| s == (200, 400)), "{statuses:?}");
     // Still up, and memory did not grow with the traffic (no state is kept per request; the
     // abandoned streams were cancelled and freed).
     assert_eq!(http(a, "GET", "/health", "").0, 200);
@@ -315,6 +327,7 @@ fn api_keys_guard_every_endpoint_but_health() {
             json(&b)["choices"][0]["message"]["content"].is_string(),
             "{b}"
         );
+        under_load(&srv, key);
     }
     // Listening beyond loopback without a key is refused before anything loads.
     let out = Command::new(env!("CARGO_BIN_EXE_famstream"))
