@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Speed and state size of the trained FAM against `sink` at the same window (issue 18): the
 adapter applied in the graph (`--adapter`), the same adapter merged into the weights
-(`famstream convert --adapter`), the un-tuned `fam`, and `sink`, all at the adapter's window
+(`famstream convert --adapter`), the un-tuned `fam`, the training-free `keep`, and `sink`, all at the adapter's window
 (B = 64, M = 0, F = 16; sink S = 4), on the default model.
 
 Runs `famstream bench --json` for each configuration, ROUNDS times in alternating order (the
@@ -42,6 +42,8 @@ def main():
         configs = {
             "sink (S=4)": ["-m", model, "--memory", "sink", *w, "--sinks", "4"],
             "fam, un-tuned (F=16, seed init)": ["-m", model, "--memory", "fam", *w, "--fam-len", "16"],
+            "keep, training-free (F=16, S=4)": ["-m", model, "--memory", "keep", *w, "--fam-len", "16",
+                                                "--sinks", "4"],
             "fam, trained: adapter in the graph": ["-m", model, "--adapter", str(ADAPTER)],
             "fam, trained: adapter merged": ["-m", str(merged)],
         }

@@ -93,6 +93,8 @@ def main():
     ap.add_argument("--adapter")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--splice", action="store_true", help="write the table into results/README.md")
+    ap.add_argument("--splice-name", default="recall",
+                    help="the results/README.md block to write (<!-- NAME:begin -->)")
     ap.add_argument("--model")
     ap.add_argument("--tokenizer", default=str(Path.home() / ".cache/famstream/hf/smollm2-135m-f32/tokenizer.json"))
     a = ap.parse_args()
@@ -121,8 +123,10 @@ def main():
     t = table(results, a.k)
     print(t)
     if a.splice:
-        splice(ROOT / "results/README.md", "recall", t + f"\n\n(`tools/recall_bench.py --block {a.block} --trials "
-               f"{a.trials} --k {' '.join(map(str, a.k))}`; commit {commit})")
+        pol = f" --policies {' '.join(a.policies)}" if a.policies else ""
+        adapter = f" --adapter {a.adapter}" if a.adapter else ""
+        splice(ROOT / "results/README.md", a.splice_name, t + f"\n\n(`tools/recall_bench.py --block {a.block} --trials "
+               f"{a.trials} --k {' '.join(map(str, a.k))}{adapter}{pol}`; commit {commit})")
 
 
 if __name__ == "__main__":
