@@ -90,14 +90,7 @@ fn run_all(d: &Dev, s: FamSettings, tokens: &[u32], chunk: usize) -> Vec<f32> {
         .collect();
     let mut st = FamState::new(&d.model, &backend, s, tokens.len(), seed, 1).unwrap();
     let mut eng = Engine::new(d.model.clone(), backend).unwrap();
-    if chunk == 0 {
-        st.feed(&mut eng, tokens, Logits::All).unwrap()
-    } else {
-        tokens
-            .chunks(chunk)
-            .flat_map(|c| st.feed(&mut eng, c, Logits::All).unwrap())
-            .collect()
-    }
+    common::feed_all(&mut st, &mut eng, tokens, chunk)
 }
 
 /// (mean KL, share of equal argmax) of two runs' logits.

@@ -29,11 +29,7 @@ const KEPT_VS_FULL_MEAN_KL_REAL: f64 = 1e-2;
 const STREAM_VS_BATCH_MEAN_KL: f64 = 0.02;
 
 fn tiny(arch: &str) -> Arc<Model> {
-    let p = format!(
-        "{}/tests/golden/tiny/{arch}/model.f32.gguf",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    Arc::new(Model::load(p, &Backend::cpu(2).unwrap()).unwrap())
+    common::tiny_model(arch, 2)
 }
 
 fn engine(m: &Arc<Model>) -> Engine {
@@ -48,14 +44,7 @@ fn state(m: &Arc<Model>, s: FamSettings, n_ctx: usize) -> FamState {
 fn run_all(m: &Arc<Model>, s: FamSettings, tokens: &[u32], chunk: usize) -> (Vec<f32>, FamState) {
     let mut eng = engine(m);
     let mut st = state(m, s, tokens.len());
-    let out = if chunk == 0 {
-        st.feed(&mut eng, tokens, Logits::All).unwrap()
-    } else {
-        tokens
-            .chunks(chunk)
-            .flat_map(|c| st.feed(&mut eng, c, Logits::All).unwrap())
-            .collect()
-    };
+    let out = common::feed_all(&mut st, &mut eng, tokens, chunk);
     (out, st)
 }
 

@@ -11,11 +11,7 @@ use famstream::state::{FamState, Logits};
 use std::sync::Arc;
 
 fn tiny(arch: &str) -> Arc<Model> {
-    let p = format!(
-        "{}/tests/golden/tiny/{arch}/model.f32.gguf",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    Arc::new(Model::load(p, &Backend::cpu(1).unwrap()).unwrap())
+    common::tiny_model(arch, 1)
 }
 
 fn settings(policy: MemoryPolicy) -> FamSettings {

@@ -253,6 +253,34 @@ pub fn prose_tokens(n: usize) -> Vec<u32> {
     t
 }
 
+/// A tiny random checkpoint (`tests/golden/tiny/ARCH/model.f32.gguf`) on `threads` CPU threads.
+pub fn tiny_model(arch: &str, threads: usize) -> std::sync::Arc<famstream::model::Model> {
+    let p = format!(
+        "{}/tests/golden/tiny/{arch}/model.f32.gguf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let backend = famstream::ggml::Backend::cpu(threads).unwrap();
+    std::sync::Arc::new(famstream::model::Model::load(p, &backend).unwrap())
+}
+
+/// Logits of every position of `tokens`, fed `chunk` tokens per call (0: all at once).
+pub fn feed_all(
+    st: &mut famstream::state::FamState,
+    eng: &mut famstream::engine::Engine,
+    tokens: &[u32],
+    chunk: usize,
+) -> Vec<f32> {
+    use famstream::state::Logits;
+    if chunk == 0 {
+        st.feed(eng, tokens, Logits::All).unwrap()
+    } else {
+        tokens
+            .chunks(chunk)
+            .flat_map(|c| st.feed(eng, c, Logits::All).unwrap())
+            .collect()
+    }
+}
+
 /// Memory settings with block size `b`, `m` memory blocks, `f` FAM rows and `s` sinks.
 pub fn settings(
     policy: famstream::settings::MemoryPolicy,
