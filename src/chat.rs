@@ -16,6 +16,11 @@
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// An assistant turn's calls, OpenAI's `tool_calls` (`[{"id", "type": "function",
+    /// "function": {"name", "arguments"}}]`), for templates that render them.
+    pub tool_calls: Option<serde_json::Value>,
+    /// A `tool` turn's answer to this call.
+    pub tool_call_id: Option<String>,
 }
 
 impl Message {
@@ -23,7 +28,37 @@ impl Message {
         Message {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
         }
+    }
+
+    /// As a template sees it (transformers' conventions): a call's `arguments` as an object,
+    /// not the JSON text OpenAI sends. A turn that only calls has empty content, not null
+    /// (Qwen3's template cannot take null; the others render both alike).
+    fn to_template_json(&self) -> serde_json::Value {
+        use serde_json::{json, Value};
+        let mut m = json!({"role": self.role, "content": self.content});
+        if let Some(Value::Array(calls)) = &self.tool_calls {
+            let calls: Vec<Value> = calls
+                .iter()
+                .map(|c| {
+                    let mut c = c.clone();
+                    let parsed = c["function"]["arguments"]
+                        .as_str()
+                        .and_then(|a| serde_json::from_str::<Value>(a).ok());
+                    if let Some(args) = parsed {
+                        c["function"]["arguments"] = args;
+                    }
+                    c
+                })
+                .collect();
+            m["tool_calls"] = Value::Array(calls);
+        }
+        if let Some(id) = &self.tool_call_id {
+            m["tool_call_id"] = Value::String(id.clone());
+        }
+        m
     }
 }
 
@@ -58,6 +93,46 @@ pub struct JinjaTemplate {
     conversation_end: String,
     /// The built-in family, for turns the template cannot render alone.
     fallback: Box<ChatTemplate>,
+}
+
+/// transformers' `tojson` filter: `json.dumps(x, ensure_ascii=False, indent=...)`, keys in
+/// their given order. minijinja's own filter makes the same text but escapes `<`, `>`, `&` and
+/// `'` for HTML (as jinja2's does), which transformers turns off: those escapes are undone here,
+/// reading escape by escape so that an escaped backslash before `u003c` stays as it is.
+fn py_tojson(
+    value: &minijinja::Value,
+    indent: Option<minijinja::Value>,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<minijinja::Value, minijinja::Error> {
+    let html = minijinja::filters::tojson(value, indent, kwargs)?;
+    let html = html.as_str().unwrap_or_default();
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let esc = &rest[i..];
+        let plain = match esc.get(..6) {
+            Some("\\u003c") => Some('<'),
+            Some("\\u003e") => Some('>'),
+            Some("\\u0026") => Some('&'),
+            Some("\\u0027") => Some('\''),
+            _ => None,
+        };
+        match plain {
+            Some(c) => {
+                out.push(c);
+                rest = &esc[6..];
+            }
+            None => {
+                // any other escape: copy the backslash and the character it escapes
+                let n = 1 + esc[1..].chars().next().map_or(0, char::len_utf8);
+                out.push_str(&esc[..n]);
+                rest = &esc[n..];
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(minijinja::Value::from_safe_string(out))
 }
 
 /// Today's date (UTC) in the `strftime` formats templates use (`%d %b %Y`, `%Y-%m-%d`, ...).
@@ -187,6 +262,22 @@ impl JinjaTemplate {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, String> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// Whether the template renders a `tools` list (Qwen 2.5/3, Llama 3.x, Mistral, SmolLM3).
+    pub fn renders_tools(&self) -> bool {
+        self.source.contains("tools")
+    }
+
+    /// [`JinjaTemplate::render`] with `tools` (OpenAI's list of `{"type": "function",
+    /// "function": {...}}`) given to the template, as `apply_chat_template(..., tools=...)`.
+    pub fn render_with_tools(
+        &self,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
         use minijinja::{Environment, ErrorKind, Value};
         let mut env = Environment::new();
         let syntax = minijinja::syntax::SyntaxConfig::builder()
@@ -203,12 +294,10 @@ impl JinjaTemplate {
             },
         );
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
+        env.add_filter("tojson", py_tojson);
         env.add_template("chat", &self.source)
             .map_err(|e| format!("chat template: {e}"))?;
-        let msgs: Vec<serde_json::Value> = messages
-            .iter()
-            .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
-            .collect();
+        let msgs: Vec<serde_json::Value> = messages.iter().map(|m| m.to_template_json()).collect();
         let mut ctx = serde_json::json!({
             "messages": msgs,
             "add_generation_prompt": add_generation_prompt,
@@ -217,6 +306,9 @@ impl JinjaTemplate {
         });
         if let Some(d) = &self.date_string {
             ctx["date_string"] = serde_json::Value::String(d.clone());
+        }
+        if let Some(t) = tools {
+            ctx["tools"] = t.clone();
         }
         env.get_template("chat")
             .and_then(|t| t.render(Value::from(minijinja::value::Serde(&ctx))))
@@ -382,6 +474,22 @@ impl ChatTemplate {
                 .enumerate()
                 .map(|(i, m)| self.render_turn(m, i == 0))
                 .collect(),
+        }
+    }
+
+    /// A new conversation with `tools` in the model's own template, with the generation
+    /// prompt; `None` when the template does not render tools (or fails), and the caller
+    /// describes them itself.
+    pub fn render_with_tools(
+        &self,
+        messages: &[Message],
+        tools: &serde_json::Value,
+    ) -> Option<String> {
+        match self {
+            ChatTemplate::Jinja(j) if j.renders_tools() => {
+                j.render_with_tools(messages, Some(tools), true).ok()
+            }
+            _ => None,
         }
     }
 

@@ -335,6 +335,20 @@ impl Runtime {
         opts: &GenerateOptions,
         mut on_piece: impl FnMut(&str) -> bool,
     ) -> Result<GenerateStats> {
+        self.generate_with_logprobs(eng, stream, prompt, opts, |piece, _| on_piece(piece))
+    }
+
+    /// [`Runtime::generate`], and each piece comes with the log-probabilities of the tokens
+    /// that made it (empty unless `opts.logprobs`; a token that completes no character yet is
+    /// reported with the next piece), as a streaming server sends them.
+    pub fn generate_with_logprobs(
+        &self,
+        eng: &mut Engine,
+        stream: &mut FamState,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_piece: impl FnMut(&str, &[TokenLogprob]) -> bool,
+    ) -> Result<GenerateStats> {
         if prompt.is_empty() {
             return Err(Error::Invalid("empty prompt".into()));
         }
@@ -356,6 +370,8 @@ impl Runtime {
         stats.prompt_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut dec = StreamDecoder::new();
+        // log-probabilities already sent with a piece
+        let mut sent = 0;
         while stats.generated_tokens < opts.max_tokens {
             // Log-probabilities are the model's, before a constraint masks anything.
             let raw = match (&constraint, opts.logprobs) {
@@ -373,7 +389,7 @@ impl Runtime {
             if let Some(c) = constraint.as_mut() {
                 c.accept(tok)?;
             }
-            sampler.accept(tok);
+            sampler.accept_generated(tok);
             if let Some(n) = opts.logprobs {
                 let l = raw.as_deref().unwrap_or(&logits);
                 stats.logprobs.push(TokenLogprob::from_logits(l, tok, n));
@@ -390,7 +406,7 @@ impl Runtime {
             if let Some(s) = stop_hit {
                 // Do not show the stop string itself.
                 let keep = piece.len().saturating_sub(s.len());
-                if keep > 0 && !on_piece(&piece[..keep]) {
+                if keep > 0 && !on_piece(&piece[..keep], &stats.logprobs[sent..]) {
                     stats.finish_reason = "cancelled";
                 }
                 stats.text.truncate(stats.text.len() - s.len());
@@ -401,10 +417,13 @@ impl Runtime {
                 stream.feed(eng, &[tok], Logits::None)?;
                 break;
             }
-            if !piece.is_empty() && !on_piece(&piece) {
+            if !piece.is_empty() && !on_piece(&piece, &stats.logprobs[sent..]) {
                 stats.finish_reason = "cancelled";
                 stream.feed(eng, &[tok], Logits::None)?;
                 break;
+            }
+            if !piece.is_empty() {
+                sent = stats.logprobs.len();
             }
             logits = stream.feed(eng, &[tok], Logits::Last)?;
         }

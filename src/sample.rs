@@ -1,7 +1,10 @@
 //! Sampling: turn logits into the next token.
 //!
-//! Order of operations (as llama.cpp's default chain): repetition penalty -> top-k -> top-p ->
-//! min-p -> temperature -> draw. Temperature 0 is greedy (argmax, no randomness).
+//! Order of operations (as llama.cpp's default chain): logit bias -> presence/frequency
+//! penalties -> repetition penalty -> top-k -> top-p -> min-p -> temperature -> draw.
+//! Temperature 0 is greedy (argmax, no randomness).
+
+use std::collections::HashMap;
 
 /// Sampling settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,6 +21,14 @@ pub struct SamplerConfig {
     pub repeat_penalty: f32,
     pub repeat_last_n: usize,
     pub seed: u64,
+    /// Subtracted once from the logit of every token the completion has produced (OpenAI's
+    /// `presence_penalty`; 0 = off).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit per time the completion has produced it (OpenAI's
+    /// `frequency_penalty`; 0 = off).
+    pub frequency_penalty: f32,
+    /// Added to these tokens' logits (OpenAI's `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplerConfig {
@@ -30,6 +41,9 @@ impl Default for SamplerConfig {
             repeat_penalty: 1.1,
             repeat_last_n: 64,
             seed: 0x5EED,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -50,6 +64,8 @@ pub struct Sampler {
     pub cfg: SamplerConfig,
     rng: u64,
     history: Vec<u32>,
+    /// How often the completion produced each token (presence/frequency penalties).
+    produced: HashMap<u32, u32>,
 }
 
 impl Sampler {
@@ -63,7 +79,15 @@ impl Sampler {
             cfg,
             rng,
             history: Vec::new(),
+            produced: HashMap::new(),
         }
+    }
+
+    /// Remember a token the completion produced: the repetition penalty's history and the
+    /// presence/frequency counts.
+    pub fn accept_generated(&mut self, token: u32) {
+        self.accept(token);
+        *self.produced.entry(token).or_insert(0) += 1;
     }
 
     /// Remember a token for the repetition penalty (prompt tokens too).
@@ -87,7 +111,10 @@ impl Sampler {
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let c = self.cfg.clone();
         let penalised = c.repeat_penalty != 1.0 && c.repeat_last_n > 0;
-        if c.temperature <= 0.0 && !penalised {
+        let openai = !c.logit_bias.is_empty()
+            || (!self.produced.is_empty()
+                && (c.presence_penalty != 0.0 || c.frequency_penalty != 0.0));
+        if c.temperature <= 0.0 && !penalised && !openai {
             // Greedy without penalties: no candidate list (a vocabulary-sized allocation per
             // token).
             return first_max(logits.iter().copied()) as u32;
@@ -97,6 +124,18 @@ impl Sampler {
             .enumerate()
             .map(|(i, &l)| (i as u32, l))
             .collect();
+        for &(t, b) in &c.logit_bias {
+            if let Some(x) = cand.get_mut(t as usize) {
+                x.1 += b;
+            }
+        }
+        if c.presence_penalty != 0.0 || c.frequency_penalty != 0.0 {
+            for (&t, &n) in &self.produced {
+                if let Some(x) = cand.get_mut(t as usize) {
+                    x.1 -= c.presence_penalty + c.frequency_penalty * n as f32;
+                }
+            }
+        }
         if penalised {
             let start = self.history.len().saturating_sub(c.repeat_last_n);
             let mut seen: Vec<u32> = self.history[start..].to_vec();
@@ -226,6 +265,7 @@ mod tests {
                 temperature: 1.5,
                 repeat_penalty: 1.0,
                 repeat_last_n: 0,
+                ..Default::default()
             });
             (0..50).map(|_| s.sample(&logits)).collect::<Vec<_>>()
         };
@@ -275,5 +315,40 @@ mod tests {
             (0..2000).all(|_| s.sample(&logits) != 2),
             "min-p drops the 0.1 token"
         );
+    }
+
+    #[test]
+    fn logit_bias_and_openai_penalties_move_the_choice() {
+        let logits = [1.0, 3.0, 2.5, -1.0];
+        let greedy = SamplerConfig::greedy;
+        let biased = SamplerConfig {
+            logit_bias: vec![(3, 4.5)],
+            ..greedy()
+        };
+        assert_eq!(Sampler::new(biased).sample(&logits), 3, "-1 + 4.5 > 3");
+        let banned = SamplerConfig {
+            logit_bias: vec![(1, -100.0)],
+            ..greedy()
+        };
+        assert_eq!(Sampler::new(banned).sample(&logits), 2);
+        // presence: once per produced token, whatever the count
+        let mut s = Sampler::new(SamplerConfig {
+            presence_penalty: 0.6,
+            ..greedy()
+        });
+        assert_eq!(s.sample(&logits), 1, "nothing produced yet: no penalty");
+        s.accept(1); // a prompt token does not count
+        assert_eq!(s.sample(&logits), 1);
+        s.accept_generated(1);
+        assert_eq!(s.sample(&logits), 2, "3.0 - 0.6 < 2.5");
+        // frequency: per time produced
+        let mut s = Sampler::new(SamplerConfig {
+            frequency_penalty: 0.3,
+            ..greedy()
+        });
+        s.accept_generated(1);
+        assert_eq!(s.sample(&logits), 1, "3.0 - 0.3 > 2.5");
+        s.accept_generated(1);
+        assert_eq!(s.sample(&logits), 2, "3.0 - 0.6 < 2.5");
     }
 }

@@ -16,11 +16,21 @@ fn goldens() -> Vec<Value> {
     j["templates"].as_array().unwrap().clone()
 }
 
+/// Messages as the server receives them (OpenAI's form: a call's content null, its arguments
+/// JSON text).
 fn messages(v: &Value) -> Vec<Message> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .map(|m| {
+            let mut msg = Message::new(
+                m["role"].as_str().unwrap(),
+                m["content"].as_str().unwrap_or(""),
+            );
+            msg.tool_calls = m.get("tool_calls").cloned();
+            msg.tool_call_id = m["tool_call_id"].as_str().map(str::to_string);
+            msg
+        })
         .collect()
 }
 
@@ -63,6 +73,57 @@ fn templates_render_like_transformers() {
         }
     }
     assert!(n >= 50, "{n} renders compared");
+}
+
+#[test]
+fn tools_render_like_transformers() {
+    // `apply_chat_template(tools=...)`: the tool list in the template's own words (its
+    // `tojson` as Python's json.dumps: key order kept, no HTML escapes), a call and its result.
+    let mut n = 0;
+    let mut with_tools = Vec::new();
+    for t in &goldens() {
+        let name = t["name"].as_str().unwrap();
+        let jt = template(t);
+        assert_eq!(
+            jt.renders_tools(),
+            !t["tool_cases"].as_array().unwrap().is_empty(),
+            "{name}"
+        );
+        if jt.renders_tools() {
+            with_tools.push(name.to_string());
+        }
+        for case in t["tool_cases"].as_array().unwrap() {
+            let msgs = messages(&case["messages"]);
+            let ours = jt.render_with_tools(&msgs, Some(&case["tools"]), true);
+            let want = case["rendered"].as_str().unwrap();
+            assert_eq!(ours.as_deref(), Ok(want), "{name}, {msgs:?}");
+            // and through the server's entry point
+            let ct = ChatTemplate::Jinja(Box::new(jt.clone()));
+            assert_eq!(ct.render_with_tools(&msgs, &case["tools"]).as_deref(), Some(want));
+            n += 1;
+        }
+    }
+    assert!(n >= 8, "{n} renders with tools compared");
+    for family in ["Qwen2.5", "Qwen3", "Llama-3.2", "Mistral-Nemo"] {
+        assert!(
+            with_tools.iter().any(|w| w.contains(family)),
+            "{family} renders tools: {with_tools:?}"
+        );
+    }
+}
+
+#[test]
+fn templates_without_tools_leave_them_to_the_server() {
+    let smol = goldens()
+        .into_iter()
+        .find(|t| t["name"].as_str().unwrap().starts_with("SmolLM2"))
+        .unwrap();
+    let ct = ChatTemplate::Jinja(Box::new(template(&smol)));
+    let tools = serde_json::json!([{"type": "function", "function": {"name": "f"}}]);
+    assert_eq!(
+        ct.render_with_tools(&[Message::new("user", "Hi")], &tools),
+        None
+    );
 }
 
 /// Templates that render a turn differently depending on what follows it, which a session that

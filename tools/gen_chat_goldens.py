@@ -4,7 +4,8 @@
 Writes tests/golden/chat/templates.json: for each template, its source, its bos/eos token
 texts, and several conversations with the text transformers renders for them
 (`transformers.utils.chat_template_utils.render_jinja_template`, the function behind
-`tokenizer.apply_chat_template(..., tokenize=False)`), with and without the generation prompt.
+`tokenizer.apply_chat_template(..., tokenize=False)`), with and without the generation prompt; for templates that render tools, also conversations
+with `tools`, a call and its result (`tool_cases`).
 A conversation the template refuses (`raise_exception`, e.g. a system turn for Gemma 2) is
 recorded with "error": true. tests/chat_templates.rs renders the same with famstream's
 minijinja and compares byte for byte.
@@ -58,6 +59,41 @@ CONVERSATIONS = [
     ],
 ]
 
+# Tool use, for templates that render `tools` (transformers' `apply_chat_template(tools=...)`):
+# messages in OpenAI's form (a call's arguments as JSON text, content null), as famstream's
+# server receives them; transformers gets the arguments as a dict, as its templates expect, and
+# a null content as empty text (Qwen3's template cannot take null; famstream does the same).
+# The description has characters an HTML-escaping `tojson` would change (<, >, &, ') and
+# non-ASCII; the parameters' keys are not in sorted order. Mistral's template wants 9-character
+# alphanumeric call ids.
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather <now> & tomorrow's, in °C",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name"},
+                                                    "days": {"type": "integer"}}, "required": ["city"]}}}]
+TOOL_CONVERSATIONS = [
+    [{"role": "user", "content": "What's the weather in Paris?"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "abc123XYZ", "type": "function", "function": {
+            "name": "get_weather", "arguments": "{\"city\": \"Oslo\", \"days\": 2}"}}]},
+        {"role": "tool", "tool_call_id": "abc123XYZ", "content": "{\"temp_c\": 21}"},
+    ],
+]
+
+
+def for_transformers(conv):
+    out = []
+    for m in conv:
+        m = dict(m)
+        if m.get("content") is None:
+            m["content"] = ""
+        if m.get("tool_calls"):
+            m["tool_calls"] = [dict(c, function=dict(c["function"], arguments=json.loads(c["function"]["arguments"])))
+                               for c in m["tool_calls"]]
+        out.append(m)
+    return out
+
 
 def llama_cpp_templates() -> dict[str, str]:
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,10 +136,22 @@ def main():
                     case["error"] = True
                     case["message"] = str(e)[:200]
                 cases.append(case)
+        tool_cases = []
+        if "tools" in src:
+            for conv in TOOL_CONVERSATIONS:
+                case = {"messages": conv, "tools": TOOLS, "add_generation_prompt": True}
+                try:
+                    case["rendered"] = render_jinja_template(
+                        conversations=[for_transformers(conv)], tools=TOOLS, chat_template=src,
+                        add_generation_prompt=True, bos_token=bos, eos_token=eos, date_string=DATE)[0][0]
+                except Exception as e:
+                    case["error"] = True
+                    case["message"] = str(e)[:200]
+                tool_cases.append(case)
         entries.append({"name": name, "template": src, "bos_token": bos, "eos_token": eos,
-                        "date_string": DATE, "cases": cases})
+                        "date_string": DATE, "cases": cases, "tool_cases": tool_cases})
         ok = sum("rendered" in c for c in cases)
-        print(f"{name}: {ok}/{len(cases)} rendered")
+        print(f"{name}: {ok}/{len(cases)} rendered, {sum('rendered' in c for c in tool_cases)} with tools")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"reference": "transformers render_jinja_template", "templates": entries},
                               indent=1, ensure_ascii=False) + "\n")

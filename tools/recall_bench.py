@@ -96,6 +96,8 @@ def main():
     ap.add_argument("--splice-name", default="recall",
                     help="the results/README.md block to write (<!-- NAME:begin -->)")
     ap.add_argument("--model")
+    ap.add_argument("--bin", default=str(ROOT / "target/release/famstream"),
+                    help="the famstream binary (e.g. a copy, so that a rebuild does not change a long run)")
     ap.add_argument("--tokenizer", default=str(Path.home() / ".cache/famstream/hf/smollm2-135m-f32/tokenizer.json"))
     a = ap.parse_args()
     model = a.model or subprocess.run([str(ROOT / "tools/fetch_model.sh")], check=True, capture_output=True,
@@ -108,7 +110,7 @@ def main():
     for name in a.policies or list(pols):
         out = OUT / f"{name}-b{a.block}-n{a.trials}-k{'_'.join(map(str, a.k))}.json"
         if not out.exists():
-            cmd = [str(ROOT / "target/release/famstream"), "recall", "-m", model, "-t", str(a.threads),
+            cmd = [a.bin, "recall", "-m", model, "-t", str(a.threads),
                    "--cases", str(cases), "--json", *pols[name]]
             print("running", " ".join(cmd), file=sys.stderr, flush=True)
             r = subprocess.run(cmd, capture_output=True, text=True)
