@@ -42,6 +42,9 @@ pub struct LoadOptions {
     pub repack: bool,
     /// A LoRA adapter (GGUF, see [`crate::adapter`]) to apply to the model.
     pub adapter: Option<std::path::PathBuf>,
+    /// A Jinja chat template to use instead of the file's `tokenizer.chat_template` (as
+    /// llama-server's `--chat-template-file`); one minijinja cannot run is an error.
+    pub chat_template: Option<String>,
 }
 
 impl Default for LoadOptions {
@@ -51,6 +54,7 @@ impl Default for LoadOptions {
             device: None,
             repack: true,
             adapter: None,
+            chat_template: None,
         }
     }
 }
@@ -239,11 +243,17 @@ impl Runtime {
                 .unwrap_or_default()
                 .to_string()
         };
-        let (chat, unusable) = ChatTemplate::for_model(
-            model.gguf.opt_str("tokenizer.chat_template")?,
-            &text_of(tokenizer.bos()),
-            &text_of(tokenizer.eos()),
-        );
+        let own = match &opts.chat_template {
+            Some(t) => Some(t.as_str()),
+            None => model.gguf.opt_str("tokenizer.chat_template")?,
+        };
+        let (chat, unusable) =
+            ChatTemplate::for_model(own, &text_of(tokenizer.bos()), &text_of(tokenizer.eos()));
+        if let (Some(why), Some(_)) = (&unusable, &opts.chat_template) {
+            return Err(Error::Invalid(format!(
+                "the given chat template cannot be used: {why}"
+            )));
+        }
         if let Some(why) = unusable {
             eprintln!(
                 "warning: the model's chat template cannot be used ({why}); using {}",

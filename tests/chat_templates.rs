@@ -99,7 +99,10 @@ fn tools_render_like_transformers() {
             assert_eq!(ours.as_deref(), Ok(want), "{name}, {msgs:?}");
             // and through the server's entry point
             let ct = ChatTemplate::Jinja(Box::new(jt.clone()));
-            assert_eq!(ct.render_with_tools(&msgs, &case["tools"]).as_deref(), Some(want));
+            assert_eq!(
+                ct.render_with_tools(&msgs, &case["tools"]).as_deref(),
+                Some(want)
+            );
             n += 1;
         }
     }

@@ -370,6 +370,63 @@ fn the_chat_page_works_in_a_real_headless_browser() {
 
 /// Each OpenAI request field is honoured or refused with a 400 that names it, never ignored.
 #[test]
+fn tools_reach_the_model_in_its_own_template_words() {
+    // SmolLM2's template has no tools (the server describes them in a system message); served
+    // with Qwen 2.5's template (`--chat-template-file`), whose ChatML tokens SmolLM2 shares, the
+    // prompt is that template's render with `tools`, exactly as transformers renders it
+    // (tests/golden/chat/templates.json): the prompt token counts agree.
+    let goldens: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/golden/chat/templates.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let qwen = goldens["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "Qwen-Qwen2.5-7B-Instruct.jinja")
+        .unwrap();
+    let file = common::scratch_dir("serve-template").join("qwen2.5.jinja");
+    std::fs::write(&file, qwen["template"].as_str().unwrap()).unwrap();
+    let srv = start(&["--chat-template-file", file.to_str().unwrap()]);
+    let rt = common::runtime(common::model_path());
+    for case in qwen["tool_cases"].as_array().unwrap() {
+        let body = serde_json::json!({"messages": case["messages"], "tools": case["tools"],
+                                      "max_tokens": 1, "temperature": 0});
+        let (s, b) = http(&srv.addr, "POST", "/v1/chat/completions", &body.to_string());
+        assert_eq!(s, 200, "{b}");
+        let want = rt
+            .encode_chat(case["rendered"].as_str().unwrap(), true)
+            .len();
+        assert_eq!(json(&b)["usage"]["prompt_tokens"], want, "{b}");
+    }
+    // a template file minijinja cannot run, or a missing one, is refused at start
+    let bad = common::scratch_dir("serve-template").join("bad.jinja");
+    std::fs::write(&bad, "{% for %}").unwrap();
+    for f in [bad.to_str().unwrap(), "/nonexistent/t.jinja"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_famstream"))
+            .args([
+                "serve",
+                "-m",
+                common::model_path().to_str().unwrap(),
+                "--port",
+                "0",
+            ])
+            .args(["--chat-template-file", f])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && (err.contains("template") || err.contains(f)),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn openai_fields_are_honoured_or_refused_by_name() {
     let srv = start(&[]);
     let a = srv.addr.as_str();
@@ -380,11 +437,11 @@ fn openai_fields_are_honoured_or_refused_by_name() {
         http(a, "POST", "/v1/chat/completions", &body)
     };
     for (extra, field) in [
-        (r#","presence_penalty":0.5"#, "`presence_penalty`"),
-        (r#","frequency_penalty":1"#, "`frequency_penalty`"),
+        (r#","presence_penalty":2.5"#, "`presence_penalty`"),
+        (r#","frequency_penalty":-3"#, "`frequency_penalty`"),
         (r#","top_logprobs":3"#, "`logprobs`"),
         (r#","logprobs":true,"top_logprobs":21"#, "`top_logprobs`"),
-        (r#","logprobs":true,"stream":true"#, "`logprobs`"),
+        (r#","logprobs":2"#, "`logprobs`"),
         (r#","response_format":{"type":"xml"}"#, "`response_format`"),
         (
             r#","response_format":{"type":"json_schema","json_schema":{"schema":{"type":"nonsense"}}}"#,
@@ -399,11 +456,10 @@ fn openai_fields_are_honoured_or_refused_by_name() {
             r#","tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"g"}}"#,
             "`tool_choice`",
         ),
-        (
-            r#","tools":[{"type":"function","function":{"name":"f"}}],"stream":true"#,
-            "`stream`",
-        ),
-        (r#","logit_bias":{"42":5}"#, "`logit_bias`"),
+        (r#","logit_bias":{"42":500}"#, "`logit_bias`"),
+        (r#","logit_bias":{"999999":5}"#, "`logit_bias`"),
+        (r#","logit_bias":{"x":5}"#, "`logit_bias`"),
+        (r#","logit_bias":[1]"#, "`logit_bias`"),
         (r#","frobnicate":1"#, "`frobnicate`"),
         (
             r#","stream_options":{"include_usage":"yes"}"#,
@@ -502,15 +558,29 @@ fn openai_fields_are_honoured_or_refused_by_name() {
         assert_eq!(s, 400, "{extra}: {b}");
         assert!(b.contains(field), "{extra}: {b}");
     }
-    // completions' logprobs are not implemented: refused by name
-    let (s, b) = http(
-        a,
-        "POST",
-        "/v1/completions",
-        r#"{"prompt":"Hi","max_tokens":2,"logprobs":2}"#,
-    );
-    assert_eq!(s, 400, "{b}");
-    assert!(b.contains("`logprobs`"), "{b}");
+    // completions' logprobs: 0-5 alternatives, else refused by name
+    for (logprobs, status) in [("2", 200), ("6", 400), ("true", 400)] {
+        let body = format!(r#"{{"prompt":"Hi","max_tokens":2,"logprobs":{logprobs}}}"#);
+        let (s, b) = http(a, "POST", "/v1/completions", &body);
+        assert_eq!(s, status, "{b}");
+        if s == 400 {
+            assert!(b.contains("`logprobs`"), "{b}");
+        } else {
+            let lp = &json(&b)["choices"][0]["logprobs"];
+            assert_eq!(lp["tokens"].as_array().unwrap().len(), 2, "{b}");
+            assert!(lp["top_logprobs"][0].as_object().unwrap().len() <= 2, "{b}");
+        }
+    }
+    // logit_bias +100 on one token: greedy decoding produces only it
+    let (s, b) = chat(r#","logit_bias":{"28":100},"logprobs":true"#);
+    assert_eq!(s, 200, "{b}");
+    let toks: Vec<String> = json(&b)["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["token"].to_string())
+        .collect();
+    assert!(toks.len() == 6 && toks.iter().all(|t| *t == toks[0]), "{b}");
 }
 
 #[test]

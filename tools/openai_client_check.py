@@ -6,8 +6,9 @@
 Run by tests/serve.rs (the server is started there). Each check uses the client's own types
 and parsing, so a reply that the client cannot read fails here, not just a field we look at by
 hand: chat (plain, streamed with the usage chunk, `n`, `seed`, `stop`, logprobs with
-top_logprobs), completions (plain and streamed), the model list, sessions, a wrong key (401
-AuthenticationError), and a refused field (400 BadRequestError naming it). Prints one line per
+top_logprobs, streamed too, `logit_bias`, presence/frequency penalties, tool calls plain and
+streamed), completions (plain, streamed, logprobs), the model list, sessions, a wrong key (401
+AuthenticationError), and refused fields (400 BadRequestError naming them). Prints one line per
 check and exits non-zero on the first failure.
 """
 from __future__ import annotations
@@ -141,6 +142,34 @@ def main() -> int:
     check("logprobs + top_logprobs", len(content) > 0 and all(len(t.top_logprobs) == 3 and t.logprob <= 0
                                                                for t in content))
 
+    spieces, sentries = [], []
+    for chunk in c.chat.completions.create(model="famstream", messages=user, max_tokens=5, temperature=0,
+                                           logprobs=True, top_logprobs=3, stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            spieces.append(chunk.choices[0].delta.content)
+        if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
+            sentries += chunk.choices[0].logprobs.content
+    check("streamed logprobs equal the plain ones",
+          [(t.token, round(t.logprob, 4)) for t in sentries] == [(t.token, round(t.logprob, 4)) for t in content]
+          and "".join(spieces) == lp.choices[0].message.content, f"{len(sentries)} vs {len(content)} tokens")
+
+    # logit_bias: +100 on one token makes greedy decoding repeat it; -100 bans the greedy choice
+    forced = c.chat.completions.create(model="famstream", messages=user, max_tokens=4, temperature=0, logprobs=True,
+                                       logit_bias={"100": 100})
+    ftoks = [t.token for t in forced.choices[0].logprobs.content]
+    check("logit_bias +100 forces a token", len(ftoks) == 4 and len(set(ftoks)) == 1, repr(ftoks))
+    # frequency_penalty: a greedy reply that repeats tokens repeats fewer with a large penalty
+    rep = [{"role": "user", "content": "Write the word 'yes' forty times, separated by spaces."}]
+    def distinct(**kw):
+        out = c.chat.completions.create(model="famstream", messages=rep, max_tokens=40, temperature=0,
+                                        logprobs=True, **kw).choices[0].logprobs.content
+        return len({t.token for t in out}) / max(1, len(out)), [t.token for t in out]
+    d0, t0 = distinct()
+    d1, t1 = distinct(frequency_penalty=2.0)
+    d2, t2 = distinct(presence_penalty=2.0)
+    check("frequency_penalty spreads the reply over more tokens", d1 > d0, f"{d0:.2f} -> {d1:.2f}")
+    check("presence_penalty spreads the reply over more tokens", d2 > d0, f"{d0:.2f} -> {d2:.2f}")
+
     first = r.choices[0].message.content.split()[0] if r.choices[0].message.content.split() else None
     if first:
         st = c.chat.completions.create(model="famstream", messages=user, max_tokens=12, temperature=0, stop=[first])
@@ -152,6 +181,12 @@ def main() -> int:
     streamed = "".join(ch.choices[0].text for ch in c.completions.create(
         model="famstream", prompt="The capital of France is", max_tokens=6, temperature=0, stream=True) if ch.choices)
     check("completions stream equals the plain one", streamed == comp.choices[0].text)
+    clp = c.completions.create(model="famstream", prompt="The capital of France is", max_tokens=6, temperature=0,
+                               logprobs=2).choices[0]
+    check("completions logprobs", clp.text == comp.choices[0].text and "".join(clp.logprobs.tokens) == clp.text
+          and len(clp.logprobs.token_logprobs) == len(clp.logprobs.tokens)
+          and all(len(t) >= 1 for t in clp.logprobs.top_logprobs)
+          and clp.logprobs.text_offset[0] == 0, repr(clp.logprobs.tokens))
 
     s = c.chat.completions.create(model="famstream", messages=[{"role": "user", "content": "My name is Ada."}],
                                   max_tokens=4, temperature=0, extra_body={"session": "client-check"})
@@ -170,12 +205,37 @@ def main() -> int:
         t = c.chat.completions.create(model="famstream", messages=ask, max_tokens=64, temperature=0,
                                       tools=weather, tool_choice=choice)
         calls = t.choices[0].message.tool_calls
+        if choice == "required":
+            required = calls[0] if calls else None
         check(f"tool_choice={choice if isinstance(choice, str) else 'named'}",
               t.choices[0].finish_reason == "tool_calls" and len(calls) == 1
               and calls[0].function.name in ("get_weather", "get_time")
               and isinstance(json.loads(calls[0].function.arguments)["city"], str),
               f"{calls[0].function.name}({calls[0].function.arguments})" if calls else "no call")
     named = calls[0]
+    # streamed: the call comes as tool_calls deltas (id and name, then the arguments)
+    acc, finish = {}, None
+    for chunk in c.chat.completions.create(model="famstream", messages=ask, max_tokens=64, temperature=0,
+                                           tools=weather, tool_choice="required", stream=True):
+        if not chunk.choices:
+            continue
+        ch = chunk.choices[0]
+        check("a streamed call sends no text", not ch.delta.content, repr(ch.delta.content))
+        for d in ch.delta.tool_calls or []:
+            e = acc.setdefault(d.index, {"name": "", "arguments": "", "id": None})
+            e["id"] = d.id or e["id"]
+            e["name"] += (d.function.name or "") if d.function else ""
+            e["arguments"] += (d.function.arguments or "") if d.function else ""
+        finish = ch.finish_reason or finish
+    check("streamed tool call", finish == "tool_calls" and len(acc) == 1 and acc[0]["id"]
+          and acc[0]["name"] == required.function.name
+          and json.loads(acc[0]["arguments"]) == json.loads(required.function.arguments), repr(acc))
+    sauto = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+        model="famstream", messages=user, max_tokens=12, temperature=0, tools=weather, stream=True) if ch.choices)
+    plain_auto = c.chat.completions.create(model="famstream", messages=user, max_tokens=12, temperature=0,
+                                           tools=weather).choices[0].message
+    check("streamed tool_choice=auto reply equals the plain one", plain_auto.tool_calls
+          or sauto == plain_auto.content, repr(sauto))
     check("named tool is the one called", named.function.name == "get_weather")
     auto = c.chat.completions.create(model="famstream", messages=ask, max_tokens=64, temperature=0, tools=weather)
     m = auto.choices[0].message
@@ -187,10 +247,15 @@ def main() -> int:
           or bool(follow.choices[0].message.tool_calls))
 
     try:
-        c.chat.completions.create(model="famstream", messages=user, max_tokens=4, presence_penalty=0.5)
-        check("refused field", False, "presence_penalty was accepted")
+        c.completions.create(model="famstream", prompt="Hi", max_tokens=4, best_of=2)
+        check("refused field", False, "best_of was accepted")
     except openai.BadRequestError as e:
-        check("refused field names it", "presence_penalty" in str(e), str(e)[:80])
+        check("refused field names it", "best_of" in str(e), str(e)[:80])
+    try:
+        c.chat.completions.create(model="famstream", messages=user, max_tokens=4, presence_penalty=3)
+        check("out-of-range penalty", False, "presence_penalty=3 was accepted")
+    except openai.BadRequestError as e:
+        check("out-of-range penalty names it", "presence_penalty" in str(e), str(e)[:80])
 
     bad = openai.OpenAI(base_url=args.base_url, api_key="wrong-key", max_retries=0)
     try:

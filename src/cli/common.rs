@@ -35,6 +35,10 @@ pub struct ModelArgs {
     /// stream defaults, which override the model file's) applied to the model.
     #[arg(long = "adapter")]
     pub adapter: Option<PathBuf>,
+    /// A Jinja chat template file to use instead of the model's own (`tokenizer.chat_template`),
+    /// e.g. one that renders `tools`
+    #[arg(long = "chat-template-file")]
+    pub chat_template_file: Option<PathBuf>,
     /// The default model's path once found (`path`), so a command fetches or looks it up once.
     #[arg(skip)]
     pub default_path: std::sync::OnceLock<PathBuf>,
@@ -47,6 +51,10 @@ impl ModelArgs {
             device: Some(self.device.clone()),
             repack: !self.no_repack,
             adapter: self.adapter.clone(),
+            chat_template: match &self.chat_template_file {
+                Some(p) => Some(std::fs::read_to_string(p).map_err(|e| Error::io(p, "read", e))?),
+                None => None,
+            },
         };
         let path = self.path()?;
         if self.model.is_none() {

@@ -111,7 +111,9 @@ pub(super) struct Job {
 }
 
 pub(super) enum Event {
-    Piece(String),
+    /// Text, and its tokens' log-probabilities when asked for (chat's per-token entries,
+    /// [`response::logprob_entries`]).
+    Piece(String, Vec<Json>),
     /// The end of one choice when more follow (`n` > 1; the last ends with `Done`).
     Choice {
         finish_reason: &'static str,
@@ -290,7 +292,9 @@ pub(super) fn run_job(
         gen.sampler.seed = job.gen.sampler.seed.wrapping_add(i as u64);
         let mut fresh = rt.new_state(eng, opts.memory, opts.n_ctx)?;
         let st = rt.generate(eng, &mut fresh, &tokens, &gen, |piece| {
-            job.out.send(Event::Piece(piece.to_string())).is_ok()
+            job.out
+                .send(Event::Piece(piece.to_string(), vec![]))
+                .is_ok()
         })?;
         let _ = job.out.send(Event::Choice {
             finish_reason: openai_finish(st.finish_reason),
@@ -298,8 +302,9 @@ pub(super) fn run_job(
             logprobs: st.logprobs,
         });
     }
-    let stats = rt.generate(eng, &mut state, &tokens, &job.gen, |piece| {
-        job.out.send(Event::Piece(piece.to_string())).is_ok()
+    let stats = rt.generate_with_logprobs(eng, &mut state, &tokens, &job.gen, |piece, lps| {
+        let lps = response::logprob_entries(rt, lps);
+        job.out.send(Event::Piece(piece.to_string(), lps)).is_ok()
     });
     let stats = match stats {
         Ok(s) => s,

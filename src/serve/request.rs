@@ -125,16 +125,37 @@ pub(super) fn parse(
         if msgs.is_empty() {
             return Err(bad("messages", "a non-empty array"));
         }
-        let mut list = Vec::new();
+        // `list`: as described to a template without tools (an earlier call shown as the JSON
+        // the model wrote); `native`: as a template that renders tools takes it.
+        let (mut list, mut native) = (Vec::new(), Vec::new());
         for m in msgs {
             let role = m["role"]
                 .as_str()
                 .filter(|r| matches!(*r, "system" | "user" | "assistant" | "tool"))
                 .ok_or_else(|| bad("messages[].role", "system, user, assistant or tool"))?;
-            let content = match (&m["content"], &m["tool_calls"]) {
+            let calls = match &m["tool_calls"] {
+                Json::Array(calls) if role == "assistant" && !calls.is_empty() => Some(calls),
+                _ => None,
+            };
+            let content = match (&m["content"], calls) {
                 (Json::String(s), _) => s.clone(),
-                // an earlier call of ours, shown to the model as it wrote it
-                (Json::Null, Json::Array(calls)) if role == "assistant" => calls
+                (Json::Null, Some(_)) => String::new(),
+                _ => return Err(bad("messages[].content", "a string")),
+            };
+            let mut msg = Message::new(role, &content);
+            msg.tool_call_id = m["tool_call_id"].as_str().map(str::to_string);
+            let mut shown = msg.clone();
+            if let Some(calls) = calls {
+                for c in calls {
+                    if !c["function"]["name"].is_string() {
+                        return Err(bad(
+                            "messages[].tool_calls[]",
+                            "{\"type\": \"function\", \"function\": {\"name\", \"arguments\"}}",
+                        ));
+                    }
+                }
+                msg.tool_calls = Some(Json::Array(calls.clone()));
+                let text: Vec<String> = calls
                     .iter()
                     .map(|c| {
                         let f = &c["function"];
@@ -144,24 +165,39 @@ pub(super) fn parse(
                             .unwrap_or(Json::Null);
                         json!({"name": f["name"], "arguments": args}).to_string()
                     })
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-                _ => return Err(bad("messages[].content", "a string")),
-            };
-            list.push(Message::new(role, &content));
-        }
-        if let Some(t) = &tools {
-            tools_prompt(&mut list, t);
+                    .collect();
+                if shown.content.is_empty() {
+                    shown.content = text.join("\n");
+                }
+            }
+            native.push(msg);
+            list.push(shown);
         }
         // A new conversation starts with the template's first-turn text; a session continues.
         let first = session.as_ref().is_none_or(|s| !session_exists(opts, s));
-        let mut text: String = if first {
-            rt.chat.render_opening(&list)
-        } else {
-            list.iter().map(|m| rt.chat.render_turn(m, false)).collect()
+        // Tools in the model's own words when its template renders them (a new conversation:
+        // a session's tools were described when it began).
+        let native_text = match (&tools, first) {
+            (Some(_), true) => rt
+                .chat
+                .render_with_tools(&native, obj.get("tools").unwrap_or(&Json::Null)),
+            _ => None,
         };
-        text.push_str(rt.chat.generation_prompt());
-        text
+        match native_text {
+            Some(text) => text,
+            None => {
+                if let Some(t) = &tools {
+                    tools_prompt(&mut list, t);
+                }
+                let mut text: String = if first {
+                    rt.chat.render_opening(&list)
+                } else {
+                    list.iter().map(|m| rt.chat.render_turn(m, false)).collect()
+                };
+                text.push_str(rt.chat.generation_prompt());
+                text
+            }
+        }
     } else {
         string("prompt")?.ok_or_else(|| bad("prompt", "a string"))?
     };
@@ -175,7 +211,8 @@ pub(super) fn parse(
             ),
         ));
     }
-    // chat logprobs (`check_fields` refuses them for completions)
+    // chat: `logprobs` true and `top_logprobs` 0-20; completions: `logprobs` 0-5 (the number
+    // of alternatives)
     let logprobs = match obj.get("logprobs") {
         Some(Json::Bool(true)) if chat => {
             let n = num("top_logprobs")?.unwrap_or(0.0);
@@ -184,17 +221,53 @@ pub(super) fn parse(
             }
             Some(n as usize)
         }
-        _ if chat && num("top_logprobs")?.is_some_and(|n| n != 0.0) => {
-            return Err(bad("logprobs", "true when `top_logprobs` is given"))
+        None | Some(Json::Null) | Some(Json::Bool(false)) if chat => {
+            if num("top_logprobs")?.is_some_and(|n| n != 0.0) {
+                return Err(bad("logprobs", "true when `top_logprobs` is given"));
+            }
+            None
         }
-        _ => None,
+        Some(_) if chat => return Err(bad("logprobs", "a boolean")),
+        None | Some(Json::Null) => None,
+        Some(v) => match v.as_f64() {
+            Some(n) if (0.0..=5.0).contains(&n) && n.fract() == 0.0 => Some(n as usize),
+            _ => return Err(bad("logprobs", "an integer from 0 to 5 (completions)")),
+        },
     };
-    if logprobs.is_some() && stream {
-        return Err(HttpError(
-            400,
-            "`logprobs` with `stream` is not supported yet (ask without streaming)".into(),
-        ));
-    }
+    let penalty = |k: &str| -> std::result::Result<f32, HttpError> {
+        match num(k)? {
+            None => Ok(0.0),
+            Some(v) if (-2.0..=2.0).contains(&v) => Ok(v as f32),
+            Some(_) => Err(bad(k, "a number from -2 to 2")),
+        }
+    };
+    let (presence_penalty, frequency_penalty) =
+        (penalty("presence_penalty")?, penalty("frequency_penalty")?);
+    let logit_bias = match obj.get("logit_bias") {
+        None | Some(Json::Null) => Vec::new(),
+        Some(Json::Object(o)) => {
+            let want = || {
+                bad(
+                    "logit_bias",
+                    &format!(
+                        "an object of token ids (0 to {}) to numbers from -100 to 100",
+                        rt.tokenizer.n_vocab().saturating_sub(1)
+                    ),
+                )
+            };
+            let mut v = Vec::new();
+            for (id, b) in o {
+                let id: u32 = id.parse().map_err(|_| want())?;
+                let b = b.as_f64().filter(|b| (-100.0..=100.0).contains(b));
+                match b {
+                    Some(b) if (id as usize) < rt.tokenizer.n_vocab() => v.push((id, b as f32)),
+                    _ => return Err(want()),
+                }
+            }
+            v
+        }
+        Some(_) => return Err(bad("logit_bias", "an object of token ids to numbers")),
+    };
     let n = num("n")?.unwrap_or(1.0);
     if !(1.0..=MAX_CHOICES as f64).contains(&n) || n.fract() != 0.0 {
         return Err(bad("n", &format!("an integer from 1 to {MAX_CHOICES}")));
@@ -210,12 +283,6 @@ pub(super) fn parse(
     let seed = num("seed")?.map_or(0x5EED, |s| s as u64);
     let mut structure = response_format(obj.get("response_format"))?;
     if let Some(t) = &tools {
-        if stream {
-            return Err(bad(
-                "stream",
-                "false with `tools` (tool calls are not streamed yet)",
-            ));
-        }
         if structure.is_some() {
             return Err(HttpError(
                 400,
@@ -238,6 +305,9 @@ pub(super) fn parse(
             top_k: top_k as usize,
             min_p: min_p as f32,
             seed,
+            presence_penalty,
+            frequency_penalty,
+            logit_bias,
             ..defaults
         },
         stop,
@@ -297,19 +367,20 @@ pub(super) fn check_fields(
         "response_format",
         "tools",
         "tool_choice",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
     ];
     let input = if chat { "messages" } else { "prompt" };
     for (k, v) in obj {
-        let chat_only = chat && matches!(k.as_str(), "logprobs" | "top_logprobs");
+        let chat_only = chat && k == "top_logprobs";
         if HONOURED.contains(&k.as_str()) || k == input || chat_only {
             continue;
         }
         let inert = match k.as_str() {
             "best_of" => v.is_null() || v.as_f64() == Some(1.0),
-            "presence_penalty" | "frequency_penalty" => v.is_null() || v.as_f64() == Some(0.0),
-            "logprobs" => v.is_null() || *v == Json::Bool(false) || v.as_f64() == Some(0.0),
             "top_logprobs" => v.is_null() || v.as_f64() == Some(0.0),
-            "logit_bias" => v.is_null() || v.as_object().is_some_and(|o| o.is_empty()),
             "functions" => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
             "function_call" => v.is_null() || v == "none",
             "echo" => v.is_null() || *v == Json::Bool(false),
