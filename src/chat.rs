@@ -79,8 +79,10 @@ const PROBE: &str = "\u{1}famstream-probe\u{1}";
 
 /// A model's Jinja chat template with its special-token texts, and what it renders around
 /// turns (computed once, by rendering probe conversations).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct JinjaTemplate {
+    /// The compiled template in transformers' environment, built once.
+    env: std::sync::Arc<minijinja::Environment<'static>>,
     source: String,
     bos_token: String,
     eos_token: String,
@@ -93,6 +95,45 @@ pub struct JinjaTemplate {
     conversation_end: String,
     /// The built-in family, for turns the template cannot render alone.
     fallback: Box<ChatTemplate>,
+}
+
+impl PartialEq for JinjaTemplate {
+    fn eq(&self, o: &Self) -> bool {
+        // the environment is made from these
+        (
+            &self.source,
+            &self.bos_token,
+            &self.eos_token,
+            &self.date_string,
+        ) == (&o.source, &o.bos_token, &o.eos_token, &o.date_string)
+    }
+}
+
+impl Eq for JinjaTemplate {}
+
+/// transformers' environment (`trim_blocks`, `lstrip_blocks`, Python string methods,
+/// `raise_exception`, `strftime_now`, its `tojson`) with `source` compiled as "chat".
+fn environment(source: &str) -> Result<minijinja::Environment<'static>, String> {
+    use minijinja::{Environment, ErrorKind, Value};
+    let mut env = Environment::new();
+    let syntax = minijinja::syntax::SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .build()
+        .map_err(|e| format!("chat template syntax: {e}"))?;
+    env.set_syntax(syntax);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<Value, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        },
+    );
+    env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
+    env.add_filter("tojson", py_tojson);
+    env.add_template_owned("chat", source.to_string())
+        .map_err(|e| format!("chat template: {e}"))?;
+    Ok(env)
 }
 
 /// transformers' `tojson` filter: `json.dumps(x, ensure_ascii=False, indent=...)`, keys in
@@ -205,6 +246,7 @@ impl JinjaTemplate {
         date_string: Option<&str>,
     ) -> Result<JinjaTemplate, String> {
         let mut t = JinjaTemplate {
+            env: std::sync::Arc::new(environment(source)?),
             source: source.to_string(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
@@ -278,25 +320,6 @@ impl JinjaTemplate {
         tools: Option<&serde_json::Value>,
         add_generation_prompt: bool,
     ) -> Result<String, String> {
-        use minijinja::{Environment, ErrorKind, Value};
-        let mut env = Environment::new();
-        let syntax = minijinja::syntax::SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .build()
-            .map_err(|e| format!("chat template syntax: {e}"))?;
-        env.set_syntax(syntax);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> Result<Value, minijinja::Error> {
-                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-            },
-        );
-        env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
-        env.add_filter("tojson", py_tojson);
-        env.add_template("chat", &self.source)
-            .map_err(|e| format!("chat template: {e}"))?;
         let msgs: Vec<serde_json::Value> = messages.iter().map(|m| m.to_template_json()).collect();
         let mut ctx = serde_json::json!({
             "messages": msgs,
@@ -310,8 +333,9 @@ impl JinjaTemplate {
         if let Some(t) = tools {
             ctx["tools"] = t.clone();
         }
-        env.get_template("chat")
-            .and_then(|t| t.render(Value::from(minijinja::value::Serde(&ctx))))
+        self.env
+            .get_template("chat")
+            .and_then(|t| t.render(minijinja::Value::from(minijinja::value::Serde(&ctx))))
             .map_err(|e| format!("chat template: {e}"))
     }
 

@@ -44,7 +44,14 @@ impl TokenizerEnv for Env {
 /// once per model and share it).
 pub struct GrammarEnv {
     factory: ParserFactory,
+    /// The last schemas compiled (the server compiles a request's schema to refuse a bad one
+    /// with a 400, then the worker needs it again; clients repeat their schemas): each use
+    /// gets a deep copy of the compiled parser.
+    compiled: std::sync::Mutex<Vec<(String, llguidance::TokenParser)>>,
 }
+
+/// How many compiled schemas [`GrammarEnv`] keeps.
+const COMPILED_KEPT: usize = 8;
 
 impl GrammarEnv {
     pub fn new(tokenizer: Arc<Tokenizer>) -> Result<GrammarEnv> {
@@ -76,7 +83,10 @@ impl GrammarEnv {
         let env: TokEnv = Arc::new(Env { trie, tokenizer });
         let factory = ParserFactory::new_simple(&env)
             .map_err(|e| Error::Internal(format!("grammar engine: {e}")))?;
-        Ok(GrammarEnv { factory })
+        Ok(GrammarEnv {
+            factory,
+            compiled: std::sync::Mutex::new(Vec::new()),
+        })
     }
 
     /// A fresh constraint for one reply; a schema llguidance cannot compile is refused, naming
@@ -96,11 +106,30 @@ impl GrammarEnv {
                 })
             });
         }
-        let grammar = TopLevelGrammar::from_json_schema(schema);
-        let parser = self
-            .factory
-            .create_parser(grammar)
-            .map_err(|e| Error::Invalid(format!("JSON schema: {e}")))?;
+        let key = schema.to_string();
+        // a poisoned lock only means another thread panicked mid-push: the list is still valid
+        let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        let parser = match compiled.iter().position(|(k, _)| *k == key) {
+            Some(i) => {
+                let hit = compiled.remove(i);
+                let parser = hit.1.deep_clone();
+                compiled.push(hit);
+                parser
+            }
+            None => {
+                let grammar = TopLevelGrammar::from_json_schema(schema);
+                let parser = self
+                    .factory
+                    .create_parser(grammar)
+                    .map_err(|e| Error::Invalid(format!("JSON schema: {e}")))?;
+                if compiled.len() >= COMPILED_KEPT {
+                    compiled.remove(0);
+                }
+                compiled.push((key, parser.deep_clone()));
+                parser
+            }
+        };
+        drop(compiled);
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
             return Err(Error::Invalid(format!("JSON schema: {e}")));
