@@ -69,8 +69,11 @@
 //!   unit-tested alone.
 //! - [`keep`]: the `keep` policy's salience bookkeeping (surprisal scores of the ring's and the
 //!   kept tokens, which tokens stay when a block leaves the window); pure, unit-tested alone.
+//! - [`fam_memory`]: `FamMemory`, a stream's FAM rows with the four initialisations (seed, BOS,
+//!   tail, learned) and the two feedback rules (`within`, `reread`).
 //! - [`state`]: `FamState`, the fixed-size per-stream state and the memory policies: feeding,
-//!   the FAM's initialisations and updates, the kept tokens' moves, RoPE rebasing.
+//!   calling the FAM at the stream's start and at each block's end, the kept tokens' moves,
+//!   RoPE rebasing.
 //! - [`settings`]: the `fam.*` keys and memory policies (`full`, `bswa`, `sink`, `fam`,
 //!   `keep`).
 //! - [`snapshot`]: the on-disk state format (versioned, checksummed), written and read one
@@ -139,6 +142,7 @@ pub mod convert;
 pub mod dtype;
 pub mod engine;
 pub mod error;
+pub mod fam_memory;
 pub mod forward;
 pub mod ggml;
 pub mod gguf;

@@ -176,7 +176,8 @@ impl FamState {
             out.push(self.kv.k(il));
             out.push(self.kv.v(il));
         }
-        for set in [&self.fam, &self.sinks].into_iter().flatten() {
+        let fam = self.fam.as_ref().map(|f| &f.rows);
+        for set in [fam, self.sinks.as_ref()].into_iter().flatten() {
             for il in 0..self.n_layer {
                 out.push(set.get(il));
             }
@@ -191,14 +192,17 @@ impl FamState {
         model: &Model,
         extra: serde_json::Value,
     ) -> Result<()> {
+        let fam = self.fam.as_ref();
         let header = serde_json::json!({
             "model_fingerprint": format!("{:016x}", model.fingerprint()),
             "settings": self.settings.to_json(),
             "n_ctx": self.n_ctx, "n_slots": self.slots.n_slots(), "n_layer": self.n_layer,
             "n_embd": self.n_embd, "n_embd_kv": self.kv.n_embd_kv(),
             "n_past": self.n_past, "start_position": self.start_position, "origin": self.origin,
-            "fam_pos": self.fam_pos, "fam_valid": self.fam_valid, "fam_updates": self.fam_updates,
-            "initialised": self.initialised, "seed_tokens": self.seed_tokens, "bos": self.bos,
+            "fam_pos": fam.map_or(&[][..], |f| &f.pos[..]), "fam_valid": self.fam_valid(),
+            "fam_updates": fam.map_or(0, |f| f.updates), "initialised": self.initialised,
+            "seed_tokens": fam.map_or(&[][..], |f| &f.seed_tokens[..]),
+            "bos": fam.map_or(0, |f| f.bos),
             "extra": extra,
         });
         let positions: Vec<u8> = self
@@ -269,22 +273,25 @@ impl FamState {
         st.n_past = num("n_past")? as u64;
         st.start_position = num("start_position")?;
         st.origin = num("origin")?;
-        st.fam_valid = h["fam_valid"]
+        let fam_valid = h["fam_valid"]
             .as_bool()
             .ok_or_else(|| bad("fam_valid".into()))?;
         st.initialised = h["initialised"]
             .as_bool()
             .ok_or_else(|| bad("initialised".into()))?;
-        st.fam_updates = num("fam_updates")? as u64;
-        st.fam_pos = h["fam_pos"]
+        let fam_updates = num("fam_updates")? as u64;
+        let fam_pos: Vec<i64> = h["fam_pos"]
             .as_array()
             .ok_or_else(|| bad("fam_pos".into()))?
             .iter()
             .map(|v| v.as_i64())
             .collect::<Option<_>>()
             .ok_or_else(|| bad("fam_pos".into()))?;
-        if st.fam_pos.len() != st.slots.n_fam() {
+        if fam_pos.len() != st.slots.n_fam() || (fam_valid && st.fam.is_none()) {
             return Err(bad("fam_pos length".into()));
+        }
+        if let Some(f) = st.fam.as_mut() {
+            (f.pos, f.valid, f.updates) = (fam_pos, fam_valid, fam_updates);
         }
         // Body: exact size check first, then copy tensor by tensor; the checksum is verified
         // at the end (a corrupted file's state is dropped, never returned).

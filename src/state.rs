@@ -13,9 +13,10 @@
 //! nothing but float rounding, and f32 RoPE angles stay exact to ~1e-3 rad at any stream length.
 //!
 //! ## FAM (fam.md §2-5)
-//! Per layer F rows of residual-stream activations (f32) plus their K/V in the FAM slots. Token
-//! rows see the FAM of the previous block. When a block completes, one graph updates every
-//! layer's FAM from its old FAM and the block's K/V ([`crate::forward::build_fam_graph`]).
+//! Per layer F rows of residual-stream activations (f32) plus their K/V in the FAM slots, owned
+//! by [`FamMemory`] with its initialisations and feedback rules. Token rows see the FAM of the
+//! previous block. When a block completes, one graph updates every layer's FAM from its old FAM
+//! and the block's K/V ([`crate::forward::build_fam_graph`]).
 //! Attention sinks (`sink`) keep their un-rotated keys and are shown at virtual positions just
 //! before the window (StreamingLLM: positions within the cache, not in the text).
 //!
@@ -26,16 +27,15 @@
 //! them, in stream order, at the F positions just before the window (sinks before them).
 
 use crate::dtype::GgmlType;
-use crate::engine::{Engine, FamBatch, KeepEntry, TokenBatch};
+use crate::engine::{Engine, KeepEntry, TokenBatch};
 use crate::error::{Error, Result};
+use crate::fam_memory::FamMemory;
 use crate::ggml::{Backend, TensorSet};
-use crate::init_memory::LearnedFam;
 use crate::keep::{surprisal, Salience, SALIENCE_DECAY};
 use crate::kv::KvStore;
 use crate::model::Model;
-use crate::settings::{FamFeedback, FamInit, FamQueryPos, FamSettings, MemoryPolicy};
+use crate::settings::{FamSettings, MemoryPolicy};
 use crate::slots::SlotLayout;
-use half::f16;
 
 pub use crate::slots::KV_PAD;
 /// Stored keys are re-based when the window start is this far past the RoPE origin. Positions
@@ -44,34 +44,11 @@ pub use crate::slots::KV_PAD;
 pub const REBASE_INTERVAL: i64 = 8192;
 /// Most token rows per graph during prefill.
 pub const MAX_BATCH: usize = 512;
-/// Name of an optional learned initial FAM in a GGUF: f32 [n_embd, F, n_layer], a metadata
-/// array or a tensor ([`crate::init_memory`]).
-pub const LEARNED_FAM_TENSOR: &str = crate::init_memory::KEY;
+pub use crate::fam_memory::LEARNED_FAM_TENSOR;
 /// The fixed text of the `seed` FAM initialisation (after BOS, repeated to F tokens).
 pub const SEED_TEXT: &str =
     "The following is a long document. Remember the names, numbers, places and \
 decisions in it, from the beginning to the end.";
-
-/// The learned initial FAM for a stream of `f` FAM rows per layer, if the model (or its
-/// adapter, which takes precedence) has one: refused unless it holds F = `f` rows.
-fn learned_fam_data(model: &Model, f: usize) -> Result<Option<LearnedFam<'_>>> {
-    let Some(l) = model.learned_fam()? else {
-        return Ok(None);
-    };
-    if l.fam_len != f {
-        return Err(Error::tensor(
-            LEARNED_FAM_TENSOR,
-            format!(
-                "in {}: holds F = {} rows per layer, the stream has a FAM length of {f} (use \
-                 --fam-len {})",
-                l.path.display(),
-                l.fam_len,
-                l.fam_len
-            ),
-        ));
-    }
-    Ok(Some(l))
-}
 
 /// Which logits a feed returns.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -92,8 +69,8 @@ pub struct FamState {
     pub(crate) n_layer: usize,
     pub(crate) n_embd: usize,
     pub(crate) kv: KvStore,
-    /// Per layer f32 [n_embd, F] FAM activations (`fam` policy with F > 0).
-    pub(crate) fam: Option<TensorSet>,
+    /// The FAM (`fam` policy with F > 0).
+    pub(crate) fam: Option<FamMemory>,
     /// Per layer f16 [n_embd_kv, S + kept] un-rotated keys of the sinks and the kept tokens.
     pub(crate) sinks: Option<TensorSet>,
     /// Salience scores (`keep` policy).
@@ -106,17 +83,10 @@ pub struct FamState {
     pub(crate) start_position: i64,
     /// Absolute position that RoPE position 0 stands for.
     pub(crate) origin: i64,
-    /// Stream indices of the current FAM rows, and whether a FAM exists yet.
-    pub(crate) fam_pos: Vec<i64>,
-    pub(crate) fam_valid: bool,
-    pub(crate) fam_updates: u64,
-    /// Whether the initial FAM has been computed (lazily, at the first feed).
+    /// Whether the stream was started (the initial FAM computed, lazily, at the first feed).
     pub(crate) initialised: bool,
     /// The engine whose compute buffer was reserved for this stream's graphs (see `reserve`).
     pub(crate) reserved_for: Option<u64>,
-    /// BOS + seed text tokens, F of them (`seed` init).
-    pub(crate) seed_tokens: Vec<u32>,
-    pub(crate) bos: u32,
 }
 
 impl FamState {
@@ -133,19 +103,7 @@ impl FamState {
         settings.validate()?;
         let hp = &model.hp;
         let slots = SlotLayout::new(&settings, n_ctx, hp.n_swa)?;
-        let n_fam = slots.n_fam();
-        if n_fam > 0 && settings.init == FamInit::SeedText && seed_tokens.len() != n_fam {
-            return Err(Error::Invalid(format!(
-                "seed init needs {n_fam} seed tokens, got {}",
-                seed_tokens.len()
-            )));
-        }
-        if slots.n_scratch() > 0 && seed_tokens.len() != n_fam {
-            return Err(Error::Invalid(format!(
-                "reread feedback needs {n_fam} seed tokens, got {}",
-                seed_tokens.len()
-            )));
-        }
+        let fam = FamMemory::new(model, backend, &settings, &slots, seed_tokens, bos)?;
         let kv = KvStore::new(hp, slots.n_slots(), backend)?;
         // One [row width, rows] tensor per layer, or nothing when the policy has no such rows.
         let per_layer =
@@ -160,18 +118,6 @@ impl FamState {
                 set.alloc_all(backend)?;
                 Ok(Some(set))
             };
-        if n_fam > 0 {
-            // A learned initial FAM of another length, or none for the `learned` init, is
-            // refused now, not at the first token.
-            let learned = learned_fam_data(model, n_fam)?;
-            if learned.is_none() && settings.init == FamInit::Learned {
-                return Err(Error::tensor(
-                    LEARNED_FAM_TENSOR,
-                    "the `learned` FAM init needs it (a metadata array or tensor) in the model or adapter file",
-                ));
-            }
-        }
-        let fam = per_layer("fam", GgmlType::F32, hp.n_embd, n_fam)?;
         let n_pinned = slots.n_pinned();
         let sinks = per_layer(
             "sink_k",
@@ -198,13 +144,8 @@ impl FamState {
             n_past: 0,
             start_position: 0,
             origin: 0,
-            fam_pos: vec![0; n_fam],
-            fam_valid: false,
-            fam_updates: 0,
             initialised: false,
             reserved_for: None,
-            seed_tokens,
-            bos,
         })
     }
 
@@ -256,25 +197,19 @@ impl FamState {
     /// Bytes of device memory this state holds (constant for its whole life).
     pub fn state_bytes(&self) -> usize {
         self.kv.bytes()
-            + self.fam.as_ref().map_or(0, |f| f.buffer_bytes())
+            + self.fam.as_ref().map_or(0, |f| f.rows.buffer_bytes())
             + self.sinks.as_ref().map_or(0, |s| s.buffer_bytes())
     }
     /// RMS of each layer's FAM activations (diagnostics: how the working memory evolves).
     pub fn fam_rms(&self) -> Result<Vec<f32>> {
-        self.fam_tensors()
-            .iter()
-            .map(|t| {
-                let v = t.read_f32()?;
-                Ok((v.iter().map(|x| x * x).sum::<f32>() / v.len().max(1) as f32).sqrt())
-            })
-            .collect()
+        self.fam.as_ref().map_or(Ok(Vec::new()), |f| f.rms())
     }
 
     /// Bytes of host bookkeeping (constant too).
     pub fn host_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
-            + 8 * (self.slots.n_slots() + self.fam_pos.len())
-            + 4 * self.seed_tokens.len()
+            + 8 * self.slots.n_slots()
+            + self.fam.as_ref().map_or(0, |f| f.host_bytes())
             + self.salience.as_ref().map_or(0, |s| s.n_bytes())
     }
 
@@ -283,8 +218,9 @@ impl FamState {
         self.slots.clear();
         self.n_past = 0;
         self.origin = 0;
-        self.fam_valid = false;
-        self.fam_updates = 0;
+        if let Some(f) = &mut self.fam {
+            f.reset();
+        }
         self.initialised = false;
         if let Some(s) = &mut self.salience {
             s.clear();
@@ -299,37 +235,17 @@ impl FamState {
     }
     /// RoPE position handed to ggml for stream index `i`.
     fn rope_pos(&self, i: i64) -> Result<i32> {
-        i32::try_from(self.start_position + i - self.origin).map_err(|_| {
-            Error::Invalid(format!(
-                "position {i} is too far from the RoPE origin {}",
-                self.origin
-            ))
-        })
+        rope_pos(self.start_position, self.origin, i)
     }
 
-    fn fam_tensors(&self) -> Vec<crate::ggml::Tensor<'_>> {
-        match &self.fam {
-            Some(f) => (0..self.n_layer).map(|i| f.get(i)).collect(),
-            None => Vec::new(),
-        }
+    /// Whether a FAM exists that token rows see.
+    pub(crate) fn fam_valid(&self) -> bool {
+        self.fam.as_ref().is_some_and(|f| f.valid)
     }
     fn sink_tensors(&self) -> Option<Vec<crate::ggml::Tensor<'_>>> {
         self.sinks
             .as_ref()
             .map(|s| (0..self.n_layer).map(|i| s.get(i)).collect())
-    }
-
-    /// Write captured layer inputs (per layer, rows of n_embd) into FAM rows `first..`.
-    fn write_fam_rows(&self, layer_inputs: &[Vec<f32>], first: usize) -> Result<()> {
-        let fam = self
-            .fam
-            .as_ref()
-            .ok_or_else(|| Error::Internal("no FAM store".into()))?;
-        for (il, rows) in layer_inputs.iter().enumerate() {
-            let bytes: Vec<u8> = rows.iter().flat_map(|x| x.to_le_bytes()).collect();
-            fam.get(il).write_bytes(first * self.n_embd * 4, &bytes)?;
-        }
-        Ok(())
     }
 
     /// Size the engine's compute buffer for the largest graphs this stream will run (a full
@@ -362,8 +278,8 @@ impl FamState {
         };
         let sinks = self.sink_tensors();
         eng.reserve_tokens(&self.kv, sinks.as_deref(), shape)?;
-        if self.slots.n_fam() > 0 {
-            eng.reserve_fam(&self.kv, &self.fam_tensors(), self.kv.n_slots())?;
+        if let Some(f) = &self.fam {
+            eng.reserve_fam(&self.kv, &f.tensors(), self.kv.n_slots())?;
         }
         if let (Some(sinks), true) = (&sinks, self.slots.n_keep() > 0) {
             eng.reserve_keep(&self.kv, sinks, self.slots.n_keep())?;
@@ -375,101 +291,17 @@ impl FamState {
         Ok(())
     }
 
-    /// Compute the initial FAM (fam.md §5) and rebase for the stream's start.
+    /// Start the stream: the RoPE origin at its start, and the initial FAM (fam.md §5).
     fn initialise(&mut self, eng: &mut Engine) -> Result<()> {
         self.initialised = true;
         self.origin = self.start_position;
-        if self.slots.n_fam() == 0 {
-            return Ok(());
+        let (start, origin) = (self.start_position, self.origin);
+        if let Some(f) = self.fam.as_mut() {
+            f.initialise(eng, &self.kv, &self.slots, self.settings.init, &|i| {
+                rope_pos(start, origin, i)
+            })?;
         }
-        let f = self.slots.n_fam();
-        let model = eng.model.clone();
-        let learned = learned_fam_data(&model, f)?;
-        let init = if learned.is_some() {
-            FamInit::Learned
-        } else {
-            self.settings.init
-        };
-        let fam_positions: Vec<i64> = (-(f as i64)..0).collect();
-        match init {
-            FamInit::TailOfBlock => return Ok(()), // made from block 0's last rows, see end_block
-            FamInit::Learned => {
-                let data = learned.ok_or_else(|| {
-                    Error::tensor(
-                        LEARNED_FAM_TENSOR,
-                        "the `learned` init needs it (a metadata array or tensor) in the model or adapter file",
-                    )
-                })?;
-                let fam = self.fam.as_ref().expect("n_fam > 0");
-                for il in 0..self.n_layer {
-                    fam.get(il).write_bytes(0, data.layer(il))?;
-                }
-            }
-            FamInit::SeedText | FamInit::Bos => {
-                // Run the seed (F tokens) or BOS alone at positions just before the stream, in
-                // scratch ring slots, and keep each layer's inputs.
-                let tokens = if init == FamInit::Bos {
-                    vec![self.bos]
-                } else {
-                    self.seed_tokens.clone()
-                };
-                let n = tokens.len() as i64;
-                let pos: Vec<i32> = (-n..0).map(|i| self.rope_pos(i)).collect::<Result<_>>()?;
-                let base = self.slots.ring_base();
-                let slots: Vec<i64> = (0..n).map(|k| (base as i64) + k).collect();
-                // Padded like every other batch's K/V length (see KV_PAD); the padding is hidden.
-                let n_kv = (base + n as usize)
-                    .next_multiple_of(KV_PAD)
-                    .min(self.kv.n_slots());
-                let mut mask = vec![f16::NEG_INFINITY; (n as usize) * n_kv];
-                for r in 0..n as usize {
-                    mask[r * n_kv + base..r * n_kv + base + r + 1].fill(f16::ZERO);
-                }
-                let rows: Vec<i32> = (0..n as i32).collect();
-                let batch = TokenBatch {
-                    tokens: &tokens,
-                    pos: &pos,
-                    slots: &slots,
-                    n_kv,
-                    mask: &mask,
-                    out_rows: Some(&[n as i32 - 1]),
-                    capture_rows: &rows,
-                    ..Default::default()
-                };
-                let r = eng.run_tokens(&self.kv, None, &batch)?;
-                let li: Vec<Vec<f32>> = if init == FamInit::Bos {
-                    r.layer_inputs.iter().map(|row| row.repeat(f)).collect()
-                } else {
-                    r.layer_inputs
-                };
-                self.write_fam_rows(&li, 0)?;
-            }
-        }
-        self.fam_pos = fam_positions;
-        self.refresh_fam_kv(eng)?;
-        self.fam_valid = true;
         Ok(())
-    }
-
-    /// (Re)compute the FAM slots' K/V from the FAM activations at `fam_pos`.
-    fn refresh_fam_kv(&mut self, eng: &mut Engine) -> Result<()> {
-        let pos: Vec<i32> = self
-            .fam_pos
-            .iter()
-            .map(|&p| self.rope_pos(p))
-            .collect::<Result<_>>()?;
-        let slots = self.slots.fam_slots();
-        let fam = self.fam_tensors();
-        eng.run_fam(
-            &self.kv,
-            &fam,
-            &FamBatch {
-                update: None,
-                n_kv: self.kv.n_slots(),
-                pos: &pos,
-                slots: &slots,
-            },
-        )
     }
 
     /// Before the first token of block t: move the RoPE origin if the window has run far ahead.
@@ -568,83 +400,13 @@ impl FamState {
         if self.slots.n_keep() > 0 {
             return self.keep_block(eng, t);
         }
-        if self.slots.n_fam() == 0 {
-            return Ok(());
+        let (start, origin) = (self.start_position, self.origin);
+        match self.fam.as_mut() {
+            Some(f) => f.end_block(eng, &self.kv, &self.slots, &self.settings, t, &|i| {
+                rope_pos(start, origin, i)
+            }),
+            None => Ok(()),
         }
-        let f = self.slots.n_fam() as i64;
-        let new_pos: Vec<i64> = ((t + 1) * self.b() - f..(t + 1) * self.b()).collect();
-        if self.settings.feedback == FamFeedback::Reread {
-            return self.reread(eng, t, new_pos);
-        }
-        if !self.fam_valid {
-            // Tail init: block 0's last F layer inputs were captured during the block.
-            self.fam_pos = new_pos;
-            self.refresh_fam_kv(eng)?;
-            self.fam_valid = true;
-            return Ok(());
-        }
-        let q_pos_idx = match self.settings.query_pos {
-            FamQueryPos::BlockEnd => new_pos.clone(),
-            FamQueryPos::PrevFam => self.fam_pos.clone(),
-        };
-        let q_pos: Vec<i32> = q_pos_idx
-            .iter()
-            .map(|&p| self.rope_pos(p))
-            .collect::<Result<_>>()?;
-        let pos: Vec<i32> = new_pos
-            .iter()
-            .map(|&p| self.rope_pos(p))
-            .collect::<Result<_>>()?;
-        let n_kv = self.kv.n_slots();
-        // FAM rows see the old FAM and the whole finished block; no memory blocks, no sinks.
-        let mask = self.slots.fam_rows_mask(t, n_kv, true);
-        let zero = self.settings.zero_first_residual && self.fam_updates == 0;
-        let slots = self.slots.fam_slots();
-        let fam = self.fam_tensors();
-        eng.run_fam(
-            &self.kv,
-            &fam,
-            &FamBatch {
-                update: Some((&q_pos, &mask, zero, self.settings.renorm)),
-                n_kv,
-                pos: &pos,
-                slots: &slots,
-            },
-        )?;
-        self.fam_pos = new_pos;
-        self.fam_updates += 1;
-        Ok(())
-    }
-
-    /// `reread` feedback: the seed tokens, placed at the end of block t, attend (causally among
-    /// themselves) to the old FAM and the whole block at every layer; their K/V, computed in
-    /// scratch slots, become the new FAM.
-    fn reread(&mut self, eng: &mut Engine, t: i64, new_pos: Vec<i64>) -> Result<()> {
-        let f = self.slots.n_fam();
-        let scratch = self.slots.scratch_base();
-        let n_kv = self.kv.n_slots();
-        let mask = self.slots.fam_rows_mask(t, n_kv, self.fam_valid);
-        let pos: Vec<i32> = new_pos
-            .iter()
-            .map(|&p| self.rope_pos(p))
-            .collect::<Result<_>>()?;
-        let slots: Vec<i64> = (scratch..scratch + f).map(|s| s as i64).collect();
-        let tokens = self.seed_tokens.clone();
-        let batch = TokenBatch {
-            tokens: &tokens,
-            pos: &pos,
-            slots: &slots,
-            n_kv,
-            mask: &mask,
-            out_rows: Some(&[0]),
-            ..Default::default()
-        };
-        eng.run_tokens(&self.kv, None, &batch)?;
-        eng.run_kv_copy(&self.kv, scratch, self.slots.n_sink(), f)?;
-        self.fam_pos = new_pos;
-        self.fam_valid = true;
-        self.fam_updates += 1;
-        Ok(())
     }
 
     /// Feed tokens; returns the requested logits, row-major [rows][n_vocab].
@@ -692,7 +454,7 @@ impl FamState {
             };
             let mask = self
                 .slots
-                .mask(rows.clone(), t, n_kv, self.n_past, self.fam_valid);
+                .mask(rows.clone(), t, n_kv, self.n_past, self.fam_valid());
             let n_swa = eng.model.hp.n_swa as i64;
             let mask_swa = (n_swa > 0).then(|| self.slots.mask_swa(rows.clone(), n_kv, n_swa));
             let pos: Vec<i32> = rows
@@ -710,7 +472,7 @@ impl FamState {
                 Vec::new()
             };
             // Tail init: keep the layer inputs of block 0's last F rows.
-            let tail = self.slots.n_fam() > 0 && !self.fam_valid && t == 0;
+            let tail = self.fam.as_ref().is_some_and(|f| !f.valid) && t == 0;
             let tail_from = self.b() - self.slots.n_fam() as i64;
             let capture: Vec<i32> = if tail {
                 rows.clone()
@@ -763,9 +525,9 @@ impl FamState {
                 let v = eng.model.hp.n_vocab;
                 sal.set_next_logits(&r.logits[r.logits.len() - v..])?;
             }
-            if !capture.is_empty() {
+            if let (Some(f), false) = (&self.fam, capture.is_empty()) {
                 let first = (i0 + capture[0] as i64 - tail_from) as usize;
-                self.write_fam_rows(&r.layer_inputs, first)?;
+                f.write_rows(&r.layer_inputs, first)?;
             }
             self.n_past += n as u64;
             if want == Logits::All || (want == Logits::Last && last_chunk) {
@@ -782,4 +544,14 @@ impl FamState {
         }
         Ok(out)
     }
+}
+
+/// RoPE position handed to ggml for stream index `i` of a stream that starts at absolute
+/// position `start`, with RoPE position 0 standing for absolute position `origin`.
+fn rope_pos(start: i64, origin: i64, i: i64) -> Result<i32> {
+    i32::try_from(start + i - origin).map_err(|_| {
+        Error::Invalid(format!(
+            "position {i} is too far from the RoPE origin {origin}"
+        ))
+    })
 }
