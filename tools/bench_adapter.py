@@ -18,8 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the `tools` package
+from tools.common import ROOT, default_model, splice  # noqa: E402
+
 ADAPTER = ROOT / "results/adapters/smollm2-135m-fam-b64.gguf"
 BIN = ROOT / "target/release/famstream"
 
@@ -32,8 +33,7 @@ def main():
     ap.add_argument("-n", type=int, default=128, help="generated tokens (crosses FAM updates at B=64)")
     ap.add_argument("--splice", action="store_true")
     a = ap.parse_args()
-    model = subprocess.run(["bash", str(ROOT / "tools/fetch_model.sh")], check=True, capture_output=True,
-                           text=True).stdout.strip()
+    model = default_model()
     w = ["--block", "64", "--mem-blocks", "0"]
     with tempfile.TemporaryDirectory() as tmp:
         merged = Path(tmp) / "merged.gguf"
@@ -75,7 +75,6 @@ def main():
                                 f"pp{a.p}/tg{a.n}, median over rounds of the best of 3, order rotating)")
     print(table)
     if a.splice:
-        from splice import splice
         splice(ROOT / "results/README.md", "adapter-speed", table)
 
 

@@ -40,8 +40,8 @@ FACTS = [
 
 
 def transcript(chars: int, with_facts: bool) -> str:
-    sys.path.insert(0, str(REPO / "tools"))
-    from make_transcript import speaker_lines  # the same speaker turns as the other evaluations
+    sys.path.insert(0, str(REPO))
+    from tools.make_transcript import speaker_lines  # the same speaker turns as the other evaluations
 
     return "\n".join(speaker_lines(chars, FACTS if with_facts else ())) + "\n"
 

@@ -45,8 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the `tools` package
+from tools.common import ROOT, splice  # noqa: E402
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 HF_LIN = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
           "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
@@ -323,7 +323,7 @@ def save_atomic(obj, path):
 
 def cmd_train(a):
     from tokenizers import Tokenizer
-    from fam_data import RecallData
+    from tools.fam_data import RecallData
     torch.set_num_threads(a.threads)
     run = Path(a.run_dir); run.mkdir(parents=True, exist_ok=True)
     args_path, ckpt_path, log_path = run / "args.json", run / "ckpt.pt", run / "log.jsonl"
@@ -448,7 +448,7 @@ def load_run(run_dir, device="cpu", model_dir=None):
 
 def cmd_eval(a):
     from tokenizers import Tokenizer
-    from fam_data import RecallData
+    from tools.fam_data import RecallData
     torch.set_num_threads(a.threads)
     model, ra, ck = load_run(a.run_dir, a.device)
     s = ck["settings"]
@@ -666,7 +666,6 @@ def cmd_report(a):
     text = "\n".join(out)
     print(text)
     if a.splice:
-        from splice import splice
         splice(ROOT / "results/README.md", "train", text)
 
 
@@ -676,7 +675,7 @@ def cmd_smoke(a):
     import tempfile
     import gguf
     from tokenizers import Tokenizer
-    from fam_data import RecallData
+    from tools.fam_data import RecallData
     torch.set_num_threads(a.threads)
     tiny = ROOT / "tests/golden/tiny/llama"
     with tempfile.TemporaryDirectory() as tmp:

@@ -110,8 +110,10 @@ def llama_cpp_templates() -> dict[str, str]:
 def smollm2_template() -> str:
     import gguf
 
-    path = subprocess.run(["bash", str(REPO / "tools" / "fetch_model.sh")], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    sys.path.insert(0, str(REPO))
+    from tools.common import default_model
+
+    path = default_model()
     return gguf.GGUFReader(path).fields["tokenizer.chat_template"].contents()
 
 

@@ -64,7 +64,6 @@ the .model-based reference on every line.
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import types
@@ -235,9 +234,10 @@ def hf_rows(tok, texts):
 # SmolLM2 (byte-level BPE, pre-tokenizer "smollm")
 # --------------------------------------------------------------------------------------------------
 def smollm2(texts):
-    path = subprocess.run(
-        [os.path.join(HERE, "fetch_model.sh")], check=True, capture_output=True, text=True
-    ).stdout.strip()
+    sys.path.insert(0, ROOT)  # the `tools` package
+    from tools.common import default_model
+
+    path = default_model()
     model_dir, name = os.path.split(path)
     tok = transformers.AutoTokenizer.from_pretrained(model_dir, gguf_file=name)
     backend = tok.backend_tokenizer

@@ -25,7 +25,7 @@ Made with Python 3.11.7, numpy 2.4.6, gguf 0.19.0, safetensors 0.8.0, tokenizers
 import argparse
 import json
 import os
-import subprocess
+import sys
 
 import gguf
 import numpy as np
@@ -33,6 +33,8 @@ from safetensors import TensorSpec, serialize_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # the `tools` package
+from tools.common import default_model  # noqa: E402
 TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 LAYER = {
     "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
@@ -94,8 +96,7 @@ def main():
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--gguf", help="source GGUF (default: the path tools/fetch_model.sh prints)")
     args = ap.parse_args()
-    path = args.gguf or subprocess.run([os.path.join(HERE, "fetch_model.sh")], check=True,
-                                       capture_output=True, text=True).stdout.strip()
+    path = args.gguf or default_model()
     reader = gguf.GGUFReader(path)
     kv = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
     assert kv["general.architecture"] == "llama", kv["general.architecture"]

@@ -22,9 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-from splice import splice  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the `tools` package
+from tools.common import FAMSTREAM, ROOT, default_model, splice  # noqa: E402
 OUT = ROOT / "results/recall"
 
 
@@ -46,7 +45,7 @@ def policies(block, adapter):
 
 def make_cases(tokenizer, block, ks, trials, seed):
     from tokenizers import Tokenizer
-    from fam_data import RecallData
+    from tools.fam_data import RecallData
     path = OUT / f"cases-b{block}-s{seed}-n{trials}-k{'_'.join(map(str, ks))}.jsonl"
     if path.exists():
         return path
@@ -96,12 +95,11 @@ def main():
     ap.add_argument("--splice-name", default="recall",
                     help="the results/README.md block to write (<!-- NAME:begin -->)")
     ap.add_argument("--model")
-    ap.add_argument("--bin", default=str(ROOT / "target/release/famstream"),
+    ap.add_argument("--bin", default=str(FAMSTREAM),
                     help="the famstream binary (e.g. a copy, so that a rebuild does not change a long run)")
     ap.add_argument("--tokenizer", default=str(Path.home() / ".cache/famstream/hf/smollm2-135m-f32/tokenizer.json"))
     a = ap.parse_args()
-    model = a.model or subprocess.run([str(ROOT / "tools/fetch_model.sh")], check=True, capture_output=True,
-                                      text=True).stdout.strip()
+    model = a.model or default_model()
     cases = make_cases(a.tokenizer, a.block, a.k, a.trials, a.seed)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()

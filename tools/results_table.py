@@ -6,7 +6,8 @@ results/README.md between the markers <!-- results:begin --> and <!-- results:en
 usage: tools/results_table.py RESULTS_DIR results/README.md"""
 import json, sys, re
 from pathlib import Path
-from splice import splice  # tools/, this script's directory
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the `tools` package
+from tools.common import splice
 
 d, readme = Path(sys.argv[1]), Path(sys.argv[2])
 def load(pat):
@@ -76,7 +77,7 @@ print(table)
 # compute thread; perplexity per 8192-token segment (every 4th shown), peak RSS and CPU time.
 # A run still going (or stopped) has only its per-segment log, <policy>.segments.jsonl.
 mdir = d.parent / "memory"
-from longrun import runs as runs_in, summary  # tools/, this script's directory
+from tools.longrun import runs as runs_in, summary
 mem = runs_in(mdir)
 if mem:
     lines = ["Long streams, one compute thread, B=1024, M=3, S=4 (`tools/bench_constant_memory.sh`): "
