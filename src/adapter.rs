@@ -29,9 +29,9 @@ use crate::dtype::GgmlType;
 use crate::error::{Error, Result};
 use crate::ggml::{Backend, Tensor, TensorSet};
 use crate::gguf::{GgufFile, TensorInfo};
-use crate::model::HParams;
+use crate::hparams::HParams;
+use crate::init_memory::KEY as LEARNED_FAM_TENSOR;
 use crate::settings::FamSettings;
-use crate::state::LEARNED_FAM_TENSOR;
 use crate::util::Fnv64;
 use std::path::Path;
 

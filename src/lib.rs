@@ -52,11 +52,13 @@
 //!   persistent threadpool, device selection through ggml's registry (`--device`), the graph
 //!   allocator (`ggml/backend.rs`), tensor sets (`ggml/tensor_set.rs`), quantize/dequantize
 //!   (`ggml/quant.rs`).
-//! - [`model`]: hyperparameters and weights of the `llama` (with Llama 3 RoPE factors),
-//!   `qwen2`, `qwen3`, `gemma3` and `phi3` architectures; what differs between them is a few
-//!   [`model::Arch`] properties (QK-norm, post-norms, biases, fused projections, gate
-//!   activation, RoPE layout)
-//!   that [`forward`] reads, so each layer is written once.
+//! - [`hparams`]: the hyperparameters of the `llama` (with Llama 3 RoPE factors), `qwen2`,
+//!   `qwen3`, `gemma3` and `phi3` architectures, read from GGUF metadata; what differs between
+//!   them is a few [`hparams::Arch`] properties (QK-norm, post-norms, biases, fused
+//!   projections, gate activation, RoPE layout) that [`forward`] reads, so each layer is
+//!   written once.
+//! - [`model`]: the weights those hyperparameters describe (with an adapter attached), and
+//!   `HParams` again for its users.
 //! - [`adapter`]: LoRA adapters in llama.cpp's GGUF layout plus FAM extras (a learned initial
 //!   FAM, `fam.*` stream defaults, the base model's fingerprint): validation and device upload.
 //! - [`init_memory`]: the learned initial FAM (`fam.init_memory`), read from a metadata array
@@ -147,6 +149,7 @@ pub mod forward;
 pub mod ggml;
 pub mod gguf;
 pub mod grammar;
+pub mod hparams;
 pub mod init_memory;
 pub mod inspect;
 pub mod keep;

@@ -1,6 +1,5 @@
-//! Llama-family models: hyperparameters from GGUF metadata and the weights they describe.
+//! Llama-family models: the weights that the hyperparameters ([`crate::hparams`]) describe.
 
-mod hparams;
 mod weights;
-pub use hparams::{Arch, FfnAct, HParams, RopeLayout};
+pub use crate::hparams::{Arch, FfnAct, HParams, RopeLayout};
 pub use weights::{LayerWeights, Model};
