@@ -119,14 +119,27 @@ def main():
             tmp = out.with_suffix(".tmp")
             tmp.write_text(json.dumps(res, indent=1) + "\n")
             tmp.replace(out)
-        results[name] = json.loads(out.read_text())
-    t = table(results, a.k)
+    # every distance measured for these policies at this block and trial count, also by
+    # earlier runs with other --k lists (the cases of one k do not depend on the list)
+    runs = {}
+    for name in a.policies or list(pols):
+        merged = {}
+        for f in sorted(OUT.glob(f"{name}-b{a.block}-n{a.trials}-k*.json")):
+            r = json.loads(f.read_text())
+            runs.setdefault(name, []).append(f"{r.get('commit', '?')}")
+            for s in r["summary"]:
+                merged[s["k"]] = s
+        results[name] = {"summary": [merged[k] for k in sorted(merged)]}
+    ks = sorted({s["k"] for r in results.values() for s in r["summary"]})
+    t = table(results, ks)
     print(t)
     if a.splice:
         pol = f" --policies {' '.join(a.policies)}" if a.policies else ""
         adapter = f" --adapter {a.adapter}" if a.adapter else ""
+        commits = sorted({c for v in runs.values() for c in v})
         splice(ROOT / "results/README.md", a.splice_name, t + f"\n\n(`tools/recall_bench.py --block {a.block} --trials "
-               f"{a.trials} --k {' '.join(map(str, a.k))}{adapter}{pol}`; commit {commit})")
+               f"{a.trials} --k ...{adapter}{pol}`, one run per list of distances, merged; commits "
+               f"{', '.join(commits)})")
 
 
 if __name__ == "__main__":
