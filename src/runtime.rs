@@ -216,8 +216,15 @@ pub fn vocab_from_gguf(g: &GgufFile) -> Result<Vocab> {
     })
 }
 
+/// The tokenizer a GGUF describes. A SentencePiece vocabulary prefixes `▁` as sentencepiece and
+/// llama.cpp do, and as the Hugging Face tokenizers of Llama 2 and Phi-3 do (every text, also
+/// one that starts with a space: `tests/tokenizer_vocabs.rs`).
 pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Tokenizer> {
-    Tokenizer::from_vocab(vocab_from_gguf(g)?).map_err(|e| Error::Tokenizer(e.to_string()))
+    let options = crate::tokenizer::TokenizerOptions {
+        space_prefix: crate::tokenizer::SpacePrefix::SentencePiece,
+    };
+    Tokenizer::from_vocab_with(vocab_from_gguf(g)?, options)
+        .map_err(|e| Error::Tokenizer(e.to_string()))
 }
 
 impl Runtime {

