@@ -5,23 +5,11 @@
 //! the llama-cpp-python 0.3.36 sdist on PyPI, fetched into the model cache by
 //! `tools/fetch_model.sh vocabs` (the test runs it).
 
+mod common;
+
+use common::vocab_dir;
 use famstream::gguf::GgufFile;
 use famstream::tokenizer::{SpacePrefix, Tokenizer, TokenizerOptions};
-use std::path::PathBuf;
-
-fn vocab_dir() -> PathBuf {
-    let out = std::process::Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/fetch_model.sh"))
-        .arg("vocabs")
-        .output()
-        .expect("run tools/fetch_model.sh vocabs");
-    assert!(
-        out.status.success(),
-        "tools/fetch_model.sh vocabs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
 
 /// Every test text of vocabulary `name`: (text, transformers' ids, ours). The separator is
 /// llama.cpp's (`tests/test-tokenizer-0.py` writes the files).

@@ -68,10 +68,17 @@ fn fetch(which: Option<&str>) -> PathBuf {
     );
     let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     assert!(
-        p.is_file(),
-        "fetch_model.sh printed {p:?}, which is not a file"
+        p.is_file() || p.is_dir(),
+        "fetch_model.sh printed {p:?}, which does not exist"
     );
     p
+}
+
+/// llama.cpp's tokenizer test vocabularies (`tools/fetch_model.sh vocabs`): a directory of
+/// `ggml-vocab-NAME.gguf` with their `.inp`/`.out` texts and transformers' ids.
+pub fn vocab_dir() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| fetch(Some("vocabs"))).clone()
 }
 
 /// The model at `path` as the tests run it: the CPU, 2 threads, default options.
