@@ -14,9 +14,9 @@
 //!
 //! ## FAM (fam.md §2-5)
 //! Per layer F rows of residual-stream activations (f32) plus their K/V in the FAM slots, owned
-//! by `FamMemory` ([`crate::fam_memory`]) with its initialisations and feedback rules. Token rows see the FAM of the
-//! previous block. When a block completes, one graph updates every layer's FAM from its old FAM
-//! and the block's K/V ([`crate::forward::build_fam_graph`]).
+//! by `FamMemory` ([`crate::fam_memory`]) with its initialisations and feedback rules. Token
+//! rows see the FAM of the previous block. When a block completes, one graph updates every
+//! layer's FAM from its old FAM and the block's K/V ([`crate::forward::build_fam_graph`]).
 //! Attention sinks (`sink`) keep their un-rotated keys and are shown at virtual positions just
 //! before the window (StreamingLLM: positions within the cache, not in the text).
 //!
