@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Perplexity per 8k segment of the memory policies at one window, as a Markdown table, from
+results/ppl/<policy>-b64-segments.jsonl (written by `famstream perplexity --segment-log`), put
+into results/README.md between the `ppl-b64` markers.
+
+    python3 tools/ppl_table.py [--splice]
+
+The runs (session 13; Moby-Dick is held out from the trainer's data):
+    famstream perplexity -t 1 -f ../shared/data/moby_dick.txt --max-tokens 106496 --segment 8192 \\
+        --block 64 --mem-blocks 0 --json --segment-log results/ppl/NAME-b64-segments.jsonl \\
+        {--memory sink --sinks 4 | --memory keep --fam-len 16 --sinks 4 |
+         --adapter results/adapters/smollm2-135m-fam-b64.gguf --memory fam}
+"""
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the `tools` package
+from tools.common import ROOT, splice  # noqa: E402
+
+RUNS = [("sink (S = 4)", "sink"), ("keep (F = 16, S = 4)", "keep"), ("fam-trained (step 660)", "fam-trained")]
+TOTAL = 106496
+
+
+def main():
+    rows = []
+    for label, name in RUNS:
+        path = ROOT / f"results/ppl/{name}-b64-segments.jsonl"
+        segs = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        n = sum(s["tokens"] for s in segs)
+        # the whole run's perplexity from the segments' (token-weighted mean NLL)
+        nll = sum(s["tokens"] * math.log(s["perplexity"]) for s in segs) / max(n, 1)
+        cells = [f"{s['perplexity']:,.1f}" for s in segs]
+        whole = f"**{math.exp(nll):,.1f}** over {n:,} tokens" + ("" if n >= TOTAL - 1 else " (stopped)")
+        rows.append((label, cells, whole))
+    width = max(len(c) for _, c, _ in rows)
+    head = "| policy | " + " | ".join(f"{8 * i}k-{8 * (i + 1)}k" for i in range(width)) + " | whole run |"
+    lines = [head, "|---|" + "---|" * (width + 1)]
+    for label, cells, whole in rows:
+        lines.append(f"| {label} | " + " | ".join(cells + ["-"] * (width - len(cells))) + f" | {whole} |")
+    text = "\n".join(lines) + "\n\n(`tools/ppl_table.py`; B = 64, M = 0, 8,192-token segments of Moby-Dick)"
+    print(text)
+    if "--splice" in sys.argv:
+        splice(ROOT / "results/README.md", "ppl-b64", text)
+
+
+if __name__ == "__main__":
+    main()
