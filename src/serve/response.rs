@@ -48,7 +48,6 @@ pub(super) fn completion(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let model = opts.model_name.clone();
-    let call_id = |j: usize| format!("call{:05x}", (created as usize + j) & 0xfffff);
     if stream {
         let sse = Sse {
             rx,
@@ -86,7 +85,7 @@ pub(super) fn completion(
                     let calls: Vec<Json> = calls
                         .into_iter()
                         .enumerate()
-                        .map(|(j, f)| json!({"id": call_id(8 * i + j), "type": "function", "function": f}))
+                        .map(|(j, f)| json!({"id": call_id(created, 8 * i + j), "type": "function", "function": f}))
                         .collect();
                     json!({"index": i, "message": {"role": "assistant", "content": null, "tool_calls": calls}, "logprobs": lp, "finish_reason": "tool_calls"})
                 }
@@ -285,7 +284,7 @@ impl Sse {
         self.held.clear();
         let mut out = String::new();
         for (j, f) in calls.iter().enumerate() {
-            let id = format!("call{:05x}", (self.created as usize + j) & 0xfffff);
+            let id = call_id(self.created, j);
             let head = json!({"index": j, "id": id, "type": "function", "function": {"name": f["name"], "arguments": ""}});
             let mut delta = json!({"tool_calls": [head]});
             if j == 0 {
@@ -302,6 +301,12 @@ impl Sse {
         }
         (out, "tool_calls")
     }
+}
+
+/// The id of a reply's `j`-th call: 9 letters and digits (Mistral's template requires that),
+/// from the reply's creation time so that calls of one conversation differ.
+fn call_id(created: u64, j: usize) -> String {
+    format!("call{:05x}", (created as usize + j) & 0xfffff)
 }
 
 /// Whether a reply so far may still turn out to be a tool call in one of the forms
