@@ -1,16 +1,20 @@
 //! The transformer as ggml graphs: one readable function per graph kind, one loop over layers.
+//! Each layer is the architecture's own function ([`crate::model::arch`]); the graphs here decide what
+//! it attends to and where its K/V go.
 //!
 //! Shapes are in ggml order (`[ne0, ne1, ...]`, ne0 fastest). Every intermediate is named
 //! (`attn_norm-3`, `ffn_out-3`, ...) so a graph can be dumped and compared layer by layer
-//! against a reference. The PyTorch (HF `LlamaDecoderLayer`) equivalent of each step is noted.
+//! against a reference.
 
 use crate::dtype::GgmlType;
 use crate::ggml::{Context, Graph, Tensor};
 use crate::kv::KvStore;
-use crate::model::{FfnAct, LayerWeights, Model, RopeLayout};
+use crate::model::arch::ops::{attend, norm, rope};
+use crate::model::arch::{Block, Qkv};
+use crate::model::Model;
 
 /// Nodes one layer adds to a graph, with room to spare; used to size graphs. An adapter adds
-/// up to 4 nodes to each of the 7 linear layers (see [`linear`]), so 28 of these are for it;
+/// up to 4 nodes to each of the 7 linear layers (see [`crate::model::arch::ops::linear`]), so 28 of these are for it;
 /// QK-norm and post-norms (gemma3) add 8.
 const NODES_PER_LAYER: usize = 84;
 
@@ -81,199 +85,14 @@ pub struct SinkStore<'a> {
     pub k_raw: Vec<Tensor<'a>>,
 }
 
-/// RMSNorm with its learned weight. (`LlamaRMSNorm`)
-fn norm<'a>(ctx: &'a Context, x: Tensor<'a>, w: Tensor<'a>, eps: f32) -> Tensor<'a> {
-    ctx.mul(ctx.rms_norm(x, eps), w)
-}
-
-/// `W x + b`, plus an adapter's low-rank term `scale * B (A x)` when the model has one for `W`
-/// (`nn.Linear` with a PEFT `lora.Linear` around it). Every linear layer of a block goes
-/// through here, so an adapter applies to the token graph and the FAM update graph alike. The
-/// order of operations is llama.cpp's `build_lora_mm` (then the bias), so both engines round
-/// alike.
-fn linear<'a>(
-    ctx: &'a Context,
-    m: &'a Model,
-    w: usize,
-    b: Option<usize>,
-    x: Tensor<'a>,
-) -> Tensor<'a> {
-    let mut y = ctx.mul_mat(m.w(w), x);
-    if let Some(l) = m.lora(w) {
-        let ab = ctx.mul_mat(l.b, ctx.mul_mat(l.a, x));
-        y = ctx.add(y, ctx.scale(ab, l.scale));
+/// Layer `il` of model `m` for graph context `ctx`.
+fn block<'a>(ctx: &'a Context, m: &'a Model, il: usize) -> Block<'a> {
+    Block {
+        ctx,
+        m,
+        l: m.layer(il),
+        il,
     }
-    match b {
-        Some(b) => ctx.add(y, m.w(b)),
-        None => y,
-    }
-}
-
-/// Q, K, V of `x` [n_embd, n] for layer `l`, with RoPE applied to Q and K at `pos`.
-pub struct Qkv<'a> {
-    /// [hd, n_head, n], rotated.
-    pub q: Tensor<'a>,
-    /// [hd, n_head_kv, n], rotated.
-    pub k: Tensor<'a>,
-    /// [hd, n_head_kv, n], not rotated (attention sinks keep these to re-rotate later).
-    pub k_raw: Tensor<'a>,
-    /// [hd * n_head_kv, n].
-    pub v: Tensor<'a>,
-}
-
-pub fn qkv<'a>(
-    ctx: &'a Context,
-    m: &'a Model,
-    l: &LayerWeights,
-    x: Tensor<'a>,
-    pos: Tensor<'a>,
-    il: usize,
-) -> Qkv<'a> {
-    let hp = &m.hp;
-    let n = x.ne()[1];
-    let hd = hp.head_dim as i64;
-    let (mut q, mut k_raw, v) = if l.fused {
-        // qkv_proj: rows q | k | v of one projection (`Phi3Attention`)
-        let y = linear(ctx, m, l.wq, None, x);
-        let (qd, kvd, row) = (
-            hp.n_head * hp.head_dim,
-            hp.n_head_kv * hp.head_dim,
-            y.nb()[1],
-        );
-        let f = 4; // f32
-        let head = |heads: usize, off: usize| {
-            ctx.cont(ctx.view(y, &[hd, heads as i64, n], &[hp.head_dim * f, row], off * f))
-        };
-        let v = ctx.cont(ctx.view(y, &[kvd as i64, n], &[row], (qd + kvd) * f));
-        (
-            head(hp.n_head, 0),
-            head(hp.n_head_kv, qd),
-            v.set_name(&format!("v-{il}")),
-        )
-    } else {
-        let q = linear(ctx, m, l.wq, l.bq, x); // q_proj
-        let k = linear(ctx, m, l.wk, l.bk, x); // k_proj
-        let v = linear(ctx, m, l.wv, l.bv, x).set_name(&format!("v-{il}")); // v_proj
-        (
-            ctx.reshape(q, &[hd, hp.n_head as i64, n]),
-            ctx.reshape(k, &[hd, hp.n_head_kv as i64, n]),
-            v,
-        )
-    };
-    // QK-norm (`Gemma3Attention.q_norm`/`k_norm`): per head, before RoPE.
-    if let (Some(qn), Some(kn)) = (l.q_norm, l.k_norm) {
-        q = norm(ctx, q, m.w(qn), hp.rms_eps);
-        k_raw = norm(ctx, k_raw, m.w(kn), hp.rms_eps);
-    }
-    // apply_rotary_pos_emb
-    let q = rope(ctx, m, q, pos, il).set_name(&format!("q-{il}"));
-    let k = rope(ctx, m, k_raw, pos, il).set_name(&format!("k-{il}"));
-    Qkv { q, k, k_raw, v }
-}
-
-/// RoPE of layer `il`'s keys or queries `x` [hd, heads, n] at `pos` (i32 [n]); local
-/// sliding-window layers have their own base.
-pub fn rope<'a>(
-    ctx: &'a Context,
-    m: &'a Model,
-    x: Tensor<'a>,
-    pos: Tensor<'a>,
-    il: usize,
-) -> Tensor<'a> {
-    let hp = &m.hp;
-    let neox = hp.arch.rope_layout() == RopeLayout::Halves;
-    ctx.rope(
-        x,
-        pos,
-        hp.rope_dims,
-        neox,
-        hp.rope_base(il),
-        hp.rope_scale(il),
-        m.rope_freqs(),
-        hp.n_ctx_train,
-    )
-}
-
-/// Attention of q [hd, n_head, n] over KV slots [0, n_kv) of layer `il`, with `mask`.
-/// `kc`/`vc` are the cache tensors *after* this graph's writes (so reads follow writes).
-/// Returns [n_head * hd, n]. (`eager_attention_forward` with GQA `repeat_kv`)
-pub fn attend<'a>(
-    ctx: &'a Context,
-    m: &'a Model,
-    q: Tensor<'a>,
-    kc: Tensor<'a>,
-    vc: Tensor<'a>,
-    n_kv: usize,
-    mask: Tensor<'a>,
-) -> Tensor<'a> {
-    let hp = &m.hp;
-    let hd = hp.head_dim;
-    let n = q.ne()[2];
-    let row = kc.nb()[1];
-    let es = 2; // f16 element size
-                // [hd, n_kv, n_head_kv] views of the [hd * n_head_kv, n_slots] caches.
-    let k = ctx.view(
-        kc,
-        &[hd as i64, n_kv as i64, hp.n_head_kv as i64],
-        &[row, hd * es],
-        0,
-    );
-    let v = ctx.view(
-        vc,
-        &[hd as i64, n_kv as i64, hp.n_head_kv as i64],
-        &[row, hd * es],
-        0,
-    );
-    let q = ctx.permute(q, [0, 2, 1, 3]); // [hd, n, n_head]
-    let o = ctx.flash_attn_ext(q, k, v, Some(mask), hp.attn_scale); // [hd, n_head, n]
-    ctx.reshape(o, &[(hd * hp.n_head) as i64, n])
-}
-
-/// Gated MLP: SwiGLU (`LlamaMLP`: down(silu(gate(x)) * up(x))) or GeGLU (`Gemma3MLP`, with
-/// gelu_pytorch_tanh).
-pub fn ffn<'a>(ctx: &'a Context, m: &'a Model, l: &LayerWeights, x: Tensor<'a>) -> Tensor<'a> {
-    if l.fused {
-        // gate_up_proj: rows gate | up (`Phi3MLP`)
-        let gu = linear(ctx, m, l.ffn_up, None, x);
-        return linear(ctx, m, l.ffn_down, None, ctx.swiglu_fused(gu));
-    }
-    let gate = linear(ctx, m, l.ffn_gate, None, x);
-    let up = linear(ctx, m, l.ffn_up, None, x);
-    let act = match m.hp.arch.ffn_act() {
-        FfnAct::Silu => ctx.swiglu(gate, up),
-        FfnAct::GeluTanh => ctx.geglu(gate, up),
-    };
-    linear(ctx, m, l.ffn_down, None, act)
-}
-
-/// The rest of a layer after attention, shared by the token graph and the FAM update: o_proj,
-/// the residual add (skipped when `residual` is `None`), the MLP and its residual, with the
-/// post-norms of architectures that have them. `attn` is [n_head * hd, n]; returns the layer
-/// output [n_embd, n]. (`LlamaDecoderLayer.forward` after `self_attn`; `Gemma3DecoderLayer`'s
-/// `post_attention_layernorm` / `post_feedforward_layernorm`)
-pub fn finish_layer<'a>(
-    ctx: &'a Context,
-    m: &'a Model,
-    l: &LayerWeights,
-    residual: Option<Tensor<'a>>,
-    attn: Tensor<'a>,
-    il: usize,
-) -> Tensor<'a> {
-    let eps = m.hp.rms_eps;
-    let mut o = linear(ctx, m, l.wo, None, attn).set_name(&format!("attn_out-{il}")); // o_proj
-    if let Some(w) = l.post_attn_norm {
-        o = norm(ctx, o, m.w(w), eps);
-    }
-    let x = match residual {
-        Some(r) => ctx.add(r, o).set_name(&format!("ffn_inp-{il}")),
-        None => o,
-    };
-    let h = norm(ctx, x, m.w(l.ffn_norm), eps).set_name(&format!("ffn_norm-{il}"));
-    let mut f = ffn(ctx, m, l, h).set_name(&format!("ffn_out-{il}"));
-    if let Some(w) = l.post_ffn_norm {
-        f = norm(ctx, f, m.w(w), eps);
-    }
-    ctx.add(x, f).set_name(&format!("l_out-{il}"))
 }
 
 /// The token graph: embed `n` tokens, run every layer (writing their K/V into `kv` at the given
@@ -323,7 +142,6 @@ pub fn build_token_graph<'a>(
     }
     let mut layer_inputs = Vec::new();
     for il in 0..hp.n_layer {
-        let l = m.layer(il);
         if let Some(rows) = capture_rows {
             let c = ctx
                 .get_rows(x, rows)
@@ -332,34 +150,35 @@ pub fn build_token_graph<'a>(
             gf.expand(c);
             layer_inputs.push(c);
         }
-        let h = norm(ctx, x, m.w(l.attn_norm), hp.rms_eps).set_name(&format!("attn_norm-{il}"));
-        let Qkv { q, k, k_raw, v } = qkv(ctx, m, l, h, pos, il);
+        let b = block(ctx, m, il);
         // Store this batch's K/V in the cache, then attend over the cache.
-        let mut kc = ctx.set_rows(kv.k(il), ctx.reshape(k, &[n_embd_kv, n]), slots);
-        let mut vc = ctx.set_rows(kv.v(il), v, slots);
-        if let (Some(st), Some((rows, idx, sslots))) = (sinks, sink_capture) {
-            // Attention sinks: keep their un-rotated K, and their V in the sink slots.
-            let kr = ctx.get_rows(ctx.reshape(k_raw, &[n_embd_kv, n]), rows);
-            gf.expand(ctx.set_rows(st.k_raw[il], kr, idx));
-            vc = ctx.set_rows(vc, ctx.get_rows(v, rows), sslots);
-        }
-        if let (Some(st), Some((spos, sslots))) = (sinks, sink_rotate) {
-            // Sinks outside the window sit just before it: rotate their stored K there.
-            let raw = ctx.view(
-                st.k_raw[il],
-                &[hp.head_dim as i64, hp.n_head_kv as i64, r],
-                &[hp.head_dim * 2, kv.n_embd_kv() * 2],
-                0,
-            );
-            let rot = rope(ctx, m, ctx.cont(raw), spos, il);
-            kc = ctx.set_rows(kc, ctx.reshape(rot, &[n_embd_kv, r]), sslots);
-        }
-        let layer_mask = match mask_swa {
-            Some(ms) if hp.is_swa(il) => ms,
-            _ => mask,
+        let mut attend_cache = |Qkv { q, k, k_raw, v }: Qkv<'a>| {
+            let mut kc = ctx.set_rows(kv.k(il), ctx.reshape(k, &[n_embd_kv, n]), slots);
+            let mut vc = ctx.set_rows(kv.v(il), v, slots);
+            if let (Some(st), Some((rows, idx, sslots))) = (sinks, sink_capture) {
+                // Attention sinks: keep their un-rotated K, and their V in the sink slots.
+                let kr = ctx.get_rows(ctx.reshape(k_raw, &[n_embd_kv, n]), rows);
+                gf.expand(ctx.set_rows(st.k_raw[il], kr, idx));
+                vc = ctx.set_rows(vc, ctx.get_rows(v, rows), sslots);
+            }
+            if let (Some(st), Some((spos, sslots))) = (sinks, sink_rotate) {
+                // Sinks outside the window sit just before it: rotate their stored K there.
+                let raw = ctx.view(
+                    st.k_raw[il],
+                    &[hp.head_dim as i64, hp.n_head_kv as i64, r],
+                    &[hp.head_dim * 2, kv.n_embd_kv() * 2],
+                    0,
+                );
+                let rot = rope(ctx, m, ctx.cont(raw), spos, il);
+                kc = ctx.set_rows(kc, ctx.reshape(rot, &[n_embd_kv, r]), sslots);
+            }
+            let layer_mask = match mask_swa {
+                Some(ms) if hp.is_swa(il) => ms,
+                _ => mask,
+            };
+            attend(ctx, m, q, kc, vc, shape.n_kv, layer_mask)
         };
-        let attn = attend(ctx, m, q, kc, vc, shape.n_kv, layer_mask).set_name(&format!("kqv-{il}"));
-        x = finish_layer(ctx, m, l, Some(x), attn, il);
+        x = (hp.arch.spec().layer)(&b, x, pos, true, &mut attend_cache);
     }
     let out_rows = shape
         .n_out
@@ -431,10 +250,8 @@ fn fam_kv<'a>(
     pos: Tensor<'a>,
     slots: Tensor<'a>,
 ) -> (Tensor<'a>, Tensor<'a>) {
-    let l = m.layer(il);
     let f = x.ne()[1];
-    let h = norm(ctx, x, m.w(l.attn_norm), m.hp.rms_eps);
-    let Qkv { k, v, .. } = qkv(ctx, m, l, h, pos, il);
+    let Qkv { k, v, .. } = (m.hp.arch.spec().attn_in)(&block(ctx, m, il), x, pos);
     let n_embd_kv = kv.n_embd_kv() as i64;
     (
         ctx.set_rows(kv.k(il), ctx.reshape(k, &[n_embd_kv, f]), slots),
@@ -482,16 +299,15 @@ pub fn build_fam_graph<'a>(
     let q_pos = update.then(|| input(GgmlType::I32, &[f], "fam_q_pos"));
     let mask = update.then(|| input(GgmlType::F16, &[n_kv as i64, f], "fam_mask"));
     for il in 0..hp.n_layer {
-        let l = m.layer(il);
         let x = fam[il];
         let new = match (q_pos, mask) {
             (Some(q_pos), Some(mask)) => {
-                let h = norm(ctx, x, m.w(l.attn_norm), hp.rms_eps);
-                let q = qkv(ctx, m, l, h, q_pos, il).q;
-                let attn = attend(ctx, m, q, kv.k(il), kv.v(il), n_kv, mask);
-                let residual = (!zero_residual).then_some(x);
-                let mut out =
-                    finish_layer(ctx, m, l, residual, attn, il).set_name(&format!("fam_new-{il}"));
+                // The FAM rows' queries read the old FAM and the finished block; their own K/V
+                // are written after, at the new positions (`fam_kv`).
+                let mut read = |qkv: Qkv<'a>| attend(ctx, m, qkv.q, kv.k(il), kv.v(il), n_kv, mask);
+                let layer = hp.arch.spec().layer;
+                let mut out = layer(&block(ctx, m, il), x, q_pos, !zero_residual, &mut read)
+                    .set_name(&format!("fam_new-{il}"));
                 if renorm {
                     // Keep each row's RMS: rms_norm(new) * rms(old). Without it the residual of
                     // an un-tuned model's FAM rows grows by o + ffn every block, without bound.

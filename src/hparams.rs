@@ -3,7 +3,8 @@
 use crate::error::{Error, Result};
 use crate::gguf::{Array, GgufFile};
 
-/// Architectures the runtime supports.
+/// Architectures the runtime supports. Each has a row in the architecture table
+/// (`model::arch`), with its tensors and its layer function.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Arch {
     /// `llama`: SmolLM2, TinyLlama, Llama 2/3.x. RoPE in the interleaved-pair layout (the GGUF
@@ -19,15 +20,6 @@ pub enum Arch {
     /// MLP as well as before, GeGLU MLP, embeddings scaled by sqrt(n_embd), NEOX RoPE, and
     /// local sliding-window layers (their own RoPE base) between global ones.
     Gemma3,
-}
-
-/// The MLP's gate activation.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum FfnAct {
-    /// `silu(gate) * up` (SwiGLU: llama, qwen2).
-    Silu,
-    /// `gelu_tanh(gate) * up` (GeGLU: gemma3).
-    GeluTanh,
 }
 
 /// How RoPE pairs dimensions of a head.
@@ -60,35 +52,6 @@ impl Arch {
             Arch::Qwen3 => "qwen3",
             Arch::Gemma3 => "gemma3",
             Arch::Phi3 => "phi3",
-        }
-    }
-    pub fn rope_layout(self) -> RopeLayout {
-        match self {
-            Arch::Llama => RopeLayout::Interleaved,
-            Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 | Arch::Phi3 => RopeLayout::Halves,
-        }
-    }
-    /// One fused Q|K|V projection and one fused gate|up projection.
-    pub fn fused_projections(self) -> bool {
-        self == Arch::Phi3
-    }
-    /// Q/K/V carry biases (required).
-    pub fn qkv_bias(self) -> bool {
-        self == Arch::Qwen2
-    }
-    /// Q and K are RMS-normed per head before RoPE (`attn_q_norm`, `attn_k_norm`).
-    pub fn qk_norm(self) -> bool {
-        matches!(self, Arch::Qwen3 | Arch::Gemma3)
-    }
-    /// The attention and MLP outputs are RMS-normed before their residual adds
-    /// (`post_attention_norm`, `post_ffw_norm`).
-    pub fn post_norms(self) -> bool {
-        self == Arch::Gemma3
-    }
-    pub fn ffn_act(self) -> FfnAct {
-        match self {
-            Arch::Gemma3 => FfnAct::GeluTanh,
-            _ => FfnAct::Silu,
         }
     }
 }

@@ -30,10 +30,11 @@
 //!    [`chat::ChatTemplate`]; [`engine::Engine`] owns a backend, its threadpool and the graph
 //!    allocator.
 //! 4. [`state::FamState::feed`] splits tokens at block boundaries, builds a mask of what each row
-//!    may see, and runs [`forward::build_token_graph`] (embed -> per layer RMSNorm, QKV (QK-norm),
-//!    RoPE, write K/V to slots, flash attention over the slots (local sliding-window layers
-//!    with their own mask), then [`forward::finish_layer`]: o_proj, (post-norm), residual,
-//!    RMSNorm, SwiGLU/GeGLU, (post-norm), residual -> final norm -> LM head). After each block it runs
+//!    may see, and runs [`forward::build_token_graph`] (embed -> per layer the architecture's
+//!    layer function from [`model::arch`]: RMSNorm, QKV (QK-norm), RoPE, then the graph's
+//!    attention (write K/V to slots, flash attention over the slots, local sliding-window layers
+//!    with their own mask), o_proj, (post-norm), residual, RMSNorm, SwiGLU/GeGLU, (post-norm),
+//!    residual -> final norm -> LM head). After each block it runs
 //!    [`forward::build_fam_graph`] (the FAM update of every layer, batched), or, with the
 //!    `reread` feedback, the seed tokens through the token graph into scratch slots; with
 //!    `keep`, [`forward::build_keep_graph`] moves the most surprising tokens of the block that
@@ -53,18 +54,20 @@
 //!   allocator (`ggml/backend.rs`), tensor sets (`ggml/tensor_set.rs`), quantize/dequantize
 //!   (`ggml/quant.rs`).
 //! - [`hparams`]: the hyperparameters of the `llama` (with Llama 3 RoPE factors), `qwen2`,
-//!   `qwen3`, `gemma3` and `phi3` architectures, read from GGUF metadata; what differs between
-//!   them is a few [`hparams::Arch`] properties (QK-norm, post-norms, biases, fused
-//!   projections, gate activation, RoPE layout) that [`forward`] reads, so each layer is
-//!   written once.
+//!   `qwen3`, `gemma3` and `phi3` architectures, read from GGUF metadata, and the [`hparams::Arch`]
+//!   names.
 //! - [`model`]: the weights those hyperparameters describe (with an adapter attached), and
-//!   `HParams` again for its users.
+//!   `HParams` again for its users. [`model::arch`] is the architecture table: a row per
+//!   architecture (HF classes, RoPE layout, each layer tensor with its shape, HF name and whether
+//!   it is required) and one file per architecture with its row and its layer function, which
+//!   the token graph and the FAM update both call (the loader, the converter's names and its
+//!   shape check read the same rows); [`model::arch::ops`] has the shared pieces.
 //! - [`adapter`]: LoRA adapters in llama.cpp's GGUF layout plus FAM extras (a learned initial
 //!   FAM, `fam.*` stream defaults, the base model's fingerprint): validation and device upload.
 //! - [`init_memory`]: the learned initial FAM (`fam.init_memory`), read from a metadata array
 //!   (what famstream writes, so llama.cpp still loads the file) or an older tensor.
 //! - [`forward`]: the model as ggml graphs (token graph, FAM update graph, K-shift graph,
-//!   keep graph).
+//!   keep graph): what each layer attends to and where its K/V go.
 //! - [`kv`]: per-layer K/V slot storage (f16).
 //! - [`slots`]: `SlotLayout`, where each row lives in the K/V store (sinks, FAM or kept
 //!   tokens, ring, scratch) and what each row may see (the masks); pure arithmetic,

@@ -359,6 +359,21 @@ def cmd_train(a):
                              {"params": list(model.lora.parameters()), "lr": a.lr_lora}], weight_decay=0.0)
     step, k_cur, last_recall = 0, a.k_start, None
     rng = random.Random(a.seed)
+    if a.init_from and not ckpt_path.exists():
+        # warm start: another run's LoRA, soft prompt and optimizer state; this run counts its own steps
+        src = Path(a.init_from) / "ckpt.pt"
+        if not src.exists():
+            raise SystemExit(f"--init-from {a.init_from}: no checkpoint {src}")
+        ck = load_ckpt(src, model, opt)
+        for key in ("rank", "alpha", "targets"):
+            if ck.get(key) != getattr(a, key):
+                raise SystemExit(f"--init-from {a.init_from}: its {key} is {ck.get(key)}, this run's {getattr(a, key)}")
+        if ck["settings"] != s:
+            raise SystemExit(f"--init-from {a.init_from}: trained with other FAM settings {ck['settings']}")
+        print(f"started from {src} (its step {ck['step']})", file=sys.stderr)
+        meta = json.loads(args_path.read_text())
+        meta["init_from_step"] = ck["step"]
+        args_path.write_text(json.dumps(meta, indent=1) + "\n")
     if ckpt_path.exists():
         ck = load_ckpt(ckpt_path, model, opt)
         step, k_cur, last_recall = ck["step"], ck["k_cur"], ck.get("recall")
@@ -758,6 +773,7 @@ def parser():
     t.add_argument("--lm-weight", type=float, default=0.1)
     t.add_argument("--lm-positions", type=int, default=32)
     t.add_argument("--rsp", type=float, default=0.0, help="random state passing probability")
+    t.add_argument("--init-from", help="another run's directory: start from its checkpoint (LoRA, prompt, optimizer)")
     t.add_argument("--eval-every", type=int, default=25)
     t.add_argument("--eval-batches", type=int, default=4)
     t.add_argument("--ckpt-every", type=int, default=10)

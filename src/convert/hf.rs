@@ -1,12 +1,14 @@
 //! Hugging Face checkpoints: `config.json`, tensor names, tokenizer files -> GGUF metadata.
 //!
-//! The HF -> GGUF name map and the per-architecture quirks are data plus two small functions
+//! The HF -> GGUF names of layer tensors are the architecture table's
+//! ([`crate::model::arch`]); the per-architecture quirks are data plus two small functions
 //! ([`gguf_name`], [`permute_rows`]), as in llama.cpp's converter.
 
 use super::safetensors::{SafeTensors, StTensor};
 use crate::error::{Error, Result};
 use crate::gguf::{Array, Value};
-use crate::model::Arch;
+use crate::model::arch::Slot;
+use crate::model::{Arch, RopeLayout};
 use crate::tokenizer::token_type;
 use serde_json::Value as Json;
 use std::collections::HashMap;
@@ -120,20 +122,13 @@ impl HfConfig {
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
             .unwrap_or_default();
-        let arch = match archs.first().copied() {
-            Some("LlamaForCausalLM" | "MistralForCausalLM") => Arch::Llama,
-            Some("Qwen2ForCausalLM") => Arch::Qwen2,
-            Some("Qwen3ForCausalLM") => Arch::Qwen3,
-            Some("Gemma3ForCausalLM") => Arch::Gemma3,
-            Some("Phi3ForCausalLM") => Arch::Phi3,
-            other => {
-                return Err(Error::Unsupported(format!(
-                    "{}: architecture {other:?} (famstream converts LlamaForCausalLM, \
-                     MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma3ForCausalLM and \
-                     Phi3ForCausalLM)",
-                    path.display()
-                )))
-            }
+        let class = archs.first().copied();
+        let Some(arch) = class.and_then(Arch::from_hf_class) else {
+            return Err(Error::Unsupported(format!(
+                "{}: architecture {class:?} (famstream converts {})",
+                path.display(),
+                Arch::hf_class_list()
+            )));
         };
         let need = |k: &str| -> Result<usize> {
             c[k].as_u64().map(|v| v as usize).ok_or_else(|| {
@@ -321,44 +316,17 @@ pub struct Transform {
     pub add: f32,
 }
 
-/// GGUF name of an HF tensor, and how its values change (see [`Transform`]).
+/// GGUF name of an HF tensor, and how its values change (see [`Transform`]). Layer tensors are
+/// named by the architecture's table ([`crate::model::arch::ArchSpec::tensors`]).
 pub fn gguf_name(hf: &str, cfg: &HfConfig) -> Option<(String, Transform)> {
     const TOP: &[(&str, &str)] = &[
         ("model.embed_tokens.weight", "token_embd.weight"),
         ("model.norm.weight", "output_norm.weight"),
         ("lm_head.weight", "output.weight"),
     ];
-    const LAYER: &[(&str, &str)] = &[
-        ("input_layernorm.weight", "attn_norm.weight"),
-        ("self_attn.q_proj.weight", "attn_q.weight"),
-        ("self_attn.k_proj.weight", "attn_k.weight"),
-        ("self_attn.v_proj.weight", "attn_v.weight"),
-        ("self_attn.q_proj.bias", "attn_q.bias"),
-        ("self_attn.k_proj.bias", "attn_k.bias"),
-        ("self_attn.v_proj.bias", "attn_v.bias"),
-        ("self_attn.o_proj.weight", "attn_output.weight"),
-        ("post_attention_layernorm.weight", "ffn_norm.weight"),
-        ("mlp.gate_proj.weight", "ffn_gate.weight"),
-        ("mlp.up_proj.weight", "ffn_up.weight"),
-        ("mlp.down_proj.weight", "ffn_down.weight"),
-        ("self_attn.q_norm.weight", "attn_q_norm.weight"),
-        ("self_attn.k_norm.weight", "attn_k_norm.weight"),
-        // phi3's fused projections, kept fused as llama.cpp does
-        ("self_attn.qkv_proj.weight", "attn_qkv.weight"),
-        ("mlp.gate_up_proj.weight", "ffn_up.weight"),
-    ];
-    // Gemma 3 norms around attention and MLP: four of them, named differently.
-    const GEMMA_LAYER: &[(&str, &str)] = &[
-        (
-            "post_attention_layernorm.weight",
-            "post_attention_norm.weight",
-        ),
-        ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
-        ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
-    ];
-    let gemma = cfg.arch == Arch::Gemma3;
-    let add = if gemma && hf.ends_with("norm.weight") {
-        1.0
+    let spec = cfg.arch.spec();
+    let add = if hf.ends_with("norm.weight") {
+        spec.hf_norm_offset
     } else {
         0.0
     };
@@ -369,28 +337,15 @@ pub fn gguf_name(hf: &str, cfg: &HfConfig) -> Option<(String, Transform)> {
     let rest = hf.strip_prefix("model.layers.")?;
     let (il, suffix) = rest.split_once('.')?;
     let il: usize = il.parse().ok()?;
-    let table = if gemma {
-        GEMMA_LAYER
-            .iter()
-            .chain(
-                LAYER
-                    .iter()
-                    .filter(|(h, _)| !h.starts_with("post_attention_layernorm")),
-            )
-            .copied()
-            .collect::<Vec<_>>()
-    } else {
-        LAYER.to_vec()
-    };
-    let (_, g) = table.iter().find(|(h, _)| *h == suffix)?;
+    let t = spec.tensors.iter().find(|t| t.hf == suffix)?;
     // llama.cpp's `llama` RoPE pairs adjacent dims; HF's rotate_half pairs halves: permute Q/K
-    // rows (weights and biases) so the two agree. qwen2 uses the halves layout natively.
-    let permute = match (cfg.arch, *g) {
-        (Arch::Llama, "attn_q.weight" | "attn_q.bias") => Some(cfg.n_head),
-        (Arch::Llama, "attn_k.weight" | "attn_k.bias") => Some(cfg.n_head_kv),
+    // rows (weights and biases) so the two agree. The other layouts are HF's own.
+    let permute = match (spec.rope, t.slot) {
+        (RopeLayout::Interleaved, Slot::Q | Slot::BiasQ) => Some(cfg.n_head),
+        (RopeLayout::Interleaved, Slot::K | Slot::BiasK) => Some(cfg.n_head_kv),
         _ => None,
     };
-    Some((format!("blk.{il}.{g}"), Transform { permute, add }))
+    Some((format!("blk.{il}.{}", t.gguf), Transform { permute, add }))
 }
 
 /// llama.cpp's `permute`: within each head, rows (a, b) with a in {0,1} (halves) become (b, a)

@@ -19,6 +19,7 @@ use crate::dtype::GgmlType;
 use crate::error::{Error, Result};
 use crate::ggml;
 use crate::gguf::{GgufFile, GgufWriter, Value};
+use crate::model::arch::Dims;
 use crate::settings::FamSettings;
 use hf::{gguf_name, permute_rows, HfConfig, HfWeights};
 use rayon::prelude::*;
@@ -443,62 +444,30 @@ fn order_key(name: &str) -> (u32, usize, String) {
     (2, 0, name.to_string())
 }
 
-/// Every tensor the runtime needs is there, with the shape the config implies.
+/// Every tensor the runtime needs is there, with the shape the config implies (the
+/// architecture's table, as the loader checks it).
 fn check_shapes(plan: &[Planned], cfg: &HfConfig) -> Result<()> {
-    let (e, q, kv, ff) = (
-        cfg.n_embd as u64,
-        (cfg.n_head * cfg.head_dim) as u64,
-        (cfg.n_head_kv * cfg.head_dim) as u64,
-        cfg.n_ff as u64,
-    );
+    let dims = Dims {
+        n_embd: cfg.n_embd,
+        n_head: cfg.n_head,
+        n_head_kv: cfg.n_head_kv,
+        head_dim: cfg.head_dim,
+        n_ff: cfg.n_ff,
+    };
+    let (e, nv) = (cfg.n_embd as u64, cfg.n_vocab as u64);
     let mut want: Vec<(String, Vec<u64>)> = vec![
-        ("token_embd.weight".into(), vec![e, cfg.n_vocab as u64]),
+        ("token_embd.weight".into(), vec![e, nv]),
         ("output_norm.weight".into(), vec![e]),
     ];
     if !cfg.tied && plan.iter().any(|p| p.name == "output.weight") {
-        want.push(("output.weight".into(), vec![e, cfg.n_vocab as u64]));
+        want.push(("output.weight".into(), vec![e, nv]));
     }
     for il in 0..cfg.n_layer {
-        let n = |s: &str| format!("blk.{il}.{s}");
-        want.extend([
-            (n("attn_norm.weight"), vec![e]),
-            (n("attn_output.weight"), vec![q, e]),
-            (n("ffn_norm.weight"), vec![e]),
-            (n("ffn_down.weight"), vec![ff, e]),
-        ]);
-        if cfg.arch.fused_projections() {
-            want.extend([
-                (n("attn_qkv.weight"), vec![e, q + 2 * kv]),
-                (n("ffn_up.weight"), vec![e, 2 * ff]),
-            ]);
-        } else {
-            want.extend([
-                (n("attn_q.weight"), vec![e, q]),
-                (n("attn_k.weight"), vec![e, kv]),
-                (n("attn_v.weight"), vec![e, kv]),
-                (n("ffn_gate.weight"), vec![e, ff]),
-                (n("ffn_up.weight"), vec![e, ff]),
-            ]);
-        }
-        if cfg.arch.qkv_bias() {
-            want.extend([
-                (n("attn_q.bias"), vec![q]),
-                (n("attn_k.bias"), vec![kv]),
-                (n("attn_v.bias"), vec![kv]),
-            ]);
-        }
-        if cfg.arch.qk_norm() {
-            let hd = cfg.head_dim as u64;
-            want.extend([
-                (n("attn_q_norm.weight"), vec![hd]),
-                (n("attn_k_norm.weight"), vec![hd]),
-            ]);
-        }
-        if cfg.arch.post_norms() {
-            want.extend([
-                (n("post_attention_norm.weight"), vec![e]),
-                (n("post_ffw_norm.weight"), vec![e]),
-            ]);
+        for t in cfg.arch.spec().tensors {
+            let name = format!("blk.{il}.{}", t.gguf);
+            if t.required || plan.iter().any(|p| p.name == name) {
+                want.push((name, t.ne.iter().map(|&d| dims.get(d) as u64).collect()));
+            }
         }
     }
     for (name, ne) in want {

@@ -3,6 +3,7 @@
 //! On the CPU backend the mapped bytes are used in place (no copy, no repacking): ggml reads
 //! weights straight from the page cache. Other backends get a device copy.
 
+use super::arch::{known_layer_tensor, Dims, Slot};
 use super::HParams;
 use crate::adapter::{Adapter, AdapterFile, Lora, Target};
 use crate::error::{Error, Result};
@@ -12,46 +13,70 @@ use crate::init_memory::{self, LearnedFam};
 use crate::settings::FamSettings;
 use std::path::Path;
 
-/// Indices into the weight set for one transformer layer.
-#[derive(Clone, Debug)]
+/// Indices into the weight set for one transformer layer, by what each weight is for (the
+/// architecture's table, [`crate::model::arch::ArchSpec::tensors`], says which it has).
+#[derive(Clone, Debug, Default)]
 pub struct LayerWeights {
-    pub attn_norm: usize,
-    pub wq: usize,
-    pub wk: usize,
-    pub wv: usize,
-    pub bq: Option<usize>,
-    pub bk: Option<usize>,
-    pub bv: Option<usize>,
-    pub wo: usize,
-    pub ffn_norm: usize,
-    pub ffn_gate: usize,
-    pub ffn_up: usize,
-    pub ffn_down: usize,
-    /// Per-head RMSNorm weights of Q and K (QK-norm architectures).
-    pub q_norm: Option<usize>,
-    pub k_norm: Option<usize>,
-    /// RMSNorm weights applied to the attention and MLP outputs before their residual adds.
-    pub post_attn_norm: Option<usize>,
-    pub post_ffn_norm: Option<usize>,
-    /// `wq` is one Q|K|V projection (`wk`, `wv` name it too) and `ffn_up` one gate|up
-    /// projection (`ffn_gate` names it too): phi3.
-    pub fused: bool,
+    w: [Option<usize>; Slot::COUNT],
 }
 
 impl LayerWeights {
-    /// The weight an adapter target names.
-    pub fn target(&self, t: Target) -> usize {
-        match t {
-            Target::Q => self.wq,
-            Target::K => self.wk,
-            Target::V => self.wv,
-            Target::O => self.wo,
-            Target::Gate => self.ffn_gate,
-            Target::Up => self.ffn_up,
-            Target::Down => self.ffn_down,
-        }
+    /// The weight in `s`. The layer functions ask only for weights their table requires, which
+    /// the loader checked.
+    pub fn get(&self, s: Slot) -> usize {
+        self.w[s as usize].unwrap_or_else(|| {
+            panic!("layer weight {s:?} asked for but not in the architecture's table")
+        })
+    }
+    /// The weight in `s` if the file has it (optional biases).
+    pub fn opt(&self, s: Slot) -> Option<usize> {
+        self.w[s as usize]
+    }
+    /// The weight an adapter target names, if the layer has it unfused.
+    pub fn target(&self, t: Target) -> Option<usize> {
+        self.opt(match t {
+            Target::Q => Slot::Q,
+            Target::K => Slot::K,
+            Target::V => Slot::V,
+            Target::O => Slot::O,
+            Target::Gate => Slot::Gate,
+            Target::Up => Slot::Up,
+            Target::Down => Slot::Down,
+        })
+    }
+    /// The matmul weights (what ggml may repack).
+    fn matmuls(&self) -> impl Iterator<Item = usize> + '_ {
+        self.w.iter().enumerate().filter_map(|(i, w)| {
+            let slot = SLOTS[i];
+            w.filter(|_| slot.is_matmul())
+        })
     }
 }
+
+/// Every slot, by index.
+const SLOTS: [Slot; Slot::COUNT] = {
+    use Slot::*;
+    [
+        AttnNorm,
+        Q,
+        K,
+        V,
+        Qkv,
+        BiasQ,
+        BiasK,
+        BiasV,
+        QNorm,
+        KNorm,
+        O,
+        PostAttnNorm,
+        FfnNorm,
+        Gate,
+        Up,
+        GateUp,
+        Down,
+        PostFfnNorm,
+    ]
+};
 
 /// Immutable model: shared by every stream that runs on it.
 pub struct Model {
@@ -150,13 +175,7 @@ impl Model {
                 hp.rope_dims, hp.head_dim
             )));
         }
-        let (e, q, kv, ff, nv) = (
-            hp.n_embd,
-            hp.n_head * hp.head_dim,
-            hp.n_head_kv * hp.head_dim,
-            hp.n_ff,
-            hp.n_vocab,
-        );
+        let (e, nv) = (hp.n_embd, hp.n_vocab);
         let mut ld = Loader {
             g: &gguf,
             set: TensorSet::new(16 + 16 * hp.n_layer)?,
@@ -181,73 +200,46 @@ impl Model {
                 ));
             }
         }
+        let spec = hp.arch.spec();
+        let dims = Dims {
+            n_embd: hp.n_embd,
+            n_head: hp.n_head,
+            n_head_kv: hp.n_head_kv,
+            head_dim: hp.head_dim,
+            n_ff: hp.n_ff,
+        };
         let mut layers = Vec::with_capacity(hp.n_layer);
         for il in 0..hp.n_layer {
-            let n = |s: &str| format!("blk.{il}.{s}");
-            let bias = hp.arch.qkv_bias();
-            let hd = hp.head_dim;
-            // Weights an architecture requires, and that no other architecture may carry
-            // (a llama file with `attn_q_norm` would otherwise run without it).
-            let arch_only =
-                |ld: &mut Loader, s: &str, d: usize, on: bool| -> Result<Option<usize>> {
-                    if on {
-                        ld.tensor(&n(s), &[d]).map(Some)
-                    } else if ld.g.tensor(&n(s)).is_some() {
-                        Err(Error::Unsupported(format!(
-                        "tensor `{}` in a `{}` model (famstream's `{}` layer has no such weight)",
-                        n(s),
-                        hp.arch.name(),
-                        hp.arch.name()
-                    )))
-                    } else {
-                        Ok(None)
-                    }
-                };
-            let opt_bias = |ld: &mut Loader, s: &str, d: usize| -> Result<Option<usize>> {
-                if bias {
-                    ld.tensor(&n(s), &[d]).map(Some)
+            let mut l = LayerWeights::default();
+            for t in spec.tensors {
+                let name = format!("blk.{il}.{}", t.gguf);
+                let ne: Vec<usize> = t.ne.iter().map(|&d| dims.get(d)).collect();
+                l.w[t.slot as usize] = if t.required {
+                    Some(ld.tensor(&name, &ne)?)
                 } else {
-                    ld.opt_tensor(&n(s), &[d])
-                }
+                    ld.opt_tensor(&name, &ne)?
+                };
+            }
+            layers.push(l);
+        }
+        // A weight another architecture's layer has and this one's does not (a llama file with
+        // `attn_q_norm`) is refused: run without it, the model would be silently wrong.
+        for info in gguf.tensors() {
+            let Some((_, suffix)) = info
+                .name
+                .strip_prefix("blk.")
+                .and_then(|r| r.split_once('.'))
+            else {
+                continue;
             };
-            let fused = hp.arch.fused_projections();
-            let (wq, wk, wv, ffn_gate, ffn_up) = if fused {
-                let qkv = ld.tensor(&n("attn_qkv.weight"), &[e, q + 2 * kv])?;
-                let up = ld.tensor(&n("ffn_up.weight"), &[e, 2 * ff])?;
-                (qkv, qkv, qkv, up, up)
-            } else {
-                (
-                    ld.tensor(&n("attn_q.weight"), &[e, q])?,
-                    ld.tensor(&n("attn_k.weight"), &[e, kv])?,
-                    ld.tensor(&n("attn_v.weight"), &[e, kv])?,
-                    ld.tensor(&n("ffn_gate.weight"), &[e, ff])?,
-                    ld.tensor(&n("ffn_up.weight"), &[e, ff])?,
-                )
-            };
-            layers.push(LayerWeights {
-                attn_norm: ld.tensor(&n("attn_norm.weight"), &[e])?,
-                wq,
-                wk,
-                wv,
-                bq: opt_bias(&mut ld, "attn_q.bias", q)?,
-                bk: opt_bias(&mut ld, "attn_k.bias", kv)?,
-                bv: opt_bias(&mut ld, "attn_v.bias", kv)?,
-                wo: ld.tensor(&n("attn_output.weight"), &[q, e])?,
-                ffn_norm: ld.tensor(&n("ffn_norm.weight"), &[e])?,
-                ffn_gate,
-                ffn_up,
-                ffn_down: ld.tensor(&n("ffn_down.weight"), &[ff, e])?,
-                q_norm: arch_only(&mut ld, "attn_q_norm.weight", hd, hp.arch.qk_norm())?,
-                k_norm: arch_only(&mut ld, "attn_k_norm.weight", hd, hp.arch.qk_norm())?,
-                post_attn_norm: arch_only(
-                    &mut ld,
-                    "post_attention_norm.weight",
-                    e,
-                    hp.arch.post_norms(),
-                )?,
-                post_ffn_norm: arch_only(&mut ld, "post_ffw_norm.weight", e, hp.arch.post_norms())?,
-                fused,
-            });
+            if known_layer_tensor(suffix) && !spec.tensors.iter().any(|t| t.gguf == suffix) {
+                return Err(Error::Unsupported(format!(
+                    "tensor `{}` in a `{}` model (famstream's `{}` layer has no such weight)",
+                    info.name,
+                    hp.arch.name(),
+                    hp.arch.name()
+                )));
+            }
         }
         let Loader { mut set, infos, .. } = ld;
         // ggml's CPU kernels are faster on some types (Q4_0 on AVX2/AVX-512) with the weights
@@ -255,10 +247,7 @@ impl Model {
         // the map.
         let mut repacked = Vec::new();
         if repack && backend.is_cpu() {
-            let mut mm: Vec<usize> = layers
-                .iter()
-                .flat_map(|l| [l.wq, l.wk, l.wv, l.wo, l.ffn_gate, l.ffn_up, l.ffn_down])
-                .collect();
+            let mut mm: Vec<usize> = layers.iter().flat_map(|l| l.matmuls()).collect();
             mm.extend(output);
             mm.sort_unstable();
             mm.dedup(); // fused projections appear under several names
@@ -329,12 +318,23 @@ impl Model {
                 backend.name()
             )));
         }
-        if self.hp.arch.fused_projections() {
+        // Adapters name the seven unfused linears; an architecture with fused ones has no place
+        // for them.
+        let unfused = [
+            Slot::Q,
+            Slot::K,
+            Slot::V,
+            Slot::O,
+            Slot::Gate,
+            Slot::Up,
+            Slot::Down,
+        ];
+        if let Some(s) = unfused.iter().find(|&&s| self.hp.arch.tensor(s).is_none()) {
             return Err(Error::adapter(
                 path,
                 format!(
-                    "adapters for `{}` models (fused Q|K|V and gate|up projections) are not \
-                     supported",
+                    "adapters for `{}` models are not supported (its layers have no separate \
+                     {s:?} projection: fused Q|K|V and gate|up)",
                     self.hp.arch.name()
                 ),
             ));
@@ -342,7 +342,9 @@ impl Model {
         let file = AdapterFile::open(path, &self.gguf, &self.hp)?;
         let layers = &self.layers;
         let adapter = Adapter::upload(file, backend, self.weights.len(), |il, t| {
-            layers[il].target(t)
+            layers[il]
+                .target(t)
+                .expect("checked above: every target has its weight")
         })?;
         // The stream defaults must still make sense with the adapter's keys.
         self.adapter = Some(adapter);
