@@ -46,8 +46,11 @@ def transcript(chars: int, with_facts: bool) -> str:
     return "\n".join(speaker_lines(chars, FACTS if with_facts else ())) + "\n"
 
 
+THREADS = "2"
+
+
 def run(bin_: str, args: list[str]) -> str:
-    r = subprocess.run([bin_, "summarize", "-t", "2", "--quiet"] + args, capture_output=True, text=True)
+    r = subprocess.run([bin_, "summarize", "-t", THREADS, "--quiet"] + args, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"famstream summarize {' '.join(args)} failed: {r.stderr[-500:]}")
     return r.stdout
@@ -59,11 +62,17 @@ def main() -> int:
     ap.add_argument("--methods", nargs="+", default=["stream", "notes"])
     ap.add_argument("--memory", default="sink")
     ap.add_argument("--bin", default=str(REPO / "target/release/famstream"))
+    ap.add_argument("--threads", default="2")
     a = ap.parse_args()
+    global THREADS
+    THREADS = a.threads
     out_dir = REPO / "results/summarize"
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp())
     rows = []
+    out = out_dir / f"coverage-{a.memory}-{a.chars}.json"
+    partial = out.with_suffix(".partial.jsonl")  # one line per row as it is measured
+    partial.write_text("")
     for method in a.methods:
         for planted in (True, False):
             text = work / f"t-{planted}.txt"
@@ -85,8 +94,10 @@ def main() -> int:
                     row.update(answer=ans, recalled=key.lower() in ans.lower())
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr)
-    out = out_dir / f"coverage-{a.memory}-{a.chars}.json"
+                with open(partial, "a") as f:
+                    f.write(json.dumps(row) + "\n")
     out.write_text(json.dumps({"chars": a.chars, "rows": rows}, indent=1) + "\n")
+    partial.unlink()
     print(f"| method | position | recalled (greedy) | answer log-prob gain (nats/token) |\n|---|---|---|---|")
     for method in a.methods:
         for frac, *_ in FACTS:

@@ -27,7 +27,7 @@ from tools.common import FAMSTREAM, ROOT, default_model, splice  # noqa: E402
 OUT = ROOT / "results/recall"
 
 
-def policies(block, adapter):
+def policies(block, adapter, adapter_name="fam-trained"):
     w = ["--block", str(block), "--mem-blocks", "0"]
     p = {
         "full": ["--memory", "full"],
@@ -38,8 +38,8 @@ def policies(block, adapter):
         "keep": ["--memory", "keep", *w, "--fam-len", "16", "--sinks", "4"],
     }
     if adapter:
-        p["fam-trained"] = ["--adapter", str(adapter), "--memory", "fam", *w]
-        p["fam-trained-no-fam"] = ["--adapter", str(adapter), "--memory", "bswa", *w]
+        p[adapter_name] = ["--adapter", str(adapter), "--memory", "fam", *w]
+        p[f"{adapter_name}-no-fam"] = ["--adapter", str(adapter), "--memory", "bswa", *w]
     return p
 
 
@@ -90,6 +90,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--policies", nargs="+")
     ap.add_argument("--adapter")
+    ap.add_argument("--adapter-name", default="fam-trained",
+                    help="the policy name of the adapter's rows (another adapter: another name)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--splice", action="store_true", help="write the table into results/README.md")
     ap.add_argument("--splice-name", default="recall",
@@ -103,7 +105,7 @@ def main():
     cases = make_cases(a.tokenizer, a.block, a.k, a.trials, a.seed)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    pols = policies(a.block, a.adapter)
+    pols = policies(a.block, a.adapter, a.adapter_name)
     results = {}
     for name in a.policies or list(pols):
         out = OUT / f"{name}-b{a.block}-n{a.trials}-k{'_'.join(map(str, a.k))}.json"
