@@ -243,8 +243,9 @@ pub fn timeline_json(notes: &[Note]) -> serde_json::Value {
 pub struct Prompts;
 
 impl Prompts {
-    const NOTE: &'static str = "Write short notes on the part above: who spoke, and every name, \
-number, place, date and decision in it. Keep the speakers' names. Do not repeat the earlier notes.";
+    const NOTE: &'static str = "List the facts stated in the part above: every name, number, \
+place, date and decision, one short line each, with the speaker who said it (SPEAKER: fact). \
+Do not repeat the earlier notes.";
     const MERGE: &'static str = "Combine these notes into one shorter note. Keep every name, \
 number, place, date and decision.";
 
@@ -414,13 +415,23 @@ pub fn has_template(rt: &Runtime) -> bool {
     )
 }
 
+/// Greedy decoding for notes, with a repeat penalty: a small model's greedy notes otherwise fall
+/// into repeating one line until the budget is spent ("The King of Naples was ..." eight times on
+/// a 135M model).
 fn greedy(max_tokens: usize) -> GenerateOptions {
     GenerateOptions {
         max_tokens,
-        sampler: SamplerConfig::greedy(),
+        sampler: SamplerConfig {
+            repeat_penalty: NOTE_REPEAT_PENALTY,
+            repeat_last_n: 64,
+            ..SamplerConfig::greedy()
+        },
         ..GenerateOptions::default()
     }
 }
+
+/// llama.cpp's `--repeat-penalty` for the note and merge steps (its common setting is 1.1-1.3).
+const NOTE_REPEAT_PENALTY: f32 = 1.3;
 
 /// Run the note steps over `chunks[progress.done .. len-1]` (the last chunk is kept for the
 /// answer), merging when over budget. `on_step` sees every step and may save a checkpoint.

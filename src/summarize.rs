@@ -30,6 +30,12 @@ use crate::runtime::{GenerateOptions, GenerateStats, Runtime};
 use crate::sample::SamplerConfig;
 use crate::state::{FamState, Logits};
 
+/// The request for a question (`--ask`): the question, then how to answer it, so a small
+/// model answers instead of describing the text. Both summarize methods ask it this way.
+pub fn question_request(question: &str) -> String {
+    format!("Question: {question}\nAnswer it in one short sentence, with the names, numbers or places it asks for.")
+}
+
 /// The default request when no question is asked.
 pub const SUMMARY_REQUEST: &str =
     "Summarize the transcript above. List the people, the numbers and the decisions it mentions.";
@@ -138,7 +144,10 @@ pub fn ingest(
 
 fn closing(rt: &Runtime, opts: &SummarizeOptions) -> Result<Vec<u32>> {
     let (_, after) = user_turn(rt)?;
-    let request = opts.question.as_deref().unwrap_or(SUMMARY_REQUEST);
+    let request = match &opts.question {
+        Some(q) => question_request(q),
+        None => SUMMARY_REQUEST.to_string(),
+    };
     let close = format!("\n\n{request}{after}{}", rt.chat.generation_prompt());
     Ok(rt.tokenizer.encode(&close, false, true))
 }

@@ -186,9 +186,11 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
             };
             famstream::notes::write_atomic(p, body.as_bytes())?;
         }
-        let request = ask
-            .as_deref()
-            .unwrap_or(famstream::summarize::SUMMARY_REQUEST);
+        let request = match &ask {
+            Some(q) => famstream::summarize::question_request(q),
+            None => famstream::summarize::SUMMARY_REQUEST.to_string(),
+        };
+        let request = request.as_str();
         if let Some(reply) = &score_answer {
             let (lp, n) = famstream::notes::score_answer(
                 &rt, &mut eng, &mut state, &chunks, &pr, request, reply,
