@@ -14,14 +14,10 @@
 //!                                               into one of at most `note_tokens` (map-reduce)
 //! answer <- [instruction, the notes, the last chunk c_n, the request]
 //! ```
-//! Every chunk reaches a note step, so every token is read by the model with the notes of all
-//! that came before it; what reaches the answer is the notes (everything, condensed) plus the
-//! last chunk verbatim. Memory is constant: one fixed-size stream state (reset per step), notes
-//! bounded by `notes_budget` tokens, one chunk of text at a time.
-//!
-//! The run can be checkpointed after each step ([`Progress`] is plain JSON: the notes and the
-//! next chunk), so a recording of hours can be summarized across runs. Prompts live in
-//! [`Prompts`], one set per chat template (a model without a template gets plain text).
+//! Every token is read with the notes of all before it; the answer sees the notes plus the last
+//! chunk verbatim. Memory is constant: one fixed-size state (reset per step), notes bounded by
+//! `notes_budget` tokens, one chunk at a time. A run can be checkpointed after each step
+//! ([`Progress`], plain JSON); prompts live in [`Prompts`] (plain text without a template).
 
 use crate::chat::Message;
 use crate::engine::Engine;
@@ -415,23 +411,20 @@ pub fn has_template(rt: &Runtime) -> bool {
     )
 }
 
-/// Greedy decoding for notes, with a repeat penalty: a small model's greedy notes otherwise fall
-/// into repeating one line until the budget is spent ("The King of Naples was ..." eight times on
-/// a 135M model).
+/// Greedy notes with llama.cpp's common repeat penalty (1.3 over 64 tokens): without it the
+/// 135M model's notes repeat one line until the budget is spent.
 fn greedy(max_tokens: usize) -> GenerateOptions {
+    let sampler = SamplerConfig {
+        repeat_penalty: 1.3,
+        repeat_last_n: 64,
+        ..SamplerConfig::greedy()
+    };
     GenerateOptions {
         max_tokens,
-        sampler: SamplerConfig {
-            repeat_penalty: NOTE_REPEAT_PENALTY,
-            repeat_last_n: 64,
-            ..SamplerConfig::greedy()
-        },
+        sampler,
         ..GenerateOptions::default()
     }
 }
-
-/// llama.cpp's `--repeat-penalty` for the note and merge steps (its common setting is 1.1-1.3).
-const NOTE_REPEAT_PENALTY: f32 = 1.3;
 
 /// Run the note steps over `chunks[progress.done .. len-1]` (the last chunk is kept for the
 /// answer), merging when over budget. `on_step` sees every step and may save a checkpoint.
