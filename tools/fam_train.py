@@ -433,8 +433,8 @@ def cmd_train(a):
         dt = time.time() - t0
         tok_done += a.batch * T
         rate = tok_done / (time.time() - t_start)
-        rec = dict(step=step, k=k, k_cur=k_cur, loss=round(float(loss), 4), ans_loss=round(float(ans_loss), 4),
-                   lm_loss=round(float(lm_loss), 4), tokens=a.batch * T, seconds=round(dt, 2))
+        rec = dict(step=step, k=k, k_cur=k_cur, loss=round(loss.item(), 4), ans_loss=round(ans_loss.item(), 4),
+                   lm_loss=round(lm_loss.item(), 4), tokens=a.batch * T, seconds=round(dt, 2))
         if step % a.eval_every == 0 or step == a.steps:
             last_recall = evaluate()
             rec["recall_val"] = last_recall
@@ -443,8 +443,8 @@ def cmd_train(a):
                 k_cur += 1
         log.write(json.dumps(rec) + "\n"); log.flush()
         eta = (a.steps - step) * dt
-        print(f"step {step}/{a.steps} k={k}/{k_cur} loss {float(loss):.3f} (answer {float(ans_loss):.3f}, "
-              f"lm {float(lm_loss):.3f}) recall@k={last_recall if last_recall is None else round(last_recall, 3)} "
+        print(f"step {step}/{a.steps} k={k}/{k_cur} loss {loss.item():.3f} (answer {ans_loss.item():.3f}, "
+              f"lm {lm_loss.item():.3f}) recall@k={last_recall if last_recall is None else round(last_recall, 3)} "
               f"{rate:.0f} tok/s ETA {eta / 60:.0f} min", file=sys.stderr, flush=True)
         if step % a.ckpt_every == 0 or step == a.steps:
             save_atomic(dict(lora=model.lora.state_dict(), prompt=model.prompt.detach(), opt=opt.state_dict(),
@@ -731,7 +731,7 @@ def cmd_smoke(a):
             loss = Fn.cross_entropy(torch.stack([lg[i, col[p]] for i, ps in enumerate(ans) for p in ps]),
                                     torch.tensor([ids[i][p + 1] for i, ps in enumerate(ans) for p in ps]))
             opt.zero_grad(); loss.backward(); opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         print(f"fixed-batch answer loss {losses[0]:.3f} -> {losses[-1]:.3f}")
         assert losses[-1] < 0.5 * losses[0], losses
         # the committed goldens are what this trainer makes
