@@ -141,6 +141,7 @@ pub fn build_token_graph<'a>(
         x = ctx.scale(x, s); // Gemma3TextScaledWordEmbedding
     }
     let mut layer_inputs = Vec::new();
+    let layer = hp.arch.spec().layer;
     for il in 0..hp.n_layer {
         if let Some(rows) = capture_rows {
             let c = ctx
@@ -178,7 +179,7 @@ pub fn build_token_graph<'a>(
             };
             attend(ctx, m, q, kc, vc, shape.n_kv, layer_mask)
         };
-        x = (hp.arch.spec().layer)(&b, x, pos, true, &mut attend_cache);
+        x = layer(&b, x, pos, true, &mut attend_cache);
     }
     let out_rows = shape
         .n_out
@@ -298,6 +299,7 @@ pub fn build_fam_graph<'a>(
     let slots = input(GgmlType::I64, &[f], "fam_slots");
     let q_pos = update.then(|| input(GgmlType::I32, &[f], "fam_q_pos"));
     let mask = update.then(|| input(GgmlType::F16, &[n_kv as i64, f], "fam_mask"));
+    let layer = hp.arch.spec().layer;
     for il in 0..hp.n_layer {
         let x = fam[il];
         let new = match (q_pos, mask) {
@@ -305,7 +307,6 @@ pub fn build_fam_graph<'a>(
                 // The FAM rows' queries read the old FAM and the finished block; their own K/V
                 // are written after, at the new positions (`fam_kv`).
                 let mut read = |qkv: Qkv<'a>| attend(ctx, m, qkv.q, kv.k(il), kv.v(il), n_kv, mask);
-                let layer = hp.arch.spec().layer;
                 let mut out = layer(&block(ctx, m, il), x, q_pos, !zero_residual, &mut read)
                     .set_name(&format!("fam_new-{il}"));
                 if renorm {

@@ -30,9 +30,13 @@ use crate::runtime::{GenerateOptions, GenerateStats, Runtime};
 use crate::sample::SamplerConfig;
 use crate::state::{FamState, Logits};
 
-/// The request for a question (`--ask`): the question, then how to answer it, so a small
-/// model answers instead of describing the text. Both summarize methods ask it this way.
-pub fn question_request(question: &str) -> String {
+/// The closing request: the summary request, or for a question (`--ask`) the question and how
+/// to answer it, so a small model answers instead of describing the text. Both summarize
+/// methods close with it.
+pub fn request(question: Option<&str>) -> String {
+    let Some(question) = question else {
+        return SUMMARY_REQUEST.to_string();
+    };
     format!("Question: {question}\nAnswer it in one short sentence, with the names, numbers or places it asks for.")
 }
 
@@ -144,10 +148,7 @@ pub fn ingest(
 
 fn closing(rt: &Runtime, opts: &SummarizeOptions) -> Result<Vec<u32>> {
     let (_, after) = user_turn(rt)?;
-    let request = match &opts.question {
-        Some(q) => question_request(q),
-        None => SUMMARY_REQUEST.to_string(),
-    };
+    let request = request(opts.question.as_deref());
     let close = format!("\n\n{request}{after}{}", rt.chat.generation_prompt());
     Ok(rt.tokenizer.encode(&close, false, true))
 }

@@ -46,11 +46,8 @@ def transcript(chars: int, with_facts: bool) -> str:
     return "\n".join(speaker_lines(chars, FACTS if with_facts else ())) + "\n"
 
 
-THREADS = "2"
-
-
-def run(bin_: str, args: list[str]) -> str:
-    r = subprocess.run([bin_, "summarize", "-t", THREADS, "--quiet"] + args, capture_output=True, text=True)
+def run(bin_: str, threads: str, args: list[str]) -> str:
+    r = subprocess.run([bin_, "summarize", "-t", threads, "--quiet"] + args, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"famstream summarize {' '.join(args)} failed: {r.stderr[-500:]}")
     return r.stdout
@@ -64,8 +61,6 @@ def main() -> int:
     ap.add_argument("--bin", default=str(REPO / "target/release/famstream"))
     ap.add_argument("--threads", default="2")
     a = ap.parse_args()
-    global THREADS
-    THREADS = a.threads
     out_dir = REPO / "results/summarize"
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp())
@@ -80,17 +75,17 @@ def main() -> int:
             base = ["--method", method, "--memory", a.memory]
             if method == "stream":
                 snap = work / f"{method}-{planted}.snap"
-                run(a.bin, base + ["--ingest-only", "--save-state", str(snap), str(text)])
+                run(a.bin, a.threads, base + ["--ingest-only", "--save-state", str(snap), str(text)])
                 src = ["--load-state", str(snap)]
             else:
                 # notes are kept in the checkpoint: every question after the first resumes there
                 src = ["--checkpoint", str(work / f"{method}-{planted}.ckpt"), str(text)]
             for frac, _, q, key, ref in FACTS:
-                score = json.loads(run(a.bin, base + ["--ask", q, "--score-answer", ref] + src))
+                score = json.loads(run(a.bin, a.threads, base + ["--ask", q, "--score-answer", ref] + src))
                 row = {"method": method, "memory": a.memory, "position": frac, "planted": planted,
                        "mean_logprob": score["mean_logprob"], "tokens_read": score["tokens_read"]}
                 if planted:
-                    ans = run(a.bin, base + ["--ask", q, "-n", "24", "--temp", "0"] + src).strip()
+                    ans = run(a.bin, a.threads, base + ["--ask", q, "-n", "24", "--temp", "0"] + src).strip()
                     row.update(answer=ans, recalled=key.lower() in ans.lower())
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr)

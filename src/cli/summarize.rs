@@ -186,10 +186,7 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
             };
             famstream::notes::write_atomic(p, body.as_bytes())?;
         }
-        let request = match &ask {
-            Some(q) => famstream::summarize::question_request(q),
-            None => famstream::summarize::SUMMARY_REQUEST.to_string(),
-        };
+        let request = famstream::summarize::request(ask.as_deref());
         let request = request.as_str();
         if let Some(reply) = &score_answer {
             let (lp, n) = famstream::notes::score_answer(

@@ -44,39 +44,7 @@ impl LayerWeights {
             Target::Down => Slot::Down,
         })
     }
-    /// The matmul weights (what ggml may repack).
-    fn matmuls(&self) -> impl Iterator<Item = usize> + '_ {
-        self.w.iter().enumerate().filter_map(|(i, w)| {
-            let slot = SLOTS[i];
-            w.filter(|_| slot.is_matmul())
-        })
-    }
 }
-
-/// Every slot, by index.
-const SLOTS: [Slot; Slot::COUNT] = {
-    use Slot::*;
-    [
-        AttnNorm,
-        Q,
-        K,
-        V,
-        Qkv,
-        BiasQ,
-        BiasK,
-        BiasV,
-        QNorm,
-        KNorm,
-        O,
-        PostAttnNorm,
-        FfnNorm,
-        Gate,
-        Up,
-        GateUp,
-        Down,
-        PostFfnNorm,
-    ]
-};
 
 /// Immutable model: shared by every stream that runs on it.
 pub struct Model {
@@ -247,7 +215,15 @@ impl Model {
         // the map.
         let mut repacked = Vec::new();
         if repack && backend.is_cpu() {
-            let mut mm: Vec<usize> = layers.iter().flat_map(|l| l.matmuls()).collect();
+            let matmul_slots = spec
+                .tensors
+                .iter()
+                .map(|t| t.slot)
+                .filter(|s| s.is_matmul());
+            let mut mm: Vec<usize> = layers
+                .iter()
+                .flat_map(|l| matmul_slots.clone().filter_map(|s| l.opt(s)))
+                .collect();
             mm.extend(output);
             mm.sort_unstable();
             mm.dedup(); // fused projections appear under several names

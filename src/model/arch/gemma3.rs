@@ -3,7 +3,7 @@
 //! sliding-window layers with their own RoPE base between global ones, a final logit
 //! soft-cap where set. (`Gemma3DecoderLayer`)
 
-use super::llama::ATTN;
+use super::llama::{ATTN, MLP};
 use super::ops::Act;
 use super::qwen3::QK_NORM;
 use super::{t, Arch, ArchSpec, Attend, Block, Dim::*, RopeLayout, Slot};
@@ -33,19 +33,9 @@ pub static SPEC: ArchSpec = ArchSpec {
             "pre_feedforward_layernorm.weight",
             &[Embd],
         ),
-        t(
-            Slot::Gate,
-            "ffn_gate.weight",
-            "mlp.gate_proj.weight",
-            &[Embd, Ff],
-        ),
-        t(Slot::Up, "ffn_up.weight", "mlp.up_proj.weight", &[Embd, Ff]),
-        t(
-            Slot::Down,
-            "ffn_down.weight",
-            "mlp.down_proj.weight",
-            &[Ff, Embd],
-        ),
+        MLP[1],
+        MLP[2],
+        MLP[3],
         t(
             Slot::PostFfnNorm,
             "post_ffw_norm.weight",

@@ -85,8 +85,16 @@ pub fn attn_in<'a>(b: &Block<'a>, x: Tensor<'a>, pos: Tensor<'a>) -> Qkv<'a> {
     b.rope(b.project_qkv(h), pos)
 }
 
-/// Pre-norm attention and SwiGLU MLP, each added to the residual; `attn_in` is the
-/// architecture's attention inputs (qwen3 adds QK-norm to llama's).
+/// The MLP of a pre-norm layer.
+pub(super) enum Mlp {
+    /// Separate gate and up projections with this activation.
+    Glu(Act),
+    /// One gate|up projection, SwiGLU (phi3).
+    FusedSwiGlu,
+}
+
+/// Pre-norm attention and a gated MLP, each added to the residual; `attn_in` is the
+/// architecture's attention inputs (qwen3 adds QK-norm to llama's, phi3 fuses Q|K|V).
 pub(super) fn pre_norm_layer<'a>(
     b: &Block<'a>,
     x: Tensor<'a>,
@@ -94,12 +102,17 @@ pub(super) fn pre_norm_layer<'a>(
     residual: bool,
     attend: Attend<'_, 'a>,
     attn_in: super::AttnInFn,
+    mlp: Mlp,
 ) -> Tensor<'a> {
     let attn = b.named(attend(attn_in(b, x, pos)), "kqv");
     let o = b.named(b.linear(Slot::O, None, attn), "attn_out");
     let x = b.named(b.residual(x, o, residual), "ffn_inp");
     let h = b.named(b.norm(x, Slot::FfnNorm), "ffn_norm");
-    let f = b.named(b.glu(h, Act::Silu), "ffn_out");
+    let f = match mlp {
+        Mlp::Glu(act) => b.glu(h, act),
+        Mlp::FusedSwiGlu => b.glu_fused(h),
+    };
+    let f = b.named(f, "ffn_out");
     b.named(b.ctx.add(x, f), "l_out")
 }
 
@@ -110,5 +123,5 @@ pub fn layer<'a>(
     residual: bool,
     attend: Attend<'_, 'a>,
 ) -> Tensor<'a> {
-    pre_norm_layer(b, x, pos, residual, attend, attn_in)
+    pre_norm_layer(b, x, pos, residual, attend, attn_in, Mlp::Glu(Act::Silu))
 }

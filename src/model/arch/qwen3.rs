@@ -1,7 +1,8 @@
 //! `qwen3`: llama's layer in the halves RoPE layout with QK-norm (Q and K RMS-normed per head
 //! before RoPE), no biases by default. (`Qwen3DecoderLayer`)
 
-use super::llama::{pre_norm_layer, ATTN, BIASES, MLP};
+use super::llama::{pre_norm_layer, Mlp, ATTN, BIASES, MLP};
+use super::ops::Act;
 use super::{t, Arch, ArchSpec, Attend, Block, Dim::Head, LayerTensor, Qkv, RopeLayout, Slot};
 use crate::ggml::Tensor;
 
@@ -46,5 +47,5 @@ pub fn layer<'a>(
     residual: bool,
     attend: Attend<'_, 'a>,
 ) -> Tensor<'a> {
-    pre_norm_layer(b, x, pos, residual, attend, attn_in)
+    pre_norm_layer(b, x, pos, residual, attend, attn_in, Mlp::Glu(Act::Silu))
 }
