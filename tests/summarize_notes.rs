@@ -9,7 +9,8 @@ use famstream::notes::{self, NotesOptions, Step};
 use famstream::settings::{FamSettings, MemoryPolicy};
 use std::process::Command;
 
-/// bswa with a 512-token window (B = 256, M = 1): chunks of 512 - 64 - 24 - 160 = 264 tokens.
+/// bswa with a 512-token window (B = 256, M = 1): chunks of 512 - 64 - 24 - 32 - 160 = 232
+/// tokens (notes budget, note, quotes, prompt).
 fn settings() -> FamSettings {
     FamSettings {
         policy: MemoryPolicy::Bswa,
@@ -26,6 +27,7 @@ fn small_notes() -> NotesOptions {
         note_tokens: 24,
         notes_budget: 64,
         focus: vec![],
+        quotes_budget: Some(32),
     }
 }
 
@@ -52,17 +54,24 @@ fn every_chunk_is_noted_within_the_window_and_the_budget() {
     let mut eng = rt.engine().unwrap();
     let mut state = rt.new_state(&eng, settings(), 0).unwrap();
     let state_bytes = state.state_bytes();
-    let text = transcript(40);
+    // a fact in the first chunk, and a question about it: it must reach the answer as a quote
+    let mut text = transcript(40);
+    text.insert_str(
+        0,
+        "Dora: For the record, the bridge fund holds exactly 4217 gold crowns.\n",
+    );
+    let question = "How many gold crowns does the bridge fund hold?";
     let opts = small_notes();
     let (mut noted, mut merges, mut max_prompt) = (Vec::new(), 0, 0);
     let mut over_budget_at_chunk_end = Vec::new();
     let mut last_notes_tokens = 0;
-    let (chunks, progress) = notes::read(
+    let reading = notes::read(
         &rt,
         &mut eng,
         &mut state,
         &text,
         &opts,
+        Some(question),
         None,
         |step, pr, _| match step {
             Step::Noted {
@@ -84,6 +93,7 @@ fn every_chunk_is_noted_within_the_window_and_the_budget() {
         },
     )
     .unwrap();
+    let (chunks, progress) = (&reading.chunks, &reading.progress);
     assert!(chunks.len() >= 8, "only {} chunks", chunks.len());
     // every chunk but the last (which the answer reads verbatim) reached a note step, in order
     assert_eq!(noted, (0..chunks.len() - 1).collect::<Vec<_>>());
@@ -109,6 +119,18 @@ fn every_chunk_is_noted_within_the_window_and_the_budget() {
         .windows(2)
         .all(|w| w[0].start_token + w[0].n_tokens == w[1].start_token));
     assert_eq!(state.state_bytes(), state_bytes, "the state grew");
+    // the first chunk's fact is quoted, within the quotes budget, and the answer's prompt
+    // (notes, quotes, last chunk, request) fits the window
+    let quoted: usize = reading.quotes.iter().map(|q| q.n_tokens).sum();
+    assert!(quoted <= 32, "{quoted} tokens of quotes");
+    assert!(
+        reading.quotes.iter().any(|q| q.text.contains("4217")),
+        "{:?}",
+        reading.quotes
+    );
+    let request = famstream::summarize::request(Some(question));
+    let prompt = reading.answer_prompt(&rt, &request).len();
+    assert!(prompt <= WINDOW, "the answer's prompt has {prompt} tokens");
 }
 
 fn famstream() -> Command {

@@ -4,13 +4,15 @@
 Five facts are planted at 5%, 25%, 50%, 75% and 95% of a meeting-style transcript (speaker turns
 from ../shared/data, as tools/make_transcript.py makes them). For each summarize method
 (`stream`: the whole text through one stream, then the question; `notes`: notes on every
-chunk, then the question over the notes and the last chunk) and each fact, famstream is asked
+chunk, then the question over the notes, the quotes that match it and the last chunk;
+`notes-noquotes`: the same with `--quotes 0`, notes alone) and each fact, famstream is asked
 the fact's question: greedy recall (the answer contains the fact's key string) and the mean
 log-probability of the reference answer (`--score-answer`), with and without the fact planted
 (the gain is what the fact itself contributes). Writes results/summarize/coverage-*.json and
 prints a table.
 
-    python3 tools/eval_coverage.py [--chars 36000] [--methods stream notes] [--memory sink]
+    python3 tools/eval_coverage.py [--chars 36000] [--methods stream notes notes-noquotes]
+                                   [--memory sink] [--out results/summarize/F.json]
 
 Runs the release binary on the default model with 2 threads; ~10k tokens (36k characters) take
 ~15 minutes for both methods on 2 cores, the issue's ~40k tokens about four times that.
@@ -39,6 +41,14 @@ FACTS = [
 ]
 
 
+# each method's summarize flags
+METHODS = {
+    "stream": ["--method", "stream"],
+    "notes": ["--method", "notes"],
+    "notes-noquotes": ["--method", "notes", "--quotes", "0"],
+}
+
+
 def transcript(chars: int, with_facts: bool) -> str:
     sys.path.insert(0, str(REPO))
     from tools.make_transcript import speaker_lines  # the same speaker turns as the other evaluations
@@ -60,20 +70,24 @@ def main() -> int:
     ap.add_argument("--memory", default="sink")
     ap.add_argument("--bin", default=str(REPO / "target/release/famstream"))
     ap.add_argument("--threads", default="2")
+    ap.add_argument("--out", help="the JSON to write (default: results/summarize/coverage-MEMORY-CHARS.json)")
     a = ap.parse_args()
     out_dir = REPO / "results/summarize"
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp())
     rows = []
-    out = out_dir / f"coverage-{a.memory}-{a.chars}.json"
+    out = Path(a.out) if a.out else out_dir / f"coverage-{a.memory}-{a.chars}.json"
     partial = out.with_suffix(".partial.jsonl")  # one line per row as it is measured
     partial.write_text("")
     for method in a.methods:
         for planted in (True, False):
             text = work / f"t-{planted}.txt"
             text.write_text(transcript(a.chars, planted))
-            base = ["--method", method, "--memory", a.memory]
-            if method == "stream":
+            flags = METHODS.get(method)
+            if flags is None:
+                raise SystemExit(f"unknown method {method} (one of {', '.join(METHODS)})")
+            base = flags + ["--memory", a.memory]
+            if flags[1] == "stream":
                 snap = work / f"{method}-{planted}.snap"
                 run(a.bin, a.threads, base + ["--ingest-only", "--save-state", str(snap), str(text)])
                 src = ["--load-state", str(snap)]
@@ -83,7 +97,8 @@ def main() -> int:
             for frac, _, q, key, ref in FACTS:
                 score = json.loads(run(a.bin, a.threads, base + ["--ask", q, "--score-answer", ref] + src))
                 row = {"method": method, "memory": a.memory, "position": frac, "planted": planted,
-                       "mean_logprob": score["mean_logprob"], "tokens_read": score["tokens_read"]}
+                       "mean_logprob": score["mean_logprob"], "tokens_read": score["tokens_read"],
+                       "quotes": score.get("quotes")}
                 if planted:
                     ans = run(a.bin, a.threads, base + ["--ask", q, "-n", "24", "--temp", "0"] + src).strip()
                     row.update(answer=ans, recalled=key.lower() in ans.lower())

@@ -41,6 +41,12 @@ pub struct SummarizeArgs {
     /// oldest notes are merged by the model.
     #[arg(long = "notes-budget", default_value_t = 768)]
     pub notes_budget: usize,
+    /// Quotes for the answer (--method notes): the passages of the whole text that best match
+    /// --ask and --focus (BM25 over words), at most N tokens, kept verbatim next to the notes;
+    /// 0: none. Reserved in every chunk's window. Default: an eighth of the window, at most
+    /// 512.
+    #[arg(long = "quotes")]
+    pub quotes: Option<usize>,
     /// Write the notes as a timeline (token offset or subtitle time, note) to FILE:
     /// Markdown, or JSON with --json (--method notes).
     #[arg(long = "notes-out")]
@@ -80,6 +86,7 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
         method,
         chunk_tokens,
         notes_budget,
+        quotes,
         notes_out,
         json,
         checkpoint,
@@ -135,6 +142,7 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
             note_tokens: notes_tokens.unwrap_or(96),
             notes_budget,
             focus,
+            quotes_budget: quotes,
         };
         let pb = if quiet {
             indicatif::ProgressBar::hidden()
@@ -142,12 +150,13 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
             famstream::util::progress(0, "chunks")
         };
         let t0 = std::time::Instant::now();
-        let (chunks, pr) = famstream::notes::read(
+        let reading = famstream::notes::read(
             &rt,
             &mut eng,
             &mut state,
             &text,
             &nopts,
+            ask.as_deref(),
             checkpoint.as_deref(),
             |_, pr, chunks| {
                 pb.set_length(chunks.len().saturating_sub(1) as u64);
@@ -163,18 +172,20 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
             },
         )?;
         pb.finish_and_clear();
-        let total = chunks.last().map_or(0, |c| c.start_token + c.n_tokens);
+        let (total, pr) = (reading.total_tokens(), &reading.progress);
         if !quiet {
             let secs = t0.elapsed().as_secs_f64();
             eprintln!(
                 "read {total} tokens in {} chunks: {} notes ({} tokens, {} merges, {} \
-                     tokens written) in {secs:.1}s ({:.1} input tok/s)",
-                chunks.len(),
+                     tokens written) in {secs:.1}s ({:.1} input tok/s); {} quotes ({} tokens)",
+                reading.chunks.len(),
                 pr.notes.len(),
                 pr.notes_tokens(),
                 pr.merges,
                 pr.written_tokens,
-                total as f64 / secs.max(1e-9)
+                total as f64 / secs.max(1e-9),
+                reading.quotes.len(),
+                reading.quotes.iter().map(|q| q.n_tokens).sum::<usize>()
             );
         }
         if let Some(p) = &notes_out {
@@ -190,11 +201,12 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
         let request = request.as_str();
         if let Some(reply) = &score_answer {
             let (lp, n) = famstream::notes::score_answer(
-                &rt, &mut eng, &mut state, &chunks, &pr, request, reply,
+                &rt, &mut eng, &mut state, &reading, request, reply,
             )?;
             print_json(&serde_json::json!({
                 "answer": reply, "mean_logprob": lp, "answer_tokens": n,
                 "tokens_read": total, "method": "notes", "notes": pr.notes.len(),
+                "quotes": reading.quotes.len(),
             }));
             return Ok(());
         }
@@ -203,8 +215,7 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
             &rt,
             &mut eng,
             &mut state,
-            &chunks,
-            &pr,
+            &reading,
             request,
             &answer,
             |piece| write_piece(&mut out, piece),
@@ -222,9 +233,10 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
         return Ok(());
     }
     let notes_tokens = notes_tokens.unwrap_or(48);
-    if chunk_tokens > 0 || notes_out.is_some() || checkpoint.is_some() || json {
+    if chunk_tokens > 0 || notes_out.is_some() || checkpoint.is_some() || json || quotes.is_some() {
         return Err(Error::Invalid(
-            "--chunk-tokens, --notes-out, --json and --checkpoint belong to --method notes".into(),
+            "--chunk-tokens, --notes-out, --json, --checkpoint and --quotes belong to --method notes"
+                .into(),
         ));
     }
     if ingest_only && (memory.save_state.is_none() || text.is_none()) {

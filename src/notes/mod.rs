@@ -12,12 +12,21 @@
 //!     notes        += (c_i's start: token offset, subtitle time), note_i
 //!     while notes exceed `notes_budget` tokens: the two oldest entries are merged by the model
 //!                                               into one of at most `note_tokens` (map-reduce)
-//! answer <- [instruction, the notes, the last chunk c_n, the request]
+//! quotes <- the passages of the whole input that best match the question    (see [`quotes`])
+//! answer <- [instruction, the notes, the quotes, the last chunk c_n, the request]
 //! ```
-//! Every token is read with the notes of all before it; the answer sees the notes plus the last
-//! chunk verbatim. Memory is constant: one fixed-size state (reset per step), notes bounded by
-//! `notes_budget` tokens, one chunk at a time. A run can be checkpointed after each step
-//! ([`Progress`], plain JSON); prompts live in [`Prompts`] (plain text without a template).
+//! Every token is read with the notes of all before it; the answer sees the notes, the quotes
+//! and the last chunk verbatim. Quotes need a question (`--ask`) or `--focus`; they do not
+//! depend on the model, which matters on a small one whose notes drop facts. Memory is constant: one fixed-size state (reset per step), notes bounded by
+//! `notes_budget` tokens, quotes by `quotes_budget`, one chunk at a time. A run can be
+//! checkpointed after each step ([`Progress`], plain JSON, [`timeline`]); prompts live in
+//! [`Prompts`] (plain text without a template).
+
+pub mod quotes;
+pub mod timeline;
+
+pub use quotes::Quote;
+pub use timeline::{timeline_json, timeline_markdown};
 
 use crate::chat::Message;
 use crate::engine::Engine;
@@ -29,6 +38,19 @@ use crate::state::FamState;
 
 /// Tokens kept free in every step for the template, the instruction and the request.
 const PROMPT_OVERHEAD: usize = 160;
+/// The largest default quotes budget (a 4096-token window's eighth): room for a dozen passages.
+pub const DEFAULT_QUOTES: usize = 512;
+
+/// Tokens a step's prompt may fill: every token stays visible ((M+1)*B for the windowed
+/// policies, n_ctx for `full`).
+fn window(state: &FamState) -> usize {
+    let s = state.settings;
+    if s.policy == MemoryPolicy::Full {
+        state.n_ctx()
+    } else {
+        (s.mem_blocks as usize + 1) * s.block_size as usize
+    }
+}
 
 /// One line of input, with the subtitle time it belongs to (.srt/.vtt) if any.
 #[derive(Clone, Debug, PartialEq)]
@@ -150,89 +172,6 @@ impl Progress {
     pub fn notes_tokens(&self) -> usize {
         self.notes.iter().map(|n| n.n_tokens).sum()
     }
-
-    pub fn to_json(
-        &self,
-        input_fingerprint: &str,
-        settings: &serde_json::Value,
-    ) -> serde_json::Value {
-        serde_json::json!({
-            "format": "famstream-notes-1",
-            "input": input_fingerprint,
-            "settings": settings,
-            "done": self.done,
-            "merges": self.merges,
-            "written_tokens": self.written_tokens,
-            "notes": self.notes.iter().map(note_json).collect::<Vec<_>>(),
-        })
-    }
-
-    /// A checkpoint made by [`Progress::to_json`] for the same input and settings.
-    pub fn from_json(
-        v: &serde_json::Value,
-        input_fingerprint: &str,
-        settings: &serde_json::Value,
-    ) -> Result<Progress> {
-        let bad = |what: &str| Error::Invalid(format!("notes checkpoint: {what}"));
-        if v["format"] != "famstream-notes-1" {
-            return Err(bad("not a famstream notes checkpoint"));
-        }
-        if v["input"] != input_fingerprint {
-            return Err(bad(
-                "it was made for another input (delete it to start over)",
-            ));
-        }
-        if &v["settings"] != settings {
-            return Err(bad(&format!(
-                "it was made with other settings {} (now {settings}; delete it to start over)",
-                v["settings"]
-            )));
-        }
-        let num = |k: &str| v[k].as_u64().map(|x| x as usize).ok_or_else(|| bad(k));
-        let mut notes = Vec::new();
-        for n in v["notes"].as_array().ok_or_else(|| bad("notes"))? {
-            notes.push(Note {
-                start_token: n["start_token"]
-                    .as_u64()
-                    .ok_or_else(|| bad("start_token"))? as usize,
-                start_time: n["start_time"].as_str().map(str::to_string),
-                chunks: n["chunks"].as_u64().ok_or_else(|| bad("chunks"))? as usize,
-                text: n["text"].as_str().ok_or_else(|| bad("text"))?.to_string(),
-                n_tokens: n["tokens"].as_u64().ok_or_else(|| bad("tokens"))? as usize,
-            });
-        }
-        Ok(Progress {
-            done: num("done")?,
-            merges: num("merges")?,
-            written_tokens: num("written_tokens")?,
-            notes,
-        })
-    }
-}
-
-fn note_json(n: &Note) -> serde_json::Value {
-    serde_json::json!({
-        "start_token": n.start_token, "start_time": n.start_time, "chunks": n.chunks,
-        "tokens": n.n_tokens, "text": n.text,
-    })
-}
-
-/// The notes as a Markdown timeline.
-pub fn timeline_markdown(notes: &[Note]) -> String {
-    let mut s = String::from("# Notes\n\n");
-    for n in notes {
-        let at = match &n.start_time {
-            Some(t) => format!("{t} (token {})", n.start_token),
-            None => format!("token {}", n.start_token),
-        };
-        s.push_str(&format!("## {at}\n\n{}\n\n", n.text.trim()));
-    }
-    s
-}
-
-/// The notes as JSON (the timeline).
-pub fn timeline_json(notes: &[Note]) -> serde_json::Value {
-    serde_json::json!({ "notes": notes.iter().map(note_json).collect::<Vec<_>>() })
 }
 
 /// The texts of every step, in one place.
@@ -287,13 +226,19 @@ number, place, date and decision.";
         )
     }
 
-    /// The final request: the notes, the last part verbatim, then the summary request or the
-    /// question.
-    pub fn answer(notes: &[Note], last: Option<&Chunk>, request: &str) -> String {
+    /// The final request: the notes, the quotes, the last part verbatim, then the summary
+    /// request or the question.
+    pub fn answer(notes: &[Note], quotes: &[Quote], last: Option<&Chunk>, request: &str) -> String {
         let mut s = format!(
             "Notes on a transcript, in order:\n{}",
             Self::notes_block(notes)
         );
+        if !quotes.is_empty() {
+            s.push_str("\nLines of the transcript that match the question:\n");
+            for q in quotes {
+                s.push_str(&quotes::quote_line(&q.time, &q.text));
+            }
+        }
         if let Some(c) = last {
             s.push_str(&format!(
                 "\nThe last part of the transcript:\n{}\n",
@@ -317,6 +262,10 @@ pub struct NotesOptions {
     pub notes_budget: usize,
     /// What to look for, named in every note request.
     pub focus: Vec<String>,
+    /// Tokens of quotes (passages matching the question or the focus) in the answer's prompt
+    /// at most; reserved in every chunk's window so that the answer fits it too. `None`: an
+    /// eighth of the window, at most [`DEFAULT_QUOTES`].
+    pub quotes_budget: Option<usize>,
 }
 
 impl Default for NotesOptions {
@@ -326,6 +275,7 @@ impl Default for NotesOptions {
             note_tokens: 96,
             notes_budget: 768,
             focus: Vec::new(),
+            quotes_budget: None,
         }
     }
 }
@@ -333,15 +283,11 @@ impl Default for NotesOptions {
 impl NotesOptions {
     /// The chunk size for a stream: what fits its window (every token of a step's prompt and
     /// its note stay visible: (M+1)*B for the windowed policies, n_ctx for `full`) after the
-    /// notes, the note being written and the prompt's own text.
+    /// notes, the note being written, the quotes and the prompt's own text.
     pub fn chunk_tokens_for(&self, state: &FamState) -> Result<usize> {
-        let s = state.settings;
-        let window = if s.policy == MemoryPolicy::Full {
-            state.n_ctx()
-        } else {
-            (s.mem_blocks as usize + 1) * s.block_size as usize
-        };
-        let fixed = self.notes_budget + self.note_tokens + PROMPT_OVERHEAD;
+        let window = window(state);
+        let quotes = self.quotes_budget_for(state);
+        let fixed = self.notes_budget + self.note_tokens + quotes + PROMPT_OVERHEAD;
         let fit = window.saturating_sub(fixed);
         if self.chunk_tokens > 0 {
             return Ok(self.chunk_tokens);
@@ -349,12 +295,18 @@ impl NotesOptions {
         if fit < 64 {
             return Err(Error::Invalid(format!(
                 "the window ({window} tokens) leaves no room for a chunk next to the notes \
-                 ({} + {} tokens) and the prompt: use a larger --block/--mem-blocks or a smaller \
-                 --notes-budget/--notes-tokens",
-                self.notes_budget, self.note_tokens
+                 ({} + {} tokens), the quotes ({}) and the prompt: use a larger \
+                 --block/--mem-blocks or a smaller --notes-budget/--notes-tokens/--quotes",
+                self.notes_budget, self.note_tokens, quotes
             )));
         }
         Ok(fit)
+    }
+
+    /// The quotes budget for `state`'s window.
+    pub fn quotes_budget_for(&self, state: &FamState) -> usize {
+        self.quotes_budget
+            .unwrap_or((window(state) / 8).min(DEFAULT_QUOTES))
     }
 
     fn validate(&self) -> Result<()> {
@@ -493,35 +445,45 @@ pub fn take_notes(
     Ok(())
 }
 
-/// The final step's prompt: [instruction, notes, last chunk, request] as one user turn; the
-/// stream is reset for it.
-fn answer_prompt(
-    rt: &Runtime,
-    state: &mut FamState,
-    chunks: &[Chunk],
-    progress: &Progress,
-    request: &str,
-) -> Vec<u32> {
-    state.reset();
-    turn_tokens(
-        rt,
-        &Prompts::answer(&progress.notes, chunks.last(), request),
-    )
+/// What a run has read: the chunks, the finished notes and the quotes for the question.
+#[derive(Clone, Debug)]
+pub struct Reading {
+    pub chunks: Vec<Chunk>,
+    pub progress: Progress,
+    pub quotes: Vec<Quote>,
 }
 
-/// The final step: [instruction, notes, last chunk, request] in a fresh stream.
-#[allow(clippy::too_many_arguments)]
+impl Reading {
+    /// Tokens of the whole input.
+    pub fn total_tokens(&self) -> usize {
+        self.chunks.last().map_or(0, |c| c.start_token + c.n_tokens)
+    }
+
+    /// The final step's prompt: [instruction, notes, quotes, last chunk, request] as one user
+    /// turn (the answer reads it in a fresh stream).
+    pub fn answer_prompt(&self, rt: &Runtime, request: &str) -> Vec<u32> {
+        let p = Prompts::answer(
+            &self.progress.notes,
+            &self.quotes,
+            self.chunks.last(),
+            request,
+        );
+        turn_tokens(rt, &p)
+    }
+}
+
+/// The final step: [instruction, notes, quotes, last chunk, request] in a fresh stream.
 pub fn answer(
     rt: &Runtime,
     eng: &mut Engine,
     state: &mut FamState,
-    chunks: &[Chunk],
-    progress: &Progress,
+    reading: &Reading,
     request: &str,
     opts: &GenerateOptions,
     on_piece: impl FnMut(&str) -> bool,
 ) -> Result<GenerateStats> {
-    let ids = answer_prompt(rt, state, chunks, progress, request);
+    state.reset();
+    let ids = reading.answer_prompt(rt, request);
     rt.generate(eng, state, &ids, opts, on_piece)
 }
 
@@ -531,12 +493,12 @@ pub fn score_answer(
     rt: &Runtime,
     eng: &mut Engine,
     state: &mut FamState,
-    chunks: &[Chunk],
-    progress: &Progress,
+    reading: &Reading,
     request: &str,
     reply: &str,
 ) -> Result<(f64, usize)> {
-    let ids = answer_prompt(rt, state, chunks, progress, request);
+    state.reset();
+    let ids = reading.answer_prompt(rt, request);
     crate::summarize::score_reply(rt, eng, state, &ids, reply)
 }
 
@@ -550,17 +512,19 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
 
 /// The whole notes pipeline over `text`: chunking for `state`'s window, the note and merge
 /// steps (resumed from `checkpoint` when it exists for the same input and settings, and saved
-/// there after every step). Returns the chunks and the finished notes; the answer is
+/// there after every step), then the quotes that match `question` and the focus. The answer is
 /// [`answer`] or [`score_answer`].
+#[allow(clippy::too_many_arguments)]
 pub fn read(
     rt: &Runtime,
     eng: &mut Engine,
     state: &mut FamState,
     text: &str,
     opts: &NotesOptions,
+    question: Option<&str>,
     checkpoint: Option<&std::path::Path>,
     mut on_step: impl FnMut(&Step, &Progress, &[Chunk]),
-) -> Result<(Vec<Chunk>, Progress)> {
+) -> Result<Reading> {
     opts.validate()?;
     let lines = prepare_lines(text);
     if lines.is_empty() {
@@ -594,7 +558,18 @@ pub fn read(
         on_step(step, pr, &chunks);
         Ok(())
     })?;
-    Ok((chunks, progress))
+    let query = question
+        .into_iter()
+        .chain(opts.focus.iter().map(String::as_str));
+    let query = query.collect::<Vec<_>>().join("\n");
+    let quotes = quotes::select(&lines, &query, opts.quotes_budget_for(state), |s| {
+        rt.tokenizer.encode(s, false, false).len()
+    });
+    Ok(Reading {
+        chunks,
+        progress,
+        quotes,
+    })
 }
 
 /// A fingerprint of the input text (for checkpoints).
@@ -621,30 +596,5 @@ mod tests {
         let plain = prepare_lines("Alice: 1\n\n2\n");
         assert_eq!(plain.len(), 2, "numbers-only lines stay in plain text");
         assert!(plain.iter().all(|l| l.time.is_none()));
-    }
-
-    #[test]
-    fn checkpoints_round_trip_and_refuse_another_input() {
-        let p = Progress {
-            done: 3,
-            merges: 1,
-            written_tokens: 200,
-            notes: vec![Note {
-                start_token: 0,
-                start_time: Some("00:00:01,000".into()),
-                chunks: 2,
-                text: "Alice chose Lisbon.".into(),
-                n_tokens: 5,
-            }],
-        };
-        let s = serde_json::json!({"note_tokens": 96});
-        let j = p.to_json("abc", &s);
-        assert_eq!(Progress::from_json(&j, "abc", &s).unwrap(), p);
-        let e = Progress::from_json(&j, "abd", &s).unwrap_err().to_string();
-        assert!(e.contains("another input"), "{e}");
-        let e = Progress::from_json(&j, "abc", &serde_json::json!({"note_tokens": 8}))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("other settings"), "{e}");
     }
 }
