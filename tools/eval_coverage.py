@@ -9,7 +9,8 @@ chunk, then the question over the notes, the quotes that match it and the last c
 the fact's question: greedy recall (the answer contains the fact's key string) and the mean
 log-probability of the reference answer (`--score-answer`), with and without the fact planted
 (the gain is what the fact itself contributes). Writes results/summarize/coverage-*.json and
-prints a table.
+prints a table; `--table` renders every measured run (results/summarize/coverage-*.json) into
+results/README.md between <!-- coverage:begin/end -->. Each cell: greedy recall, then the gain.
 
     python3 tools/eval_coverage.py [--chars 36000] [--methods stream notes notes-noquotes]
                                    [--memory sink] [--out results/summarize/F.json]
@@ -27,6 +28,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the `tools` package
+from tools.common import splice  # noqa: E402
 FACTS = [
     (0.05, "TREASURER: For the record, the bridge fund now holds exactly 4217 gold crowns.",
      "How many gold crowns does the bridge fund hold?", "4217", "The bridge fund holds 4217 gold crowns."),
@@ -50,7 +53,6 @@ METHODS = {
 
 
 def transcript(chars: int, with_facts: bool) -> str:
-    sys.path.insert(0, str(REPO))
     from tools.make_transcript import speaker_lines  # the same speaker turns as the other evaluations
 
     return "\n".join(speaker_lines(chars, FACTS if with_facts else ())) + "\n"
@@ -70,8 +72,13 @@ def main() -> int:
     ap.add_argument("--memory", default="sink")
     ap.add_argument("--bin", default=str(REPO / "target/release/famstream"))
     ap.add_argument("--threads", default="2")
+    ap.add_argument("--table", action="store_true", help="only render the measured runs into results/README.md")
     ap.add_argument("--out", help="the JSON to write (default: results/summarize/coverage-MEMORY-CHARS.json)")
     a = ap.parse_args()
+    if a.table:
+        print(table())
+        splice(REPO / "results/README.md", "coverage", table())
+        return 0
     out_dir = REPO / "results/summarize"
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp())
@@ -108,16 +115,31 @@ def main() -> int:
                     f.write(json.dumps(row) + "\n")
     out.write_text(json.dumps({"chars": a.chars, "rows": rows}, indent=1) + "\n")
     partial.unlink()
-    print(f"| method | position | recalled (greedy) | answer log-prob gain (nats/token) |\n|---|---|---|---|")
-    for method in a.methods:
-        for frac, *_ in FACTS:
-            p = next(r for r in rows if r["method"] == method and r["position"] == frac and r["planted"])
-            c = next(r for r in rows if r["method"] == method and r["position"] == frac and not r["planted"])
-            print(f"| {method} | {int(frac * 100)}% | {'yes' if p['recalled'] else 'no'} | "
-                  f"{p['mean_logprob'] - c['mean_logprob']:+.3f} |")
-    print(f"(transcript: {a.chars} characters, {rows[0]['tokens_read']} tokens; memory {a.memory}; {out})")
+    print(table())
+    splice(REPO / "results/README.md", "coverage", table(), missing="skip")
     return 0
 
+
+def table() -> str:
+    """Every results/summarize/coverage-*.json as one Markdown table: per run and method, greedy
+    recall and the answer's log-probability gain at each position. Rows measured before quotes
+    existed (no `quotes` field) are marked so."""
+    out = ["| transcript tokens | memory | method | " + " | ".join(f"{int(f * 100)}%" for f, *_ in FACTS) + " | file |",
+           "|---|---|---|" + "---|" * len(FACTS) + "---|"]
+    for path in sorted((REPO / "results/summarize").glob("coverage-*.json"),
+                       key=lambda p: json.loads(p.read_text())["rows"][0]["tokens_read"]):
+        rows = json.loads(path.read_text())["rows"]
+        for method in dict.fromkeys(r["method"] for r in rows):
+            mine = [r for r in rows if r["method"] == method]
+            label = method if method != "notes" or "quotes" in mine[0] else "notes (before quotes)"
+            cells = []
+            for frac, *_ in FACTS:
+                p = next(r for r in mine if r["position"] == frac and r["planted"])
+                c = next(r for r in mine if r["position"] == frac and not r["planted"])
+                cells.append(f"{'**yes**' if p['recalled'] else 'no'}, {p['mean_logprob'] - c['mean_logprob']:+.2f}")
+            out.append(f"| {mine[0]['tokens_read']:,} | {mine[0]['memory']} | {label} | " + " | ".join(cells)
+                       + f" | `{path.name}` |")
+    return "\n".join(out)
 
 if __name__ == "__main__":
     sys.exit(main())
