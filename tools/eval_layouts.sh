@@ -67,8 +67,8 @@ for r in rows:
     g = {f["position"]: f["gain"] for f in r["facts"]}
     lines.append(f"| {r['policy']} | {r['layout']} | " + " | ".join(f"{g[p]:+.2f}" for p in sorted(g)) + " |")
 table = "\n".join(lines)
-sys.path.insert(0, "tools")
-from splice import splice
+sys.path.insert(0, ".")
+from tools.common import splice
 splice(readme, "layouts", table, missing="append")
 print(table)
 PY

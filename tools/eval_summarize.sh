@@ -48,8 +48,8 @@ for name in ["sink", "bswa", "fam-seed", "fam-reread"]:
     cells = ["yes" if a["found"] else "no" for a in r["answers"]]
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(r['facts_in_summary'])}/{len(facts)} |")
 table = "\n".join(lines)
-sys.path.insert(0, "tools")
-from splice import splice
+sys.path.insert(0, ".")
+from tools.common import splice
 splice(readme, "summarize", table, missing="append")
 print(table)
 PY
