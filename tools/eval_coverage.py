@@ -52,10 +52,21 @@ METHODS = {
 }
 
 
-def transcript(chars: int, with_facts: bool) -> str:
+# The same facts asked in other words, sharing fewer words with the planted line (what a user
+# who does not remember the wording would ask): `--paraphrase`.
+PARAPHRASES = [
+    "What is the balance of the money set aside for the bridge?",
+    "In which village is the autumn celebration taking place?",
+    "Who is going to look after the light on the northern coast?",
+    "How many wooden blades must be fitted to the mill?",
+    "To which city is the council relocating?",
+]
+
+
+def transcript(chars: int, with_facts: bool, skip: int = 0) -> str:
     from tools.make_transcript import speaker_lines  # the same speaker turns as the other evaluations
 
-    return "\n".join(speaker_lines(chars, FACTS if with_facts else ())) + "\n"
+    return "\n".join(speaker_lines(chars, FACTS if with_facts else (), skip)) + "\n"
 
 
 def run(bin_: str, threads: str, args: list[str]) -> str:
@@ -72,6 +83,9 @@ def main() -> int:
     ap.add_argument("--memory", default="sink")
     ap.add_argument("--bin", default=str(REPO / "target/release/famstream"))
     ap.add_argument("--threads", default="2")
+    ap.add_argument("--skip", type=int, default=0,
+                    help="start the transcript this many characters into the plays (another transcript)")
+    ap.add_argument("--paraphrase", action="store_true", help="ask each fact in other words (PARAPHRASES)")
     ap.add_argument("--table", action="store_true", help="only render the measured runs into results/README.md")
     ap.add_argument("--out", help="the JSON to write (default: results/summarize/coverage-MEMORY-CHARS.json)")
     a = ap.parse_args()
@@ -89,7 +103,7 @@ def main() -> int:
     for method in a.methods:
         for planted in (True, False):
             text = work / f"t-{planted}.txt"
-            text.write_text(transcript(a.chars, planted))
+            text.write_text(transcript(a.chars, planted, a.skip))
             flags = METHODS.get(method)
             if flags is None:
                 raise SystemExit(f"unknown method {method} (one of {', '.join(METHODS)})")
@@ -101,9 +115,11 @@ def main() -> int:
             else:
                 # notes are kept in the checkpoint: every question after the first resumes there
                 src = ["--checkpoint", str(work / f"{method}-{planted}.ckpt"), str(text)]
-            for frac, _, q, key, ref in FACTS:
+            for (frac, _, q, key, ref), para in zip(FACTS, PARAPHRASES):
+                q = para if a.paraphrase else q
                 score = json.loads(run(a.bin, a.threads, base + ["--ask", q, "--score-answer", ref] + src))
                 row = {"method": method, "memory": a.memory, "position": frac, "planted": planted,
+                       "skip": a.skip, "paraphrase": a.paraphrase, "question": q,
                        "mean_logprob": score["mean_logprob"], "tokens_read": score["tokens_read"],
                        "quotes": score.get("quotes")}
                 if planted:
@@ -113,7 +129,8 @@ def main() -> int:
                 print(json.dumps(row), file=sys.stderr)
                 with open(partial, "a") as f:
                     f.write(json.dumps(row) + "\n")
-    out.write_text(json.dumps({"chars": a.chars, "rows": rows}, indent=1) + "\n")
+    out.write_text(json.dumps({"chars": a.chars, "skip": a.skip, "paraphrase": a.paraphrase, "rows": rows},
+                              indent=1) + "\n")
     partial.unlink()
     print(table())
     splice(REPO / "results/README.md", "coverage", table(), missing="skip")
@@ -124,11 +141,14 @@ def table() -> str:
     """Every results/summarize/coverage-*.json as one Markdown table: per run and method, greedy
     recall and the answer's log-probability gain at each position. Rows measured before quotes
     existed (no `quotes` field) are marked so."""
-    out = ["| transcript tokens | memory | method | " + " | ".join(f"{int(f * 100)}%" for f, *_ in FACTS) + " | file |",
-           "|---|---|---|" + "---|" * len(FACTS) + "---|"]
+    out = ["| transcript (tokens) | questions | memory | method | " + " | ".join(f"{int(f * 100)}%" for f, *_ in FACTS) + " | file |",
+           "|---|---|---|---|" + "---|" * len(FACTS) + "---|"]
     for path in sorted((REPO / "results/summarize").glob("coverage-*.json"),
                        key=lambda p: json.loads(p.read_text())["rows"][0]["tokens_read"]):
-        rows = json.loads(path.read_text())["rows"]
+        run = json.loads(path.read_text())
+        rows = run["rows"]
+        source = f"plays from char {run.get('skip', 0):,}"
+        asked = "paraphrased" if run.get("paraphrase") else "as planted"
         for method in dict.fromkeys(r["method"] for r in rows):
             mine = [r for r in rows if r["method"] == method]
             label = method if method != "notes" or "quotes" in mine[0] else "notes (before quotes)"
@@ -137,7 +157,8 @@ def table() -> str:
                 p = next(r for r in mine if r["position"] == frac and r["planted"])
                 c = next(r for r in mine if r["position"] == frac and not r["planted"])
                 cells.append(f"{'**yes**' if p['recalled'] else 'no'}, {p['mean_logprob'] - c['mean_logprob']:+.2f}")
-            out.append(f"| {mine[0]['tokens_read']:,} | {mine[0]['memory']} | {label} | " + " | ".join(cells)
+            out.append(f"| {source} ({mine[0]['tokens_read']:,}) | {asked} | {mine[0]['memory']} | {label} | "
+                       + " | ".join(cells)
                        + f" | `{path.name}` |")
     return "\n".join(out)
 

@@ -36,12 +36,16 @@ def turns(text):
             buf.append(line.strip())
     return out
 
-def speaker_lines(chars, facts=()):
+def speaker_lines(chars, facts=(), skip=0):
     """`NAME: speech` lines, about `chars` characters, with `facts` ((fraction, line, ...))
-    inserted at their fractions of the text."""
+    inserted at their fractions of the text; `skip`: start after that many characters of turns
+    (another transcript from later plays)."""
     src = Path(__file__).resolve().parent.parent.parent / "shared/data/shakespeare_37_plays.txt"
-    lines, n = [], 0
+    lines, n, skipped = [], 0, 0
     for who, speech in turns(src.read_text()):
+        if skipped < skip:
+            skipped += len(who) + len(speech) + 3
+            continue
         lines.append(f"{who}: {speech}")
         n += len(lines[-1]) + 1
         if n >= chars:

@@ -233,17 +233,18 @@ number, place, date and decision.";
             "Notes on a transcript, in order:\n{}",
             Self::notes_block(notes)
         );
-        if !quotes.is_empty() {
-            s.push_str("\nLines of the transcript that match the question:\n");
-            for q in quotes {
-                s.push_str(&quotes::quote_line(&q.time, &q.text));
-            }
-        }
         if let Some(c) = last {
             s.push_str(&format!(
                 "\nThe last part of the transcript:\n{}\n",
                 c.text.trim_end()
             ));
+        }
+        // the quotes last, next to the request: a small model copies from what is near
+        if !quotes.is_empty() {
+            s.push_str("\nLines of the transcript that match the question:\n");
+            for q in quotes {
+                s.push_str(&quotes::quote_line(&q.time, &q.text));
+            }
         }
         s.push('\n');
         s.push_str(request);
