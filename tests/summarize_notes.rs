@@ -276,4 +276,22 @@ fn bad_inputs_are_refused_by_name() {
         ],
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--method stream"));
+    // --quotes needs a question to match, and belongs to --method notes
+    let out = notes_cli(&p, &["--quotes", "64"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--quotes needs --ask or --focus"), "{err}");
+    let out = notes_cli(
+        &p,
+        &["--method", "stream", "--quotes", "64", "--ask", "Who?"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belong to --method notes"), "{err}");
+    // a chunk that does not fit the window next to the notes is refused, with the most that fits
+    let out = notes_cli(&p, &["--chunk-tokens", "5000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--chunk-tokens 5000 does not fit") && err.contains("at most"),
+        "{err}"
+    );
 }

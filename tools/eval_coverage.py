@@ -48,7 +48,9 @@ FACTS = [
 METHODS = {
     "stream": ["--method", "stream"],
     "notes": ["--method", "notes"],
-    "notes-noquotes": ["--method", "notes", "--quotes", "0"],
+    # the control: the same chunks as `notes` at the default window (4096 - 768 notes - 96 note
+    # - 512 quotes - 160 prompt), no quotes, so that only the quotes differ
+    "notes-noquotes": ["--method", "notes", "--quotes", "0", "--chunk-tokens", "2560"],
 }
 
 
@@ -61,6 +63,11 @@ PARAPHRASES = [
     "How many wooden blades must be fitted to the mill?",
     "To which city is the council relocating?",
 ]
+
+# how the table names each method; `notes-quotes-mid`: measured once (session 15) with the quotes
+# before the last part instead of next to the request
+LABELS = {"notes": "notes + quotes", "notes-noquotes": "notes, `--quotes 0`",
+          "notes-quotes-mid": "notes + quotes before the last part"}
 
 
 def transcript(chars: int, with_facts: bool, skip: int = 0) -> str:
@@ -79,7 +86,7 @@ def run(bin_: str, threads: str, args: list[str]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--chars", type=int, default=36_000)
-    ap.add_argument("--methods", nargs="+", default=["stream", "notes"])
+    ap.add_argument("--methods", nargs="+", default=["stream", "notes"], choices=list(METHODS))
     ap.add_argument("--memory", default="sink")
     ap.add_argument("--bin", default=str(REPO / "target/release/famstream"))
     ap.add_argument("--threads", default="2")
@@ -97,16 +104,15 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp())
     rows = []
-    out = Path(a.out) if a.out else out_dir / f"coverage-{a.memory}-{a.chars}.json"
+    tag = (f"-skip{a.skip}" if a.skip else "") + ("-paraphrase" if a.paraphrase else "")
+    out = Path(a.out) if a.out else out_dir / f"coverage-{a.memory}-{a.chars}{tag}.json"
     partial = out.with_suffix(".partial.jsonl")  # one line per row as it is measured
     partial.write_text("")
     for method in a.methods:
         for planted in (True, False):
             text = work / f"t-{planted}.txt"
             text.write_text(transcript(a.chars, planted, a.skip))
-            flags = METHODS.get(method)
-            if flags is None:
-                raise SystemExit(f"unknown method {method} (one of {', '.join(METHODS)})")
+            flags = METHODS[method]
             base = flags + ["--memory", a.memory]
             if flags[1] == "stream":
                 snap = work / f"{method}-{planted}.snap"
@@ -115,7 +121,7 @@ def main() -> int:
             else:
                 # notes are kept in the checkpoint: every question after the first resumes there
                 src = ["--checkpoint", str(work / f"{method}-{planted}.ckpt"), str(text)]
-            for (frac, _, q, key, ref), para in zip(FACTS, PARAPHRASES):
+            for (frac, _, q, key, ref), para in zip(FACTS, PARAPHRASES, strict=True):
                 q = para if a.paraphrase else q
                 score = json.loads(run(a.bin, a.threads, base + ["--ask", q, "--score-answer", ref] + src))
                 row = {"method": method, "memory": a.memory, "position": frac, "planted": planted,
@@ -143,15 +149,15 @@ def table() -> str:
     existed (no `quotes` field) are marked so."""
     out = ["| transcript (tokens) | questions | memory | method | " + " | ".join(f"{int(f * 100)}%" for f, *_ in FACTS) + " | file |",
            "|---|---|---|---|" + "---|" * len(FACTS) + "---|"]
-    for path in sorted((REPO / "results/summarize").glob("coverage-*.json"),
-                       key=lambda p: json.loads(p.read_text())["rows"][0]["tokens_read"]):
-        run = json.loads(path.read_text())
-        rows = run["rows"]
-        source = f"plays from char {run.get('skip', 0):,}"
-        asked = "paraphrased" if run.get("paraphrase") else "as planted"
+    runs = [(p, json.loads(p.read_text())) for p in sorted((REPO / "results/summarize").glob("coverage-*.json"))]
+    runs = [(p, r) for p, r in runs if r.get("rows")]
+    for path, measured in sorted(runs, key=lambda pr: pr[1]["rows"][0]["tokens_read"]):
+        rows = measured["rows"]
+        source = f"plays from char {measured.get('skip', 0):,}"
+        asked = "paraphrased" if measured.get("paraphrase") else "as planted"
         for method in dict.fromkeys(r["method"] for r in rows):
             mine = [r for r in rows if r["method"] == method]
-            label = method if method != "notes" or "quotes" in mine[0] else "notes (before quotes)"
+            label = LABELS.get(method, method) if method != "notes" or "quotes" in mine[0] else "notes (before quotes)"
             cells = []
             for frac, *_ in FACTS:
                 p = next(r for r in mine if r["position"] == frac and r["planted"])

@@ -13,7 +13,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 tools/make_transcript.py "$work/t.txt" "$work/facts.json" --chars "$chars"
 for method in stream notes; do
-  $BIN summarize -m "$M" -t 2 --temp 0 -n 200 --method "$method" "$work/t.txt" \
+  "$BIN" summarize -m "$M" -t 2 --temp 0 -n 200 --method "$method" "$work/t.txt" \
     > "$work/$method.out" 2> "$work/$method.err"
   { cat "$work/$method.out"; echo; echo "---"; grep -v '^\s*$' "$work/$method.err" | tail -3; } > "$out/sample-$method.txt"
 done
@@ -27,7 +27,7 @@ lines = [f"`tools/summary_sample.sh {chars}`: one transcript ({chars} characters
          "facts planted at 5%, 50% and 95%: " + ", ".join(f["expect"][0] for f in facts) + "), "
          "summarized by each design with the default model (`sink`, greedy, 200 tokens at most).", ""]
 for method, what in [("stream", "old: `--method stream`"), ("notes", "new: `--method notes` (the default)")]:
-    body, _, stats = (out / f"sample-{method}.txt").read_text().partition("\n---\n")
+    body, _, stats = (out / f"sample-{method}.txt").read_text().rpartition("\n---\n")
     found = [f["expect"][0] for f in facts if all(e.lower() in body.lower() for e in f["expect"])]
     lines += [f"**{what}** (planted facts in the summary: {', '.join(found) or 'none'}):", "", "```text",
               body.strip(), "```", "", "```text", stats.strip(), "```", ""]

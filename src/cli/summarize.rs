@@ -42,9 +42,9 @@ pub struct SummarizeArgs {
     #[arg(long = "notes-budget", default_value_t = 768)]
     pub notes_budget: usize,
     /// Quotes for the answer (--method notes): the passages of the whole text that best match
-    /// --ask and --focus (BM25 over words), at most N tokens, kept verbatim next to the notes;
-    /// 0: none. Reserved in every chunk's window. Default: an eighth of the window, at most
-    /// 512.
+    /// --ask and --focus (BM25 over words), at most N tokens, verbatim after the last chunk,
+    /// next to the request; 0: none. Reserved in every chunk's window when there is a question.
+    /// Default: an eighth of the window, at most 512.
     #[arg(long = "quotes")]
     pub quotes: Option<usize>,
     /// Write the notes as a timeline (token offset or subtitle time, note) to FILE:
@@ -55,7 +55,9 @@ pub struct SummarizeArgs {
     #[arg(long)]
     pub json: bool,
     /// Save the notes after every step to FILE and resume from it when it exists (same
-    /// input and settings): a recording of hours summarized across runs (--method notes).
+    /// input and settings): a recording of hours summarized across runs (--method notes). A
+    /// question (--ask, --focus) reserves room for quotes in every chunk, so a summary's
+    /// checkpoint does not serve a question's run, nor the other way round.
     #[arg(long = "checkpoint")]
     pub checkpoint: Option<PathBuf>,
     /// No progress bar or statistics on stderr.
@@ -137,6 +139,12 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
         let mut eng = rt.engine()?;
         let mut state = memory.state(&rt, &eng, model.ctx(&rt))?;
         let text = text.unwrap_or_default();
+        if quotes.is_some() && ask.is_none() && focus.is_empty() {
+            return Err(Error::Invalid(
+                "--quotes needs --ask or --focus (the quotes are the passages that match them)"
+                    .into(),
+            ));
+        }
         let nopts = famstream::notes::NotesOptions {
             chunk_tokens,
             note_tokens: notes_tokens.unwrap_or(96),

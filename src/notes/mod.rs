@@ -13,12 +13,13 @@
 //!     while notes exceed `notes_budget` tokens: the two oldest entries are merged by the model
 //!                                               into one of at most `note_tokens` (map-reduce)
 //! quotes <- the passages of the whole input that best match the question    (see [`quotes`])
-//! answer <- [instruction, the notes, the quotes, the last chunk c_n, the request]
+//! answer <- [instruction, the notes, the last chunk c_n, the quotes, the request]
 //! ```
-//! Every token is read with the notes of all before it; the answer sees the notes, the quotes
-//! and the last chunk verbatim. Quotes need a question (`--ask`) or `--focus`; they do not
-//! depend on the model, which matters on a small one whose notes drop facts. Memory is constant: one fixed-size state (reset per step), notes bounded by
-//! `notes_budget` tokens, quotes by `quotes_budget`, one chunk at a time. A run can be
+//! Every token is read with the notes of all before it; the answer sees the notes, the last
+//! chunk and the quotes verbatim. Quotes need a question (`--ask`) or `--focus`; they do not
+//! depend on the model, which matters on a small one whose notes drop facts. Memory is
+//! constant: one fixed-size state (reset per step), notes bounded by `notes_budget` tokens,
+//! quotes by `quotes_budget`, one chunk at a time. A run can be
 //! checkpointed after each step ([`Progress`], plain JSON, [`timeline`]); prompts live in
 //! [`Prompts`] (plain text without a template).
 
@@ -226,7 +227,7 @@ number, place, date and decision.";
         )
     }
 
-    /// The final request: the notes, the quotes, the last part verbatim, then the summary
+    /// The final request: the notes, the last part verbatim, the quotes, then the summary
     /// request or the question.
     pub fn answer(notes: &[Note], quotes: &[Quote], last: Option<&Chunk>, request: &str) -> String {
         let mut s = format!(
@@ -284,12 +285,20 @@ impl Default for NotesOptions {
 impl NotesOptions {
     /// The chunk size for a stream: what fits its window (every token of a step's prompt and
     /// its note stay visible: (M+1)*B for the windowed policies, n_ctx for `full`) after the
-    /// notes, the note being written, the quotes and the prompt's own text.
-    pub fn chunk_tokens_for(&self, state: &FamState) -> Result<usize> {
+    /// notes, the note being written, the quotes for `query` and the prompt's own text. A
+    /// given `chunk_tokens` must fit too.
+    pub fn chunk_tokens_for(&self, state: &FamState, query: &str) -> Result<usize> {
         let window = window(state);
-        let quotes = self.quotes_budget_for(state);
+        let quotes = self.quotes_budget_for(state, query);
         let fixed = self.notes_budget + self.note_tokens + quotes + PROMPT_OVERHEAD;
         let fit = window.saturating_sub(fixed);
+        if self.chunk_tokens > fit {
+            return Err(Error::Invalid(format!(
+                "--chunk-tokens {} does not fit the window ({window} tokens) next to the notes \
+                 ({} + {} tokens), the quotes ({quotes}) and the prompt: at most {fit}",
+                self.chunk_tokens, self.notes_budget, self.note_tokens
+            )));
+        }
         if self.chunk_tokens > 0 {
             return Ok(self.chunk_tokens);
         }
@@ -304,8 +313,12 @@ impl NotesOptions {
         Ok(fit)
     }
 
-    /// The quotes budget for `state`'s window.
-    pub fn quotes_budget_for(&self, state: &FamState) -> usize {
+    /// The quotes budget for `state`'s window; 0 when `query` (the question and the focus) has
+    /// no content words, so a plain summary keeps whole chunks.
+    pub fn quotes_budget_for(&self, state: &FamState, query: &str) -> usize {
+        if !quotes::has_terms(query) {
+            return 0;
+        }
         self.quotes_budget
             .unwrap_or((window(state) / 8).min(DEFAULT_QUOTES))
     }
@@ -460,7 +473,7 @@ impl Reading {
         self.chunks.last().map_or(0, |c| c.start_token + c.n_tokens)
     }
 
-    /// The final step's prompt: [instruction, notes, quotes, last chunk, request] as one user
+    /// The final step's prompt: [instruction, notes, last chunk, quotes, request] as one user
     /// turn (the answer reads it in a fresh stream).
     pub fn answer_prompt(&self, rt: &Runtime, request: &str) -> Vec<u32> {
         let p = Prompts::answer(
@@ -473,7 +486,7 @@ impl Reading {
     }
 }
 
-/// The final step: [instruction, notes, quotes, last chunk, request] in a fresh stream.
+/// The final step: [instruction, notes, last chunk, quotes, request] in a fresh stream.
 pub fn answer(
     rt: &Runtime,
     eng: &mut Engine,
@@ -531,7 +544,11 @@ pub fn read(
     if lines.is_empty() {
         return Err(Error::Invalid("the input has no text".into()));
     }
-    let chunk_tokens = opts.chunk_tokens_for(state)?;
+    let query = question
+        .into_iter()
+        .chain(opts.focus.iter().map(String::as_str));
+    let query = query.collect::<Vec<_>>().join("\n");
+    let chunk_tokens = opts.chunk_tokens_for(state, &query)?;
     let chunks = chunks(rt, &lines, chunk_tokens);
     let settings = serde_json::json!({
         "chunk_tokens": chunk_tokens, "note_tokens": opts.note_tokens,
@@ -559,11 +576,7 @@ pub fn read(
         on_step(step, pr, &chunks);
         Ok(())
     })?;
-    let query = question
-        .into_iter()
-        .chain(opts.focus.iter().map(String::as_str));
-    let query = query.collect::<Vec<_>>().join("\n");
-    let quotes = quotes::select(&lines, &query, opts.quotes_budget_for(state), |s| {
+    let quotes = quotes::select(&lines, &query, opts.quotes_budget_for(state, &query), |s| {
         rt.tokenizer.encode(s, false, false).len()
     });
     Ok(Reading {

@@ -3,22 +3,25 @@
 //! Notes are only as good as the model that writes them: measured on the 135M default model,
 //! its notes drop the facts a question asks about (results/README.md, issue 19). Quotes do not
 //! depend on the model. When the question (`--ask`) or what to look for (`--focus`) is known,
-//! every passage of the input (a line, or a piece of at most [`PASSAGE_WORDS`] words of a
-//! longer one) is scored against it with BM25 over words, and the best passages within a token
-//! budget go into the answer's prompt, in input order, with their subtitle time.
+//! every passage of the input (a line, or a piece of a longer one: at most [`PASSAGE_WORDS`]
+//! words, fewer for a small budget) is scored against it with BM25 over words, and the best
+//! passages within a token budget go into the answer's prompt, in input order, with their
+//! subtitle time.
 //!
 //! Two passes over the text, constant memory besides the text itself: the first counts in how
 //! many passages each word occurs (hashed into a fixed table of [`DF_SLOTS`] counters, so a
 //! collision can only overstate a word's frequency and understate its weight); the second
 //! keeps the best [`MAX_CANDIDATES`] passages in a bounded heap. Words are lowercased, a
-//! plural `s` is stripped, and common English words are skipped.
+//! plural `s` is stripped, and common English words are skipped. Words are split at spaces and
+//! punctuation: text written without spaces (Chinese, Japanese, Thai) has few words to match.
 
 use super::Line;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 /// Longest passage in words: a long line (a paragraph of prose) is cut into pieces this long,
-/// so that one match does not spend the budget on a page.
+/// so that one match does not spend the budget on a page. A small budget cuts shorter pieces
+/// ([`passage_words`]), so that a piece fits it.
 pub const PASSAGE_WORDS: usize = 60;
 /// Counters of the hashed document-frequency table (constant memory: 256 KiB).
 const DF_SLOTS: usize = 1 << 16;
@@ -56,18 +59,32 @@ pub struct Quote {
 }
 
 /// The content words of `text`: lowercased, a trailing plural `s` or possessive stripped,
-/// stopwords and one-letter words dropped.
+/// stopwords and one-letter words (but digits) dropped.
 fn words(text: &str) -> impl Iterator<Item = String> + '_ {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
         .map(str::to_lowercase)
-        .filter(|w| w.chars().count() > 1 && !STOPWORDS.contains(&w.as_str()))
+        .filter(|w| {
+            (w.chars().count() > 1 || w.chars().all(|c| c.is_ascii_digit()))
+                && !STOPWORDS.contains(&w.as_str())
+        })
         .map(|mut w| {
-            if w.len() > 3 && w.ends_with('s') && !w.ends_with("ss") {
+            if w.chars().count() > 3 && w.ends_with('s') && !w.ends_with("ss") {
                 w.pop();
             }
             w
         })
+}
+
+/// Whether `query` has a word to match (a question of stopwords alone has none).
+pub fn has_terms(query: &str) -> bool {
+    words(query).next().is_some()
+}
+
+/// Words per passage for a quotes budget of `budget` tokens: a quarter of it (English runs
+/// ~1.3 tokens a word, so a few passages fit), between 8 and [`PASSAGE_WORDS`].
+fn passage_words(budget: usize) -> usize {
+    (budget / 4).clamp(8, PASSAGE_WORDS)
 }
 
 fn slot(word: &str) -> usize {
@@ -76,12 +93,15 @@ fn slot(word: &str) -> usize {
     (h.finish() as usize) % DF_SLOTS
 }
 
-/// The passages of the input, in order: each line, cut into pieces of at most
-/// [`PASSAGE_WORDS`] words.
-fn passages(lines: &[Line]) -> impl Iterator<Item = (Option<&String>, String)> + '_ {
-    lines.iter().flat_map(|l| {
+/// The passages of the input, in order: each line, cut into pieces of at most `max_words`
+/// words.
+fn passages(
+    lines: &[Line],
+    max_words: usize,
+) -> impl Iterator<Item = (Option<&String>, String)> + '_ {
+    lines.iter().flat_map(move |l| {
         let ws: Vec<&str> = l.text.split_whitespace().collect();
-        ws.chunks(PASSAGE_WORDS)
+        ws.chunks(max_words)
             .map(|p| (l.time.as_ref(), p.join(" ")))
             .collect::<Vec<_>>()
     })
@@ -135,7 +155,8 @@ pub fn select(
     // pass 1: document frequencies and the mean passage length
     let mut df = vec![0u32; DF_SLOTS];
     let (mut n, mut total_len) = (0usize, 0usize);
-    for (_, p) in passages(lines) {
+    let max_words = passage_words(budget);
+    for (_, p) in passages(lines, max_words) {
         let mut seen: Vec<usize> = words(&p).map(|w| slot(&w)).collect();
         total_len += seen.len();
         seen.sort_unstable();
@@ -155,7 +176,7 @@ pub fn select(
         .collect();
     // pass 2: the best passages in a bounded heap
     let mut heap: BinaryHeap<Candidate> = BinaryHeap::new();
-    for (position, (time, p)) in passages(lines).enumerate() {
+    for (position, (time, p)) in passages(lines, max_words).enumerate() {
         let ws: Vec<String> = words(&p).collect();
         let norm = BM25_K1 * (1.0 - BM25_B + BM25_B * ws.len() as f64 / avg_len);
         let score: f64 = terms
@@ -228,6 +249,9 @@ mod tests {
     fn words_drop_stopwords_and_plurals() {
         let w: Vec<String> = words("How many oak Paddles does the mill's wheel need?").collect();
         assert_eq!(w, ["oak", "paddle", "mill", "wheel", "need"]);
+        let w: Vec<String> = words("Room 5, a b: ñus").collect();
+        assert_eq!(w, ["room", "5", "ñus"]);
+        assert!(!has_terms("What does it say?"));
     }
 
     fn filler(n: usize) -> Vec<Line> {
@@ -290,6 +314,16 @@ mod tests {
     #[test]
     fn long_lines_are_cut_into_passages() {
         let long = line(&vec!["word"; PASSAGE_WORDS * 2 + 1].join(" "));
-        assert_eq!(passages(std::slice::from_ref(&long)).count(), 3);
+        assert_eq!(
+            passages(std::slice::from_ref(&long), PASSAGE_WORDS).count(),
+            3
+        );
+        // a small budget cuts pieces that fit it: the match in a long line is still quoted
+        let mut text = vec!["filler"; 200];
+        text[150] = "Marrowby";
+        let lines = [line(&text.join(" ")), line("other words here")];
+        let q = select(&lines, "Is it Marrowby?", 40, count_words);
+        assert_eq!(q.len(), 1, "{q:?}");
+        assert!(q[0].text.contains("Marrowby") && q[0].n_tokens <= 40);
     }
 }
