@@ -97,8 +97,9 @@ def main() -> int:
     ap.add_argument("--out", help="the JSON to write (default: results/summarize/coverage-MEMORY-CHARS.json)")
     a = ap.parse_args()
     if a.table:
-        print(table())
-        splice(REPO / "results/README.md", "coverage", table())
+        rendered = table()
+        print(rendered)
+        splice(REPO / "results/README.md", "coverage", rendered)
         return 0
     out_dir = REPO / "results/summarize"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,8 +139,9 @@ def main() -> int:
     out.write_text(json.dumps({"chars": a.chars, "skip": a.skip, "paraphrase": a.paraphrase, "rows": rows},
                               indent=1) + "\n")
     partial.unlink()
-    print(table())
-    splice(REPO / "results/README.md", "coverage", table(), missing="skip")
+    rendered = table()
+    print(rendered)
+    splice(REPO / "results/README.md", "coverage", rendered, missing="skip")
     return 0
 
 

@@ -134,17 +134,17 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
                 "{flag} belongs to --method stream; --method notes resumes with --checkpoint"
             )));
         }
-        let answer = sample.options()?;
-        let rt = model.load()?;
-        let mut eng = rt.engine()?;
-        let mut state = memory.state(&rt, &eng, model.ctx(&rt))?;
-        let text = text.unwrap_or_default();
         if quotes.is_some() && ask.is_none() && focus.is_empty() {
             return Err(Error::Invalid(
                 "--quotes needs --ask or --focus (the quotes are the passages that match them)"
                     .into(),
             ));
         }
+        let answer = sample.options()?;
+        let rt = model.load()?;
+        let mut eng = rt.engine()?;
+        let mut state = memory.state(&rt, &eng, model.ctx(&rt))?;
+        let text = text.unwrap_or_default();
         let nopts = famstream::notes::NotesOptions {
             chunk_tokens,
             note_tokens: notes_tokens.unwrap_or(96),

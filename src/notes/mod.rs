@@ -191,10 +191,7 @@ number, place, date and decision.";
         }
         notes
             .iter()
-            .map(|n| match &n.start_time {
-                Some(t) => format!("- [{t}] {}\n", n.text.trim()),
-                None => format!("- {}\n", n.text.trim()),
-            })
+            .map(|n| quotes::quote_line(&n.start_time, n.text.trim()))
             .collect()
     }
 

@@ -226,7 +226,7 @@ pub fn select(
     out
 }
 
-/// A quote as the answer's prompt shows it.
+/// A quote (or a note) as the answer's prompt shows it: `- [time] text`.
 pub fn quote_line(time: &Option<String>, text: &str) -> String {
     match time {
         Some(t) => format!("- [{t}] {text}\n"),
