@@ -27,12 +27,12 @@ pub struct TokenBatch<'x> {
     pub slots: &'x [i64],
     /// Rows attend over slots [0, n_kv).
     pub n_kv: usize,
-    /// [n_tokens][n_kv] row-major: 0 = visible, -inf = hidden.
-    pub mask: &'x [f16],
+    /// [n_tokens][n_kv]: 0 = visible, -inf = hidden.
+    pub mask: Mask<'x>,
     /// Like `mask`, for the local sliding-window layers of models that have them; `None`: those
     /// layers use `mask` too (right for batches that see neither FAM nor sinks and span less
     /// than the local window, such as the seed of the FAM initialisation).
-    pub mask_swa: Option<&'x [f16]>,
+    pub mask_swa: Option<Mask<'x>>,
     /// Rows whose logits are wanted (`None`: all rows).
     pub out_rows: Option<&'x [i32]>,
     /// Rows whose every layer input is returned.
@@ -44,6 +44,46 @@ pub struct TokenBatch<'x> {
     /// Rows whose next token's probability is wanted: (row, next token). Needs every row's
     /// logits in the graph (`keep` salience).
     pub surprisal: &'x [(i32, u32)],
+}
+
+/// An attention mask of a token batch, [n_tokens][n_kv] (0 = visible, -inf = hidden).
+#[derive(Clone, Copy)]
+pub enum Mask<'x> {
+    /// The whole mask, row-major.
+    Dense(&'x [f16]),
+    /// A rule that fills row r (`n_kv` values), written into the graph's input one row at a
+    /// time: no n_tokens x n_kv buffer on the host (4.5 MB for a 512-token batch in a 4k
+    /// window, allocated and freed on every batch, which fragmented a long run's heap).
+    Rows(&'x dyn Fn(usize, &mut [f16])),
+}
+
+impl Default for Mask<'_> {
+    fn default() -> Self {
+        Mask::Dense(&[])
+    }
+}
+
+impl Mask<'_> {
+    fn fits(&self, n: usize, n_kv: usize) -> bool {
+        match self {
+            Mask::Dense(m) => m.len() == n * n_kv,
+            Mask::Rows(_) => true,
+        }
+    }
+
+    fn write(&self, t: Tensor<'_>, n: usize, n_kv: usize) -> Result<()> {
+        match self {
+            Mask::Dense(m) => t.write_bytes(0, as_bytes(m)),
+            Mask::Rows(fill) => {
+                let mut row = vec![f16::NEG_INFINITY; n_kv];
+                for r in 0..n {
+                    fill(r, &mut row);
+                    t.write_bytes(r * n_kv * std::mem::size_of::<f16>(), as_bytes(&row))?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// What a token batch produced.
@@ -254,14 +294,14 @@ impl Engine {
         if n == 0
             || b.pos.len() != n
             || b.slots.len() != n
-            || b.mask.len() != n * b.n_kv
-            || b.mask_swa.is_some_and(|m| m.len() != n * b.n_kv)
+            || !b.mask.fits(n, b.n_kv)
+            || b.mask_swa.is_some_and(|m| !m.fits(n, b.n_kv))
         {
             return Err(Error::Internal(format!(
-                "inconsistent batch: {n} tokens, {} positions, {} slots, mask {} for n_kv {}",
+                "inconsistent batch: {n} tokens, {} positions, {} slots, a mask that is not \
+                 {n} x {} (n_kv)",
                 b.pos.len(),
                 b.slots.len(),
-                b.mask.len(),
                 b.n_kv
             )));
         }
@@ -359,9 +399,9 @@ impl Engine {
             inp.tokens.write_i32(&tokens)?;
             inp.pos.write_i32(b.pos)?;
             inp.slots.write_bytes(0, as_bytes(b.slots))?;
-            inp.mask.write_bytes(0, as_bytes(b.mask))?;
+            b.mask.write(inp.mask, n, b.n_kv)?;
             if let Some(t) = inp.mask_swa {
-                t.write_bytes(0, as_bytes(b.mask_swa.unwrap_or(b.mask)))?;
+                b.mask_swa.unwrap_or(b.mask).write(t, n, b.n_kv)?;
             }
             if let (Some(t), Some(r)) = (inp.out_rows, b.out_rows) {
                 t.write_i32(r)?;

@@ -7,7 +7,7 @@
 //! calls it at the stream's start and at the end of every block.
 
 use crate::dtype::GgmlType;
-use crate::engine::{Engine, FamBatch, TokenBatch};
+use crate::engine::{Engine, FamBatch, Mask, TokenBatch};
 use crate::error::{Error, Result};
 use crate::ggml::{Backend, Tensor, TensorSet};
 use crate::init_memory::LearnedFam;
@@ -219,7 +219,7 @@ impl FamMemory {
                     pos: &pos,
                     slots: &slot_ids,
                     n_kv,
-                    mask: &mask,
+                    mask: Mask::Dense(&mask),
                     out_rows: Some(&[n as i32 - 1]),
                     capture_rows: &rows,
                     ..Default::default()
@@ -334,7 +334,7 @@ impl FamMemory {
             pos: &pos,
             slots: &slot_ids,
             n_kv,
-            mask: &mask,
+            mask: Mask::Dense(&mask),
             out_rows: Some(&[0]),
             ..Default::default()
         };

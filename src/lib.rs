@@ -99,8 +99,10 @@
 //! - [`summarize`]: long documents through the state, then a summary or an answer.
 //! - [`notes`]: `summarize`'s default method: notes on each window-sized chunk, kept outside
 //!   the window and merged under a token budget, so every part of the input reaches the answer;
-//!   `notes/quotes.rs` adds the passages that match the question (BM25, bounded), verbatim;
-//!   `notes/timeline.rs` writes the checkpoint and the `--notes-out` timeline.
+//!   `notes/source.rs` reads the input from its file in passes (lines, chunks as byte ranges:
+//!   the text is never held whole); `notes/quotes.rs` adds the passages that match the
+//!   question (BM25, bounded), verbatim; `notes/timeline.rs` writes the checkpoint and the
+//!   `--notes-out` timeline.
 //! - [`serve`]: the OpenAI-compatible HTTP server (one compute worker, bounded live states;
 //!   `serve/request.rs` parses and checks the OpenAI fields, `serve/response.rs` writes replies).
 //! - [`convert`]: HF checkpoints / GGUF -> quantized GGUF (our safetensors reader, name maps,

@@ -226,21 +226,16 @@ impl SlotLayout {
         j != EMPTY && j <= i && i - j < n_swa
     }
 
-    /// The mask of token rows `rows` (stream indices, in block t) over slots [0, n_kv).
-    pub fn mask(
-        &self,
-        rows: std::ops::Range<i64>,
-        t: i64,
-        n_kv: usize,
-        n_past: u64,
-        fam_valid: bool,
-    ) -> Vec<f16> {
-        mask_of(rows, n_kv, |i, s| self.visible(i, t, s, n_past, fam_valid))
+    /// The mask of token row `i` (a stream index, in block t) over slots [0, row.len()),
+    /// written into `row` (see [`fill_row`]). Rows are made one at a time, straight into the
+    /// graph's input (`engine::Mask::Rows`), not as a batch x n_kv buffer.
+    pub fn mask_row(&self, i: i64, t: i64, n_past: u64, fam_valid: bool, row: &mut [f16]) {
+        fill_row(row, |s| self.visible(i, t, s, n_past, fam_valid))
     }
 
-    /// The mask of the local sliding-window layers.
-    pub fn mask_swa(&self, rows: std::ops::Range<i64>, n_kv: usize, n_swa: i64) -> Vec<f16> {
-        mask_of(rows, n_kv, |i, s| self.visible_swa(i, s, n_swa))
+    /// [`Self::mask_row`] for the local sliding-window layers.
+    pub fn mask_swa_row(&self, i: i64, n_swa: i64, row: &mut [f16]) {
+        fill_row(row, |s| self.visible_swa(i, s, n_swa))
     }
 
     /// What the F rows computing the next FAM may see after block t: the current FAM (if
@@ -264,6 +259,17 @@ impl SlotLayout {
     }
 }
 
+/// One mask row: 0 where `visible(slot)`, -inf elsewhere.
+pub fn fill_row(row: &mut [f16], visible: impl Fn(usize) -> bool) {
+    for (s, m) in row.iter_mut().enumerate() {
+        *m = if visible(s) {
+            f16::ZERO
+        } else {
+            f16::NEG_INFINITY
+        };
+    }
+}
+
 /// Row-major [rows][n_kv] f16 mask: 0 where `visible(row, slot)`, -inf elsewhere.
 fn mask_of(
     rows: std::ops::Range<i64>,
@@ -271,12 +277,8 @@ fn mask_of(
     visible: impl Fn(i64, usize) -> bool,
 ) -> Vec<f16> {
     let mut mask = vec![f16::NEG_INFINITY; (rows.end - rows.start) as usize * n_kv];
-    for (r, i) in rows.enumerate() {
-        for s in 0..n_kv {
-            if visible(i, s) {
-                mask[r * n_kv + s] = f16::ZERO;
-            }
-        }
+    for (row, i) in mask.chunks_mut(n_kv.max(1)).zip(rows) {
+        fill_row(row, |s| visible(i, s));
     }
     mask
 }

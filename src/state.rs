@@ -27,7 +27,7 @@
 //! them, in stream order, at the F positions just before the window (sinks before them).
 
 use crate::dtype::GgmlType;
-use crate::engine::{Engine, KeepEntry, TokenBatch};
+use crate::engine::{Engine, KeepEntry, Mask, TokenBatch};
 use crate::error::{Error, Result};
 use crate::fam_memory::FamMemory;
 use crate::ggml::{Backend, TensorSet};
@@ -36,6 +36,7 @@ use crate::kv::KvStore;
 use crate::model::Model;
 use crate::settings::{FamSettings, MemoryPolicy};
 use crate::slots::SlotLayout;
+use half::f16;
 
 pub use crate::slots::KV_PAD;
 /// Stored keys are re-based when the window start is this far past the RoPE origin. Positions
@@ -452,11 +453,6 @@ impl FamState {
             } else {
                 self.slots.n_kv(i0 + n as i64)
             };
-            let mask = self
-                .slots
-                .mask(rows.clone(), t, n_kv, self.n_past, self.fam_valid());
-            let n_swa = eng.model.hp.n_swa as i64;
-            let mask_swa = (n_swa > 0).then(|| self.slots.mask_swa(rows.clone(), n_kv, n_swa));
             let pos: Vec<i32> = rows
                 .clone()
                 .map(|i| self.rope_pos(i))
@@ -495,6 +491,13 @@ impl FamState {
                 Vec::new()
             };
             let sink_store = self.sink_tensors();
+            let (layout, n_past, fam_valid) = (&self.slots, self.n_past, self.fam_valid());
+            let mask = |r: usize, row: &mut [f16]| {
+                layout.mask_row(i0 + r as i64, t, n_past, fam_valid, row)
+            };
+            let n_swa = eng.model.hp.n_swa as i64;
+            let mask_swa =
+                |r: usize, row: &mut [f16]| layout.mask_swa_row(i0 + r as i64, n_swa, row);
             let r = eng.run_tokens(
                 &self.kv,
                 sink_store.as_deref(),
@@ -503,8 +506,8 @@ impl FamState {
                     pos: &pos,
                     slots: &slots,
                     n_kv,
-                    mask: &mask,
-                    mask_swa: mask_swa.as_deref(),
+                    mask: Mask::Rows(&mask),
+                    mask_swa: (n_swa > 0).then_some(Mask::Rows(&mask_swa)),
                     out_rows: out_rows.as_deref(),
                     capture_rows: &capture,
                     sink_capture: &sink_capture,

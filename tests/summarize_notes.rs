@@ -65,11 +65,14 @@ fn every_chunk_is_noted_within_the_window_and_the_budget() {
     let (mut noted, mut merges, mut max_prompt) = (Vec::new(), 0, 0);
     let mut over_budget_at_chunk_end = Vec::new();
     let mut last_notes_tokens = 0;
+    let path = common::scratch_dir("notes-chunks").join("t.txt");
+    std::fs::write(&path, &text).unwrap();
+    let source = notes::Source::open(&path).unwrap();
     let reading = notes::read(
         &rt,
         &mut eng,
         &mut state,
-        &text,
+        &source,
         &opts,
         Some(question),
         None,
@@ -113,7 +116,10 @@ fn every_chunk_is_noted_within_the_window_and_the_budget() {
     let covered: usize = progress.notes.iter().map(|n| n.chunks).sum();
     assert_eq!(covered, chunks.len() - 1);
     // the chunks are the input, in order, nothing dropped
-    let joined: String = chunks.iter().map(|c| c.text.as_str()).collect();
+    let joined: String = chunks
+        .iter()
+        .map(|c| c.text(&rt, &source).unwrap())
+        .collect();
     assert_eq!(joined, text);
     assert!(chunks
         .windows(2)

@@ -108,21 +108,13 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
             )))
         }
     };
-    let text = match &input {
-        None if memory.load_state.is_some() && !notes_method => None,
-        None => {
-            return Err(Error::Invalid(if notes_method {
-                "give a file (or - for stdin)".into()
-            } else {
-                "give a file (or - for stdin), or --load-state".into()
-            }))
-        }
-        Some(p) => Some(read_text_input(p)?),
-    };
-    if text.as_deref().is_some_and(|t| t.trim().is_empty()) {
-        return Err(Error::Invalid("the input is empty".into()));
-    }
     if notes_method {
+        // Read from the file in passes, never held whole (famstream::notes::Source).
+        let source = match input.as_deref() {
+            None => return Err(Error::Invalid("give a file (or - for stdin)".into())),
+            Some(p) if p.as_os_str() == "-" => famstream::notes::Source::from_stdin()?,
+            Some(p) => famstream::notes::Source::open(p)?,
+        };
         let given = [
             (ingest_only, "--ingest-only"),
             (memory.load_state.is_some(), "--load-state"),
@@ -144,7 +136,6 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
         let rt = model.load()?;
         let mut eng = rt.engine()?;
         let mut state = memory.state(&rt, &eng, model.ctx(&rt))?;
-        let text = text.unwrap_or_default();
         let nopts = famstream::notes::NotesOptions {
             chunk_tokens,
             note_tokens: notes_tokens.unwrap_or(96),
@@ -162,7 +153,7 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
             &rt,
             &mut eng,
             &mut state,
-            &text,
+            &source,
             &nopts,
             ask.as_deref(),
             checkpoint.as_deref(),
@@ -239,6 +230,18 @@ pub fn run(args: SummarizeArgs) -> Result<()> {
             );
         }
         return Ok(());
+    }
+    let text = match &input {
+        None if memory.load_state.is_some() => None,
+        None => {
+            return Err(Error::Invalid(
+                "give a file (or - for stdin), or --load-state".into(),
+            ))
+        }
+        Some(p) => Some(read_text_input(p)?),
+    };
+    if text.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        return Err(Error::Invalid("the input is empty".into()));
     }
     let notes_tokens = notes_tokens.unwrap_or(48);
     if chunk_tokens > 0 || notes_out.is_some() || checkpoint.is_some() || json || quotes.is_some() {

@@ -19,14 +19,18 @@
 //! chunk and the quotes verbatim. Quotes need a question (`--ask`) or `--focus`; they do not
 //! depend on the model, which matters on a small one whose notes drop facts. Memory is
 //! constant: one fixed-size state (reset per step), notes bounded by `notes_budget` tokens,
-//! quotes by `quotes_budget`, one chunk at a time. A run can be
+//! quotes by `quotes_budget`, one chunk's text at a time, read again from the input file
+//! ([`Source`]: the chunks are byte ranges), and the allocator's free memory handed back after
+//! every step. A run can be
 //! checkpointed after each step ([`Progress`], plain JSON, [`timeline`]); prompts live in
 //! [`Prompts`] (plain text without a template).
 
 pub mod quotes;
+pub mod source;
 pub mod timeline;
 
 pub use quotes::Quote;
+pub use source::{chunks, prepare_line, prepare_lines, Chunk, Line, Lines, Source};
 pub use timeline::{timeline_json, timeline_markdown};
 
 use crate::chat::Message;
@@ -51,98 +55,6 @@ fn window(state: &FamState) -> usize {
     } else {
         (s.mem_blocks as usize + 1) * s.block_size as usize
     }
-}
-
-/// One line of input, with the subtitle time it belongs to (.srt/.vtt) if any.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Line {
-    pub time: Option<String>,
-    pub text: String,
-}
-
-/// Lines of a transcript: plain text and `Name: text` turns pass through; subtitles lose cue
-/// numbers and timestamp lines, and each text line keeps its cue's start time.
-pub fn prepare_lines(raw: &str) -> Vec<Line> {
-    let text = raw.replace("\r\n", "\n");
-    let subtitles = text.lines().any(|l| l.contains("-->")) || text.starts_with("WEBVTT");
-    let mut out = Vec::new();
-    let mut time: Option<String> = None;
-    for line in text.lines() {
-        let t = line.trim();
-        if subtitles {
-            if let Some((start, _)) = t.split_once("-->") {
-                time = Some(start.trim().to_string());
-                continue;
-            }
-            if t.is_empty() || t == "WEBVTT" || t.chars().all(|c| c.is_ascii_digit()) {
-                continue;
-            }
-        } else if t.is_empty() {
-            continue;
-        }
-        out.push(Line {
-            time: time.clone(),
-            text: t.to_string(),
-        });
-    }
-    out
-}
-
-/// A piece of the input that fits one step.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Chunk {
-    /// Token offset of the chunk's first token in the whole input.
-    pub start_token: usize,
-    /// The subtitle time of its first line.
-    pub start_time: Option<String>,
-    pub text: String,
-    pub n_tokens: usize,
-}
-
-/// Cut lines into chunks of at most `max_tokens` tokens, at line boundaries (a longer line is
-/// cut by tokens). Lines are tokenized one at a time, so the input is never held as tokens.
-pub fn chunks(rt: &Runtime, lines: &[Line], max_tokens: usize) -> Vec<Chunk> {
-    let tok = &rt.tokenizer;
-    let max_tokens = max_tokens.max(16);
-    let mut out: Vec<Chunk> = Vec::new();
-    let mut cur: Option<Chunk> = None;
-    let mut offset = 0usize;
-    for line in lines {
-        let piece = format!("{}\n", line.text);
-        let ids = tok.encode(&piece, false, false);
-        if ids.len() > max_tokens {
-            if let Some(c) = cur.take() {
-                out.push(c);
-            }
-            for part in ids.chunks(max_tokens) {
-                out.push(Chunk {
-                    start_token: offset,
-                    start_time: line.time.clone(),
-                    text: tok.decode(part),
-                    n_tokens: part.len(),
-                });
-                offset += part.len();
-            }
-            continue;
-        }
-        if cur
-            .as_ref()
-            .is_some_and(|c| c.n_tokens + ids.len() > max_tokens)
-        {
-            out.extend(cur.take());
-        }
-        let c = cur.get_or_insert_with(|| Chunk {
-            start_token: offset,
-            start_time: line.time.clone(),
-            text: String::new(),
-            n_tokens: 0,
-        });
-        c.text.push_str(&piece);
-        c.n_tokens += ids.len();
-        offset += ids.len();
-    }
-    out.extend(cur);
-    out
 }
 
 /// One entry of the notes timeline.
@@ -196,7 +108,7 @@ number, place, date and decision.";
     }
 
     /// The note step's request for chunk `i` (1-based).
-    pub fn note(notes: &[Note], chunk: &Chunk, i: usize, focus: &[String]) -> String {
+    pub fn note(notes: &[Note], chunk: &Chunk, text: &str, i: usize, focus: &[String]) -> String {
         let from = chunk
             .start_time
             .as_ref()
@@ -210,7 +122,7 @@ number, place, date and decision.";
         format!(
             "Notes on the earlier parts of a transcript:\n{}\nPart {i} of the transcript{from}:\n{}\n\n{}{look_for}",
             Self::notes_block(notes),
-            chunk.text.trim_end(),
+            text.trim_end(),
             Self::NOTE
         )
     }
@@ -226,15 +138,15 @@ number, place, date and decision.";
 
     /// The final request: the notes, the last part verbatim, the quotes, then the summary
     /// request or the question.
-    pub fn answer(notes: &[Note], quotes: &[Quote], last: Option<&Chunk>, request: &str) -> String {
+    pub fn answer(notes: &[Note], quotes: &[Quote], last: &str, request: &str) -> String {
         let mut s = format!(
             "Notes on a transcript, in order:\n{}",
             Self::notes_block(notes)
         );
-        if let Some(c) = last {
+        if !last.is_empty() {
             s.push_str(&format!(
                 "\nThe last part of the transcript:\n{}\n",
-                c.text.trim_end()
+                last.trim_end()
             ));
         }
         // the quotes last, next to the request: a small model copies from what is near
@@ -395,6 +307,7 @@ pub fn take_notes(
     rt: &Runtime,
     eng: &mut Engine,
     state: &mut FamState,
+    input: &(impl Lines + ?Sized),
     chunks: &[Chunk],
     opts: &NotesOptions,
     progress: &mut Progress,
@@ -406,7 +319,7 @@ pub fn take_notes(
     while progress.done < n_note {
         let i = progress.done;
         let c = &chunks[i];
-        let prompt = Prompts::note(&progress.notes, c, i + 1, &opts.focus);
+        let prompt = Prompts::note(&progress.notes, c, &c.text(rt, input)?, i + 1, &opts.focus);
         let r = ask(rt, eng, state, &prompt, &greedy(opts.note_tokens))?;
         let text = r.text.trim().to_string();
         progress.written_tokens += r.generated_tokens;
@@ -462,6 +375,8 @@ pub struct Reading {
     pub chunks: Vec<Chunk>,
     pub progress: Progress,
     pub quotes: Vec<Quote>,
+    /// The last chunk's text (the answer reads it verbatim).
+    pub last: String,
 }
 
 impl Reading {
@@ -473,12 +388,7 @@ impl Reading {
     /// The final step's prompt: [instruction, notes, last chunk, quotes, request] as one user
     /// turn (the answer reads it in a fresh stream).
     pub fn answer_prompt(&self, rt: &Runtime, request: &str) -> Vec<u32> {
-        let p = Prompts::answer(
-            &self.progress.notes,
-            &self.quotes,
-            self.chunks.last(),
-            request,
-        );
+        let p = Prompts::answer(&self.progress.notes, &self.quotes, &self.last, request);
         turn_tokens(rt, &p)
     }
 }
@@ -521,7 +431,7 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     f.commit()
 }
 
-/// The whole notes pipeline over `text`: chunking for `state`'s window, the note and merge
+/// The whole notes pipeline over `input`: chunking for `state`'s window, the note and merge
 /// steps (resumed from `checkpoint` when it exists for the same input and settings, and saved
 /// there after every step), then the quotes that match `question` and the focus. The answer is
 /// [`answer`] or [`score_answer`].
@@ -530,82 +440,68 @@ pub fn read(
     rt: &Runtime,
     eng: &mut Engine,
     state: &mut FamState,
-    text: &str,
+    input: &Source,
     opts: &NotesOptions,
     question: Option<&str>,
     checkpoint: Option<&std::path::Path>,
     mut on_step: impl FnMut(&Step, &Progress, &[Chunk]),
 ) -> Result<Reading> {
     opts.validate()?;
-    let lines = prepare_lines(text);
-    if lines.is_empty() {
-        return Err(Error::Invalid("the input has no text".into()));
-    }
     let query = question
         .into_iter()
         .chain(opts.focus.iter().map(String::as_str));
     let query = query.collect::<Vec<_>>().join("\n");
     let chunk_tokens = opts.chunk_tokens_for(state, &query)?;
-    let chunks = chunks(rt, &lines, chunk_tokens);
+    let chunks = chunks(rt, input, chunk_tokens)?;
+    if chunks.is_empty() {
+        return Err(Error::Invalid("the input has no text".into()));
+    }
     let settings = serde_json::json!({
         "chunk_tokens": chunk_tokens, "note_tokens": opts.note_tokens,
         "notes_budget": opts.notes_budget, "memory": format!("{:?}", state.settings),
     });
-    let input = fingerprint(text);
+    let fp = input.fingerprint();
     let mut progress = Progress::default();
     if let Some(p) = checkpoint.filter(|p| p.exists()) {
         let raw = std::fs::read_to_string(p).map_err(|e| Error::io(p, "read", e))?;
         let v: serde_json::Value = serde_json::from_str(&raw)
             .map_err(|e| Error::file(p, format!("not a notes checkpoint ({e})")))?;
-        progress = Progress::from_json(&v, &input, &settings)
-            .map_err(|e| Error::file(p, e.to_string()))?;
+        progress =
+            Progress::from_json(&v, fp, &settings).map_err(|e| Error::file(p, e.to_string()))?;
     }
-    take_notes(rt, eng, state, &chunks, opts, &mut progress, |step, pr| {
-        if let Some(p) = checkpoint {
-            let j = pr.to_json(&input, &settings);
-            write_atomic(
-                p,
-                serde_json::to_string_pretty(&j)
-                    .unwrap_or_default()
-                    .as_bytes(),
-            )?;
-        }
-        on_step(step, pr, &chunks);
-        Ok(())
-    })?;
-    let quotes = quotes::select(&lines, &query, opts.quotes_budget_for(state, &query), |s| {
+    take_notes(
+        rt,
+        eng,
+        state,
+        input,
+        &chunks,
+        opts,
+        &mut progress,
+        |step, pr| {
+            if let Some(p) = checkpoint {
+                let j = pr.to_json(fp, &settings);
+                write_atomic(
+                    p,
+                    serde_json::to_string_pretty(&j)
+                        .unwrap_or_default()
+                        .as_bytes(),
+                )?;
+            }
+            on_step(step, pr, &chunks);
+            crate::util::release_free_memory();
+            Ok(())
+        },
+    )?;
+    let quotes = quotes::select(input, &query, opts.quotes_budget_for(state, &query), |s| {
         rt.tokenizer.encode(s, false, false).len()
-    });
+    })?;
+    let last = chunks
+        .last()
+        .map_or(Ok(String::new()), |c| c.text(rt, input))?;
     Ok(Reading {
         chunks,
         progress,
         quotes,
+        last,
     })
-}
-
-/// A fingerprint of the input text (for checkpoints).
-pub fn fingerprint(text: &str) -> String {
-    let mut h = crate::util::Fnv64::new();
-    h.write(text.as_bytes());
-    format!("{:016x}", h.finish())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subtitle_lines_keep_their_cue_times() {
-        let srt = "1\r\n00:00:01,000 --> 00:00:02,000\r\nAlice: Hello.\r\n\r\n2\r\n00:01:03,000 --> 00:01:04,500\r\nBob: Hi, 42 people came.\r\nAlice: Good.\r\n";
-        let l = prepare_lines(srt);
-        assert_eq!(l.len(), 3);
-        assert_eq!(l[0].time.as_deref(), Some("00:00:01,000"));
-        assert_eq!(l[0].text, "Alice: Hello.");
-        assert_eq!(l[1].time.as_deref(), Some("00:01:03,000"));
-        assert_eq!(l[2].time.as_deref(), Some("00:01:03,000"));
-        assert_eq!(l[2].text, "Alice: Good.");
-        let plain = prepare_lines("Alice: 1\n\n2\n");
-        assert_eq!(plain.len(), 2, "numbers-only lines stay in plain text");
-        assert!(plain.iter().all(|l| l.time.is_none()));
-    }
 }

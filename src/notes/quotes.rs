@@ -8,14 +8,15 @@
 //! passages within a token budget go into the answer's prompt, in input order, with their
 //! subtitle time.
 //!
-//! Two passes over the text, constant memory besides the text itself: the first counts in how
+//! Two passes over the text (read again from its file: [`super::Source`]), constant memory: the first counts in how
 //! many passages each word occurs (hashed into a fixed table of [`DF_SLOTS`] counters, so a
 //! collision can only overstate a word's frequency and understate its weight); the second
 //! keeps the best [`MAX_CANDIDATES`] passages in a bounded heap. Words are lowercased, a
 //! plural `s` is stripped, and common English words are skipped. Words are split at spaces and
 //! punctuation: text written without spaces (Chinese, Japanese, Thai) has few words to match.
 
-use super::Line;
+use super::Lines;
+use crate::error::Result;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
@@ -93,17 +94,18 @@ fn slot(word: &str) -> usize {
     (h.finish() as usize) % DF_SLOTS
 }
 
-/// The passages of the input, in order: each line, cut into pieces of at most `max_words`
-/// words.
+/// Calls `f` with the passages of the input, in order: each line, cut into pieces of at most
+/// `max_words` words.
 fn passages(
-    lines: &[Line],
+    lines: &(impl Lines + ?Sized),
     max_words: usize,
-) -> impl Iterator<Item = (Option<&String>, String)> + '_ {
-    lines.iter().flat_map(move |l| {
+    f: &mut dyn FnMut(&Option<String>, String),
+) -> Result<()> {
+    lines.each_line(&mut |_, l| {
         let ws: Vec<&str> = l.text.split_whitespace().collect();
-        ws.chunks(max_words)
-            .map(|p| (l.time.as_ref(), p.join(" ")))
-            .collect::<Vec<_>>()
+        for p in ws.chunks(max_words) {
+            f(&l.time, p.join(" "));
+        }
     })
 }
 
@@ -141,22 +143,22 @@ impl Ord for Candidate {
 /// Nothing when the budget is 0 or the query has no content words; passages that share no word
 /// with the query are never chosen.
 pub fn select(
-    lines: &[Line],
+    lines: &(impl Lines + ?Sized),
     query: &str,
     budget: usize,
     count_tokens: impl Fn(&str) -> usize,
-) -> Vec<Quote> {
+) -> Result<Vec<Quote>> {
     let mut terms: Vec<String> = words(query).collect();
     terms.sort();
     terms.dedup();
     if budget == 0 || terms.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     // pass 1: document frequencies and the mean passage length
     let mut df = vec![0u32; DF_SLOTS];
     let (mut n, mut total_len) = (0usize, 0usize);
     let max_words = passage_words(budget);
-    for (_, p) in passages(lines, max_words) {
+    passages(lines, max_words, &mut |_, p| {
         let mut seen: Vec<usize> = words(&p).map(|w| slot(&w)).collect();
         total_len += seen.len();
         seen.sort_unstable();
@@ -165,7 +167,7 @@ pub fn select(
             df[s] = df[s].saturating_add(1);
         }
         n += 1;
-    }
+    })?;
     let avg_len = (total_len as f64 / n.max(1) as f64).max(1.0);
     let idf: Vec<f64> = terms
         .iter()
@@ -176,7 +178,10 @@ pub fn select(
         .collect();
     // pass 2: the best passages in a bounded heap
     let mut heap: BinaryHeap<Candidate> = BinaryHeap::new();
-    for (position, (time, p)) in passages(lines, max_words).enumerate() {
+    let mut position = 0;
+    passages(lines, max_words, &mut |time, p| {
+        position += 1;
+        let position = position - 1;
         let ws: Vec<String> = words(&p).collect();
         let norm = BM25_K1 * (1.0 - BM25_B + BM25_B * ws.len() as f64 / avg_len);
         let score: f64 = terms
@@ -188,12 +193,12 @@ pub fn select(
             })
             .sum();
         if score <= 0.0 {
-            continue;
+            return;
         }
         let c = Candidate {
             score,
             position,
-            time: time.cloned(),
+            time: time.clone(),
             text: p,
         };
         if heap.len() < MAX_CANDIDATES {
@@ -202,7 +207,7 @@ pub fn select(
             heap.pop();
             heap.push(c);
         }
-    }
+    })?;
     // best first, within the budget; then in input order
     let mut out = Vec::new();
     let mut used = 0;
@@ -223,7 +228,7 @@ pub fn select(
         });
     }
     out.sort_by_key(|q| q.position);
-    out
+    Ok(out)
 }
 
 /// A quote (or a note) as the answer's prompt shows it: `- [time] text`.
@@ -237,6 +242,7 @@ pub fn quote_line(time: &Option<String>, text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notes::Line;
 
     fn line(text: &str) -> Line {
         Line {
@@ -278,11 +284,12 @@ mod tests {
                 line("MASTER: The old mill wheel needs 38 new oak paddles before winter."),
             );
             let q = select(
-                &lines,
+                &lines[..],
                 "How many oak paddles does the mill wheel need?",
                 40,
                 count_words,
-            );
+            )
+            .unwrap();
             let best = q.iter().max_by(|a, b| a.score.total_cmp(&b.score)).unwrap();
             assert_eq!(best.position, at, "{q:?}");
             assert!(best.text.contains("38 new oak paddles"));
@@ -303,26 +310,34 @@ mod tests {
     #[test]
     fn nothing_without_content_words_budget_or_match() {
         let lines = filler(50);
-        assert!(select(&lines, "What does it say?", 100, count_words).is_empty());
-        assert!(select(&lines, "wheel", 0, count_words).is_empty());
-        assert!(select(&lines, "Ravenna", 100, count_words).is_empty());
+        assert!(select(&lines[..], "What does it say?", 100, count_words)
+            .unwrap()
+            .is_empty());
+        assert!(select(&lines[..], "wheel", 0, count_words)
+            .unwrap()
+            .is_empty());
+        assert!(select(&lines[..], "Ravenna", 100, count_words)
+            .unwrap()
+            .is_empty());
         // candidates are bounded whatever the number of matches
-        let many = select(&filler(5000), "wheel", 1_000_000, count_words);
+        let many = select(&filler(5000)[..], "wheel", 1_000_000, count_words).unwrap();
         assert_eq!(many.len(), MAX_CANDIDATES);
     }
 
     #[test]
     fn long_lines_are_cut_into_passages() {
         let long = line(&vec!["word"; PASSAGE_WORDS * 2 + 1].join(" "));
-        assert_eq!(
-            passages(std::slice::from_ref(&long), PASSAGE_WORDS).count(),
-            3
-        );
+        let mut n = 0;
+        passages(std::slice::from_ref(&long), PASSAGE_WORDS, &mut |_, _| {
+            n += 1
+        })
+        .unwrap();
+        assert_eq!(n, 3);
         // a small budget cuts pieces that fit it: the match in a long line is still quoted
         let mut text = vec!["filler"; 200];
         text[150] = "Marrowby";
         let lines = [line(&text.join(" ")), line("other words here")];
-        let q = select(&lines, "Is it Marrowby?", 40, count_words);
+        let q = select(&lines[..], "Is it Marrowby?", 40, count_words).unwrap();
         assert_eq!(q.len(), 1, "{q:?}");
         assert!(q[0].text.contains("Marrowby") && q[0].n_tokens <= 40);
     }
