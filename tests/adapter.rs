@@ -286,6 +286,12 @@ fn an_adapter_gives_llama_cpps_logits_on_both_architectures() {
         // a learned initial FAM, as the trainer exports it: llama.cpp must still load the file
         // (it refuses unknown tensors; the FAM rows are metadata it ignores)
         ab.init_memory(&base, 4, |il| 0.5 + il as f32);
+        // and the trainer's soft prompt (`famtrain.prompt`, F x n_embd), kept for warm starts
+        let n_embd = HParams::from_gguf(&base).unwrap().n_embd;
+        ab.set(
+            "famtrain.prompt",
+            Value::Array(Array::F32(vec![0.25; 4 * n_embd])),
+        );
         ab.set(
             KEY_BASE_FINGERPRINT,
             Value::String(format!("{:016x}", base_fingerprint(&base))),

@@ -22,11 +22,13 @@ Splits, so that evaluation measures what was not trained on:
     python3 tools/fam_data.py --tokenizer DIR/tokenizer.json --show 3     # print samples
 """
 import argparse
+import os
 import random
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
+# the public-domain texts; FAMSTREAM_DATA points elsewhere (a GPU machine gets a copy: device_train.sh)
+DATA = Path(os.environ["FAMSTREAM_DATA"]) if os.environ.get("FAMSTREAM_DATA") else ROOT.parent / "shared" / "data"
 
 FIRST_TRAIN = ["Alice", "Bernard", "Clara", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Ingrid", "Jonas",
                "Keiko", "Lucas", "Marta", "Nikolai", "Olga", "Pablo", "Quentin", "Rosa", "Stefan", "Tamsin"]

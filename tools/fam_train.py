@@ -330,7 +330,7 @@ def cmd_train(a):
     # The curriculum's schedule (steps, last distance, the recall that advances it) may change
     # when a run resumes; everything else that shapes the model must stay as it started.
     schedule = ("steps", "max_k", "advance_at")
-    keep = {k: v for k, v in vars(a).items() if k not in ("func", "threads", "device") + schedule}
+    keep = {k: v for k, v in vars(a).items() if k not in ("func", "threads", "device", "max_minutes") + schedule}
     if args_path.exists():
         old = json.loads(args_path.read_text())
         diff = {k: (old.get(k), v) for k, v in keep.items() if old.get(k) != v}
@@ -359,7 +359,15 @@ def cmd_train(a):
                              {"params": list(model.lora.parameters()), "lr": a.lr_lora}], weight_decay=0.0)
     step, k_cur, last_recall = 0, a.k_start, None
     rng = random.Random(a.seed)
-    if a.init_from and not ckpt_path.exists():
+    if a.init_from and a.init_from.endswith(".gguf") and not ckpt_path.exists():
+        restored = load_adapter(a.init_from, model, s)
+        print(f"started from the adapter {a.init_from} (LoRA{', soft prompt' if restored else ''}; "
+              f"{'' if restored else 'no soft prompt in it: the prompt starts from the seed text; '}"
+              f"fresh optimizer)", file=sys.stderr)
+        meta = json.loads(args_path.read_text())
+        meta["init_from_adapter_prompt"] = restored
+        args_path.write_text(json.dumps(meta, indent=1) + "\n")
+    elif a.init_from and not ckpt_path.exists():
         # warm start: another run's LoRA, soft prompt and optimizer state; this run counts its own steps
         src = Path(a.init_from) / "ckpt.pt"
         if not src.exists():
@@ -399,7 +407,8 @@ def cmd_train(a):
             hits += recall_batch(model, s, ids, ans)
         return sum(hits) / len(hits)
 
-    while step < a.steps:
+    step_seconds = 0.0  # this invocation's step time, for --max-minutes
+    while step < a.steps and not (a.max_minutes and step_seconds > 60 * a.max_minutes):
         k = k_cur if rng.random() < 0.5 else rng.randint(1, k_cur)  # half at the frontier
         ids, ans, _ = train.batch(rng, a.batch, k)
         T = len(ids[0])
@@ -431,6 +440,7 @@ def cmd_train(a):
             rsp = ([f.detach() for f in fam_end], P_end)
         step += 1
         dt = time.time() - t0
+        step_seconds += dt
         tok_done += a.batch * T
         rate = tok_done / (time.time() - t_start)
         rec = dict(step=step, k=k, k_cur=k_cur, loss=round(loss.item(), 4), ans_loss=round(ans_loss.item(), 4),
@@ -446,7 +456,8 @@ def cmd_train(a):
         print(f"step {step}/{a.steps} k={k}/{k_cur} loss {loss.item():.3f} (answer {ans_loss.item():.3f}, "
               f"lm {lm_loss.item():.3f}) recall@k={last_recall if last_recall is None else round(last_recall, 3)} "
               f"{rate:.0f} tok/s ETA {eta / 60:.0f} min", file=sys.stderr, flush=True)
-        if step % a.ckpt_every == 0 or step == a.steps:
+        stopping = step == a.steps or (a.max_minutes and step_seconds > 60 * a.max_minutes)
+        if step % a.ckpt_every == 0 or stopping:
             save_atomic(dict(lora=model.lora.state_dict(), prompt=model.prompt.detach(), opt=opt.state_dict(),
                              step=step, k_cur=k_cur, recall=last_recall, rng=rng.getstate(),
                              torch_rng=torch.get_rng_state(), settings=s, rank=a.rank, alpha=a.alpha,
@@ -518,6 +529,55 @@ def permute(w, n_head):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def unpermute(w, n_head):
+    """The inverse of `permute` (llama.cpp's adjacent pairs -> HF rotate_half)."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def load_adapter(path, model, s):
+    """Warm start from an exported adapter (`--init-from ADAPTER.gguf`): its LoRA, and its soft
+    prompt when the export carries one (`famtrain.prompt`, exports since session 16); checks
+    that it was made with this run's rank, alpha, targets and FAM settings. Checkpoints
+    (`ckpt.pt`) are not in git, so a committed adapter is what a run in a new session starts
+    from. The optimizer starts fresh. Returns whether the prompt was restored."""
+    import gguf
+    r = gguf.GGUFReader(str(path))
+    f = r.fields
+    def scalar(k):
+        return f[k].contents() if k in f else None
+    if scalar("general.type") != "adapter" or scalar("adapter.type") != "lora":
+        raise SystemExit(f"--init-from {path}: not a LoRA adapter")
+    if abs(float(scalar("adapter.lora.alpha")) - model.alpha) > 1e-6:
+        raise SystemExit(f"--init-from {path}: its alpha is {scalar('adapter.lora.alpha')}, this run's {model.alpha}")
+    theirs = {k: scalar(f"fam.{k}") for k in ("policy", "init", "query_pos", "feedback", "block_size", "mem_blocks",
+                                             "fam_len", "sinks", "zero_first_residual")}
+    ours = {k: s[k] for k in theirs}
+    if {k: str(v) for k, v in theirs.items()} != {k: str(v) for k, v in ours.items()}:
+        raise SystemExit(f"--init-from {path}: trained with other FAM settings {theirs}, this run's {ours}")
+    tensors = {t.name: np.asarray(t.data, dtype=np.float32) for t in r.tensors}
+    want = {f"blk.{l}.{GGUF_LIN[t]}.weight" for l in range(model.L) for t in model.targets}
+    have = {n.rsplit(".", 1)[0] for n in tensors}
+    if have != want:
+        raise SystemExit(f"--init-from {path}: its LoRA targets differ from this run's {model.targets}")
+    with torch.no_grad():
+        for l in range(model.L):
+            for t in model.targets:
+                base = f"blk.{l}.{GGUF_LIN[t]}.weight"
+                A, Bm = tensors[base + ".lora_a"], tensors[base + ".lora_b"]
+                if model.arch == "llama" and t in ("q", "k"):
+                    Bm = unpermute(Bm, model.H if t == "q" else model.KV)
+                pa, pb = model.lora[f"{l}_{t}_a"], model.lora[f"{l}_{t}_b"]
+                if A.shape != tuple(pa.shape) or Bm.shape != tuple(pb.shape):
+                    raise SystemExit(f"--init-from {path}: {base} has rank {A.shape[0]}, this run's {model.rank}")
+                pa.copy_(torch.from_numpy(np.ascontiguousarray(A)))
+                pb.copy_(torch.from_numpy(np.ascontiguousarray(Bm)))
+        if "famtrain.prompt" not in f:
+            return False
+        prompt = np.asarray(f["famtrain.prompt"].contents(), dtype=np.float32)
+        model.prompt.copy_(torch.from_numpy(prompt.reshape(model.prompt.shape)))
+    return True
+
+
 def export_adapter(model, s, out, base_gguf=None, name="famstream FAM adapter", extra=None, lora_dtype=np.float32):
     import gguf
     out = Path(out)
@@ -551,6 +611,9 @@ def export_adapter(model, s, out, base_gguf=None, name="famstream FAM adapter", 
         # a metadata array, not a tensor: llama.cpp's adapter loader refuses tensors other than
         # .lora_a/.lora_b, but ignores metadata it does not know (src/init_memory.rs)
         w.add_array("fam.init_memory", mem.astype(np.float32).ravel().tolist())
+        # the soft prompt itself (F x d), so that a later run can start from this file
+        # (`--init-from ADAPTER.gguf`); runtimes ignore it
+        w.add_array("famtrain.prompt", model.prompt.detach().cpu().float().numpy().ravel().tolist())
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     os.replace(str(out) + ".tmp", out)
 
@@ -716,6 +779,13 @@ def cmd_smoke(a):
             want = torch.stack([x[0] for x in model.initial_fam(dict(ck["settings"], init="learned"), 1)])
         assert mem.shape == (model.d * 4 * model.L,), mem.shape
         assert np.array_equal(mem, want.detach().float().numpy().ravel()), "export lost the init memory"
+        # a run started from the export has the same LoRA (Q/K un-permuted) and soft prompt
+        m2 = Model(tiny / "hf", rank=4, fam_len=4)
+        assert load_adapter(out, m2, ck["settings"]), "the export carries no soft prompt"
+        for name, p in model.lora.items():
+            assert torch.equal(p, m2.lora[name]), f"--init-from ADAPTER lost LoRA {name}"
+        assert torch.equal(model.prompt, m2.prompt), "--init-from ADAPTER lost the soft prompt"
+        call("train", str(Path(tmp) / "run2"), *base[2:], "--steps", "1", "--init-from", str(out))
         # learning: one fixed batch, 12 steps, the answer loss must fall
         m = Model(tiny / "hf", rank=4, fam_len=4)
         s = dict(policy="fam", block_size=64, mem_blocks=0, fam_len=4, sinks=0, init="learned",
@@ -773,11 +843,14 @@ def parser():
     t.add_argument("--lm-weight", type=float, default=0.1)
     t.add_argument("--lm-positions", type=int, default=32)
     t.add_argument("--rsp", type=float, default=0.0, help="random state passing probability")
-    t.add_argument("--init-from", help="another run's directory: start from its checkpoint (LoRA, prompt, optimizer)")
+    t.add_argument("--init-from", help="another run's directory: start from its checkpoint (LoRA, prompt, optimizer); "
+                   "or an exported adapter (.gguf): its LoRA and soft prompt, a fresh optimizer")
     t.add_argument("--eval-every", type=int, default=25)
     t.add_argument("--eval-batches", type=int, default=4)
     t.add_argument("--ckpt-every", type=int, default=10)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-minutes", type=float, default=0,
+                   help="stop (with a checkpoint) after this many minutes of step time in this invocation")
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--device", default="cpu")
     t.set_defaults(func=cmd_train)
