@@ -382,17 +382,8 @@ pub fn read_text_input(p: &std::path::Path) -> Result<String> {
     } else {
         std::fs::read(p).map_err(|e| Error::io(p, "read", e))?
     };
-    if let Some(i) = bytes.iter().position(|&b| b == 0) {
-        return Err(Error::Invalid(format!(
-            "{name} looks binary (a NUL byte at offset {i}): give a text file"
-        )));
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        Error::Invalid(format!(
-            "{name} is not UTF-8 text (invalid byte at offset {}): convert it first, e.g. with iconv",
-            e.utf8_error().valid_up_to()
-        ))
-    })
+    famstream::notes::source::text_of(&name, &bytes, 0)?;
+    String::from_utf8(bytes).map_err(|e| Error::Internal(format!("{name}: {e}")))
 }
 
 pub fn write_piece(out: &mut impl Write, piece: &str) -> bool {

@@ -178,10 +178,10 @@ pub fn select(
         .collect();
     // pass 2: the best passages in a bounded heap
     let mut heap: BinaryHeap<Candidate> = BinaryHeap::new();
-    let mut position = 0;
+    let mut next_position = 0;
     passages(lines, max_words, &mut |time, p| {
-        position += 1;
-        let position = position - 1;
+        let position = next_position;
+        next_position += 1;
         let ws: Vec<String> = words(&p).collect();
         let norm = BM25_K1 * (1.0 - BM25_B + BM25_B * ws.len() as f64 / avg_len);
         let score: f64 = terms

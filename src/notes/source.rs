@@ -168,6 +168,25 @@ impl Lines for [Line] {
     }
 }
 
+/// `bytes` (found at `offset` of the input called `name`) as text: an error naming the input and
+/// the offset for a NUL byte (a binary file) or bytes that are not UTF-8. Shared by every
+/// command that reads a text input.
+pub fn text_of<'a>(name: &str, bytes: &'a [u8], offset: u64) -> Result<&'a str> {
+    if let Some(i) = bytes.iter().position(|&b| b == 0) {
+        return Err(Error::Invalid(format!(
+            "{name} looks binary (a NUL byte at offset {}): give a text file",
+            offset + i as u64
+        )));
+    }
+    std::str::from_utf8(bytes).map_err(|e| {
+        Error::Invalid(format!(
+            "{name} is not UTF-8 text (invalid byte at offset {}): convert it first, e.g. with \
+             iconv",
+            offset + e.valid_up_to() as u64
+        ))
+    })
+}
+
 /// A checked text file (see the module docs).
 #[derive(Debug)]
 pub struct Source {
@@ -192,7 +211,7 @@ impl Source {
     /// Open and check `path`: a missing file, a binary file (a NUL byte), text that is not
     /// UTF-8 and a file with no text get errors that name it.
     pub fn open(path: &Path) -> Result<Source> {
-        Self::check(path.to_path_buf(), path.display().to_string(), false)
+        Self::unchecked(path.to_path_buf(), path.display().to_string(), false).checked()
     }
 
     /// Standard input, spooled to a temporary file so that it can be read in passes.
@@ -206,31 +225,27 @@ impl Source {
         ));
         let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, "create", e))?;
         // from here the file is removed on every path out (the source owns it)
-        let src = Source {
-            path: path.clone(),
-            name: "<stdin>".into(),
-            subtitles: false,
-            fingerprint: String::new(),
-            temporary: true,
-        };
+        let src = Self::unchecked(path, "<stdin>".into(), true);
         std::io::copy(&mut std::io::stdin().lock(), &mut f)
             .map_err(|e| Error::io("<stdin>", "read", e))?;
         drop(f);
-        let checked = Self::check(path, "<stdin>".into(), true)?;
-        let mut src = src;
-        src.temporary = false; // `checked` owns the file now
-        Ok(checked)
+        src.checked()
     }
 
-    fn check(path: PathBuf, name: String, temporary: bool) -> Result<Source> {
-        let mut src = Source {
+    fn unchecked(path: PathBuf, name: String, temporary: bool) -> Source {
+        Source {
             path,
             name,
             subtitles: false,
             fingerprint: String::new(),
             temporary,
-        };
-        let f = std::fs::File::open(&src.path).map_err(|e| Error::io(&src.path, "read", e))?;
+        }
+    }
+
+    /// One pass over the file: the checks of [`Source::open`], the fingerprint, and whether it
+    /// is subtitles.
+    fn checked(mut self) -> Result<Source> {
+        let f = std::fs::File::open(&self.path).map_err(|e| Error::io(&self.path, "read", e))?;
         let mut r = BufReader::new(f);
         let mut h = crate::util::Fnv64::new();
         let (mut offset, mut has_text, mut first) = (0u64, false, true);
@@ -239,36 +254,22 @@ impl Source {
             buf.clear();
             let n = r
                 .read_until(b'\n', &mut buf)
-                .map_err(|e| Error::io(&src.path, "read", e))?;
+                .map_err(|e| Error::io(&self.path, "read", e))?;
             if n == 0 {
                 break;
             }
-            if let Some(i) = buf.iter().position(|&b| b == 0) {
-                return Err(Error::Invalid(format!(
-                    "{} looks binary (a NUL byte at offset {}): give a text file",
-                    src.name,
-                    offset + i as u64
-                )));
-            }
-            let line = std::str::from_utf8(&buf).map_err(|e| {
-                Error::Invalid(format!(
-                    "{} is not UTF-8 text (invalid byte at offset {}): convert it first, e.g. \
-                     with iconv",
-                    src.name,
-                    offset + e.valid_up_to() as u64
-                ))
-            })?;
+            let line = text_of(&self.name, &buf, offset)?;
             h.write(&buf);
             has_text |= !line.trim().is_empty();
-            src.subtitles |= line.contains("-->") || (first && line.starts_with("WEBVTT"));
+            self.subtitles |= line.contains("-->") || (first && line.starts_with("WEBVTT"));
             first = false;
             offset += n as u64;
         }
         if !has_text {
-            return Err(Error::Invalid(format!("{}: the input is empty", src.name)));
+            return Err(Error::Invalid(format!("{}: the input is empty", self.name)));
         }
-        src.fingerprint = format!("{:016x}", h.finish());
-        Ok(src)
+        self.fingerprint = format!("{:016x}", h.finish());
+        Ok(self)
     }
 
     /// A fingerprint of the file's bytes (checkpoints are for one input).
