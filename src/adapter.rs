@@ -17,6 +17,11 @@
 //! - `fam.init_memory` (optional) f32 `[n_embd, F, n_layer]`: each layer's initial FAM rows,
 //!   a metadata array (what famstream writes: llama.cpp then loads the adapter) or, in older
 //!   files, a tensor ([`crate::init_memory`]). It replaces the model file's own.
+//! - `fam.adapter.lora_scope` (optional string): `all` (the default, llama.cpp's meaning: every
+//!   row of every graph) or `fam`: the low-rank terms apply to the FAM's rows only (the FAM
+//!   update graph and the FAM rows' K/V), so tokens run the base model and read the memory
+//!   through attention alone. Such an adapter changes nothing without a FAM (`full`, `sink`,
+//!   ...) and cannot be merged into the weights.
 //! - `fam.*` settings keys ([`crate::settings`]): the stream defaults while the adapter is
 //!   loaded. Precedence: command-line flag > adapter > model file > built-in default.
 //!
@@ -39,6 +44,27 @@ pub const KEY_GENERAL_TYPE: &str = "general.type";
 pub const KEY_ADAPTER_TYPE: &str = "adapter.type";
 pub const KEY_LORA_ALPHA: &str = "adapter.lora.alpha";
 pub const KEY_BASE_FINGERPRINT: &str = "fam.adapter.base_fingerprint";
+pub const KEY_LORA_SCOPE: &str = "fam.adapter.lora_scope";
+
+/// Which rows an adapter's low-rank terms apply to (`fam.adapter.lora_scope`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum LoraScope {
+    /// Every row of every graph (a plain LoRA adapter).
+    #[default]
+    All,
+    /// The FAM's rows only: the FAM update graph and the FAM rows' K/V; tokens run the base
+    /// model.
+    Fam,
+}
+
+impl LoraScope {
+    pub fn name(self) -> &'static str {
+        match self {
+            LoraScope::All => "all",
+            LoraScope::Fam => "fam",
+        }
+    }
+}
 pub const SUFFIX_A: &str = ".lora_a";
 pub const SUFFIX_B: &str = ".lora_b";
 
@@ -156,6 +182,8 @@ pub struct AdapterFile {
     pub base_fingerprint: Option<u64>,
     /// F of `fam.init_memory`, checked to be f32 `[n_embd, F, n_layer]`, if the adapter has one.
     pub init_fam_len: Option<usize>,
+    /// The rows the LoRA terms apply to.
+    pub scope: LoraScope,
     pub gguf: GgufFile,
 }
 
@@ -237,6 +265,15 @@ impl AdapterFile {
                     )));
                 }
                 Some(want)
+            }
+        };
+        let scope = match gguf.opt_str(KEY_LORA_SCOPE).map_err(meta)? {
+            None | Some("all") => LoraScope::All,
+            Some("fam") => LoraScope::Fam,
+            Some(s) => {
+                return Err(bad(format!(
+                    "`{KEY_LORA_SCOPE}` is `{s}`, expected `all` or `fam`"
+                )))
             }
         };
         // The settings keys must parse (their combination is validated with the model's).
@@ -371,6 +408,7 @@ impl AdapterFile {
             pairs,
             base_fingerprint,
             init_fam_len,
+            scope,
             gguf,
         })
     }
@@ -439,6 +477,7 @@ pub fn adapter_summary(g: &GgufFile) -> serde_json::Value {
         "alpha": g.opt_f32(KEY_LORA_ALPHA).ok().flatten(),
         "pairs": pairs, "ranks": ranks, "targets": targets, "layers": layers,
         "base_fingerprint": g.opt_str(KEY_BASE_FINGERPRINT).ok().flatten(),
+        "lora_scope": g.opt_str(KEY_LORA_SCOPE).ok().flatten().unwrap_or("all"),
         "init_memory": init,
         "fam_settings": settings,
     })
@@ -522,8 +561,12 @@ impl Adapter {
         })
     }
 
-    /// The low-rank term of base weight `w`, if the adapter adapts it.
-    pub fn lora(&self, w: usize) -> Option<Lora<'_>> {
+    /// The low-rank term of base weight `w` for a graph of FAM rows (`fam_rows`) or of tokens,
+    /// if the adapter adapts `w` there (see [`LoraScope`]).
+    pub fn lora(&self, w: usize, fam_rows: bool) -> Option<Lora<'_>> {
+        if self.file.scope == LoraScope::Fam && !fam_rows {
+            return None;
+        }
         let p = self.by_weight.get(w).copied().flatten()?;
         Some(Lora {
             a: self.tensors.get(p.a),

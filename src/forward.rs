@@ -85,13 +85,14 @@ pub struct SinkStore<'a> {
     pub k_raw: Vec<Tensor<'a>>,
 }
 
-/// Layer `il` of model `m` for graph context `ctx`.
-fn block<'a>(ctx: &'a Context, m: &'a Model, il: usize) -> Block<'a> {
+/// Layer `il` of model `m` for graph context `ctx`, over FAM rows or tokens (`fam_rows`).
+fn block<'a>(ctx: &'a Context, m: &'a Model, il: usize, fam_rows: bool) -> Block<'a> {
     Block {
         ctx,
         m,
         l: m.layer(il),
         il,
+        fam_rows,
     }
 }
 
@@ -151,7 +152,7 @@ pub fn build_token_graph<'a>(
             gf.expand(c);
             layer_inputs.push(c);
         }
-        let b = block(ctx, m, il);
+        let b = block(ctx, m, il, false);
         // Store this batch's K/V in the cache, then attend over the cache.
         let mut attend_cache = |Qkv { q, k, k_raw, v }: Qkv<'a>| {
             let mut kc = ctx.set_rows(kv.k(il), ctx.reshape(k, &[n_embd_kv, n]), slots);
@@ -252,7 +253,7 @@ fn fam_kv<'a>(
     slots: Tensor<'a>,
 ) -> (Tensor<'a>, Tensor<'a>) {
     let f = x.ne()[1];
-    let Qkv { k, v, .. } = (m.hp.arch.spec().attn_in)(&block(ctx, m, il), x, pos);
+    let Qkv { k, v, .. } = (m.hp.arch.spec().attn_in)(&block(ctx, m, il, true), x, pos);
     let n_embd_kv = kv.n_embd_kv() as i64;
     (
         ctx.set_rows(kv.k(il), ctx.reshape(k, &[n_embd_kv, f]), slots),
@@ -307,8 +308,14 @@ pub fn build_fam_graph<'a>(
                 // The FAM rows' queries read the old FAM and the finished block; their own K/V
                 // are written after, at the new positions (`fam_kv`).
                 let mut read = |qkv: Qkv<'a>| attend(ctx, m, qkv.q, kv.k(il), kv.v(il), n_kv, mask);
-                let mut out = layer(&block(ctx, m, il), x, q_pos, !zero_residual, &mut read)
-                    .set_name(&format!("fam_new-{il}"));
+                let mut out = layer(
+                    &block(ctx, m, il, true),
+                    x,
+                    q_pos,
+                    !zero_residual,
+                    &mut read,
+                )
+                .set_name(&format!("fam_new-{il}"));
                 if renorm {
                     // Keep each row's RMS: rms_norm(new) * rms(old). Without it the residual of
                     // an un-tuned model's FAM rows grows by o + ffn every block, without bound.

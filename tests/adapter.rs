@@ -642,6 +642,16 @@ fn bad_adapters_are_refused_naming_the_problem() {
             ],
         ),
         (
+            "lora-scope",
+            Box::new(|ab| ab.set("fam.adapter.lora_scope", Value::String("tokens".into()))),
+            vec![],
+            vec![
+                "fam.adapter.lora_scope".into(),
+                "`tokens`".into(),
+                "`all` or `fam`".into(),
+            ],
+        ),
+        (
             "unknown-target",
             Box::new(|ab| {
                 let a = ab.tensors[0].clone();
@@ -1000,6 +1010,22 @@ fn convert_merges_an_adapter_into_a_model_that_needs_none() {
     let kl = mean_kl(&theirs, &adapted);
     eprintln!("llama.cpp on the merged file vs famstream with the adapter: mean KL {kl:.2e}");
     assert!(kl < MEAN_KL_BOUND, "{kl}");
+
+    // An adapter whose LoRA applies to FAM rows only cannot be merged: refused, nothing written.
+    ab.set("fam.adapter.lora_scope", Value::String("fam".into()));
+    let rows = dir.join("fam-rows.gguf");
+    ab.write(&rows);
+    let out2 = dir.join("merged-fam-rows.gguf");
+    let err = convert_with_adapter(&tiny("qwen2"), &out2, &opts, Some(&rows), &mut |_, _, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("FAM rows only") && err.contains("--adapter"),
+        "{err}"
+    );
+    assert!(!out2.exists());
+    // ... and it leaves the token path alone: without a FAM, the base model's logits exactly
+    assert_eq!(logits(&tiny("qwen2"), Some(&rows), full(), &ids), plain);
 }
 
 #[test]

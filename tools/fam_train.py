@@ -48,6 +48,7 @@ import torch.nn.functional as Fn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the `tools` package
 from tools.common import ROOT, splice  # noqa: E402
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+LORA_SCOPES = ("all", "fam")  # which rows LoRA applies to (fam.adapter.lora_scope)
 HF_LIN = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
           "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
 GGUF_LIN = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output", "gate": "ffn_gate", "up": "ffn_up",
@@ -58,8 +59,13 @@ GGUF_LIN = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output", "ga
 # The model: frozen base weights from an HF checkpoint, LoRA, the FAM forward.
 
 class Model(torch.nn.Module):
-    def __init__(self, hf_dir, rank=8, alpha=16.0, targets=TARGETS, fam_len=16, device="cpu", seed=0):
+    def __init__(self, hf_dir, rank=8, alpha=16.0, targets=TARGETS, fam_len=16, device="cpu", seed=0,
+                 lora_scope="all"):
         super().__init__()
+        # "all": LoRA on every row; "fam": only on FAM rows (the soft prompt's run, the FAM
+        # update), so the tokens' own computation is the base model's (fam.adapter.lora_scope)
+        assert lora_scope in LORA_SCOPES, lora_scope
+        self.lora_scope = lora_scope
         from safetensors.torch import load_file
         hf_dir = Path(hf_dir)
         cfg = json.loads((hf_dir / "config.json").read_text())
@@ -103,14 +109,23 @@ class Model(torch.nn.Module):
     def lin_w(self, l, t):
         return self.w[f"model.layers.{l}.{HF_LIN[t]}.weight"]
 
-    def lin(self, x, l, t):
+    def lin(self, x, l, t, rows=None):
+        """x [N, T, n_in]; LoRA on the first `rows` rows of each sample (None: all)."""
         p = f"model.layers.{l}.{HF_LIN[t]}."
         y = x @ self.w[p + "weight"].T
         if p + "bias" in self.w:
             y = y + self.w[p + "bias"]
-        if t in self.targets:
-            y = y + (x @ self.lora[f"{l}_{t}_a"].T) @ self.lora[f"{l}_{t}_b"].T * (self.alpha / self.rank)
+        if t in self.targets and rows != 0:
+            xr = x if rows is None else x[:, :rows]
+            d = (xr @ self.lora[f"{l}_{t}_a"].T) @ self.lora[f"{l}_{t}_b"].T * (self.alpha / self.rank)
+            if rows is not None:
+                d = torch.cat([d, d.new_zeros(d.shape[0], x.shape[1] - rows, d.shape[2])], 1)
+            y = y + d
         return y
+
+    def lora_rows(self, n_fam):
+        """The rows of a [FAM; tokens] batch that LoRA applies to under this model's scope."""
+        return None if self.lora_scope == "all" else n_fam
 
     def rms(self, x, w):
         x32 = x.float()
@@ -127,13 +142,13 @@ class Model(torch.nn.Module):
         rot = torch.cat([-x[..., h:], x[..., :h]], -1)
         return x * c + rot * s
 
-    def qkv(self, l, x):
+    def qkv(self, l, x, rows=None):
         """x [N, T, d] layer-l inputs -> unrotated q [N, H, T, hd], k, v [N, KV, T, hd]."""
         N, T, _ = x.shape
         h = self.rms(x, self.w[f"model.layers.{l}.input_layernorm.weight"])
-        q = self.lin(h, l, "q").view(N, T, self.H, self.hd).transpose(1, 2)
-        k = self.lin(h, l, "k").view(N, T, self.KV, self.hd).transpose(1, 2)
-        v = self.lin(h, l, "v").view(N, T, self.KV, self.hd).transpose(1, 2)
+        q = self.lin(h, l, "q", rows).view(N, T, self.H, self.hd).transpose(1, 2)
+        k = self.lin(h, l, "k", rows).view(N, T, self.KV, self.hd).transpose(1, 2)
+        v = self.lin(h, l, "v", rows).view(N, T, self.KV, self.hd).transpose(1, 2)
         return q, k, v
 
     def attend(self, q, k, v, visible):
@@ -144,11 +159,11 @@ class Model(torch.nn.Module):
         N, _, R, _ = o.shape
         return o.transpose(1, 2).reshape(N, R, self.H * self.hd)
 
-    def finish(self, l, resid, o):
+    def finish(self, l, resid, o, rows=None):
         p = f"model.layers.{l}."
-        r = resid + self.lin(o, l, "o")
+        r = resid + self.lin(o, l, "o", rows)
         h = self.rms(r, self.w[p + "post_attention_layernorm.weight"])
-        return r + self.lin(Fn.silu(self.lin(h, l, "gate")) * self.lin(h, l, "up"), l, "down")
+        return r + self.lin(Fn.silu(self.lin(h, l, "gate", rows)) * self.lin(h, l, "up", rows), l, "down", rows)
 
     def logits(self, x):
         return self.rms(x, self.w["model.norm.weight"]) @ self.head_w.T
@@ -156,14 +171,15 @@ class Model(torch.nn.Module):
     def embed(self, ids):
         return self.embed_w[torch.as_tensor(ids, device=self.device)]
 
-    def run_alone(self, x, pos):
-        """Rows x [N, T, d] alone, causal, at positions pos: the layer inputs [L+1] (init FAM)."""
+    def run_alone(self, x, pos, rows=None):
+        """Rows x [N, T, d] alone, causal, at positions pos: the layer inputs [L+1] (init FAM).
+        rows: LoRA's rows (None: all, as for the soft prompt, which is FAM rows only)."""
         T = x.shape[1]
         vis = torch.tril(torch.ones(T, T, dtype=torch.bool))
         xs = [x]
         for l in range(self.L):
-            q, k, v = self.qkv(l, xs[-1])
-            xs.append(self.finish(l, xs[-1], self.attend(self.rope(q, pos), self.rope(k, pos), v, vis)))
+            q, k, v = self.qkv(l, xs[-1], rows)
+            xs.append(self.finish(l, xs[-1], self.attend(self.rope(q, pos), self.rope(k, pos), v, vis), rows))
         return xs
 
     def initial_fam(self, s, n, seed_ids=None):
@@ -172,10 +188,11 @@ class Model(torch.nn.Module):
         P = torch.arange(-F, 0, dtype=torch.float64)
         if s["init"] == "learned":
             xs = self.run_alone(self.prompt[None], P)
-        elif s["init"] == "seed":
-            xs = self.run_alone(self.embed([seed_ids]), P)
+        elif s["init"] == "seed":  # tokens, run as tokens are (famstream: the token graph)
+            xs = self.run_alone(self.embed([seed_ids]), P, self.lora_rows(0))
         elif s["init"] == "bos":
-            xs = [x.repeat(1, F, 1) for x in self.run_alone(self.embed([[self.bos]]), torch.tensor([-1.0]))]
+            xs = [x.repeat(1, F, 1) for x in self.run_alone(self.embed([[self.bos]]), torch.tensor([-1.0]),
+                                                            self.lora_rows(0))]
         else:
             assert s["init"] == "tail", s["init"]
             return None
@@ -184,7 +201,7 @@ class Model(torch.nn.Module):
     def forward_full(self, ids, out_pos=None):
         """Plain causal attention (the `full` policy); logits at out_pos (all rows if None)."""
         x = self.embed(ids)
-        xs = self.run_alone(x, torch.arange(x.shape[1], dtype=torch.float64))
+        xs = self.run_alone(x, torch.arange(x.shape[1], dtype=torch.float64), self.lora_rows(0))
         h = xs[-1] if out_pos is None else xs[-1][:, out_pos]
         return self.logits(h)
 
@@ -239,7 +256,7 @@ class Model(torch.nn.Module):
             for l in range(self.L):
                 layer_in.append(x)
                 rows = torch.cat([fam[l], x], 1) if nf else x
-                q, k, v = self.qkv(l, rows)
+                q, k, v = self.qkv(l, rows, self.lora_rows(nf))
                 ks, vs = [], []
                 if ns:
                     ks.append(self.rope(sink_kv[l][0][:, :, sk], sk_pos))
@@ -251,7 +268,7 @@ class Model(torch.nn.Module):
                 resid = rows
                 if zero and nf:
                     resid = torch.cat([torch.zeros_like(rows[:, :nf]), rows[:, nf:]], 1)
-                out = self.finish(l, resid, o)
+                out = self.finish(l, resid, o, self.lora_rows(nf))
                 if s.get("renorm") and nf:
                     new = out[:, :nf]
                     new = new * torch.rsqrt(new.pow(2).mean(-1, keepdim=True) + self.eps) \
@@ -333,6 +350,7 @@ def cmd_train(a):
     keep = {k: v for k, v in vars(a).items() if k not in ("func", "threads", "device", "max_minutes") + schedule}
     if args_path.exists():
         old = json.loads(args_path.read_text())
+        old.setdefault("lora_scope", "all")  # runs from before the flag
         diff = {k: (old.get(k), v) for k, v in keep.items() if old.get(k) != v}
         if diff:
             raise SystemExit(f"{run}: was started with other settings {diff}; use another RUN_DIR")
@@ -345,7 +363,7 @@ def cmd_train(a):
     else:
         args_path.write_text(json.dumps(keep, indent=1) + "\n")
     torch.manual_seed(a.seed)
-    model = Model(a.model, a.rank, a.alpha, a.targets.split(","), a.fam_len, a.device, a.seed)
+    model = Model(a.model, a.rank, a.alpha, a.targets.split(","), a.fam_len, a.device, a.seed, a.lora_scope)
     tok = Tokenizer.from_file(str(Path(a.model) / "tokenizer.json"))
     s = settings_of(a)
     # the soft prompt starts as the embeddings of the runtime's seed text (BOS + text, cut to F)
@@ -467,7 +485,8 @@ def cmd_train(a):
 def load_run(run_dir, device="cpu", model_dir=None):
     run = Path(run_dir)
     a = json.loads((run / "args.json").read_text())
-    model = Model(model_dir or a["model"], a["rank"], a["alpha"], a["targets"].split(","), a["fam_len"], device, a["seed"])
+    model = Model(model_dir or a["model"], a["rank"], a["alpha"], a["targets"].split(","), a["fam_len"], device, a["seed"],
+                  a.get("lora_scope", "all"))
     ck = load_ckpt(run / "ckpt.pt", model)
     return model, a, ck
 
@@ -549,6 +568,11 @@ def load_adapter(path, model, s):
         raise SystemExit(f"--init-from {path}: not a LoRA adapter")
     if abs(float(scalar("adapter.lora.alpha")) - model.alpha) > 1e-6:
         raise SystemExit(f"--init-from {path}: its alpha is {scalar('adapter.lora.alpha')}, this run's {model.alpha}")
+    scope = scalar("fam.adapter.lora_scope") or "all"
+    if scope != model.lora_scope:
+        # allowed: a warm start of the FAM rows' LoRA from an adapter trained on all rows
+        print(f"--init-from {path}: its LoRA was trained for {scope} rows, this run applies it to "
+              f"{model.lora_scope} rows", file=sys.stderr)
     theirs = {k: scalar(f"fam.{k}") for k in ("policy", "init", "query_pos", "feedback", "block_size", "mem_blocks",
                                              "fam_len", "sinks", "zero_first_residual")}
     ours = {k: s[k] for k in theirs}
@@ -594,6 +618,8 @@ def export_adapter(model, s, out, base_gguf=None, name="famstream FAM adapter", 
         w.add_uint32(f"fam.{k}", int(s[k]))
     w.add_bool("fam.zero_first_residual", bool(s["zero_first_residual"]))
     w.add_bool("fam.renorm", bool(s.get("renorm", False)))
+    if model.lora_scope != "all":  # absent: every row (llama.cpp's meaning of a LoRA adapter)
+        w.add_string("fam.adapter.lora_scope", model.lora_scope)
     for k, v in (extra or {}).items():
         w.add_string(k, v)
     with torch.no_grad():
@@ -719,6 +745,28 @@ def cmd_goldens(a):
         diff = float(np.abs(np.load(out / f"{arch}_full.npy") - base.numpy()).max())
         print(f"{arch}: adapter changes the full-attention logits by max {diff:.3f}")
         assert diff > 1e-2, "the test adapter would not be distinguishable from none"
+        # the same LoRA and prompt with LoRA on the FAM rows only (fam.adapter.lora_scope = fam):
+        # full attention is then the base model, and FAM streams differ from both
+        m.lora_scope = "fam"
+        adapter = out / f"{arch}_fam_rows.gguf"
+        export_adapter(m, s, adapter, tiny / "model.f32.gguf", name=f"tiny {arch} test adapter (FAM rows)")
+        for vname, vs in variants[:3]:
+            with torch.no_grad():
+                lg = m.forward_full([ids])[0] if vs["policy"] == "full" else m.forward_fam([ids], vs)[0][0]
+            f = f"{arch}_fam_rows_{vname}.npy"
+            np.save(out / f, np.ascontiguousarray(lg.numpy().astype("<f4")))
+            cases.append(dict(arch=arch, model=f"tests/golden/tiny/{arch}/model.f32.gguf",
+                              adapter=f"tests/golden/adapter/{arch}_fam_rows.gguf", policy=vs["policy"],
+                              settings={k: vs[k] for k in ("block_size", "mem_blocks", "fam_len", "sinks", "init",
+                                                           "query_pos", "zero_first_residual")},
+                              ids=ids, logits=f"tests/golden/adapter/{f}"))
+        full_rows = np.load(out / f"{arch}_fam_rows_full.npy")
+        assert np.abs(full_rows - base.numpy()).max() < 1e-5, "FAM-rows LoRA changed the token path"
+        for vname in ("fam", "fam_sinks_zero"):
+            d_all = float(np.abs(np.load(out / f"{arch}_fam_rows_{vname}.npy") - np.load(out / f"{arch}_{vname}.npy")).max())
+            print(f"{arch} {vname}: FAM-rows LoRA vs all-rows LoRA differ by max {d_all:.3f}")
+            assert d_all > 1e-2, "the FAM-rows adapter would not be distinguishable from the all-rows one"
+        m.lora_scope = "all"
     (out / "cases.json").write_text("[\n" + ",\n".join(json.dumps(c) for c in cases) + "\n]\n")
     # float32 torch vs float64 numpy over 2 tiny layers: a few 1e-6 of rounding
     TOL_REF = 1e-4
@@ -833,6 +881,8 @@ def parser():
     t.add_argument("--rank", type=int, default=8)
     t.add_argument("--alpha", type=float, default=16.0)
     t.add_argument("--targets", default="q,k,v,o,gate,up,down")
+    t.add_argument("--lora-scope", choices=LORA_SCOPES, default="all",
+                   help="rows LoRA applies to: all, or fam (the FAM's rows only: tokens run the base model)")
     t.add_argument("--lr-lora", type=float, default=5e-4)
     t.add_argument("--lr-prompt", type=float, default=2e-3)
     t.add_argument("--batch", type=int, default=8)

@@ -508,6 +508,20 @@ fn convert_gguf(
         Some(p) => Some(crate::adapter::AdapterFile::open(p, &g, &hp)?),
         None => None,
     };
+    if let Some(a) = adapter
+        .as_ref()
+        .filter(|a| a.scope != crate::adapter::LoraScope::All)
+    {
+        return Err(Error::adapter(
+            a.path(),
+            format!(
+                "its LoRA applies to FAM rows only (`{}` = `{}`): merged into the weights it \
+                 would change every token; load it with --adapter instead",
+                crate::adapter::KEY_LORA_SCOPE,
+                a.scope.name()
+            ),
+        ));
+    }
     let mut w = GgufWriter::new();
     for (k, v) in g.metadata() {
         if k != "general.alignment" {

@@ -336,9 +336,10 @@ impl Model {
         self.adapter.as_ref()
     }
 
-    /// The low-rank term the adapter adds to base weight `w`, if any.
-    pub fn lora(&self, w: usize) -> Option<Lora<'_>> {
-        self.adapter.as_ref()?.lora(w)
+    /// The low-rank term the adapter adds to base weight `w` in a graph of FAM rows
+    /// (`fam_rows`) or of tokens, if any.
+    pub fn lora(&self, w: usize, fam_rows: bool) -> Option<Lora<'_>> {
+        self.adapter.as_ref()?.lora(w, fam_rows)
     }
 
     /// The stream defaults: built-in, overridden by the model file's `fam.*` keys, overridden

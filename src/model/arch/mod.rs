@@ -145,6 +145,9 @@ pub struct Block<'a> {
     pub m: &'a Model,
     pub l: &'a LayerWeights,
     pub il: usize,
+    /// The graph's rows are FAM rows (the FAM update, the FAM's K/V), not tokens: selects the
+    /// adapter terms of a FAM-rows adapter ([`crate::adapter::LoraScope`]).
+    pub fam_rows: bool,
 }
 
 /// Q, K, V of a batch of rows, as a layer hands them to its graph's attention.

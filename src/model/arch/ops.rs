@@ -10,8 +10,10 @@ pub fn norm<'a>(ctx: &'a Context, x: Tensor<'a>, w: Tensor<'a>, eps: f32) -> Ten
 }
 
 /// `W x + b`, plus an adapter's low-rank term `scale * B (A x)` when the model has one for `W`
-/// (`nn.Linear` with a PEFT `lora.Linear` around it). Every linear layer of a block goes
-/// through here, so an adapter applies to the token graph and the FAM update graph alike. The
+/// in this graph (`nn.Linear` with a PEFT `lora.Linear` around it): `fam_rows` says whether
+/// `x` holds FAM rows (the FAM update graph, the FAM's K/V) or tokens, for adapters whose
+/// LoRA applies to FAM rows only ([`crate::adapter::LoraScope`]). Every linear layer of a
+/// block goes through here. The
 /// order of operations is llama.cpp's `build_lora_mm` (then the bias), so both engines round
 /// alike.
 pub fn linear<'a>(
@@ -20,9 +22,10 @@ pub fn linear<'a>(
     w: usize,
     b: Option<usize>,
     x: Tensor<'a>,
+    fam_rows: bool,
 ) -> Tensor<'a> {
     let mut y = ctx.mul_mat(m.w(w), x);
-    if let Some(l) = m.lora(w) {
+    if let Some(l) = m.lora(w, fam_rows) {
         let ab = ctx.mul_mat(l.b, ctx.mul_mat(l.a, x));
         y = ctx.add(y, ctx.scale(ab, l.scale));
     }
@@ -114,7 +117,7 @@ impl<'a> Block<'a> {
     /// The linear layer in `s`, with its bias in `bias` if the file has one.
     pub fn linear(&self, s: Slot, bias: Option<Slot>, x: Tensor<'a>) -> Tensor<'a> {
         let b = bias.and_then(|b| self.l.opt(b));
-        linear(self.ctx, self.m, self.l.get(s), b, x)
+        linear(self.ctx, self.m, self.l.get(s), b, x, self.fam_rows)
     }
     fn heads(&self, x: Tensor<'a>, heads: usize) -> Tensor<'a> {
         let n = x.ne()[1];
