@@ -14,8 +14,8 @@
 #
 # `train SECONDS` joins the parts (checked against the GGUF's sha256; a part lost with a machine
 # that went back is named), makes the HF f32 copy (tools/make_hf_smollm2.py), trains with
-# --device cuda for SECONDS of step time (tools/fam_train.py --max-minutes), starting from
-# $FAM_INIT (default: the shipped RSP adapter), and writes the adapter, log.jsonl and args.json
+# --device cuda for SECONDS of step time (tools/fam_train.py --max-minutes), from a fresh FAM
+# (or from the adapter $FAM_INIT names, if set), and writes the adapter, log.jsonl and args.json
 # under $OUT (the device tool brings $OUT back). Commit them into results/ and run the recall and
 # perplexity benchmarks here. The run's settings are RUN_ARGS below; FAMSTREAM_DEVICE=cpu runs the
 # same steps on this machine (a check of the script: stash, then `train 1` with
@@ -24,14 +24,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:?usage: tools/device_train.sh prepare | stash | train SECONDS}
 STASH=${FAMSTREAM_STASH:-/tmp/famstream-device}
-RUN_NAME=${RUN_NAME:-smollm2-b64-f16-m0-gpu}
-FAM_INIT=${FAM_INIT:-results/adapters/smollm2-135m-fam-b64-rsp.gguf}
+RUN_NAME=${RUN_NAME:-smollm2-b64-f16-m0-famrows-gpu}
+FAM_INIT=${FAM_INIT:-}
 # B = 64, F = 16, M = 0 as the shipped adapters (so the benchmarks compare like with like);
-# random state passing from the start, distances up to 16 windows, a stronger LM loss (the
-# shipped RSP adapter reads Moby-Dick at 3.2x sink's perplexity).
+# LoRA on the FAM's rows only (session 17: tokens run the base model, so the adapter can cost
+# prediction only through what tokens read from the memory; the all-rows RSP adapter reads
+# Moby-Dick at 3.2x sink's perplexity), random state passing from the start, distances up to 16
+# windows, the LM loss on 64 positions at weight 1.
 RUN_ARGS=(--block 64 --fam-len 16 --mem-blocks 0 --rank 8 --alpha 16 --lr-lora 1e-3 --lr-prompt 3e-3
-  --batch 16 --steps 100000 --k-start 3 --max-k 16 --advance-at 0.6 --eval-every 25 --eval-batches 4
-  --ckpt-every 50 --lm-positions 64 --lm-weight 0.5 --rsp 0.8)
+  --lora-scope fam --batch 16 --steps 100000 --k-start 1 --max-k 16 --advance-at 0.6 --eval-every 25
+  --eval-batches 4 --ckpt-every 50 --lm-positions 64 --lm-weight 1.0 --rsp 0.8)
 
 case $stage in
 prepare)
@@ -64,7 +66,7 @@ train)
   python3 tools/make_hf_smollm2.py "$STASH/hf" --gguf "$STASH/model.gguf" --dtype f32 --shards 1 > /dev/null
   out=${OUT:-$STASH/out}/$RUN_NAME && mkdir -p "$out"
   FAMSTREAM_DATA=.device/4/data python3 -W ignore tools/fam_train.py train "$out" --model "$STASH/hf" \
-    --init-from "$FAM_INIT" --device "${FAMSTREAM_DEVICE:-cuda}" --threads 8 \
+    ${FAM_INIT:+--init-from "$FAM_INIT"} --device "${FAMSTREAM_DEVICE:-cuda}" --threads 8 \
     --max-minutes "$(python3 -c "print($secs / 60)")" "${RUN_ARGS[@]}" ${TRAIN_EXTRA:-} 2>&1 | tail -n 40
   python3 tools/fam_train.py export "$out" --base-gguf "$STASH/model.gguf" \
     --out "$out/adapter.gguf" --dtype f16

@@ -834,6 +834,19 @@ def cmd_smoke(a):
             assert torch.equal(p, m2.lora[name]), f"--init-from ADAPTER lost LoRA {name}"
         assert torch.equal(model.prompt, m2.prompt), "--init-from ADAPTER lost the soft prompt"
         call("train", str(Path(tmp) / "run2"), *base[2:], "--steps", "1", "--init-from", str(out))
+        # a FAM-rows run: its export says so, and a run with the other scope refuses to resume it
+        run3 = Path(tmp) / "run3"
+        call("train", str(run3), *base[2:], "--steps", "1", "--lora-scope", "fam")
+        out3 = Path(tmp) / "adapter3.gguf"
+        call("export", str(run3), "--base-gguf", str(tiny / "model.f32.gguf"), "--out", str(out3))
+        f3 = gguf.GGUFReader(str(out3)).fields
+        assert f3["fam.adapter.lora_scope"].contents() == "fam", "export lost the LoRA scope"
+        assert "fam.adapter.lora_scope" not in r.fields, "an all-rows export must not name a scope"
+        try:
+            call("train", str(run3), *base[2:], "--steps", "2")
+            raise AssertionError("a run resumed with another --lora-scope")
+        except SystemExit as e:
+            assert "lora_scope" in str(e), e
         # learning: one fixed batch, 12 steps, the answer loss must fall
         m = Model(tiny / "hf", rank=4, fam_len=4)
         s = dict(policy="fam", block_size=64, mem_blocks=0, fam_len=4, sinks=0, init="learned",
