@@ -22,6 +22,9 @@
 //!   update graph and the FAM rows' K/V), so tokens run the base model and read the memory
 //!   through attention alone. Such an adapter changes nothing without a FAM (`full`, `sink`,
 //!   ...) and cannot be merged into the weights.
+//! - `fam.adapter.fam_attn_bias` (optional f32, default 0): added to every token's attention
+//!   logits at the FAM's slots, in every layer and head (learned with the FAM: a memory that
+//!   tokens can learn to discount). Like a FAM-rows scope, it cannot be merged into weights.
 //! - `fam.*` settings keys ([`crate::settings`]): the stream defaults while the adapter is
 //!   loaded. Precedence: command-line flag > adapter > model file > built-in default.
 //!
@@ -45,6 +48,7 @@ pub const KEY_ADAPTER_TYPE: &str = "adapter.type";
 pub const KEY_LORA_ALPHA: &str = "adapter.lora.alpha";
 pub const KEY_BASE_FINGERPRINT: &str = "fam.adapter.base_fingerprint";
 pub const KEY_LORA_SCOPE: &str = "fam.adapter.lora_scope";
+pub const KEY_FAM_ATTN_BIAS: &str = "fam.adapter.fam_attn_bias";
 
 /// Which rows an adapter's low-rank terms apply to (`fam.adapter.lora_scope`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -184,6 +188,8 @@ pub struct AdapterFile {
     pub init_fam_len: Option<usize>,
     /// The rows the LoRA terms apply to.
     pub scope: LoraScope,
+    /// Added to tokens' attention logits at the FAM's slots (`fam.adapter.fam_attn_bias`).
+    pub fam_attn_bias: f32,
     pub gguf: GgufFile,
 }
 
@@ -276,6 +282,13 @@ impl AdapterFile {
                 )))
             }
         };
+        let fam_attn_bias = gguf
+            .opt_f32(KEY_FAM_ATTN_BIAS)
+            .map_err(meta)?
+            .unwrap_or(0.0);
+        if !fam_attn_bias.is_finite() {
+            return Err(bad(format!("`{KEY_FAM_ATTN_BIAS}` is {fam_attn_bias}")));
+        }
         // The settings keys must parse (their combination is validated with the model's).
         FamSettings::default().override_from(&gguf).map_err(meta)?;
 
@@ -409,6 +422,7 @@ impl AdapterFile {
             base_fingerprint,
             init_fam_len,
             scope,
+            fam_attn_bias,
             gguf,
         })
     }
@@ -478,6 +492,7 @@ pub fn adapter_summary(g: &GgufFile) -> serde_json::Value {
         "pairs": pairs, "ranks": ranks, "targets": targets, "layers": layers,
         "base_fingerprint": g.opt_str(KEY_BASE_FINGERPRINT).ok().flatten(),
         "lora_scope": g.opt_str(KEY_LORA_SCOPE).ok().flatten().unwrap_or("all"),
+        "fam_attn_bias": g.opt_f32(KEY_FAM_ATTN_BIAS).ok().flatten().unwrap_or(0.0),
         "init_memory": init,
         "fam_settings": settings,
     })

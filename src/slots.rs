@@ -45,6 +45,9 @@ pub struct SlotLayout {
     n_scratch: usize,
     /// Stream index held by each slot, or EMPTY.
     slot_pos: Vec<i64>,
+    /// Added to token rows' attention logits at the FAM's slots (an adapter's learned
+    /// `fam.adapter.fam_attn_bias`; 0 without one).
+    fam_bias: f16,
 }
 
 impl SlotLayout {
@@ -101,6 +104,7 @@ impl SlotLayout {
             ring_len,
             n_scratch,
             slot_pos: vec![EMPTY; n_slots],
+            fam_bias: f16::ZERO,
         })
     }
 
@@ -230,7 +234,16 @@ impl SlotLayout {
     /// written into `row` (see [`fill_row`]). Rows are made one at a time, straight into the
     /// graph's input (`engine::Mask::Rows`), not as a batch x n_kv buffer.
     pub fn mask_row(&self, i: i64, t: i64, n_past: u64, fam_valid: bool, row: &mut [f16]) {
-        fill_row(row, |s| self.visible(i, t, s, n_past, fam_valid))
+        fill_row(row, |s| self.visible(i, t, s, n_past, fam_valid));
+        if fam_valid && self.fam_bias != f16::ZERO {
+            let fam = self.n_sink..(self.n_sink + self.n_fam).min(row.len());
+            row[fam].fill(self.fam_bias); // the FAM's slots, all visible once it exists
+        }
+    }
+
+    /// Bias token rows' attention logits at the FAM's slots by `b` (see [`Self::mask_row`]).
+    pub fn set_fam_bias(&mut self, b: f32) {
+        self.fam_bias = f16::from_f32(b);
     }
 
     /// [`Self::mask_row`] for the local sliding-window layers.
@@ -352,6 +365,37 @@ mod tests {
         };
         assert!(sinks_seen(5, 1, 6).is_empty()); // still in the window (block 0)
         assert_eq!(sinks_seen(23, 5, 24), vec![0, 1]);
+    }
+
+    #[test]
+    fn a_fam_bias_goes_to_the_fam_slots_of_token_rows_only() {
+        let mut l = fed(
+            SlotLayout::new(&settings(MemoryPolicy::Fam, 4, 1, 2, 0), 0, 0).unwrap(),
+            8,
+        );
+        let plain = |l: &SlotLayout, fam_valid| {
+            let mut row = vec![f16::ZERO; KV_PAD];
+            l.mask_row(8, 2, 8, fam_valid, &mut row);
+            row
+        };
+        let before = plain(&l, true);
+        l.set_fam_bias(-3.0);
+        let after = plain(&l, true);
+        for s in 0..KV_PAD {
+            let want = if s < 2 {
+                f16::from_f32(-3.0)
+            } else {
+                before[s]
+            };
+            assert_eq!(after[s], want, "slot {s}");
+        }
+        // no FAM yet: its slots stay hidden; the FAM rows' own mask is not biased
+        assert!(plain(&l, false)[..2]
+            .iter()
+            .all(|m| *m == f16::NEG_INFINITY));
+        assert!(l.fam_rows_mask(1, KV_PAD, true)[..2]
+            .iter()
+            .all(|m| *m == f16::ZERO));
     }
 
     #[test]

@@ -103,7 +103,8 @@ impl FamState {
     ) -> Result<FamState> {
         settings.validate()?;
         let hp = &model.hp;
-        let slots = SlotLayout::new(&settings, n_ctx, hp.n_swa)?;
+        let mut slots = SlotLayout::new(&settings, n_ctx, hp.n_swa)?;
+        slots.set_fam_bias(model.adapter().map_or(0.0, |a| a.file.fam_attn_bias));
         let fam = FamMemory::new(model, backend, &settings, &slots, seed_tokens, bos)?;
         let kv = KvStore::new(hp, slots.n_slots(), backend)?;
         // One [row width, rows] tensor per layer, or nothing when the policy has no such rows.

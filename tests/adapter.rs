@@ -652,6 +652,12 @@ fn bad_adapters_are_refused_naming_the_problem() {
             ],
         ),
         (
+            "fam-attn-bias",
+            Box::new(|ab| ab.set("fam.adapter.fam_attn_bias", Value::F32(f32::NAN))),
+            vec![],
+            vec!["fam.adapter.fam_attn_bias".into(), "NaN".into()],
+        ),
+        (
             "unknown-target",
             Box::new(|ab| {
                 let a = ab.tensors[0].clone();
@@ -1026,6 +1032,25 @@ fn convert_merges_an_adapter_into_a_model_that_needs_none() {
     assert!(!out2.exists());
     // ... and it leaves the token path alone: without a FAM, the base model's logits exactly
     assert_eq!(logits(&tiny("qwen2"), Some(&rows), full(), &ids), plain);
+    // A bias on attention to the FAM is not a weight either.
+    ab.set("fam.adapter.lora_scope", Value::String("all".into()));
+    ab.set("fam.adapter.fam_attn_bias", Value::F32(-2.0));
+    let biased = dir.join("fam-bias.gguf");
+    ab.write(&biased);
+    let err = convert_with_adapter(
+        &tiny("qwen2"),
+        &out2,
+        &opts,
+        Some(&biased),
+        &mut |_, _, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("fam.adapter.fam_attn_bias") && err.contains("--adapter"),
+        "{err}"
+    );
+    assert!(!out2.exists());
 }
 
 #[test]

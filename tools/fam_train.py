@@ -60,7 +60,7 @@ GGUF_LIN = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output", "ga
 
 class Model(torch.nn.Module):
     def __init__(self, hf_dir, rank=8, alpha=16.0, targets=TARGETS, fam_len=16, device="cpu", seed=0,
-                 lora_scope="all"):
+                 lora_scope="all", fam_bias=None):
         super().__init__()
         # "all": LoRA on every row; "fam": only on FAM rows (the soft prompt's run, the FAM
         # update), so the tokens' own computation is the base model's (fam.adapter.lora_scope)
@@ -105,7 +105,15 @@ class Model(torch.nn.Module):
                 self.lora[f"{l}_{t}_b"] = torch.nn.Parameter(torch.zeros(W.shape[0], rank, device=device))
         self.F = fam_len
         self.prompt = torch.nn.Parameter(torch.zeros(fam_len, self.d, device=device))
+        # a learned bias on the attention logits of token rows at the FAM's columns (every
+        # layer and head; fam.adapter.fam_attn_bias): starting negative, an untrained memory is
+        # nearly `bswa`, and training raises it only as far as the memory helps
+        self.fam_bias = None if fam_bias is None else torch.nn.Parameter(
+            torch.tensor(float(fam_bias), device=device))
 
+    def small_params(self):
+        """The trainable parameters other than LoRA: the soft prompt (and the FAM bias)."""
+        return [self.prompt] + ([self.fam_bias] if self.fam_bias is not None else [])
     def lin_w(self, l, t):
         return self.w[f"model.layers.{l}.{HF_LIN[t]}.weight"]
 
@@ -152,7 +160,8 @@ class Model(torch.nn.Module):
         return q, k, v
 
     def attend(self, q, k, v, visible):
-        """q [N, H, R, hd] rotated; k, v [N, KV, C, hd]; visible bool [R, C] -> [N, R, H*hd]."""
+        """q [N, H, R, hd] rotated; k, v [N, KV, C, hd]; visible bool [R, C] (or a float mask
+        added to the logits) -> [N, R, H*hd]."""
         rep = self.H // self.KV
         k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
         o = Fn.scaled_dot_product_attention(q, k, v, attn_mask=visible.to(q.device))
@@ -251,6 +260,12 @@ class Model(torch.nn.Module):
             vis[nf:, ns + nm + nf:] = torch.tril(torch.ones(nb, nb, dtype=torch.bool))
             if drop_fam_from is not None and t >= drop_fam_from:
                 vis[nf:, ns + nm:ns + nm + nf] = False  # the ablation: token rows lose the FAM
+            mask = vis
+            if self.fam_bias is not None and nf:
+                on_fam = torch.zeros(vis.shape, device=self.device)
+                on_fam[nf:, ns + nm:ns + nm + nf] = 1.0
+                mask = torch.zeros(vis.shape, device=self.device).masked_fill(~vis.to(self.device), float("-inf")) \
+                    + self.fam_bias * on_fam
             x = self.embed(ids[:, lo:hi])
             new_fam, layer_in = [], []
             for l in range(self.L):
@@ -264,7 +279,7 @@ class Model(torch.nn.Module):
                 for km, vm, pm in mem_kv[l]:
                     ks.append(self.rope(km, pm)); vs.append(vm)
                 ks.append(self.rope(k, k_pos)); vs.append(v)
-                o = self.attend(self.rope(q, q_pos), torch.cat(ks, 2), torch.cat(vs, 2), vis)
+                o = self.attend(self.rope(q, q_pos), torch.cat(ks, 2), torch.cat(vs, 2), mask)
                 resid = rows
                 if zero and nf:
                     resid = torch.cat([torch.zeros_like(rows[:, :nf]), rows[:, nf:]], 1)
@@ -327,6 +342,8 @@ def load_ckpt(path, model, opt=None):
     model.lora.load_state_dict(ck["lora"])
     with torch.no_grad():
         model.prompt.copy_(ck["prompt"])
+        if model.fam_bias is not None:
+            model.fam_bias.copy_(ck["fam_bias"])
     if opt is not None and "opt" in ck:
         opt.load_state_dict(ck["opt"])
     return ck
@@ -350,7 +367,8 @@ def cmd_train(a):
     keep = {k: v for k, v in vars(a).items() if k not in ("func", "threads", "device", "max_minutes") + schedule}
     if args_path.exists():
         old = json.loads(args_path.read_text())
-        old.setdefault("lora_scope", "all")  # runs from before the flag
+        old.setdefault("lora_scope", "all")  # runs from before the flags
+        old.setdefault("fam_bias", None)
         diff = {k: (old.get(k), v) for k, v in keep.items() if old.get(k) != v}
         if diff:
             raise SystemExit(f"{run}: was started with other settings {diff}; use another RUN_DIR")
@@ -363,7 +381,8 @@ def cmd_train(a):
     else:
         args_path.write_text(json.dumps(keep, indent=1) + "\n")
     torch.manual_seed(a.seed)
-    model = Model(a.model, a.rank, a.alpha, a.targets.split(","), a.fam_len, a.device, a.seed, a.lora_scope)
+    model = Model(a.model, a.rank, a.alpha, a.targets.split(","), a.fam_len, a.device, a.seed, a.lora_scope,
+                  a.fam_bias)
     tok = Tokenizer.from_file(str(Path(a.model) / "tokenizer.json"))
     s = settings_of(a)
     # the soft prompt starts as the embeddings of the runtime's seed text (BOS + text, cut to F)
@@ -373,7 +392,7 @@ def cmd_train(a):
     seed_ids += seed_ids[1:] * a.fam_len
     with torch.no_grad():
         model.prompt.copy_(model.embed(seed_ids[:a.fam_len]))
-    opt = torch.optim.AdamW([{"params": [model.prompt], "lr": a.lr_prompt},
+    opt = torch.optim.AdamW([{"params": model.small_params(), "lr": a.lr_prompt},
                              {"params": list(model.lora.parameters()), "lr": a.lr_lora}], weight_decay=0.0)
     step, k_cur, last_recall = 0, a.k_start, None
     rng = random.Random(a.seed)
@@ -452,7 +471,7 @@ def cmd_train(a):
             loss = loss + a.lm_weight * lm_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([model.prompt] + list(model.lora.parameters()), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.small_params() + list(model.lora.parameters()), 1.0)
         opt.step()
         if a.rsp > 0 and fam_end is not None:
             rsp = ([f.detach() for f in fam_end], P_end)
@@ -477,6 +496,7 @@ def cmd_train(a):
         stopping = step == a.steps or (a.max_minutes and step_seconds > 60 * a.max_minutes)
         if step % a.ckpt_every == 0 or stopping:
             save_atomic(dict(lora=model.lora.state_dict(), prompt=model.prompt.detach(), opt=opt.state_dict(),
+                             fam_bias=None if model.fam_bias is None else model.fam_bias.detach(),
                              step=step, k_cur=k_cur, recall=last_recall, rng=rng.getstate(),
                              torch_rng=torch.get_rng_state(), settings=s, rank=a.rank, alpha=a.alpha,
                              targets=a.targets), ckpt_path)
@@ -486,7 +506,7 @@ def load_run(run_dir, device="cpu", model_dir=None):
     run = Path(run_dir)
     a = json.loads((run / "args.json").read_text())
     model = Model(model_dir or a["model"], a["rank"], a["alpha"], a["targets"].split(","), a["fam_len"], device, a["seed"],
-                  a.get("lora_scope", "all"))
+                  a.get("lora_scope", "all"), a.get("fam_bias"))
     ck = load_ckpt(run / "ckpt.pt", model)
     return model, a, ck
 
@@ -597,6 +617,8 @@ def load_adapter(path, model, s):
                 pb.copy_(torch.from_numpy(np.ascontiguousarray(Bm)))
         if "famtrain.prompt" not in f:
             return False
+        if model.fam_bias is not None and "fam.adapter.fam_attn_bias" in f:
+            model.fam_bias.copy_(torch.tensor(float(scalar("fam.adapter.fam_attn_bias"))))
         prompt = np.asarray(f["famtrain.prompt"].contents(), dtype=np.float32)
         model.prompt.copy_(torch.from_numpy(prompt.reshape(model.prompt.shape)))
     return True
@@ -620,6 +642,8 @@ def export_adapter(model, s, out, base_gguf=None, name="famstream FAM adapter", 
     w.add_bool("fam.renorm", bool(s.get("renorm", False)))
     if model.lora_scope != "all":  # absent: every row (llama.cpp's meaning of a LoRA adapter)
         w.add_string("fam.adapter.lora_scope", model.lora_scope)
+    if model.fam_bias is not None:  # absent: 0
+        w.add_float32("fam.adapter.fam_attn_bias", float(model.fam_bias.detach()))
     for k, v in (extra or {}).items():
         w.add_string(k, v)
     with torch.no_grad():
@@ -745,9 +769,13 @@ def cmd_goldens(a):
         diff = float(np.abs(np.load(out / f"{arch}_full.npy") - base.numpy()).max())
         print(f"{arch}: adapter changes the full-attention logits by max {diff:.3f}")
         assert diff > 1e-2, "the test adapter would not be distinguishable from none"
-        # the same LoRA and prompt with LoRA on the FAM rows only (fam.adapter.lora_scope = fam):
-        # full attention is then the base model, and FAM streams differ from both
+        # the same LoRA and prompt with LoRA on the FAM rows only (fam.adapter.lora_scope = fam)
+        # and a bias on tokens' attention to the FAM (fam.adapter.fam_attn_bias): full attention
+        # is then the base model, and FAM streams differ from both
         m.lora_scope = "fam"
+        with torch.no_grad():
+            unbiased = m.forward_fam([ids], s)[0][0]
+        m.fam_bias = torch.nn.Parameter(torch.tensor(-1.5))
         adapter = out / f"{arch}_fam_rows.gguf"
         export_adapter(m, s, adapter, tiny / "model.f32.gguf", name=f"tiny {arch} test adapter (FAM rows)")
         for vname, vs in variants[:3]:
@@ -766,7 +794,10 @@ def cmd_goldens(a):
             d_all = float(np.abs(np.load(out / f"{arch}_fam_rows_{vname}.npy") - np.load(out / f"{arch}_{vname}.npy")).max())
             print(f"{arch} {vname}: FAM-rows LoRA vs all-rows LoRA differ by max {d_all:.3f}")
             assert d_all > 1e-2, "the FAM-rows adapter would not be distinguishable from the all-rows one"
-        m.lora_scope = "all"
+        d_bias = float(np.abs(np.load(out / f"{arch}_fam_rows_fam.npy") - unbiased.numpy()).max())
+        print(f"{arch}: the FAM attention bias moves the logits by max {d_bias:.3f}")
+        assert d_bias > 1e-2, "the test adapter's FAM bias would not be distinguishable from none"
+        m.lora_scope, m.fam_bias = "all", None
     (out / "cases.json").write_text("[\n" + ",\n".join(json.dumps(c) for c in cases) + "\n]\n")
     # float32 torch vs float64 numpy over 2 tiny layers: a few 1e-6 of rounding
     TOL_REF = 1e-4
@@ -896,6 +927,8 @@ def parser():
     t.add_argument("--targets", default="q,k,v,o,gate,up,down")
     t.add_argument("--lora-scope", choices=LORA_SCOPES, default="all",
                    help="rows LoRA applies to: all, or fam (the FAM's rows only: tokens run the base model)")
+    t.add_argument("--fam-bias", type=float, default=None,
+                   help="learn a bias on tokens' attention logits at the FAM's columns, starting here (e.g. -4)")
     t.add_argument("--lr-lora", type=float, default=5e-4)
     t.add_argument("--lr-prompt", type=float, default=2e-3)
     t.add_argument("--batch", type=int, default=8)

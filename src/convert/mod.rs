@@ -508,19 +508,29 @@ fn convert_gguf(
         Some(p) => Some(crate::adapter::AdapterFile::open(p, &g, &hp)?),
         None => None,
     };
-    if let Some(a) = adapter
-        .as_ref()
-        .filter(|a| a.scope != crate::adapter::LoraScope::All)
-    {
-        return Err(Error::adapter(
-            a.path(),
-            format!(
-                "its LoRA applies to FAM rows only (`{}` = `{}`): merged into the weights it \
-                 would change every token; load it with --adapter instead",
-                crate::adapter::KEY_LORA_SCOPE,
+    if let Some(a) = adapter.as_ref() {
+        use crate::adapter::{LoraScope, KEY_FAM_ATTN_BIAS, KEY_LORA_SCOPE};
+        let what = if a.scope != LoraScope::All {
+            Some(format!(
+                "its LoRA applies to FAM rows only (`{KEY_LORA_SCOPE}` = `{}`): merged into the \
+                 weights it would change every token",
                 a.scope.name()
-            ),
-        ));
+            ))
+        } else if a.fam_attn_bias != 0.0 {
+            Some(format!(
+                "it biases attention to the FAM (`{KEY_FAM_ATTN_BIAS}` = {}), which no weight \
+                 holds",
+                a.fam_attn_bias
+            ))
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(Error::adapter(
+                a.path(),
+                format!("{what}; load it with --adapter instead"),
+            ));
+        }
     }
     let mut w = GgufWriter::new();
     for (k, v) in g.metadata() {
