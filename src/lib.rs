@@ -25,7 +25,8 @@
 //!    (a copy, as in llama.cpp; `--no-repack` keeps all zero-copy).
 //!    An optional LoRA adapter ([`adapter`], `--adapter FILE`) is checked against the model file
 //!    and its tensors put on the same device; the graphs add its low-rank term next to each
-//!    adapted matmul, so the base weights stay zero-copy.
+//!    adapted matmul (in every graph, or only in the FAM's: `fam.adapter.lora_scope`), so the
+//!    base weights stay zero-copy; its attention bias at the FAM's slots goes into the mask.
 //! 3. [`runtime::Runtime`] adds the [`tokenizer::Tokenizer`] (from `tokenizer.ggml.*`) and the
 //!    [`chat::ChatTemplate`]; [`engine::Engine`] owns a backend, its threadpool and the graph
 //!    allocator.
@@ -63,7 +64,8 @@
 //!   the token graph and the FAM update both call (the loader, the converter's names and its
 //!   shape check read the same rows); [`model::arch::ops`] has the shared pieces.
 //! - [`adapter`]: LoRA adapters in llama.cpp's GGUF layout plus FAM extras (a learned initial
-//!   FAM, `fam.*` stream defaults, the base model's fingerprint): validation and device upload.
+//!   FAM, `fam.*` stream defaults, the base model's fingerprint, LoRA on FAM rows only, a bias
+//!   on tokens' attention to the FAM): validation and device upload.
 //! - [`init_memory`]: the learned initial FAM (`fam.init_memory`), read from a metadata array
 //!   (what famstream writes, so llama.cpp still loads the file) or an older tensor.
 //! - [`forward`]: the model as ggml graphs (token graph, FAM update graph, K-shift graph,

@@ -392,7 +392,8 @@ def cmd_train(a):
     seed_ids += seed_ids[1:] * a.fam_len
     with torch.no_grad():
         model.prompt.copy_(model.embed(seed_ids[:a.fam_len]))
-    opt = torch.optim.AdamW([{"params": model.small_params(), "lr": a.lr_prompt},
+    opt = torch.optim.AdamW([{"params": [model.prompt], "lr": a.lr_prompt},
+                             *([{"params": [model.fam_bias], "lr": a.lr_bias}] if model.fam_bias is not None else []),
                              {"params": list(model.lora.parameters()), "lr": a.lr_lora}], weight_decay=0.0)
     step, k_cur, last_recall = 0, a.k_start, None
     rng = random.Random(a.seed)
@@ -865,19 +866,22 @@ def cmd_smoke(a):
             assert torch.equal(p, m2.lora[name]), f"--init-from ADAPTER lost LoRA {name}"
         assert torch.equal(model.prompt, m2.prompt), "--init-from ADAPTER lost the soft prompt"
         call("train", str(Path(tmp) / "run2"), *base[2:], "--steps", "1", "--init-from", str(out))
-        # a FAM-rows run: its export says so, and a run with the other scope refuses to resume it
+        # a FAM-rows run with a FAM bias: its export says so (the bias trained one step), and a
+        # run with other settings refuses to resume it
         run3 = Path(tmp) / "run3"
-        call("train", str(run3), *base[2:], "--steps", "1", "--lora-scope", "fam")
+        call("train", str(run3), *base[2:], "--steps", "1", "--lora-scope", "fam", "--fam-bias", "-2")
         out3 = Path(tmp) / "adapter3.gguf"
         call("export", str(run3), "--base-gguf", str(tiny / "model.f32.gguf"), "--out", str(out3))
         f3 = gguf.GGUFReader(str(out3)).fields
         assert f3["fam.adapter.lora_scope"].contents() == "fam", "export lost the LoRA scope"
+        b3 = f3["fam.adapter.fam_attn_bias"].contents()
+        assert b3 != -2.0 and abs(b3 + 2.0) < 0.1, f"export lost the trained FAM bias ({b3})"
         assert "fam.adapter.lora_scope" not in r.fields, "an all-rows export must not name a scope"
         try:
             call("train", str(run3), *base[2:], "--steps", "2")
-            raise AssertionError("a run resumed with another --lora-scope")
+            raise AssertionError("a run resumed with another --lora-scope and no --fam-bias")
         except SystemExit as e:
-            assert "lora_scope" in str(e), e
+            assert "lora_scope" in str(e) and "fam_bias" in str(e), e
         # learning: one fixed batch, 12 steps, the answer loss must fall
         m = Model(tiny / "hf", rank=4, fam_len=4)
         s = dict(policy="fam", block_size=64, mem_blocks=0, fam_len=4, sinks=0, init="learned",
@@ -929,6 +933,8 @@ def parser():
                    help="rows LoRA applies to: all, or fam (the FAM's rows only: tokens run the base model)")
     t.add_argument("--fam-bias", type=float, default=None,
                    help="learn a bias on tokens' attention logits at the FAM's columns, starting here (e.g. -4)")
+    t.add_argument("--lr-bias", type=float, default=0.05,
+                   help="the FAM bias's learning rate (Adam moves it by about this much per step)")
     t.add_argument("--lr-lora", type=float, default=5e-4)
     t.add_argument("--lr-prompt", type=float, default=2e-3)
     t.add_argument("--batch", type=int, default=8)
