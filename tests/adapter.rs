@@ -1017,19 +1017,26 @@ fn convert_merges_an_adapter_into_a_model_that_needs_none() {
     eprintln!("llama.cpp on the merged file vs famstream with the adapter: mean KL {kl:.2e}");
     assert!(kl < MEAN_KL_BOUND, "{kl}");
 
-    // An adapter whose LoRA applies to FAM rows only cannot be merged: refused, nothing written.
+    // An adapter convert cannot merge is refused naming why, and nothing is written.
+    let out2 = dir.join("merged-refused.gguf");
+    let refused_merge = |adapter: &Path, why: &str| {
+        let err = convert_with_adapter(
+            &tiny("qwen2"),
+            &out2,
+            &opts,
+            Some(adapter),
+            &mut |_, _, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(why) && err.contains("--adapter"), "{err}");
+        assert!(!out2.exists());
+    };
+    // LoRA on FAM rows only
     ab.set("fam.adapter.lora_scope", Value::String("fam".into()));
     let rows = dir.join("fam-rows.gguf");
     ab.write(&rows);
-    let out2 = dir.join("merged-fam-rows.gguf");
-    let err = convert_with_adapter(&tiny("qwen2"), &out2, &opts, Some(&rows), &mut |_, _, _| {})
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("FAM rows only") && err.contains("--adapter"),
-        "{err}"
-    );
-    assert!(!out2.exists());
+    refused_merge(&rows, "FAM rows only");
     // ... and it leaves the token path alone: without a FAM, the base model's logits exactly
     assert_eq!(logits(&tiny("qwen2"), Some(&rows), full(), &ids), plain);
     // A bias on attention to the FAM is not a weight either.
@@ -1037,20 +1044,7 @@ fn convert_merges_an_adapter_into_a_model_that_needs_none() {
     ab.set("fam.adapter.fam_attn_bias", Value::F32(-2.0));
     let biased = dir.join("fam-bias.gguf");
     ab.write(&biased);
-    let err = convert_with_adapter(
-        &tiny("qwen2"),
-        &out2,
-        &opts,
-        Some(&biased),
-        &mut |_, _, _| {},
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        err.contains("fam.adapter.fam_attn_bias") && err.contains("--adapter"),
-        "{err}"
-    );
-    assert!(!out2.exists());
+    refused_merge(&biased, "fam.adapter.fam_attn_bias");
 }
 
 #[test]

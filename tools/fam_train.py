@@ -114,6 +114,7 @@ class Model(torch.nn.Module):
     def small_params(self):
         """The trainable parameters other than LoRA: the soft prompt (and the FAM bias)."""
         return [self.prompt] + ([self.fam_bias] if self.fam_bias is not None else [])
+
     def lin_w(self, l, t):
         return self.w[f"model.layers.{l}.{HF_LIN[t]}.weight"]
 
@@ -754,16 +755,20 @@ def cmd_goldens(a):
                     ("fam", s),
                     ("fam_sinks_zero", dict(s, sinks=2, zero_first_residual=True)),
                     ("fam_m0_prevfam", dict(s, mem_blocks=0, query_pos="prev-fam"))]
-        for vname, vs in variants:
+
+        def save_case(adapter_name, vname, vs):
+            """m's logits for variant vs as tests/golden/adapter/<adapter_name>_<vname>.npy and a case."""
             with torch.no_grad():
                 lg = m.forward_full([ids])[0] if vs["policy"] == "full" else m.forward_fam([ids], vs)[0][0]
-            f = f"{arch}_{vname}.npy"
+            f = f"{adapter_name}_{vname}.npy"
             np.save(out / f, np.ascontiguousarray(lg.numpy().astype("<f4")))
             cases.append(dict(arch=arch, model=f"tests/golden/tiny/{arch}/model.f32.gguf",
-                              adapter=f"tests/golden/adapter/{arch}.gguf", policy=vs["policy"],
+                              adapter=f"tests/golden/adapter/{adapter_name}.gguf", policy=vs["policy"],
                               settings={k: vs[k] for k in ("block_size", "mem_blocks", "fam_len", "sinks", "init",
                                                            "query_pos", "zero_first_residual")},
                               ids=ids, logits=f"tests/golden/adapter/{f}"))
+        for vname, vs in variants:
+            save_case(arch, vname, vs)
         # the adapter must matter: its logits differ from the base's
         with torch.no_grad():
             base = m0.forward_full([ids])[0]
@@ -780,15 +785,7 @@ def cmd_goldens(a):
         adapter = out / f"{arch}_fam_rows.gguf"
         export_adapter(m, s, adapter, tiny / "model.f32.gguf", name=f"tiny {arch} test adapter (FAM rows)")
         for vname, vs in variants[:3]:
-            with torch.no_grad():
-                lg = m.forward_full([ids])[0] if vs["policy"] == "full" else m.forward_fam([ids], vs)[0][0]
-            f = f"{arch}_fam_rows_{vname}.npy"
-            np.save(out / f, np.ascontiguousarray(lg.numpy().astype("<f4")))
-            cases.append(dict(arch=arch, model=f"tests/golden/tiny/{arch}/model.f32.gguf",
-                              adapter=f"tests/golden/adapter/{arch}_fam_rows.gguf", policy=vs["policy"],
-                              settings={k: vs[k] for k in ("block_size", "mem_blocks", "fam_len", "sinks", "init",
-                                                           "query_pos", "zero_first_residual")},
-                              ids=ids, logits=f"tests/golden/adapter/{f}"))
+            save_case(f"{arch}_fam_rows", vname, vs)
         full_rows = np.load(out / f"{arch}_fam_rows_full.npy")
         assert np.abs(full_rows - base.numpy()).max() < 1e-5, "FAM-rows LoRA changed the token path"
         for vname in ("fam", "fam_sinks_zero"):
