@@ -66,6 +66,7 @@ class Model(torch.nn.Module):
         # update), so the tokens' own computation is the base model's (fam.adapter.lora_scope)
         assert lora_scope in LORA_SCOPES, lora_scope
         self.lora_scope = lora_scope
+        self.lora_off = False  # True: the base model alone (the distillation teacher)
         from safetensors.torch import load_file
         hf_dir = Path(hf_dir)
         cfg = json.loads((hf_dir / "config.json").read_text())
@@ -124,7 +125,7 @@ class Model(torch.nn.Module):
         y = x @ self.w[p + "weight"].T
         if p + "bias" in self.w:
             y = y + self.w[p + "bias"]
-        if t in self.targets and rows != 0:
+        if t in self.targets and rows != 0 and not self.lora_off:
             xr = x if rows is None else x[:, :rows]
             d = (xr @ self.lora[f"{l}_{t}_a"].T) @ self.lora[f"{l}_{t}_b"].T * (self.alpha / self.rank)
             if rows is not None:
@@ -338,6 +339,22 @@ def recall_batch(model, s, ids, ans_pos, drop_fam_from=None):
     return hits
 
 
+def distill_loss(model, ids, pos, student):
+    """KL(teacher || student) per position, in nats: the teacher is the base model (no LoRA) with
+    full attention over the whole sample, so the loss is zero only where the FAM model predicts as
+    if nothing had left its window, and it never pulls the adapter toward the training text itself
+    (a cross-entropy loss does: fitting the text's domain then outweighs learning to remember)."""
+    with torch.no_grad():
+        model.lora_off = True
+        try:
+            teacher = model.forward_full(ids, out_pos=pos)
+        finally:
+            model.lora_off = False
+    V = student.shape[-1]
+    return Fn.kl_div(Fn.log_softmax(student.reshape(-1, V), -1), Fn.log_softmax(teacher.reshape(-1, V), -1),
+                     log_target=True, reduction="batchmean")
+
+
 def load_ckpt(path, model, opt=None):
     ck = torch.load(path, map_location=model.device, weights_only=False)
     model.lora.load_state_dict(ck["lora"])
@@ -370,6 +387,7 @@ def cmd_train(a):
         old = json.loads(args_path.read_text())
         old.setdefault("lora_scope", "all")  # runs from before the flags
         old.setdefault("fam_bias", None)
+        old.setdefault("lm_loss", "ce")
         diff = {k: (old.get(k), v) for k, v in keep.items() if old.get(k) != v}
         if diff:
             raise SystemExit(f"{run}: was started with other settings {diff}; use another RUN_DIR")
@@ -467,9 +485,12 @@ def cmd_train(a):
                                     torch.tensor([y for _, _, y in a_idx], device=model.device))
         loss = ans_loss
         lm_loss = torch.zeros(())
-        if lm_pos:
+        if lm_pos and a.lm_loss == "kl":
+            lm_loss = distill_loss(model, ids, lm_pos, lg[:, [col[p] for p in lm_pos]])
+        elif lm_pos:
             lm_loss = Fn.cross_entropy(lg[:, [col[p] for p in lm_pos]].reshape(-1, model.vocab),
                                        tgt[:, [p + 1 for p in lm_pos]].reshape(-1))
+        if lm_pos:
             loss = loss + a.lm_weight * lm_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -897,6 +918,17 @@ def cmd_smoke(a):
             losses.append(loss.item())
         print(f"fixed-batch answer loss {losses[0]:.3f} -> {losses[-1]:.3f}")
         assert losses[-1] < 0.5 * losses[0], losses
+        # distillation (--lm-loss kl): nil against the teacher's own logits (the base model, full
+        # attention: the trained LoRA must not reach the teacher), positive for the FAM student
+        pos = list(range(64, 64 + 16))  # the second block: it reads the FAM of the first
+        with torch.no_grad():
+            m.lora_off = True
+            teacher = m.forward_full(ids, out_pos=pos)
+            m.lora_off = False
+            assert distill_loss(m, ids, pos, teacher).item() < 1e-6, "the teacher saw the LoRA"
+            kl = distill_loss(m, ids, pos, m.forward_fam(ids, s, out_pos=pos)[0]).item()
+        assert kl > 1e-3, f"a FAM student with a trained LoRA matches the teacher ({kl})"
+        call("train", str(Path(tmp) / "run4"), *base[2:], "--steps", "1", "--lm-loss", "kl", "--lm-weight", "1")
         # the committed goldens are what this trainer makes
         gold = Path(tmp) / "goldens"
         cmd_goldens(argparse.Namespace(threads=a.threads, out=str(gold)))
@@ -941,6 +973,9 @@ def parser():
     t.add_argument("--advance-at", type=float, default=0.8, help="held-out recall that moves k up by one")
     t.add_argument("--lm-weight", type=float, default=0.1)
     t.add_argument("--lm-positions", type=int, default=32)
+    t.add_argument("--lm-loss", choices=["ce", "kl"], default="ce",
+                   help="at the LM positions: cross-entropy on the text, or KL from the base model with full "
+                        "attention over the sample (distillation: keeps prediction without fitting the text)")
     t.add_argument("--rsp", type=float, default=0.0, help="random state passing probability")
     t.add_argument("--init-from", help="another run's directory: start from its checkpoint (LoRA, prompt, optimizer); "
                    "or an exported adapter (.gguf): its LoRA and soft prompt, a fresh optimizer")
