@@ -388,6 +388,7 @@ def cmd_train(a):
         old.setdefault("lora_scope", "all")  # runs from before the flags
         old.setdefault("fam_bias", None)
         old.setdefault("lm_loss", "ce")
+        old.setdefault("rsp_from_k", 1)
         diff = {k: (old.get(k), v) for k, v in keep.items() if old.get(k) != v}
         if diff:
             raise SystemExit(f"{run}: was started with other settings {diff}; use another RUN_DIR")
@@ -476,7 +477,7 @@ def cmd_train(a):
         col = {p: i for i, p in enumerate(flat)}
         t0 = time.time()
         # random state passing: start from the previous stream's final FAM, positions continuing
-        fam0 = rsp if rsp is not None and rng.random() < a.rsp else None
+        fam0 = rsp if rsp is not None and k_cur >= a.rsp_from_k and rng.random() < a.rsp else None
         pos0 = 0 if fam0 is None else int(fam0[1][-1]) + 1
         lg, (fam_end, P_end) = model.forward_fam(ids, s, out_pos=flat, fam0=fam0, pos0=pos0)
         tgt = torch.tensor(ids, device=model.device)
@@ -977,6 +978,9 @@ def parser():
                    help="at the LM positions: cross-entropy on the text, or KL from the base model with full "
                         "attention over the sample (distillation: keeps prediction without fitting the text)")
     t.add_argument("--rsp", type=float, default=0.0, help="random state passing probability")
+    t.add_argument("--rsp-from-k", type=int, default=1,
+                   help="pass states only once the curriculum has reached this distance (a FAM learns to "
+                        "recall from fresh states first: state passing from step 1 kept it at chance)")
     t.add_argument("--init-from", help="another run's directory: start from its checkpoint (LoRA, prompt, optimizer); "
                    "or an exported adapter (.gguf): its LoRA and soft prompt, a fresh optimizer")
     t.add_argument("--eval-every", type=int, default=25)
