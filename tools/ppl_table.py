@@ -9,7 +9,8 @@ The runs (session 13; Moby-Dick is held out from the trainer's data):
     famstream perplexity -t 1 -f ../shared/data/moby_dick.txt --max-tokens 106496 --segment 8192 \\
         --block 64 --mem-blocks 0 --json --segment-log results/ppl/NAME-b64-segments.jsonl \\
         {--memory sink --sinks 4 | --memory keep --fam-len 16 --sinks 4 |
-         --adapter results/adapters/smollm2-135m-fam-b64.gguf --memory fam}
+         --adapter results/adapters/smollm2-135m-fam-b64.gguf --memory fam |
+         --adapter results/adapters/smollm2-135m-fam-b64-kl.gguf --memory fam (session 19)}
 """
 import json
 import math
@@ -19,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the `tools` package
 from tools.common import ROOT, splice  # noqa: E402
 
-RUNS = [("sink (S = 4)", "sink"), ("keep (F = 16, S = 4)", "keep"), ("fam-trained (step 660)", "fam-trained")]
+RUNS = [("sink (S = 4)", "sink"), ("keep (F = 16, S = 4)", "keep"), ("fam-trained (step 660)", "fam-trained"),
+        ("fam-kl (session 19, step 605)", "fam-kl")]
 TOTAL = 106496
 
 
