@@ -31,7 +31,8 @@ FAM_INIT=${FAM_INIT:-}
 # full attention (--lm-loss kl: a cross-entropy LM loss, a FAM bias and state passing from step 1
 # each kept held-out recall at chance for 200 steps; with KL and no state passing it reached 0.75
 # at 6 windows by step 375), state passing once the curriculum reaches 6 windows (without it the
-# memory breaks long streams), distances up to 16 windows.
+# memory breaks long streams), distances up to 16 windows, made-up training names and places (the
+# fam_train.py default since session 19: with fixed lists the FAM learned which one it saw).
 RUN_ARGS=(--block 64 --fam-len 16 --mem-blocks 0 --rank 8 --alpha 16 --lr-lora 1e-3 --lr-prompt 3e-3
   --lora-scope all --batch 16 --steps 100000 --k-start 1 --max-k 16 --advance-at 0.6 --eval-every 25
   --eval-batches 4 --ckpt-every 50 --lm-positions 64 --lm-weight 1.0 --lm-loss kl --rsp 0.8 --rsp-from-k 6)

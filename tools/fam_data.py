@@ -16,8 +16,9 @@ Splits, so that evaluation measures what was not trained on:
   the last 10% of the other two for a held-out check during training (`split="val"`).
 - fact templates: five kinds (code, name, number, place, date), each with training templates
   and held-out templates (different wording, different question);
-- values: names and places come from disjoint lists for train and eval; codes, numbers and
-  dates are random (seeded).
+- values: held-out names and places come from their own lists; training ones from disjoint
+  lists (`values="pools"`, the runs before session 19) or made up from syllables
+  (`values="generated"`, too many to memorize); codes, numbers and dates are random (seeded).
 
     python3 tools/fam_data.py --tokenizer DIR/tokenizer.json --show 3     # print samples
 """
@@ -39,6 +40,12 @@ LAST_EVAL = ["Quinlan", "Rasmussen", "Sorensen", "Takahashi", "Underwood", "Vald
 PLACES_TRAIN = ["Lisbon", "Oslo", "Nairobi", "Montreal", "Kyoto", "Valparaiso", "Tbilisi", "Reykjavik",
                 "Marseille", "Krakow", "Hobart", "Cusco", "Tangier", "Bergen", "Dublin", "Seville"]
 PLACES_EVAL = ["Salzburg", "Zanzibar", "Quito", "Tromso", "Adelaide", "Ljubljana", "Mombasa", "Halifax"]
+# training names and places made from syllables (--train-values generated): some 14k words, too
+# many to learn as a closed set, so a memory must carry the value's tokens, not which of a few
+# known values it saw (session 19: with the lists above, a trained FAM recalled 13/18 training
+# places and names and 0/17 held-out ones)
+SYLLABLES = ["ka", "lo", "mir", "ten", "vash", "dor", "bel", "qui", "ra", "sen", "tho", "ul", "fen", "gar",
+             "is", "mo", "zan", "pe", "ri", "co", "lun", "dra", "ve", "hal"]
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
           "October", "November", "December"]
 
@@ -66,8 +73,21 @@ TEMPLATES = {
 }
 
 
-def value(kind, rng, split):
+def made_word(rng):
+    """A capitalized made-up word of 2-3 syllables, never one of the held-out names or places."""
+    held_out = set(FIRST_EVAL) | set(LAST_EVAL) | set(PLACES_EVAL)
+    while True:
+        w = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3)))).capitalize()
+        if w not in held_out:
+            return w
+
+
+def value(kind, rng, split, values="pools"):
+    """A fact's value. Held-out names and places come from the eval lists; training ones from the
+    training lists (`values="pools"`) or made up (`values="generated"`)."""
     ev = split == "eval"
+    if not ev and values == "generated" and kind in ("name", "place"):
+        return f"{made_word(rng)} {made_word(rng)}" if kind == "name" else made_word(rng)
     if kind == "code":
         return "".join(rng.choice("0123456789") for _ in range(5))
     if kind == "name":
@@ -103,8 +123,9 @@ class Filler:
 class RecallData:
     """Batches of recall samples; every sample in a batch has the same layout (lengths, offsets)."""
 
-    def __init__(self, tok, block, split, templates=None):
-        self.tok, self.B, self.split = tok, block, split
+    def __init__(self, tok, block, split, templates=None, values="pools"):
+        assert values in ("pools", "generated"), values
+        self.tok, self.B, self.split, self.values = tok, block, split, values
         self.templates = TEMPLATES[templates or ("eval" if split == "eval" else "train")]
         self.filler = Filler(tok, split)
         self.enc = lambda s: tok.encode(s).ids
@@ -112,7 +133,7 @@ class RecallData:
     def sample_parts(self, rng):
         kind = rng.choice(sorted(self.templates))
         fact, q, prefix = rng.choice(self.templates[kind])
-        v = value(kind, rng, "eval" if self.split == "eval" else "train")
+        v = value(kind, rng, "eval" if self.split == "eval" else "train", self.values)
         return dict(kind=kind, value=v, fact=self.enc(" " + fact.format(v=v)),
                     question=self.enc(" Question: " + q + " Answer: " + prefix), answer=self.enc(" " + v))
 
@@ -150,9 +171,11 @@ def main():
     ap.add_argument("--split", default="train", choices=["train", "val", "eval"])
     ap.add_argument("--k", type=int, default=1)
     ap.add_argument("--show", type=int, default=2)
+    ap.add_argument("--values", choices=["pools", "generated"], default="generated",
+                    help="training names and places (as fam_train.py --train-values)")
     a = ap.parse_args()
     tok = Tokenizer.from_file(a.tokenizer)
-    d = RecallData(tok, a.block, a.split)
+    d = RecallData(tok, a.block, a.split, values=a.values)
     ids, ans, meta = d.batch(random.Random(0), a.show, a.k)
     for s, p, m in zip(ids, ans, meta):
         print(m, len(s))

@@ -389,6 +389,7 @@ def cmd_train(a):
         old.setdefault("fam_bias", None)
         old.setdefault("lm_loss", "ce")
         old.setdefault("rsp_from_k", 1)
+        old.setdefault("train_values", "pools")
         diff = {k: (old.get(k), v) for k, v in keep.items() if old.get(k) != v}
         if diff:
             raise SystemExit(f"{run}: was started with other settings {diff}; use another RUN_DIR")
@@ -451,8 +452,8 @@ def cmd_train(a):
             tmp = log_path.with_suffix(".tmp")
             tmp.write_text("".join(l + "\n" for l in kept))
             os.replace(tmp, log_path)
-    train = RecallData(tok, a.block, "train")
-    val = RecallData(tok, a.block, "val", templates="eval")
+    train = RecallData(tok, a.block, "train", values=a.train_values)
+    val = RecallData(tok, a.block, "val", templates="eval", values=a.train_values)
     val_rng_seed = a.seed + 1
     log = open(log_path, "a")
     t_start, tok_done, rsp = time.time(), 0, None  # rsp: (FAM, positions)
@@ -901,6 +902,14 @@ def cmd_smoke(a):
             raise AssertionError("a run resumed with another --lora-scope and no --fam-bias")
         except SystemExit as e:
             assert "lora_scope" in str(e) and "fam_bias" in str(e), e
+        # made-up training values (--train-values generated): never a held-out one, seldom repeated
+        from tools.fam_data import FIRST_EVAL, LAST_EVAL, PLACES_EVAL, value
+        r = random.Random(5)
+        places = [value("place", r, "train", "generated") for _ in range(200)]
+        names = [value("name", r, "train", "generated") for _ in range(200)]
+        assert not set(places) & set(PLACES_EVAL + FIRST_EVAL + LAST_EVAL), places
+        assert not {w for n in names for w in n.split()} & set(PLACES_EVAL + FIRST_EVAL + LAST_EVAL), names
+        assert len(set(places)) > 150 and len(set(names)) > 190, (len(set(places)), len(set(names)))
         # learning: one fixed batch, 12 steps, the answer loss must fall
         m = Model(tiny / "hf", rank=4, fam_len=4)
         s = dict(policy="fam", block_size=64, mem_blocks=0, fam_len=4, sinks=0, init="learned",
@@ -977,6 +986,9 @@ def parser():
     t.add_argument("--lm-loss", choices=["ce", "kl"], default="ce",
                    help="at the LM positions: cross-entropy on the text, or KL from the base model with full "
                         "attention over the sample (distillation: keeps prediction without fitting the text)")
+    t.add_argument("--train-values", choices=["pools", "generated"], default="generated",
+                   help="training names and places: small fixed lists (runs before session 19; a FAM learned "
+                        "which of them it saw, not their tokens) or made-up words, new in almost every sample")
     t.add_argument("--rsp", type=float, default=0.0, help="random state passing probability")
     t.add_argument("--rsp-from-k", type=int, default=1,
                    help="pass states only once the curriculum has reached this distance (a FAM learns to "
