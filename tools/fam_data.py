@@ -40,6 +40,7 @@ LAST_EVAL = ["Quinlan", "Rasmussen", "Sorensen", "Takahashi", "Underwood", "Vald
 PLACES_TRAIN = ["Lisbon", "Oslo", "Nairobi", "Montreal", "Kyoto", "Valparaiso", "Tbilisi", "Reykjavik",
                 "Marseille", "Krakow", "Hobart", "Cusco", "Tangier", "Bergen", "Dublin", "Seville"]
 PLACES_EVAL = ["Salzburg", "Zanzibar", "Quito", "Tromso", "Adelaide", "Ljubljana", "Mombasa", "Halifax"]
+HELD_OUT_WORDS = frozenset(FIRST_EVAL + LAST_EVAL + PLACES_EVAL)  # never a made-up training word
 # training names and places made from syllables (--train-values generated): some 14k words, too
 # many to learn as a closed set, so a memory must carry the value's tokens, not which of a few
 # known values it saw (session 19: with the lists above, a trained FAM recalled 13/18 training
@@ -75,10 +76,9 @@ TEMPLATES = {
 
 def made_word(rng):
     """A capitalized made-up word of 2-3 syllables, never one of the held-out names or places."""
-    held_out = set(FIRST_EVAL) | set(LAST_EVAL) | set(PLACES_EVAL)
     while True:
         w = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3)))).capitalize()
-        if w not in held_out:
+        if w not in HELD_OUT_WORDS:
             return w
 
 

@@ -903,12 +903,12 @@ def cmd_smoke(a):
         except SystemExit as e:
             assert "lora_scope" in str(e) and "fam_bias" in str(e), e
         # made-up training values (--train-values generated): never a held-out one, seldom repeated
-        from tools.fam_data import FIRST_EVAL, LAST_EVAL, PLACES_EVAL, value
+        from tools.fam_data import HELD_OUT_WORDS, value
         r = random.Random(5)
         places = [value("place", r, "train", "generated") for _ in range(200)]
         names = [value("name", r, "train", "generated") for _ in range(200)]
-        assert not set(places) & set(PLACES_EVAL + FIRST_EVAL + LAST_EVAL), places
-        assert not {w for n in names for w in n.split()} & set(PLACES_EVAL + FIRST_EVAL + LAST_EVAL), names
+        assert not set(places) & HELD_OUT_WORDS, places
+        assert not {w for n in names for w in n.split()} & HELD_OUT_WORDS, names
         assert len(set(places)) > 150 and len(set(names)) > 190, (len(set(places)), len(set(names)))
         # learning: one fixed batch, 12 steps, the answer loss must fall
         m = Model(tiny / "hf", rank=4, fam_len=4)
