@@ -107,11 +107,24 @@ pub struct KeepEntry {
     pub slot: usize,
 }
 
+/// A FAM update, described on the host.
+pub struct FamUpdate<'x> {
+    /// RoPE positions of the FAM rows' queries.
+    pub q_pos: &'x [i32],
+    /// f16 [F][n_kv]: what the FAM rows may attend to.
+    pub mask: &'x [f16],
+    /// Zero residual (the stream's first update, if the settings ask).
+    pub zero_residual: bool,
+    /// Rescale each updated row to its previous RMS.
+    pub renorm: bool,
+    /// `Some((decay, per-layer initial FAM))`: a leaky memory (`fam.decay`).
+    pub decay: Option<(f32, &'x [Tensor<'x>])>,
+}
+
 /// A FAM graph, described on the host.
 pub struct FamBatch<'x> {
-    /// `Some((query positions, mask [F][n_kv], zero residual, renormalise))` for an update;
-    /// `None` to only (re)compute the FAM's K/V.
-    pub update: Option<(&'x [i32], &'x [f16], bool, bool)>,
+    /// `Some` for an update; `None` to only (re)compute the FAM's K/V.
+    pub update: Option<FamUpdate<'x>>,
     pub n_kv: usize,
     /// Positions of the (new) FAM rows.
     pub pos: &'x [i32],
@@ -215,10 +228,25 @@ impl Engine {
     }
 
     /// Size the compute buffer for a FAM update over `n_kv` slots (see [`Self::reserve_tokens`]).
-    pub fn reserve_fam(&mut self, kv: &KvStore, fam: &[Tensor<'_>], n_kv: usize) -> Result<()> {
+    /// `init`: the initial FAM a decay pulls toward, if the stream has one.
+    pub fn reserve_fam(
+        &mut self,
+        kv: &KvStore,
+        fam: &[Tensor<'_>],
+        init: Option<&[Tensor<'_>]>,
+        n_kv: usize,
+    ) -> Result<()> {
         let model = self.model.clone();
         let ctx = self.new_ctx()?;
-        let (graph, _) = build_fam_graph(&ctx, &model, kv, fam, n_kv, true, false, true);
+        // The largest update graph: renorm and decay on (the graph does not read the inputs).
+        let update = FamUpdate {
+            q_pos: &[],
+            mask: &[],
+            zero_residual: false,
+            renorm: true,
+            decay: init.map(|i| (0.5, i)),
+        };
+        let (graph, _) = build_fam_graph(&ctx, &model, kv, fam, n_kv, Some(&update));
         self.alloc.reserve(&graph)
     }
 
@@ -462,8 +490,12 @@ impl Engine {
         if f == 0 || fam.len() != self.model.hp.n_layer || b.pos.len() != f || b.slots.len() != f {
             return Err(Error::Internal("inconsistent FAM batch".into()));
         }
-        if let Some((q, mask, _, _)) = b.update {
-            if q.len() != f || mask.len() != f * b.n_kv || b.n_kv > kv.n_slots() {
+        if let Some(u) = &b.update {
+            let init_ok = u.decay.is_none_or(|(_, init)| {
+                init.len() == fam.len() && init.iter().all(|t| t.ne() == fam[0].ne())
+            });
+            if u.q_pos.len() != f || u.mask.len() != f * b.n_kv || b.n_kv > kv.n_slots() || !init_ok
+            {
                 return Err(Error::Internal("inconsistent FAM update".into()));
             }
         }
@@ -476,26 +508,15 @@ impl Engine {
         }
         let model = self.model.clone();
         let ctx = self.new_ctx()?;
-        let zero = b.update.is_some_and(|u| u.2);
-        let renorm = b.update.is_some_and(|u| u.3);
-        let (graph, inp) = build_fam_graph(
-            &ctx,
-            &model,
-            kv,
-            fam,
-            b.n_kv,
-            b.update.is_some(),
-            zero,
-            renorm,
-        );
+        let (graph, inp) = build_fam_graph(&ctx, &model, kv, fam, b.n_kv, b.update.as_ref());
         self.run(&graph, || {
             inp.pos.write_i32(b.pos)?;
             inp.slots.write_bytes(0, as_bytes(b.slots))?;
-            if let (Some(t), Some((q, _, _, _))) = (inp.q_pos, b.update) {
-                t.write_i32(q)?;
+            if let (Some(t), Some(u)) = (inp.q_pos, &b.update) {
+                t.write_i32(u.q_pos)?;
             }
-            if let (Some(t), Some((_, m, _, _))) = (inp.mask, b.update) {
-                t.write_bytes(0, as_bytes(m))?;
+            if let (Some(t), Some(u)) = (inp.mask, &b.update) {
+                t.write_bytes(0, as_bytes(u.mask))?;
             }
             Ok(())
         })

@@ -7,7 +7,7 @@
 //! calls it at the stream's start and at the end of every block.
 
 use crate::dtype::GgmlType;
-use crate::engine::{Engine, FamBatch, Mask, TokenBatch};
+use crate::engine::{Engine, FamBatch, FamUpdate, Mask, TokenBatch};
 use crate::error::{Error, Result};
 use crate::ggml::{Backend, Tensor, TensorSet};
 use crate::init_memory::LearnedFam;
@@ -49,6 +49,8 @@ fn learned_fam_data(model: &Model, f: usize) -> Result<Option<LearnedFam<'_>>> {
 pub(crate) struct FamMemory {
     /// Per layer f32 [n_embd, F] FAM activations.
     pub(crate) rows: TensorSet,
+    /// The learned initial FAM, kept for `fam.decay` (constant: not part of a snapshot).
+    init_rows: Option<TensorSet>,
     /// Stream indices of the current FAM rows.
     pub(crate) pos: Vec<i64>,
     /// Whether a FAM exists yet (the tail init makes it only at the end of block 0).
@@ -107,8 +109,33 @@ impl FamMemory {
             );
         }
         rows.alloc_all(backend)?;
+        let init_rows = if settings.decay > 0.0 {
+            let data = learned.as_ref().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "FAM decay {} pulls the memory toward a learned initial FAM ({LEARNED_FAM_TENSOR}), \
+                     and neither the model nor an adapter has one (drop --fam-decay)",
+                    settings.decay
+                ))
+            })?;
+            let mut init = TensorSet::new(hp.n_layer)?;
+            for il in 0..hp.n_layer {
+                init.add(
+                    &format!("fam_init_l{il}"),
+                    GgmlType::F32,
+                    &[hp.n_embd as i64, f as i64],
+                );
+            }
+            init.alloc_all(backend)?;
+            for il in 0..hp.n_layer {
+                init.get(il).write_bytes(0, data.layer(il))?;
+            }
+            Some(init)
+        } else {
+            None
+        };
         Ok(Some(FamMemory {
             rows,
+            init_rows,
             pos: vec![0; f],
             valid: false,
             updates: 0,
@@ -129,6 +156,13 @@ impl FamMemory {
         (0..self.n_layer).map(|i| self.rows.get(i)).collect()
     }
 
+    /// Per layer the initial FAM a decay pulls toward (empty without a decay).
+    pub(crate) fn init_tensors(&self) -> Vec<Tensor<'_>> {
+        self.init_rows.as_ref().map_or(Vec::new(), |i| {
+            (0..self.n_layer).map(|il| i.get(il)).collect()
+        })
+    }
+
     /// RMS of each layer's FAM activations.
     pub(crate) fn rms(&self) -> Result<Vec<f32>> {
         self.tensors()
@@ -138,6 +172,11 @@ impl FamMemory {
                 Ok((v.iter().map(|x| x * x).sum::<f32>() / v.len().max(1) as f32).sqrt())
             })
             .collect()
+    }
+
+    /// Bytes of the device buffers: the FAM rows, and the initial FAM kept for a decay.
+    pub(crate) fn buffer_bytes(&self) -> usize {
+        self.rows.buffer_bytes() + self.init_rows.as_ref().map_or(0, |i| i.buffer_bytes())
     }
 
     /// Host bytes beyond the struct itself.
@@ -295,11 +334,18 @@ impl FamMemory {
         let mask = slots.fam_rows_mask(t, n_kv, true);
         let zero = settings.zero_first_residual && self.updates == 0;
         let slot_ids = slots.fam_slots();
+        let init = self.init_tensors();
         eng.run_fam(
             kv,
             &self.tensors(),
             &FamBatch {
-                update: Some((&q_pos, &mask, zero, settings.renorm)),
+                update: Some(FamUpdate {
+                    q_pos: &q_pos,
+                    mask: &mask,
+                    zero_residual: zero,
+                    renorm: settings.renorm,
+                    decay: (settings.decay > 0.0).then_some((settings.decay, &init[..])),
+                }),
                 n_kv,
                 pos: &pos,
                 slots: &slot_ids,

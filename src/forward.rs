@@ -7,6 +7,7 @@
 //! against a reference.
 
 use crate::dtype::GgmlType;
+use crate::engine::FamUpdate;
 use crate::ggml::{Context, Graph, Tensor};
 use crate::kv::KvStore;
 use crate::model::arch::ops::{attend, norm, rope};
@@ -280,18 +281,21 @@ pub struct FamInputs<'a> {
 /// new positions replace the FAM slots. (fam.md §2; Algorithm 2 of the paper)
 ///
 /// `fam` holds per layer f32 [n_embd, F] activations (read, then overwritten).
-/// With `update == false` only the K/V of the current activations are (re)computed (FAM
-/// initialisation).
+/// With `update == None` only the K/V of the current activations are (re)computed (FAM
+/// initialisation). With a decay, each updated row becomes (1 - decay) x itself + decay x its
+/// initial row (after the renorm, if both are set).
 pub fn build_fam_graph<'a>(
     ctx: &'a Context,
     m: &'a Model,
     kv: &'a KvStore,
     fam: &[Tensor<'a>],
     n_kv: usize,
-    update: bool,
-    zero_residual: bool,
-    renorm: bool,
+    update: Option<&FamUpdate<'a>>,
 ) -> (Graph<'a>, FamInputs<'a>) {
+    let zero_residual = update.is_some_and(|u| u.zero_residual);
+    let renorm = update.is_some_and(|u| u.renorm);
+    let decay = update.and_then(|u| u.decay);
+    let update = update.is_some();
     let hp = &m.hp;
     let f = fam[0].ne()[1];
     let mut gf = ctx.new_graph(graph_size(hp.n_layer));
@@ -321,6 +325,9 @@ pub fn build_fam_graph<'a>(
                     // an un-tuned model's FAM rows grows by o + ffn every block, without bound.
                     let rms_old = ctx.sqrt(ctx.mean(ctx.sqr(x))); // [1, F]
                     out = ctx.mul(ctx.rms_norm(out, hp.rms_eps), rms_old);
+                }
+                if let Some((d, init)) = decay {
+                    out = ctx.add(ctx.scale(out, 1.0 - d), ctx.scale(init[il], d));
                 }
                 // Overwrite the stored activations (after all reads of `x`: `out` depends on them).
                 let stored = ctx.cpy(out, x);

@@ -2,7 +2,7 @@
 //!
 //! The keys are ours (community keys must be namespaced): `fam.policy`, `fam.block_size` (B),
 //! `fam.mem_blocks` (M), `fam.fam_len` (F), `fam.sinks` (S), `fam.init`, `fam.query_pos`,
-//! `fam.zero_first_residual`, `fam.renorm`, `fam.feedback`. A file without them gets
+//! `fam.zero_first_residual`, `fam.renorm`, `fam.feedback`, `fam.decay`. A file without them gets
 //! [`FamSettings::default`]; command-line flags override either.
 //!
 //! [`FIELDS`] is the one table of them (key, command-line flag, type, doc, how to read and set
@@ -24,11 +24,12 @@ pub const KEY_QUERY_POS: &str = "fam.query_pos";
 pub const KEY_ZERO_FIRST_RESIDUAL: &str = "fam.zero_first_residual";
 pub const KEY_RENORM: &str = "fam.renorm";
 pub const KEY_FEEDBACK: &str = "fam.feedback";
+pub const KEY_DECAY: &str = "fam.decay";
 /// Most tokens the `keep` policy keeps (F): its graphs gather and rotate them all per batch.
 pub const MAX_KEEP: u32 = 4096;
 /// Every settings key (other `fam.*` keys, such as an adapter's base fingerprint, are not
 /// settings).
-pub const SETTINGS_KEYS: [&str; 10] = [
+pub const SETTINGS_KEYS: [&str; 11] = [
     KEY_POLICY,
     KEY_BLOCK_SIZE,
     KEY_MEM_BLOCKS,
@@ -39,6 +40,7 @@ pub const SETTINGS_KEYS: [&str; 10] = [
     KEY_ZERO_FIRST_RESIDUAL,
     KEY_RENORM,
     KEY_FEEDBACK,
+    KEY_DECAY,
 ];
 
 macro_rules! string_enum {
@@ -126,7 +128,7 @@ string_enum!(
 );
 
 /// The memory settings of a stream.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 pub struct FamSettings {
     pub policy: MemoryPolicy,
     /// B: tokens per block.
@@ -146,6 +148,10 @@ pub struct FamSettings {
     /// `Default`).
     pub renorm: bool,
     pub feedback: FamFeedback,
+    /// A leaky memory: each updated FAM row becomes (1 - decay) x itself + decay x its
+    /// learned initial row, so the rows stay within a bounded distance of the init however long
+    /// the stream (0: the paper's FAM; needs a learned init, see `FamMemory::new`).
+    pub decay: f32,
 }
 
 impl Default for FamSettings {
@@ -172,6 +178,7 @@ impl Default for FamSettings {
             zero_first_residual: false,
             renorm: false,
             feedback: FamFeedback::Within,
+            decay: 0.0,
         }
     }
 }
@@ -180,6 +187,7 @@ impl Default for FamSettings {
 #[derive(Clone, PartialEq, Debug)]
 pub enum Raw {
     U32(u32),
+    F32(f32),
     Bool(bool),
     Str(String),
 }
@@ -188,6 +196,7 @@ pub enum Raw {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
     U32,
+    F32,
     Bool,
     Str,
 }
@@ -196,6 +205,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::U32 => "a u32",
+            Kind::F32 => "a number",
             Kind::Bool => "a bool",
             Kind::Str => "a string",
         }
@@ -226,7 +236,10 @@ impl Field {
     pub fn set(&self, s: &mut FamSettings, v: &Raw) -> Result<()> {
         let kind_ok = matches!(
             (self.kind, v),
-            (Kind::U32, Raw::U32(_)) | (Kind::Bool, Raw::Bool(_)) | (Kind::Str, Raw::Str(_))
+            (Kind::U32, Raw::U32(_))
+                | (Kind::F32, Raw::F32(_))
+                | (Kind::Bool, Raw::Bool(_))
+                | (Kind::Str, Raw::Str(_))
         );
         if !kind_ok {
             return Err(Error::Invalid(format!(
@@ -241,6 +254,7 @@ impl Field {
     fn from_gguf(&self, g: &GgufFile) -> Result<Option<Raw>> {
         Ok(match self.kind {
             Kind::U32 => g.opt_u32(self.key)?.map(Raw::U32),
+            Kind::F32 => g.opt_f32(self.key)?.map(Raw::F32),
             Kind::Bool => g.opt_bool(self.key)?.map(Raw::Bool),
             Kind::Str => g.opt_str(self.key)?.map(|v| Raw::Str(v.to_string())),
         })
@@ -251,6 +265,7 @@ impl Raw {
     pub fn to_gguf(&self) -> Value {
         match self {
             Raw::U32(v) => Value::U32(*v),
+            Raw::F32(v) => Value::F32(*v),
             Raw::Bool(v) => Value::Bool(*v),
             Raw::Str(v) => Value::String(v.clone()),
         }
@@ -258,6 +273,7 @@ impl Raw {
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             Raw::U32(v) => (*v).into(),
+            Raw::F32(v) => (*v).into(),
             Raw::Bool(v) => (*v).into(),
             Raw::Str(v) => v.as_str().into(),
         }
@@ -265,6 +281,7 @@ impl Raw {
     fn from_json(j: &serde_json::Value, kind: Kind) -> Option<Raw> {
         match kind {
             Kind::U32 => j.as_u64().and_then(|v| u32::try_from(v).ok()).map(Raw::U32),
+            Kind::F32 => j.as_f64().map(|v| Raw::F32(v as f32)),
             Kind::Bool => j.as_bool().map(Raw::Bool),
             Kind::Str => j.as_str().map(|v| Raw::Str(v.to_string())),
         }
@@ -272,6 +289,12 @@ impl Raw {
     fn u32(&self) -> u32 {
         match self {
             Raw::U32(v) => *v,
+            _ => unreachable!("Field::set checks the kind"),
+        }
+    }
+    fn f32(&self) -> f32 {
+        match self {
+            Raw::F32(v) => *v,
             _ => unreachable!("Field::set checks the kind"),
         }
     }
@@ -310,7 +333,7 @@ macro_rules! field {
 /// Every setting, in the order reports list them: JSON name, GGUF key, flag, kind, doc, then
 /// how to read it from and write it into [`FamSettings`].
 #[rustfmt::skip]
-pub const FIELDS: [Field; 10] = [
+pub const FIELDS: [Field; 11] = [
     field!("policy", KEY_POLICY, "--memory", Str, "memory policy: full, bswa, sink, fam or keep",
         |s| Raw::Str(s.policy.as_str().into()), |s, v| s.policy = v.str().parse()?),
     field!("block_size", KEY_BLOCK_SIZE, "--block", U32, "B: tokens per block",
@@ -332,7 +355,14 @@ pub const FIELDS: [Field; 10] = [
         |s| Raw::Bool(s.renorm), |s, v| s.renorm = v.bool()),
     field!("feedback", KEY_FEEDBACK, "--fam-feedback", Str, "next FAM: within or reread",
         |s| Raw::Str(s.feedback.as_str().into()), |s, v| s.feedback = v.str().parse()?),
+    field!("decay", KEY_DECAY, "--fam-decay", F32,
+        "leaky FAM: each update pulls the rows toward the learned init by this fraction",
+        |s| Raw::F32(s.decay), |s, v| s.decay = v.f32()),
 ];
+
+/// Settings added after snapshot version 1 was written: a snapshot without them was made with
+/// their default (the behaviour before they existed).
+const ADDED_LATER: [&str; 1] = ["decay"];
 
 /// The field with this JSON name.
 pub fn field(name: &str) -> Option<&'static Field> {
@@ -384,10 +414,14 @@ impl FamSettings {
     }
 
     /// The inverse of [`FamSettings::to_json`]: every field must be there, of its kind (not
-    /// validated).
+    /// validated), except those added after the first snapshots ([`ADDED_LATER`]), which
+    /// default when absent.
     pub fn from_json(j: &serde_json::Value) -> Result<FamSettings> {
         let mut s = FamSettings::default();
         for f in &FIELDS {
+            if ADDED_LATER.contains(&f.name) && j.get(f.name).is_none() {
+                continue;
+            }
             let v = Raw::from_json(&j[f.name], f.kind).ok_or_else(|| {
                 Error::Invalid(format!(
                     "settings: `{}` missing or not {}",
@@ -424,6 +458,19 @@ impl FamSettings {
             return Err(Error::Invalid(
                 "FAM renorm rescales the `within` feedback's updated rows; the reread \
                  feedback has none (drop --fam-renorm or use --fam-feedback within)"
+                    .into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.decay) {
+            return Err(Error::Invalid(format!(
+                "FAM decay {} (0 <= decay < 1)",
+                self.decay
+            )));
+        }
+        if self.decay > 0.0 && self.feedback == FamFeedback::Reread {
+            return Err(Error::Invalid(
+                "FAM decay pulls the `within` feedback's updated rows toward the initial FAM; \
+                 the reread feedback has none (drop --fam-decay or use --fam-feedback within)"
                     .into(),
             ));
         }
@@ -465,6 +512,7 @@ mod tests {
             zero_first_residual: true,
             renorm: true,
             feedback: FamFeedback::Reread,
+            decay: 0.25,
         };
         for f in &FIELDS {
             assert_ne!(f.get(&s), f.get(&d), "{} equals its default", f.name);
@@ -506,6 +554,10 @@ mod tests {
         j.as_object_mut().unwrap().remove("renorm");
         let e = FamSettings::from_json(&j).unwrap_err().to_string();
         assert!(e.contains("renorm"), "{e}");
+        // A snapshot from before `decay` existed reads as the default (no decay).
+        let mut j = s.to_json();
+        j.as_object_mut().unwrap().remove("decay");
+        assert_eq!(FamSettings::from_json(&j).unwrap().decay, 0.0);
     }
 
     #[test]

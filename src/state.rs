@@ -199,7 +199,7 @@ impl FamState {
     /// Bytes of device memory this state holds (constant for its whole life).
     pub fn state_bytes(&self) -> usize {
         self.kv.bytes()
-            + self.fam.as_ref().map_or(0, |f| f.rows.buffer_bytes())
+            + self.fam.as_ref().map_or(0, |f| f.buffer_bytes())
             + self.sinks.as_ref().map_or(0, |s| s.buffer_bytes())
     }
     /// RMS of each layer's FAM activations (diagnostics: how the working memory evolves).
@@ -281,7 +281,9 @@ impl FamState {
         let sinks = self.sink_tensors();
         eng.reserve_tokens(&self.kv, sinks.as_deref(), shape)?;
         if let Some(f) = &self.fam {
-            eng.reserve_fam(&self.kv, &f.tensors(), self.kv.n_slots())?;
+            let init = f.init_tensors();
+            let init = (!init.is_empty()).then_some(&init[..]);
+            eng.reserve_fam(&self.kv, &f.tensors(), init, self.kv.n_slots())?;
         }
         if let (Some(sinks), true) = (&sinks, self.slots.n_keep() > 0) {
             eng.reserve_keep(&self.kv, sinks, self.slots.n_keep())?;

@@ -18,6 +18,11 @@ use std::sync::Arc;
 /// wrong mask, position, FAM rule or a LoRA term missing or mis-scaled moves them by far more
 /// than this.
 const LOGIT_TOL: f32 = 5e-2;
+/// The decay case (qwen2, decay 0.3) has one row that f16 K/V move more than others: famstream
+/// is 6.9e-2 from the trainer at row 35 and within 3.4e-2 elsewhere, and that row is as
+/// sensitive in the trainer itself (decay 0.29 or 0.31 instead of 0.3 moves it by 0.39 and 0.65,
+/// every other row by at most 0.2). So 1e-1 still tells a decay off by 0.01 from the right one.
+const DECAY_LOGIT_TOL: f32 = 1e-1;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -41,6 +46,7 @@ fn settings(policy: MemoryPolicy, j: &serde_json::Value) -> FamSettings {
             .unwrap_or(d.zero_first_residual),
         renorm: j["renorm"].as_bool().unwrap_or(d.renorm),
         feedback: parse("feedback").map_or(d.feedback, |s| s.parse::<FamFeedback>().unwrap()),
+        decay: j["decay"].as_f64().map_or(d.decay, |v| v as f32),
     }
 }
 
@@ -98,6 +104,35 @@ fn adapters_match_the_pytorch_trainers_logits() {
             at / m.hp.n_vocab,
             at % m.hp.n_vocab
         );
-        assert!(worst < LOGIT_TOL, "{arch} {policy} {file}: {worst}"); // NaN fails too
+        let tol = if s.decay > 0.0 {
+            DECAY_LOGIT_TOL
+        } else {
+            LOGIT_TOL
+        };
+        assert!(worst < tol, "{arch} {policy} {file}: {worst}"); // NaN fails too
     }
+}
+
+#[test]
+fn a_decay_without_a_learned_initial_fam_is_refused() {
+    let backend = Backend::cpu(1).unwrap();
+    let m = Model::load(
+        &root().join("tests/golden/tiny/llama/model.f32.gguf"),
+        &backend,
+    )
+    .unwrap();
+    let s = FamSettings {
+        policy: MemoryPolicy::Fam,
+        block_size: 8,
+        mem_blocks: 1,
+        fam_len: 4,
+        init: FamInit::Bos,
+        decay: 0.1,
+        ..FamSettings::default()
+    };
+    let e = FamState::new(&m, &backend, s, 64, Vec::new(), 1)
+        .err()
+        .expect("a decay toward no learned FAM must be refused")
+        .to_string();
+    assert!(e.contains("decay") && e.contains("fam.init_memory"), "{e}");
 }

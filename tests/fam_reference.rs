@@ -59,6 +59,7 @@ fn every_policy_matches_the_numpy_reference() {
                 .map_or(FamQueryPos::BlockEnd, |s| s.parse().unwrap()),
             zero_first_residual: c["zero_first_residual"].as_bool().unwrap_or(false),
             renorm: c["renorm"].as_bool().unwrap_or(false),
+            decay: 0.0, // the numpy reference has no decay: tests/adapter_golden.rs checks it
             feedback: c["feedback"]
                 .as_str()
                 .map_or(famstream::settings::FamFeedback::Within, |s| {

@@ -220,7 +220,8 @@ class Model(torch.nn.Module):
         """The FAM policy over ids [N, T] (same layout as tools/fam_reference.py forward_fam).
 
         s: settings dict (block_size, mem_blocks, fam_len, sinks, init, query_pos,
-        zero_first_residual, renorm). out_pos: positions (list) whose logits to return, else all.
+        zero_first_residual, renorm, decay: each updated row becomes (1 - decay) x itself + decay x the
+        initial row, 0 if absent). out_pos: positions (list) whose logits to return, else all.
         fam0: (per-layer FAM [N, F, d], positions) to start from instead of the init (random state
         passing), with the stream at absolute position pos0. drop_fam_from: from this block on, token rows do not
         see the FAM keys (the ablation: the memory removed, the rest is `bswa`).
@@ -229,11 +230,14 @@ class Model(torch.nn.Module):
         N, n = ids.shape
         B, M, F, S = s["block_size"], s["mem_blocks"], s["fam_len"], s["sinks"]
         assert 0 <= F <= B and s["query_pos"] in ("block-end", "prev-fam") and S <= B
+        decay = s.get("decay") or 0.0
+        init = self.initial_fam(s, N, seed_ids) if F > 0 and (fam0 is None or decay) else None
+        assert not decay or init is not None, "fam.decay needs an initial FAM to decay toward (not init = tail)"
         if fam0 is not None:
             fam, P = fam0
             n_updates = 1
         else:
-            fam = self.initial_fam(s, N, seed_ids) if F > 0 else None
+            fam = init
             P = torch.arange(-F, 0, dtype=torch.float64) + pos0
             n_updates = 0
         assert pos0 % B == 0, "streams start at a block boundary"
@@ -291,6 +295,8 @@ class Model(torch.nn.Module):
                     new = new * torch.rsqrt(new.pow(2).mean(-1, keepdim=True) + self.eps) \
                         * rows[:, :nf].pow(2).mean(-1, keepdim=True).sqrt()
                     out = torch.cat([new, out[:, nf:]], 1)
+                if decay and nf:  # a leaky memory: each update pulls the rows toward the initial FAM
+                    out = torch.cat([(1 - decay) * out[:, :nf] + decay * init[l], out[:, nf:]], 1)
                 kb, vb = k[:, :, nf:], v[:, :, nf:]
                 if t == 0 and S:
                     sink_kv[l] = (kb[:, :, :S], vb[:, :, :S])
@@ -314,7 +320,7 @@ class Model(torch.nn.Module):
 def settings_of(a):
     return dict(policy="fam", block_size=a.block, mem_blocks=a.mem_blocks, fam_len=a.fam_len, sinks=a.sinks,
                 init="learned", query_pos=a.query_pos, zero_first_residual=a.zero_first_residual, renorm=False,
-                feedback="within")
+                feedback="within", decay=a.decay)
 
 
 def wilson(k, n, z=1.96):
@@ -390,6 +396,7 @@ def cmd_train(a):
         old.setdefault("lm_loss", "ce")
         old.setdefault("rsp_from_k", 1)
         old.setdefault("train_values", "pools")
+        old.setdefault("decay", 0.0)
         diff = {k: (old.get(k), v) for k, v in keep.items() if old.get(k) != v}
         if diff:
             raise SystemExit(f"{run}: was started with other settings {diff}; use another RUN_DIR")
@@ -435,8 +442,12 @@ def cmd_train(a):
         for key in ("rank", "alpha", "targets"):
             if ck.get(key) != getattr(a, key):
                 raise SystemExit(f"--init-from {a.init_from}: its {key} is {ck.get(key)}, this run's {getattr(a, key)}")
-        if ck["settings"] != s:
+        theirs = dict(ck["settings"]); theirs.setdefault("decay", 0.0)
+        if {k: v for k, v in theirs.items() if k != "decay"} != {k: v for k, v in s.items() if k != "decay"}:
             raise SystemExit(f"--init-from {a.init_from}: trained with other FAM settings {ck['settings']}")
+        if theirs["decay"] != s["decay"]:  # allowed: e.g. a leaky memory fine-tuned from a plain one
+            print(f"--init-from {a.init_from}: trained with decay {theirs['decay']}, this run uses {s['decay']}",
+                  file=sys.stderr)
         print(f"started from {src} (its step {ck['step']})", file=sys.stderr)
         meta = json.loads(args_path.read_text())
         meta["init_from_step"] = ck["step"]
@@ -665,6 +676,8 @@ def export_adapter(model, s, out, base_gguf=None, name="famstream FAM adapter", 
         w.add_uint32(f"fam.{k}", int(s[k]))
     w.add_bool("fam.zero_first_residual", bool(s["zero_first_residual"]))
     w.add_bool("fam.renorm", bool(s.get("renorm", False)))
+    if s.get("decay"):  # absent: 0, the paper's FAM
+        w.add_float32("fam.decay", float(s["decay"]))
     if model.lora_scope != "all":  # absent: every row (llama.cpp's meaning of a LoRA adapter)
         w.add_string("fam.adapter.lora_scope", model.lora_scope)
     if model.fam_bias is not None:  # absent: 0
@@ -777,7 +790,8 @@ def cmd_goldens(a):
         variants = [("full", dict(s, policy="full")),
                     ("fam", s),
                     ("fam_sinks_zero", dict(s, sinks=2, zero_first_residual=True)),
-                    ("fam_m0_prevfam", dict(s, mem_blocks=0, query_pos="prev-fam"))]
+                    ("fam_m0_prevfam", dict(s, mem_blocks=0, query_pos="prev-fam")),
+                    ("fam_decay", dict(s, decay=0.3))]
 
         def save_case(adapter_name, vname, vs):
             """m's logits for variant vs as tests/golden/adapter/<adapter_name>_<vname>.npy and a case."""
@@ -788,7 +802,7 @@ def cmd_goldens(a):
             cases.append(dict(arch=arch, model=f"tests/golden/tiny/{arch}/model.f32.gguf",
                               adapter=f"tests/golden/adapter/{adapter_name}.gguf", policy=vs["policy"],
                               settings={k: vs[k] for k in ("block_size", "mem_blocks", "fam_len", "sinks", "init",
-                                                           "query_pos", "zero_first_residual")},
+                                                           "query_pos", "zero_first_residual", "decay") if k in vs},
                               ids=ids, logits=f"tests/golden/adapter/{f}"))
         for vname, vs in variants:
             save_case(arch, vname, vs)
@@ -798,6 +812,9 @@ def cmd_goldens(a):
         diff = float(np.abs(np.load(out / f"{arch}_full.npy") - base.numpy()).max())
         print(f"{arch}: adapter changes the full-attention logits by max {diff:.3f}")
         assert diff > 1e-2, "the test adapter would not be distinguishable from none"
+        d_decay = float(np.abs(np.load(out / f"{arch}_fam_decay.npy") - np.load(out / f"{arch}_fam.npy")).max())
+        print(f"{arch}: a FAM decay of 0.3 moves the logits by max {d_decay:.3f}")
+        assert d_decay > 1e-2, "the decay would not be distinguishable from none"
         # the same LoRA and prompt with LoRA on the FAM rows only (fam.adapter.lora_scope = fam)
         # and a bias on tokens' attention to the FAM (fam.adapter.fam_attn_bias): full attention
         # is then the base model, and FAM streams differ from both
@@ -990,6 +1007,10 @@ def parser():
                    help="training names and places: small fixed lists (runs before session 19; a FAM learned "
                         "which of them it saw, not their tokens) or made-up words, new in almost every sample")
     t.add_argument("--rsp", type=float, default=0.0, help="random state passing probability")
+    t.add_argument("--decay", type=float, default=0.0,
+                   help="a leaky FAM (fam.decay): each update pulls the rows toward the learned initial FAM by "
+                        "this fraction, so they stay bounded however long the stream (0: the paper's FAM, whose rows "
+                        "grow with every update)")
     t.add_argument("--rsp-from-k", type=int, default=1,
                    help="pass states only once the curriculum has reached this distance (a FAM learns to "
                         "recall from fresh states first: state passing from step 1 kept it at chance)")

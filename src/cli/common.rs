@@ -115,6 +115,10 @@ pub struct SettingsArgs {
     /// Rescale updated FAM rows to their previous RMS: true or false.
     #[arg(long = "fam-renorm")]
     pub fam_renorm: Option<bool>,
+    /// Leaky FAM: each update pulls the rows toward the learned initial FAM by this fraction
+    /// (0 to <1; 0 is the paper's FAM; an adapter trained with it sets it).
+    #[arg(long = "fam-decay")]
+    pub fam_decay: Option<f32>,
 }
 
 /// Memory options of a stream: the settings, and where the stream starts or is saved.
@@ -151,6 +155,7 @@ impl SettingsArgs {
             ),
             ("renorm", self.fam_renorm.map(Raw::Bool)),
             ("feedback", s(&self.fam_feedback)),
+            ("decay", self.fam_decay.map(Raw::F32)),
         ]
         .into_iter()
         .filter_map(|(name, v)| v.map(|v| (name, v)))
