@@ -273,7 +273,8 @@ impl Raw {
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             Raw::U32(v) => (*v).into(),
-            Raw::F32(v) => (*v).into(),
+            // by its shortest decimal (0.1, not the f64 nearest to the f32: 0.10000000149...)
+            Raw::F32(v) => v.to_string().parse::<f64>().map_or((*v).into(), Into::into),
             Raw::Bool(v) => (*v).into(),
             Raw::Str(v) => v.as_str().into(),
         }

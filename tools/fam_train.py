@@ -2,7 +2,7 @@
 """Train a FAM (learned initial memory + LoRA) for a llama/qwen2 HF checkpoint; export a GGUF adapter.
 
 An independent PyTorch implementation of famstream's FAM forward (fam.md; same settings as the
-runtime: B, M, F, S, init, query position, first residual, renorm; feedback `within`), written
+runtime: B, M, F, S, init, query position, first residual, renorm, decay; feedback `within`), written
 from the spec and checked against the numpy reference's goldens (`goldens` below), not against
 the Rust engine. Trainable: a soft prompt of F embeddings (the paper's learned initial FAM: run
 alone through the layers at positions -F..-1, each layer's input rows become that layer's initial

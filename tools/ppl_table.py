@@ -10,7 +10,8 @@ The runs (session 13; Moby-Dick is held out from the trainer's data):
         --block 64 --mem-blocks 0 --json --segment-log results/ppl/NAME-b64-segments.jsonl \\
         {--memory sink --sinks 4 | --memory keep --fam-len 16 --sinks 4 |
          --adapter results/adapters/smollm2-135m-fam-b64.gguf --memory fam |
-         --adapter results/adapters/smollm2-135m-fam-b64-kl.gguf --memory fam (session 19)}
+         --adapter results/adapters/smollm2-135m-fam-b64-kl.gguf --memory fam (session 19) |
+         the same with --fam-decay 0.1 (session 20, fam-kl-d01)}
 """
 import json
 import math
@@ -21,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the `tools` p
 from tools.common import ROOT, splice  # noqa: E402
 
 RUNS = [("sink (S = 4)", "sink"), ("keep (F = 16, S = 4)", "keep"), ("fam-trained (step 660)", "fam-trained"),
-        ("fam-kl (session 19, step 605)", "fam-kl")]
+        ("fam-kl (session 19, step 605)", "fam-kl"),
+        ("fam-kl + `--fam-decay 0.1` (session 20, no retraining)", "fam-kl-d01")]
 TOTAL = 106496
 
 

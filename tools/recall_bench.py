@@ -27,7 +27,7 @@ from tools.common import FAMSTREAM, ROOT, default_model, splice  # noqa: E402
 OUT = ROOT / "results/recall"
 
 
-def policies(block, adapter, adapter_name="fam-trained"):
+def policies(block, adapter, adapter_name="fam-trained", adapter_args=()):
     w = ["--block", str(block), "--mem-blocks", "0"]
     p = {
         "full": ["--memory", "full"],
@@ -38,7 +38,7 @@ def policies(block, adapter, adapter_name="fam-trained"):
         "keep": ["--memory", "keep", *w, "--fam-len", "16", "--sinks", "4"],
     }
     if adapter:
-        p[adapter_name] = ["--adapter", str(adapter), "--memory", "fam", *w]
+        p[adapter_name] = ["--adapter", str(adapter), "--memory", "fam", *w, *adapter_args]
         p[f"{adapter_name}-no-fam"] = ["--adapter", str(adapter), "--memory", "bswa", *w]
     return p
 
@@ -92,6 +92,9 @@ def main():
     ap.add_argument("--adapter")
     ap.add_argument("--adapter-name", default="fam-trained",
                     help="the policy name of the adapter's rows (another adapter: another name)")
+    ap.add_argument("--adapter-args", default="",
+                    help="more famstream flags for the adapter's FAM row, e.g. '--fam-decay 0.1' (give the row its "
+                         "own --adapter-name)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--splice", action="store_true", help="write the table into results/README.md")
     ap.add_argument("--splice-name", default="recall",
@@ -105,7 +108,7 @@ def main():
     cases = make_cases(a.tokenizer, a.block, a.k, a.trials, a.seed)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    pols = policies(a.block, a.adapter, a.adapter_name)
+    pols = policies(a.block, a.adapter, a.adapter_name, a.adapter_args.split())
     results = {}
     for name in a.policies or list(pols):
         out = OUT / f"{name}-b{a.block}-n{a.trials}-k{'_'.join(map(str, a.k))}.json"
@@ -138,6 +141,7 @@ def main():
     if a.splice:
         pol = f" --policies {' '.join(a.policies)}" if a.policies else ""
         adapter = f" --adapter {a.adapter}" if a.adapter else ""
+        adapter += f" --adapter-args '{a.adapter_args}'" if a.adapter_args else ""
         commits = sorted({c for v in runs.values() for c in v})
         splice(ROOT / "results/README.md", a.splice_name, t + f"\n\n(`tools/recall_bench.py --block {a.block} --trials "
                f"{a.trials} --k ...{adapter}{pol}`, one run per list of distances, merged; commits "
