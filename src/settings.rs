@@ -555,6 +555,12 @@ mod tests {
         j.as_object_mut().unwrap().remove("renorm");
         let e = FamSettings::from_json(&j).unwrap_err().to_string();
         assert!(e.contains("renorm"), "{e}");
+        // A decay is written by its shortest decimal, as a user would type it.
+        let tenth = FamSettings {
+            decay: 0.1,
+            ..FamSettings::default()
+        };
+        assert_eq!(tenth.to_json()["decay"], serde_json::json!(0.1));
         // A snapshot from before `decay` existed reads as the default (no decay).
         let mut j = s.to_json();
         j.as_object_mut().unwrap().remove("decay");

@@ -32,10 +32,13 @@ FAM_INIT=${FAM_INIT:-}
 # each kept held-out recall at chance for 200 steps; with KL and no state passing it reached 0.75
 # at 6 windows by step 375), state passing once the curriculum reaches 6 windows (without it the
 # memory breaks long streams), distances up to 16 windows, made-up training names and places (the
-# fam_train.py default since session 19: with fixed lists the FAM learned which one it saw).
+# fam_train.py default since session 19: with fixed lists the FAM learned which one it saw), and
+# a leaky memory (--decay 0.1, session 20: the paper's update grows the rows without bound and
+# the KL adapter's perplexity drifted into the thousands; with the decay it stays bounded).
 RUN_ARGS=(--block 64 --fam-len 16 --mem-blocks 0 --rank 8 --alpha 16 --lr-lora 1e-3 --lr-prompt 3e-3
   --lora-scope all --batch 16 --steps 100000 --k-start 1 --max-k 16 --advance-at 0.6 --eval-every 25
-  --eval-batches 4 --ckpt-every 50 --lm-positions 64 --lm-weight 1.0 --lm-loss kl --rsp 0.8 --rsp-from-k 6)
+  --eval-batches 4 --ckpt-every 50 --lm-positions 64 --lm-weight 1.0 --lm-loss kl --rsp 0.8 --rsp-from-k 6
+  --decay 0.1)
 
 case $stage in
 prepare)
