@@ -107,19 +107,7 @@ pub struct KeepEntry {
     pub slot: usize,
 }
 
-/// A FAM update, described on the host.
-pub struct FamUpdate<'x> {
-    /// RoPE positions of the FAM rows' queries.
-    pub q_pos: &'x [i32],
-    /// f16 [F][n_kv]: what the FAM rows may attend to.
-    pub mask: &'x [f16],
-    /// Zero residual (the stream's first update, if the settings ask).
-    pub zero_residual: bool,
-    /// Rescale each updated row to its previous RMS.
-    pub renorm: bool,
-    /// `Some((decay, per-layer initial FAM))`: a leaky memory (`fam.decay`).
-    pub decay: Option<(f32, &'x [Tensor<'x>])>,
-}
+pub use crate::forward::FamUpdate;
 
 /// A FAM graph, described on the host.
 pub struct FamBatch<'x> {

@@ -7,12 +7,12 @@
 //! against a reference.
 
 use crate::dtype::GgmlType;
-use crate::engine::FamUpdate;
 use crate::ggml::{Context, Graph, Tensor};
 use crate::kv::KvStore;
 use crate::model::arch::ops::{attend, norm, rope};
 use crate::model::arch::{Block, Qkv};
 use crate::model::Model;
+use half::f16;
 
 /// Nodes one layer adds to a graph, with room to spare; used to size graphs. An adapter adds
 /// up to 4 nodes to each of the 7 linear layers (see [`crate::model::arch::ops::linear`]), so 28 of these are for it;
@@ -272,6 +272,20 @@ pub struct FamInputs<'a> {
     pub slots: Tensor<'a>,
     /// f16 [n_kv, F]: what FAM rows may attend to (update graph only).
     pub mask: Option<Tensor<'a>>,
+}
+
+/// A FAM update, described on the host.
+pub struct FamUpdate<'x> {
+    /// RoPE positions of the FAM rows' queries.
+    pub q_pos: &'x [i32],
+    /// f16 [F][n_kv]: what the FAM rows may attend to.
+    pub mask: &'x [f16],
+    /// Zero residual (the stream's first update, if the settings ask).
+    pub zero_residual: bool,
+    /// Rescale each updated row to its previous RMS.
+    pub renorm: bool,
+    /// `Some((decay, per-layer initial FAM))`: a leaky memory (`fam.decay`).
+    pub decay: Option<(f32, &'x [Tensor<'x>])>,
 }
 
 /// The FAM update after a block: for every layer (independently, batched in one graph), the F
