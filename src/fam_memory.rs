@@ -100,15 +100,20 @@ impl FamMemory {
             ));
         }
         let hp = &model.hp;
-        let mut rows = TensorSet::new(hp.n_layer)?;
-        for il in 0..hp.n_layer {
-            rows.add(
-                &format!("fam_l{il}"),
-                GgmlType::F32,
-                &[hp.n_embd as i64, f as i64],
-            );
-        }
-        rows.alloc_all(backend)?;
+        // Per layer f32 [n_embd, F], named `<name>_l<layer>`.
+        let per_layer = |name: &str| -> Result<TensorSet> {
+            let mut set = TensorSet::new(hp.n_layer)?;
+            for il in 0..hp.n_layer {
+                set.add(
+                    &format!("{name}_l{il}"),
+                    GgmlType::F32,
+                    &[hp.n_embd as i64, f as i64],
+                );
+            }
+            set.alloc_all(backend)?;
+            Ok(set)
+        };
+        let rows = per_layer("fam")?;
         let init_rows = if settings.decay > 0.0 {
             let data = learned.as_ref().ok_or_else(|| {
                 Error::Invalid(format!(
@@ -117,15 +122,7 @@ impl FamMemory {
                     settings.decay
                 ))
             })?;
-            let mut init = TensorSet::new(hp.n_layer)?;
-            for il in 0..hp.n_layer {
-                init.add(
-                    &format!("fam_init_l{il}"),
-                    GgmlType::F32,
-                    &[hp.n_embd as i64, f as i64],
-                );
-            }
-            init.alloc_all(backend)?;
+            let init = per_layer("fam_init")?;
             for il in 0..hp.n_layer {
                 init.get(il).write_bytes(0, data.layer(il))?;
             }
@@ -156,11 +153,10 @@ impl FamMemory {
         (0..self.n_layer).map(|i| self.rows.get(i)).collect()
     }
 
-    /// Per layer the initial FAM a decay pulls toward (empty without a decay).
-    pub(crate) fn init_tensors(&self) -> Vec<Tensor<'_>> {
-        self.init_rows.as_ref().map_or(Vec::new(), |i| {
-            (0..self.n_layer).map(|il| i.get(il)).collect()
-        })
+    /// Per layer the initial FAM a decay pulls toward (`None` without a decay).
+    pub(crate) fn init_tensors(&self) -> Option<Vec<Tensor<'_>>> {
+        let init = self.init_rows.as_ref()?;
+        Some((0..self.n_layer).map(|il| init.get(il)).collect())
     }
 
     /// RMS of each layer's FAM activations.
@@ -344,7 +340,7 @@ impl FamMemory {
                     mask: &mask,
                     zero_residual: zero,
                     renorm: settings.renorm,
-                    decay: (settings.decay > 0.0).then_some((settings.decay, &init[..])),
+                    decay: init.as_deref().map(|i| (settings.decay, i)),
                 }),
                 n_kv,
                 pos: &pos,

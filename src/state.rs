@@ -282,8 +282,7 @@ impl FamState {
         eng.reserve_tokens(&self.kv, sinks.as_deref(), shape)?;
         if let Some(f) = &self.fam {
             let init = f.init_tensors();
-            let init = (!init.is_empty()).then_some(&init[..]);
-            eng.reserve_fam(&self.kv, &f.tensors(), init, self.kv.n_slots())?;
+            eng.reserve_fam(&self.kv, &f.tensors(), init.as_deref(), self.kv.n_slots())?;
         }
         if let (Some(sinks), true) = (&sinks, self.slots.n_keep() > 0) {
             eng.reserve_keep(&self.kv, sinks, self.slots.n_keep())?;
