@@ -4,18 +4,25 @@
 //! Salience starts from surprisal, `-ln p(token | what came before)`, taken when the token is
 //! read (the token graph returns each row's probability of the next token; the first token of
 //! a batch is scored from the previous batch's last logits, kept here as log-probabilities).
-//! A surprising token's salience carries over to the tokens after it, fading by
-//! [`SALIENCE_DECAY`] per token: `score(i) = max(surprisal(i), score(i-1) - decay)`. When a
-//! block leaves the window, its tokens compete with the tokens already kept: the F highest
-//! scores stay. This is what an un-tuned model gets without training (a heavy-hitter cache,
-//! scored by surprisal instead of attention, which ggml's fused attention does not return).
+//! When a block leaves the window, each of its tokens is scored by the largest surprisal within
+//! [`SALIENCE_RADIUS`] tokens of it, before or after, in the same block:
+//! `score(i) = max(surprisal(i - r ..= i + r))`. The block's tokens then compete with the
+//! tokens already kept: the F highest scores stay (ties: the later token). This is what an
+//! un-tuned model gets without training (a heavy-hitter cache, scored by surprisal instead of
+//! attention, which ggml's fused attention does not return).
 //!
-//! Why the carry: in a planted fact ("Remember this: the vault opens with 18626.") the
-//! surprising tokens are the first words, where the topic changes, not the digits (about 2
-//! nats each, below the 8-10 of Moby-Dick's rarer words); surprisal alone kept the whole value
-//! in 3 of 40 tuning cases at F = 16, the carry in 10-12 of 40 (decays 0.05 to 0.25 alike;
-//! cases from the training split of `tools/fam_data.py`, not the held-out ones the recall
-//! benchmark uses).
+//! Why a window around each token: in a planted fact ("The farm has exactly 8943 sheep.") the
+//! surprising tokens are the first words, where the topic changes, not the value (digits are
+//! about 2 nats each, below the 8-10 of Moby-Dick's rarer words). Surprisal alone rarely keeps
+//! the value. The rule before this one carried a token's score to the tokens after it, fading
+//! by 0.1 nat per token: the value, last in its sentence, then scored lowest in the span and
+//! was the part cut off first ("farm has exactly" kept, "8943 sheep" not). The window gives the
+//! whole neighbourhood of a surprise the same score, and ties keep the later tokens. Measured by
+//! `tools/keep_salience.py` on 160 cases of the training split of `tools/fam_data.py`
+//! (surprisal from the HF model; the share of cases whose whole value was kept; F = 64): the
+//! fading carry kept 43/80 at 4 windows and 32/80 at 16, surprisal alone 4/80 and 10/80, the
+//! window of radius 8 62/80 and 41/80 (radius 6: 53/80 and 33/80; 10: 66/80 and 43/80; 16:
+//! 57/80 and 37/80). At F = 16 and 4 windows: the carry 10/80, radius 8 26/80, radius 10 21/80.
 //!
 //! Everything here is pure bookkeeping with a size fixed at creation (ring length, F, the
 //! vocabulary), so the stream's memory stays constant; [`Salience::to_bytes`] /
@@ -27,8 +34,8 @@ use crate::error::{Error, Result};
 /// number is 1.4e-45 = e^-103.3).
 pub const MAX_SURPRISAL: f32 = 104.0;
 
-/// Nats per token by which a token's salience fades into the next tokens' (see the module doc).
-pub const SALIENCE_DECAY: f32 = 0.1;
+/// Tokens on each side of a token whose surprisal counts toward its score (see the module doc).
+pub const SALIENCE_RADIUS: usize = 8;
 
 /// `-ln p`, clamped to [0, MAX_SURPRISAL]; a NaN probability scores 0.
 pub fn surprisal(p: f32) -> f32 {
@@ -43,36 +50,33 @@ pub fn surprisal(p: f32) -> f32 {
 /// scored against.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Salience {
-    /// Score of the token in each ring slot (by offset from the ring's first slot).
+    /// Surprisal of the token in each ring slot (by offset from the ring's first slot).
     ring: Vec<f32>,
     /// Score of the token in each kept slot (meaningless where the slot is empty).
     kept: Vec<f32>,
     /// ln p over the vocabulary after the last token read; valid when `has_next`.
     next: Vec<f32>,
     has_next: bool,
-    /// The last token's score, and how much it fades per token.
-    carry: f32,
-    decay: f32,
+    /// Tokens on each side whose surprisal counts toward a leaving token's score.
+    radius: usize,
 }
 
 impl Salience {
-    /// Scores for a ring of `ring_len` slots and `n_keep` kept slots, fading by `decay` per
-    /// token ([`SALIENCE_DECAY`]; infinity: surprisal alone).
-    pub fn new(ring_len: usize, n_keep: usize, n_vocab: usize, decay: f32) -> Salience {
+    /// Scores for a ring of `ring_len` slots and `n_keep` kept slots, a token scored by the
+    /// surprisal within `radius` tokens of it ([`SALIENCE_RADIUS`]; 0: its own alone).
+    pub fn new(ring_len: usize, n_keep: usize, n_vocab: usize, radius: usize) -> Salience {
         Salience {
             ring: vec![0.0; ring_len],
             kept: vec![0.0; n_keep],
             next: vec![0.0; n_vocab],
             has_next: false,
-            carry: 0.0,
-            decay,
+            radius,
         }
     }
 
     /// Forget the stream (scores are overwritten before they are read again).
     pub fn clear(&mut self) {
         self.has_next = false;
-        self.carry = 0.0;
     }
 
     /// The score of token `token` if it comes next (0 at the stream's start).
@@ -101,21 +105,32 @@ impl Salience {
         Ok(())
     }
 
-    /// Score the next token of the stream, now in ring offset `offset`, from its surprisal.
+    /// The surprisal of the token now in ring offset `offset`.
     pub fn record(&mut self, offset: usize, surprisal: f32) {
-        self.carry = surprisal.max(self.carry - self.decay);
-        self.ring[offset] = self.carry;
+        self.ring[offset] = surprisal;
     }
 
-    /// The score recorded for ring offset `offset`.
-    pub fn ring_score(&self, offset: usize) -> f32 {
-        self.ring[offset]
+    /// The scores of the tokens leaving the window (`(stream index, ring offset)`): the
+    /// largest surprisal among the leaving tokens within the radius of each.
+    pub fn leaving_scores(&self, leaving: &[(i64, usize)]) -> Vec<f32> {
+        let r = self.radius as i64;
+        leaving
+            .iter()
+            .map(|&(j, _)| {
+                leaving
+                    .iter()
+                    .filter(|&&(i, _)| (i - j).abs() <= r)
+                    .map(|&(_, o)| self.ring[o])
+                    .fold(0.0, f32::max)
+            })
+            .collect()
     }
 
     /// The tokens leaving the window, `(stream index, ring offset)`, compete with the kept
-    /// ones (`kept[k]`: the stream index kept slot k holds, if any): the F highest scores stay
-    /// (ties: the later token). Returns the newly kept tokens as (kept slot, stream index,
-    /// ring offset); the slots they take were empty or held a token that lost.
+    /// ones (`kept[k]`: the stream index kept slot k holds, if any), scored by
+    /// [`Salience::leaving_scores`]: the F highest scores stay (ties: the later token). Returns
+    /// the newly kept tokens as (kept slot, stream index, ring offset); the slots they take were
+    /// empty or held a token that lost.
     pub fn select(
         &mut self,
         kept: &[Option<i64>],
@@ -128,7 +143,12 @@ impl Salience {
             .iter()
             .enumerate()
             .filter_map(|(k, j)| j.map(|j| (self.kept[k], j, Err(k))))
-            .chain(leaving.iter().map(|&(j, o)| (self.ring[o], j, Ok(o))))
+            .chain(
+                leaving
+                    .iter()
+                    .zip(self.leaving_scores(leaving))
+                    .map(|(&(j, o), score)| (score, j, Ok(o))),
+            )
             .collect();
         all.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
         all.truncate(f);
@@ -152,14 +172,16 @@ impl Salience {
         4 * (self.ring.len() + self.kept.len() + self.next.len() + 1) + 1
     }
 
-    /// Snapshot form: ring, kept and next scores, the carry (f32 LE), then `has_next` (a byte).
+    /// Snapshot form: ring, kept and next scores (f32 LE), 4 bytes that held the fading carry
+    /// of the rule before the window (written as 0, ignored when read: snapshots from before
+    /// it still load), then `has_next` (a byte).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b: Vec<u8> = self
             .ring
             .iter()
             .chain(&self.kept)
             .chain(&self.next)
-            .chain(std::iter::once(&self.carry))
+            .chain(std::iter::once(&0.0))
             .flat_map(|x| x.to_le_bytes())
             .collect();
         b.push(self.has_next as u8);
@@ -179,7 +201,6 @@ impl Salience {
             .iter_mut()
             .chain(self.kept.iter_mut())
             .chain(self.next.iter_mut())
-            .chain(std::iter::once(&mut self.carry))
         {
             *v = x.next().expect("sized above");
         }
@@ -195,7 +216,7 @@ mod tests {
     #[test]
     fn the_most_surprising_tokens_stay() {
         // F = 2, a ring of 4; block 0 (indices 0..4) leaves with scores 1, 5, 2, 7.
-        let mut s = Salience::new(4, 2, 3, f32::INFINITY);
+        let mut s = Salience::new(4, 2, 3, 0);
         for (o, x) in [1.0, 5.0, 2.0, 7.0].into_iter().enumerate() {
             s.record(o, x);
         }
@@ -228,7 +249,7 @@ mod tests {
 
     #[test]
     fn ties_keep_the_later_token_and_empty_slots_fill_first() {
-        let mut s = Salience::new(2, 3, 1, f32::INFINITY);
+        let mut s = Salience::new(2, 3, 1, 0);
         s.record(0, 1.0);
         s.record(1, 1.0);
         let new = s.select(&[None, None, None], &[(10, 0), (11, 1)]);
@@ -236,21 +257,37 @@ mod tests {
     }
 
     #[test]
-    fn salience_carries_to_the_next_tokens_and_fades() {
-        let mut s = Salience::new(5, 1, 1, 1.0);
-        for (o, x) in [0.0, 4.0, 1.0, 0.0, 3.5].into_iter().enumerate() {
+    fn a_surprise_scores_the_tokens_around_it() {
+        // radius 2; a block of 6 tokens read with surprisal 0, 0, 9, 1, 1, 2: the tokens within
+        // 2 of the 9 (indices 0-4) score 9, the last one its own 2
+        let mut s = Salience::new(6, 1, 1, 2);
+        for (o, x) in [0.0, 0.0, 9.0, 1.0, 1.0, 2.0].into_iter().enumerate() {
             s.record(o, x);
         }
-        let got: Vec<f32> = (0..5).map(|o| s.ring_score(o)).collect();
-        assert_eq!(got, vec![0.0, 4.0, 3.0, 2.0, 3.5]);
-        s.clear();
-        s.record(0, 0.0);
-        assert_eq!(s.ring_score(0), 0.0);
+        let leaving: Vec<(i64, usize)> = (0..6).map(|i| (100 + i, i as usize)).collect();
+        assert_eq!(
+            s.leaving_scores(&leaving),
+            vec![9.0, 9.0, 9.0, 9.0, 9.0, 2.0]
+        );
+        // only leaving tokens count: without index 102 (a sink, say) the 9 is not seen
+        let without: Vec<(i64, usize)> = leaving.iter().copied().filter(|e| e.0 != 102).collect();
+        assert_eq!(s.leaving_scores(&without), vec![0.0, 1.0, 2.0, 2.0, 2.0]);
+        // ties keep the later token: F = 1 keeps index 104, the last one that scores 9
+        assert_eq!(s.select(&[None], &leaving), vec![(0, 104, 4)]);
+        // radius 0: a token's own surprisal
+        let mut own = Salience::new(6, 1, 1, 0);
+        for (o, x) in [0.0, 0.0, 9.0, 1.0, 1.0, 2.0].into_iter().enumerate() {
+            own.record(o, x);
+        }
+        assert_eq!(
+            own.leaving_scores(&leaving),
+            vec![0.0, 0.0, 9.0, 1.0, 1.0, 2.0]
+        );
     }
 
     #[test]
     fn next_token_scores_are_log_softmax() {
-        let mut s = Salience::new(1, 1, 3, f32::INFINITY);
+        let mut s = Salience::new(1, 1, 3, 0);
         assert_eq!(s.score_next(0), 0.0); // stream start
         s.set_next_logits(&[0.0, 1.0, 2.0]).unwrap();
         let z: f32 = [0.0f32, 1.0, 2.0].iter().map(|x| x.exp()).sum();
@@ -263,11 +300,11 @@ mod tests {
 
     #[test]
     fn snapshot_bytes_round_trip() {
-        let mut s = Salience::new(3, 2, 4, 0.5);
+        let mut s = Salience::new(3, 2, 4, 2);
         s.record(2, 3.5);
         s.set_next_logits(&[1.0, 2.0, 3.0, 4.0]).unwrap();
         s.select(&[None, None], &[(7, 2)]);
-        let mut t = Salience::new(3, 2, 4, 0.5);
+        let mut t = Salience::new(3, 2, 4, 2);
         t.load_bytes(&s.to_bytes()).unwrap();
         assert_eq!(s, t);
         assert!(t.load_bytes(&[0; 5]).is_err());

@@ -38,7 +38,7 @@
 //!    residual -> final norm -> LM head). After each block it runs
 //!    [`forward::build_fam_graph`] (the FAM update of every layer, batched), or, with the
 //!    `reread` feedback, the seed tokens through the token graph into scratch slots; with
-//!    `keep`, [`forward::build_keep_graph`] moves the most surprising tokens of the block that
+//!    `keep`, [`forward::build_keep_graph`] moves the most salient tokens of the block that
 //!    leaves the window into the kept slots.
 //! 5. [`sample::Sampler`] picks the next token; [`tokenizer::StreamDecoder`] emits UTF-8.
 //!

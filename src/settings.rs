@@ -82,9 +82,10 @@ string_enum!(
         Sink = "sink",
         /// `bswa` plus Feedback Attention Memory: F rows per layer fed back block after block.
         Fam = "fam",
-        /// `sink` plus F kept tokens: when a block leaves the window, the F most surprising
-        /// tokens read so far (surprisal -log p when the token was read) keep their K/V,
-        /// shown just before the window. Training-free, constant size.
+        /// `sink` plus F kept tokens: when a block leaves the window, the F most salient
+        /// tokens read so far (the largest surprisal -log p within a few tokens of each, taken
+        /// when it was read; `keep`) keep their K/V, shown just before the window.
+        /// Training-free, constant size.
         Keep = "keep",
     }
 );

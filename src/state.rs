@@ -31,7 +31,7 @@ use crate::engine::{Engine, KeepEntry, Mask, TokenBatch};
 use crate::error::{Error, Result};
 use crate::fam_memory::FamMemory;
 use crate::ggml::{Backend, TensorSet};
-use crate::keep::{surprisal, Salience, SALIENCE_DECAY};
+use crate::keep::{surprisal, Salience, SALIENCE_RADIUS};
 use crate::kv::KvStore;
 use crate::model::Model;
 use crate::settings::{FamSettings, MemoryPolicy};
@@ -127,8 +127,14 @@ impl FamState {
             hp.n_head_kv * hp.head_dim,
             n_pinned,
         )?;
-        let salience = (slots.n_keep() > 0)
-            .then(|| Salience::new(slots.ring_len(), slots.n_keep(), hp.n_vocab, SALIENCE_DECAY));
+        let salience = (slots.n_keep() > 0).then(|| {
+            Salience::new(
+                slots.ring_len(),
+                slots.n_keep(),
+                hp.n_vocab,
+                SALIENCE_RADIUS,
+            )
+        });
         Ok(FamState {
             settings,
             n_ctx: if settings.policy == MemoryPolicy::Full {

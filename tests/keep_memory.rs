@@ -8,7 +8,7 @@ use common::{max_diff, mean_kl, prose_tokens, settings};
 
 use famstream::engine::Engine;
 use famstream::ggml::Backend;
-use famstream::keep::SALIENCE_DECAY;
+use famstream::keep::SALIENCE_RADIUS;
 use famstream::model::Model;
 use famstream::settings::{FamSettings, MemoryPolicy};
 use famstream::state::{FamState, Logits};
@@ -107,27 +107,31 @@ fn surprisal(logits: &[f32], token: u32) -> f64 {
 #[test]
 fn the_kept_tokens_are_the_most_surprising_ones_that_left() {
     // Scores recomputed here from the logits the stream itself returned (row i-1 predicts
-    // token i), in f64, with the carry of the keep module's doc: the kept set must be the top
+    // token i), in f64, with the window of the keep module's doc: the kept set must be the top
     // F of the tokens that left the window.
     let m = Arc::new(Model::load(common::model_path(), &Backend::cpu(2).unwrap()).unwrap());
     let nv = m.hp.n_vocab;
     let tokens = prose_tokens(300);
     let (b, f, s) = (32u32, 12u32, 4u32);
+    let r = SALIENCE_RADIUS as i64;
     for chunk in [0, 7] {
         let (logits, st) = run_all(&m, keep(b, 1, f, s), &tokens, chunk);
         // tokens 0..(blocks completed - M) * B have left (or are about to leave) the window
         let left = (tokens.len() as i64 / b as i64 - 1) * b as i64;
-        // score(i) = max(surprisal(i), score(i - 1) - decay), from score(0) = 0
-        let mut carry = 0.0f64;
-        let mut scored: Vec<(f64, i64)> = (1..left)
+        let sur = |i: i64| {
+            let row = &logits[(i as usize - 1) * nv..i as usize * nv];
+            surprisal(row, tokens[i as usize])
+        };
+        // score(i) = the largest surprisal within r tokens of i, in i's block, sinks excluded
+        let mut scored: Vec<(f64, i64)> = (s as i64..left)
             .map(|i| {
-                let row = &logits[(i as usize - 1) * nv..i as usize * nv];
-                carry = surprisal(row, tokens[i as usize]).max(carry - SALIENCE_DECAY as f64);
-                (carry, i)
+                let blk = i / b as i64 * b as i64;
+                let lo = (i - r).max(blk).max(s as i64);
+                let hi = (i + r).min(blk + b as i64 - 1);
+                ((lo..=hi).map(sur).fold(0.0, f64::max), i)
             })
-            .filter(|&(_, i)| i >= s as i64) // sinks stay anyway
             .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1))); // ties: the later
         let mut want: Vec<i64> = scored[..f as usize].iter().map(|x| x.1).collect();
         want.sort_unstable();
         let margin = scored[f as usize - 1].0 - scored[f as usize].0;

@@ -18,6 +18,7 @@ exactly the one intended).
 import argparse
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ from tools.common import FAMSTREAM, ROOT, default_model, splice  # noqa: E402
 OUT = ROOT / "results/recall"
 
 
-def policies(block, adapter, adapter_name="fam-trained", adapter_args=()):
+def policies(block, adapter, adapter_name="fam-trained", adapter_args=(), wanted=()):
     w = ["--block", str(block), "--mem-blocks", "0"]
     p = {
         "full": ["--memory", "full"],
@@ -37,6 +38,11 @@ def policies(block, adapter, adapter_name="fam-trained", adapter_args=()):
         # training-free salience memory: the 16 most surprising evicted tokens (plus 4 sinks)
         "keep": ["--memory", "keep", *w, "--fam-len", "16", "--sinks", "4"],
     }
+    # `keep` with more kept tokens: keep-f64, keep-f256, ... (F tokens, 4 sinks)
+    for name in wanted:
+        m = re.fullmatch(r"keep-f(\d+)", name)
+        if m:
+            p[name] = ["--memory", "keep", *w, "--fam-len", m.group(1), "--sinks", "4"]
     if adapter:
         p[adapter_name] = ["--adapter", str(adapter), "--memory", "fam", *w, *adapter_args]
         p[f"{adapter_name}-no-fam"] = ["--adapter", str(adapter), "--memory", "bswa", *w]
@@ -88,7 +94,8 @@ def main():
     ap.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8, 16, 64])
     ap.add_argument("--block", type=int, default=128)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--policies", nargs="+")
+    ap.add_argument("--policies", nargs="+",
+                    help="rows to run (default: all but keep-fN, which names keep with F = N tokens)")
     ap.add_argument("--adapter")
     ap.add_argument("--adapter-name", default="fam-trained",
                     help="the policy name of the adapter's rows (another adapter: another name)")
@@ -108,7 +115,7 @@ def main():
     cases = make_cases(a.tokenizer, a.block, a.k, a.trials, a.seed)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    pols = policies(a.block, a.adapter, a.adapter_name, a.adapter_args.split())
+    pols = policies(a.block, a.adapter, a.adapter_name, a.adapter_args.split(), a.policies or ())
     results = {}
     for name in a.policies or list(pols):
         out = OUT / f"{name}-b{a.block}-n{a.trials}-k{'_'.join(map(str, a.k))}.json"
