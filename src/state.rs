@@ -21,10 +21,12 @@
 //! before the window (StreamingLLM: positions within the cache, not in the text).
 //!
 //! ## Kept tokens (`keep`)
-//! Like sinks, plus F slots for the most surprising tokens that left the window ([`Salience`]):
+//! Like sinks, plus F slots for the most salient tokens that left the window ([`Salience`]):
 //! when a block is about to leave, [`crate::forward::build_keep_graph`] rotates the winners'
-//! keys back to position 0 into the sink store and copies their values; every batch then shows
-//! them, in stream order, at the F positions just before the window (sinks before them).
+//! keys back to position 0 into the sink store and copies their values; they are then shown,
+//! in stream order, at the F positions just before the window (sinks before them). The token
+//! graph rotates the pinned keys to those positions in the cache when they move or change
+//! (once per block; `pinned_rotated`), not at every decoded token.
 
 use crate::dtype::GgmlType;
 use crate::engine::{Engine, KeepEntry, Mask, TokenBatch};
@@ -88,6 +90,10 @@ pub struct FamState {
     pub(crate) initialised: bool,
     /// The engine whose compute buffer was reserved for this stream's graphs (see `reserve`).
     pub(crate) reserved_for: Option<u64>,
+    /// The (position, KV slot) of each pinned row (sinks, kept tokens) whose key the cache holds
+    /// rotated: a batch re-rotates them only when they move (a new block, a RoPE rebase) or the
+    /// kept tokens change, not at every decoded token. None: rotate at the next batch.
+    pub(crate) pinned_rotated: Option<Vec<(i32, i64)>>,
 }
 
 impl FamState {
@@ -154,6 +160,7 @@ impl FamState {
             origin: 0,
             initialised: false,
             reserved_for: None,
+            pinned_rotated: None,
         })
     }
 
@@ -230,6 +237,7 @@ impl FamState {
             f.reset();
         }
         self.initialised = false;
+        self.pinned_rotated = None;
         if let Some(s) = &mut self.salience {
             s.clear();
         }
@@ -322,6 +330,7 @@ impl FamState {
                 .map_err(|_| Error::Internal("RoPE rebase too large".into()))?;
             eng.run_kshift(&self.kv, self.slots.n_pinned(), self.kv.n_slots(), d)?;
             self.origin = w;
+            self.pinned_rotated = None;
         }
         Ok(())
     }
@@ -401,6 +410,7 @@ impl FamState {
         for &(k, i, _) in &new {
             self.slots.keep_at(k, Some(i));
         }
+        self.pinned_rotated = None; // new kept keys: rotate them at the next batch
         Ok(())
     }
 
@@ -493,10 +503,14 @@ impl FamState {
                 .map(|i| ((i - i0) as i32, i, i))
                 .collect();
             let m = self.settings.mem_blocks as i64;
-            let sink_rotate: Vec<(i32, i64)> = if self.slots.n_pinned() > 0 && t - m > 0 {
-                self.pinned_positions(t)?
+            let pinned: Option<Vec<(i32, i64)>> = if self.slots.n_pinned() > 0 && t - m > 0 {
+                Some(self.pinned_positions(t)?)
             } else {
-                Vec::new()
+                None
+            };
+            let sink_rotate = match &pinned {
+                Some(p) if self.pinned_rotated.as_ref() != Some(p) => p.clone(),
+                _ => Vec::new(),
             };
             let sink_store = self.sink_tensors();
             let (layout, n_past, fam_valid) = (&self.slots, self.n_past, self.fam_valid());
@@ -523,6 +537,7 @@ impl FamState {
                     surprisal: &next_of_row,
                 },
             )?;
+            self.pinned_rotated = pinned;
             if let Some(sal) = self.salience.as_mut() {
                 let base = self.slots.ring_base();
                 for (row, &slot) in slots.iter().enumerate() {

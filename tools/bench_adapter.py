@@ -8,8 +8,10 @@ Runs `famstream bench --json` for each configuration, ROUNDS times in alternatin
 order rotates each round, so a slow spell of the machine does not land on one configuration),
 and reports the median over rounds of each run's best-of-R tokens/s. Run it on a quiet machine.
 
-usage: tools/bench_adapter.py [--rounds 3] [--threads 2] [--splice]
-writes results/speed/adapter.json and, with --splice, the table into results/README.md."""
+usage: tools/bench_adapter.py [--rounds 3] [--threads 2] [--set adapter|keep] [--splice]
+writes results/speed/<set>.json and, with --splice, the table into results/README.md (the
+`adapter-speed` or `keep-speed` block). `--set keep`: `sink` and `keep` with F = 16, 64 and 256
+kept tokens at the same window, no adapter."""
 import argparse
 import json
 import statistics
@@ -31,22 +33,29 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-p", type=int, default=256, help="prompt tokens")
     ap.add_argument("-n", type=int, default=128, help="generated tokens (crosses FAM updates at B=64)")
+    ap.add_argument("--set", choices=["adapter", "keep"], default="adapter")
     ap.add_argument("--splice", action="store_true")
     a = ap.parse_args()
     model = default_model()
     w = ["--block", "64", "--mem-blocks", "0"]
     with tempfile.TemporaryDirectory() as tmp:
-        merged = Path(tmp) / "merged.gguf"
-        subprocess.run([str(BIN), "convert", model, "--adapter", str(ADAPTER), "-o", str(merged)], check=True,
-                       capture_output=True)
-        configs = {
-            "sink (S=4)": ["-m", model, "--memory", "sink", *w, "--sinks", "4"],
-            "fam, un-tuned (F=16, seed init)": ["-m", model, "--memory", "fam", *w, "--fam-len", "16"],
-            "keep, training-free (F=16, S=4)": ["-m", model, "--memory", "keep", *w, "--fam-len", "16",
-                                                "--sinks", "4"],
-            "fam, trained: adapter in the graph": ["-m", model, "--adapter", str(ADAPTER)],
-            "fam, trained: adapter merged": ["-m", str(merged)],
-        }
+        if a.set == "keep":
+            configs = {"sink (S=4)": ["-m", model, "--memory", "sink", *w, "--sinks", "4"]}
+            for f in (16, 64, 256):
+                configs[f"keep (F={f}, S=4)"] = ["-m", model, "--memory", "keep", *w, "--fam-len", str(f),
+                                                 "--sinks", "4"]
+        else:
+            merged = Path(tmp) / "merged.gguf"
+            subprocess.run([str(BIN), "convert", model, "--adapter", str(ADAPTER), "-o", str(merged)], check=True,
+                           capture_output=True)
+            configs = {
+                "sink (S=4)": ["-m", model, "--memory", "sink", *w, "--sinks", "4"],
+                "fam, un-tuned (F=16, seed init)": ["-m", model, "--memory", "fam", *w, "--fam-len", "16"],
+                "keep, training-free (F=16, S=4)": ["-m", model, "--memory", "keep", *w, "--fam-len", "16",
+                                                    "--sinks", "4"],
+                "fam, trained: adapter in the graph": ["-m", model, "--adapter", str(ADAPTER)],
+                "fam, trained: adapter merged": ["-m", str(merged)],
+            }
         runs = {k: [] for k in configs}
         names = list(configs)
         for r in range(a.rounds):
@@ -63,7 +72,7 @@ def main():
         pp = statistics.median(x["pp_tokens_per_s"] for x in runs[name])
         rows.append(dict(config=name, pp=pp, tg=tg, tg_vs_sink=tg / base_tg, state_bytes=runs[name][0]["state_bytes"],
                          peak_rss_bytes=max(x["peak_rss_bytes"] for x in runs[name])))
-    out = ROOT / "results/speed/adapter.json"
+    out = ROOT / f"results/speed/{a.set}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(rounds=a.rounds, threads=a.threads, n_prompt=a.p, n_gen=a.n, rows=rows,
                                    runs=runs), indent=1) + "\n")
@@ -71,11 +80,11 @@ def main():
     for x in rows:
         lines.append(f"| {x['config']} | {x['pp']:.1f} | {x['tg']:.1f} | {x['tg_vs_sink']:.3f} | {x['state_bytes']:,} | "
                      f"{x['peak_rss_bytes'] / 2**20:.0f} |")
-    table = "\n".join(lines) + (f"\n\n(`tools/bench_adapter.py --rounds {a.rounds} --threads {a.threads}`: "
+    table = "\n".join(lines) + (f"\n\n(`tools/bench_adapter.py --set {a.set} --rounds {a.rounds} --threads {a.threads}`: "
                                 f"pp{a.p}/tg{a.n}, median over rounds of the best of 3, order rotating)")
     print(table)
     if a.splice:
-        splice(ROOT / "results/README.md", "adapter-speed", table)
+        splice(ROOT / "results/README.md", f"{a.set}-speed", table)
 
 
 if __name__ == "__main__":

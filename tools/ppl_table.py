@@ -12,6 +12,7 @@ The runs (session 13; Moby-Dick is held out from the trainer's data):
          --adapter results/adapters/smollm2-135m-fam-b64.gguf --memory fam |
          --adapter results/adapters/smollm2-135m-fam-b64-kl.gguf --memory fam (session 19) |
          the same with --fam-decay 0.1 (session 20, fam-kl-d01)}
+keep-win: `--memory keep --fam-len 16 --sinks 4` after keep's window rule (session 21), first 32k.
 """
 import json
 import math
@@ -21,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the `tools` package
 from tools.common import ROOT, splice  # noqa: E402
 
-RUNS = [("sink (S = 4)", "sink"), ("keep (F = 16, S = 4)", "keep"), ("fam-trained (step 660)", "fam-trained"),
+RUNS = [("sink (S = 4)", "sink"), ("keep (F = 16, S = 4), fading carry (session 13)", "keep"),
+        ("keep (F = 16, S = 4), window rule (session 21)", "keep-win"), ("fam-trained (step 660)", "fam-trained"),
         ("fam-kl (session 19, step 605)", "fam-kl"),
         ("fam-kl + `--fam-decay 0.1` (session 20, no retraining)", "fam-kl-d01")]
 TOTAL = 106496
@@ -36,7 +38,7 @@ def main():
         # the whole run's perplexity from the segments' (token-weighted mean NLL)
         nll = sum(s["tokens"] * math.log(s["perplexity"]) for s in segs) / max(n, 1)
         cells = [f"{s['perplexity']:,.1f}" for s in segs]
-        whole = f"**{math.exp(nll):,.1f}** over {n:,} tokens" + ("" if n >= TOTAL - 1 else " (stopped)")
+        whole = f"**{math.exp(nll):,.1f}** over {n:,} tokens" + ("" if n >= TOTAL - 1 else " (not run further)")
         rows.append((label, cells, whole))
     width = max(len(c) for _, c, _ in rows)
     head = "| policy | " + " | ".join(f"{8 * i}k-{8 * (i + 1)}k" for i in range(width)) + " | whole run |"

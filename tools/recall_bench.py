@@ -120,6 +120,8 @@ def main():
     for name in a.policies or list(pols):
         out = OUT / f"{name}-b{a.block}-n{a.trials}-k{'_'.join(map(str, a.k))}.json"
         if not out.exists():
+            if name not in pols:
+                raise SystemExit(f"{name}: no such policy, and no results in {out.name}")
             cmd = [a.bin, "recall", "-m", model, "-t", str(a.threads),
                    "--cases", str(cases), "--json", *pols[name]]
             print("running", " ".join(cmd), file=sys.stderr, flush=True)
