@@ -12,7 +12,8 @@ The runs (session 13; Moby-Dick is held out from the trainer's data):
          --adapter results/adapters/smollm2-135m-fam-b64.gguf --memory fam |
          --adapter results/adapters/smollm2-135m-fam-b64-kl.gguf --memory fam (session 19) |
          the same with --fam-decay 0.1 (session 20, fam-kl-d01)}
-keep-win: `--memory keep --fam-len 16 --sinks 4` after keep's window rule (session 21), first 32k.
+keep-win, keep-f64-win, keep-f256-win: `--memory keep --fam-len 16|64|256 --sinks 4` after keep's window
+rule (session 21), first 32k.
 """
 import json
 import math
@@ -23,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the `tools` p
 from tools.common import ROOT, splice  # noqa: E402
 
 RUNS = [("sink (S = 4)", "sink"), ("keep (F = 16, S = 4), fading carry (session 13)", "keep"),
-        ("keep (F = 16, S = 4), window rule (session 21)", "keep-win"), ("fam-trained (step 660)", "fam-trained"),
+        ("keep (F = 16, S = 4), window rule (session 21)", "keep-win"),
+        ("keep (F = 64, S = 4), window rule", "keep-f64-win"), ("keep (F = 256, S = 4), window rule", "keep-f256-win"),
+        ("fam-trained (step 660)", "fam-trained"),
         ("fam-kl (session 19, step 605)", "fam-kl"),
         ("fam-kl + `--fam-decay 0.1` (session 20, no retraining)", "fam-kl-d01")]
 TOTAL = 106496
