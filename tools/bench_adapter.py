@@ -38,21 +38,22 @@ def main():
     a = ap.parse_args()
     model = default_model()
     w = ["--block", "64", "--mem-blocks", "0"]
+    sink = ["-m", model, "--memory", "sink", *w, "--sinks", "4"]
+
+    def keep(f):
+        return ["-m", model, "--memory", "keep", *w, "--fam-len", str(f), "--sinks", "4"]
+
     with tempfile.TemporaryDirectory() as tmp:
         if a.set == "keep":
-            configs = {"sink (S=4)": ["-m", model, "--memory", "sink", *w, "--sinks", "4"]}
-            for f in (16, 64, 256):
-                configs[f"keep (F={f}, S=4)"] = ["-m", model, "--memory", "keep", *w, "--fam-len", str(f),
-                                                 "--sinks", "4"]
+            configs = {"sink (S=4)": sink, **{f"keep (F={f}, S=4)": keep(f) for f in (16, 64, 256)}}
         else:
             merged = Path(tmp) / "merged.gguf"
             subprocess.run([str(BIN), "convert", model, "--adapter", str(ADAPTER), "-o", str(merged)], check=True,
                            capture_output=True)
             configs = {
-                "sink (S=4)": ["-m", model, "--memory", "sink", *w, "--sinks", "4"],
+                "sink (S=4)": sink,
                 "fam, un-tuned (F=16, seed init)": ["-m", model, "--memory", "fam", *w, "--fam-len", "16"],
-                "keep, training-free (F=16, S=4)": ["-m", model, "--memory", "keep", *w, "--fam-len", "16",
-                                                    "--sinks", "4"],
+                "keep, training-free (F=16, S=4)": keep(16),
                 "fam, trained: adapter in the graph": ["-m", model, "--adapter", str(ADAPTER)],
                 "fam, trained: adapter merged": ["-m", str(merged)],
             }

@@ -30,19 +30,23 @@ OUT = ROOT / "results/recall"
 
 def policies(block, adapter, adapter_name="fam-trained", adapter_args=(), wanted=()):
     w = ["--block", str(block), "--mem-blocks", "0"]
+
+    def keep(f):
+        # training-free salience memory: the F most salient evicted tokens (plus 4 sinks)
+        return ["--memory", "keep", *w, "--fam-len", str(f), "--sinks", "4"]
+
     p = {
         "full": ["--memory", "full"],
         "bswa": ["--memory", "bswa", *w],
         "sink": ["--memory", "sink", *w, "--sinks", "4"],
         "fam-untuned": ["--memory", "fam", *w, "--fam-len", "16"],
-        # training-free salience memory: the 16 most surprising evicted tokens (plus 4 sinks)
-        "keep": ["--memory", "keep", *w, "--fam-len", "16", "--sinks", "4"],
+        "keep": keep(16),
     }
-    # `keep` with more kept tokens: keep-f64, keep-f256, ... (F tokens, 4 sinks)
+    # `keep` with more kept tokens: keep-f64, keep-f256, ...
     for name in wanted:
         m = re.fullmatch(r"keep-f(\d+)", name)
         if m:
-            p[name] = ["--memory", "keep", *w, "--fam-len", m.group(1), "--sinks", "4"]
+            p[name] = keep(int(m.group(1)))
     if adapter:
         p[adapter_name] = ["--adapter", str(adapter), "--memory", "fam", *w, *adapter_args]
         p[f"{adapter_name}-no-fam"] = ["--adapter", str(adapter), "--memory", "bswa", *w]
