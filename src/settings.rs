@@ -84,7 +84,7 @@ string_enum!(
         Fam = "fam",
         /// `sink` plus F kept tokens: when a block leaves the window, the F most salient
         /// tokens read so far (the largest surprisal -log p within a few tokens of each, taken
-        /// when it was read; `keep`) keep their K/V, shown just before the window.
+        /// when it was read; `keep`) keep their K/V, shown just before the current block.
         /// Training-free, constant size.
         Keep = "keep",
     }

@@ -122,7 +122,8 @@ impl SlotLayout {
         self.n_keep
     }
     /// Sinks and kept slots: rows whose keys are stored un-rotated and shown at virtual
-    /// positions just before the window.
+    /// positions (sinks just before the window; with `keep`, kept tokens and sinks just before
+    /// the current block).
     pub fn n_pinned(&self) -> usize {
         self.n_sink + self.n_keep
     }

@@ -24,9 +24,12 @@
 //! Like sinks, plus F slots for the most salient tokens that left the window ([`Salience`]):
 //! when a block is about to leave, [`crate::forward::build_keep_graph`] rotates the winners'
 //! keys back to position 0 into the sink store and copies their values; they are then shown,
-//! in stream order, at the F positions just before the window (sinks before them). The token
-//! graph rotates the pinned keys to those positions in the cache when they move or change
-//! (once per block; `pinned_rotated`), not at every decoded token.
+//! in stream order, at the F positions just before the current block (sinks before them), so
+//! with M memory blocks they share positions with the window's older rows: a kept fact looks
+//! as near as the last finished block, not M blocks further away (at the default window that
+//! took recall of kept facts from 1 of 8 to 6 of 8; results/README.md). The token graph
+//! rotates the pinned keys to those positions in the cache when they move or change (once per
+//! block; `pinned_rotated`), not at every decoded token.
 
 use crate::dtype::GgmlType;
 use crate::engine::{Engine, KeepEntry, Mask, TokenBatch};
@@ -335,18 +338,24 @@ impl FamState {
         Ok(())
     }
 
-    /// Virtual positions of the pinned rows in block t: the kept tokens, in stream order, take
-    /// the positions just before the window, the sinks the S before them (so a stream whose
-    /// every evicted token is kept sees them all at their own positions: full attention).
-    /// Returns (position, KV slot) for each of the S + F pinned rows (empty kept slots are
-    /// masked; their position does not matter).
+    /// Virtual positions of the pinned rows in block t. `sink`: the S sinks just before the
+    /// window. `keep`: the kept tokens, in stream order, take the positions just before the
+    /// current block, the sinks the S before them (with M = 0 that is just before the window,
+    /// so a stream whose every evicted token is kept sees them all at their own positions:
+    /// full attention). Returns (position, KV slot) for each of the S + F pinned rows (empty
+    /// kept slots are masked; their position does not matter).
     fn pinned_positions(&self, t: i64) -> Result<Vec<(i32, i64)>> {
         let (n_sink, n_keep) = (self.slots.n_sink(), self.slots.n_keep());
         let mut kept: Vec<(i64, usize)> = (0..n_keep)
             .filter_map(|k| self.slots.kept(k).map(|j| (j, k)))
             .collect();
         kept.sort_unstable();
-        let first = self.slots.window_start(t) - kept.len() as i64;
+        let shown_before = if n_keep > 0 {
+            t * self.settings.block_size as i64
+        } else {
+            self.slots.window_start(t)
+        };
+        let first = shown_before - kept.len() as i64;
         let at = |p: i64| self.rope_pos(p);
         let mut out = vec![(at(first)?, 0i64); n_sink + n_keep];
         for k in 0..n_sink {

@@ -4,7 +4,7 @@
 Makes held-out cases with tools/fam_data.py (Moby-Dick filler, held-out fact templates and
 values; a fact in block 0, the question k blocks later, so with M = 0 memory blocks only a memory
 can carry it), then runs `famstream recall` on them for each policy, all at the same window
-(B tokens, M = 0) on the default model, and writes results/recall/<policy>.json and a Markdown
+(B tokens, M = 0 unless --mem-blocks) on the default model, and writes results/recall/<policy>.json and a Markdown
 table (hits/trials, recall, 95% Wilson interval) to results/recall/README.md.
 
     python3 tools/recall_bench.py [--trials 100] [--k 1 2 4 8 16 64] [--policies ...]
@@ -28,8 +28,8 @@ from tools.common import FAMSTREAM, ROOT, default_model, splice  # noqa: E402
 OUT = ROOT / "results/recall"
 
 
-def policies(block, adapter, adapter_name="fam-trained", adapter_args=(), wanted=()):
-    w = ["--block", str(block), "--mem-blocks", "0"]
+def policies(block, adapter, adapter_name="fam-trained", adapter_args=(), wanted=(), mem_blocks=0):
+    w = ["--block", str(block), "--mem-blocks", str(mem_blocks)]
 
     def keep(f):
         # training-free salience memory: the F most salient evicted tokens (plus 4 sinks)
@@ -53,10 +53,17 @@ def policies(block, adapter, adapter_name="fam-trained", adapter_args=(), wanted
     return p
 
 
-def make_cases(tokenizer, block, ks, trials, seed):
+def layout(block, mem_blocks):
+    """The window's part of a file name: b<B>, and -m<M> when the window keeps M memory blocks."""
+    return f"b{block}" + (f"-m{mem_blocks}" if mem_blocks else "")
+
+
+def make_cases(tokenizer, block, ks, trials, seed, mem_blocks=0):
+    """Cases with the fact in block 0 and the question k windows (k * (M + 1) blocks) later, so
+    the fact has left the window (the question's block and M memory blocks) by k blocks' worth."""
     from tokenizers import Tokenizer
     from tools.fam_data import RecallData
-    path = OUT / f"cases-b{block}-s{seed}-n{trials}-k{'_'.join(map(str, ks))}.jsonl"
+    path = OUT / f"cases-{layout(block, mem_blocks)}-s{seed}-n{trials}-k{'_'.join(map(str, ks))}.jsonl"
     if path.exists():
         return path
     data = RecallData(Tokenizer.from_file(str(tokenizer)), block, "eval")
@@ -64,7 +71,7 @@ def make_cases(tokenizer, block, ks, trials, seed):
     for k in ks:
         rng = random.Random(seed * 1000 + k)
         for _ in range(trials):
-            ids, ans, meta = data.batch(rng, 1, k)
+            ids, ans, meta = data.batch(rng, 1, k * (mem_blocks + 1))
             a0 = ans[0][0] + 1  # the first answer token's index
             lines.append(json.dumps(dict(k=k, kind=meta[0]["kind"], value=meta[0]["value"],
                                          prompt=ids[0][:a0], answer=ids[0][a0:])))
@@ -97,6 +104,8 @@ def main():
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8, 16, 64])
     ap.add_argument("--block", type=int, default=128)
+    ap.add_argument("--mem-blocks", type=int, default=0,
+                    help="memory blocks M in the window (a window is M + 1 blocks; k counts windows)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--policies", nargs="+",
                     help="rows to run (default: all but keep-fN, which names keep with F = N tokens)")
@@ -116,13 +125,14 @@ def main():
     ap.add_argument("--tokenizer", default=str(Path.home() / ".cache/famstream/hf/smollm2-135m-f32/tokenizer.json"))
     a = ap.parse_args()
     model = a.model or default_model()
-    cases = make_cases(a.tokenizer, a.block, a.k, a.trials, a.seed)
+    cases = make_cases(a.tokenizer, a.block, a.k, a.trials, a.seed, a.mem_blocks)
+    lay = layout(a.block, a.mem_blocks)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    pols = policies(a.block, a.adapter, a.adapter_name, a.adapter_args.split(), a.policies or ())
+    pols = policies(a.block, a.adapter, a.adapter_name, a.adapter_args.split(), a.policies or (), a.mem_blocks)
     results = {}
     for name in a.policies or list(pols):
-        out = OUT / f"{name}-b{a.block}-n{a.trials}-k{'_'.join(map(str, a.k))}.json"
+        out = OUT / f"{name}-{lay}-n{a.trials}-k{'_'.join(map(str, a.k))}.json"
         if not out.exists():
             if name not in pols:
                 raise SystemExit(f"{name}: no such policy, and no results in {out.name}")
@@ -142,7 +152,7 @@ def main():
     runs = {}
     for name in a.policies or list(pols):
         merged = {}
-        for f in sorted(OUT.glob(f"{name}-b{a.block}-n{a.trials}-k*.json")):
+        for f in sorted(OUT.glob(f"{name}-{lay}-n{a.trials}-k*.json")):
             r = json.loads(f.read_text())
             runs.setdefault(name, []).append(f"{r.get('commit', '?')}")
             for s in r["summary"]:
@@ -155,8 +165,9 @@ def main():
         pol = f" --policies {' '.join(a.policies)}" if a.policies else ""
         adapter = f" --adapter {a.adapter}" if a.adapter else ""
         adapter += f" --adapter-args '{a.adapter_args}'" if a.adapter_args else ""
+        mem = f" --mem-blocks {a.mem_blocks}" if a.mem_blocks else ""
         commits = sorted({c for v in runs.values() for c in v})
-        splice(ROOT / "results/README.md", a.splice_name, t + f"\n\n(`tools/recall_bench.py --block {a.block} --trials "
+        splice(ROOT / "results/README.md", a.splice_name, t + f"\n\n(`tools/recall_bench.py --block {a.block}{mem} --trials "
                f"{a.trials} --k ...{adapter}{pol}`, one run per list of distances, merged; commits "
                f"{', '.join(commits)})")
 
