@@ -4,8 +4,9 @@
 Makes held-out cases with tools/fam_data.py (Moby-Dick filler, held-out fact templates and
 values; a fact in block 0, the question k blocks later, so with M = 0 memory blocks only a memory
 can carry it), then runs `famstream recall` on them for each policy, all at the same window
-(B tokens, M = 0 unless --mem-blocks) on the default model, and writes results/recall/<policy>.json and a Markdown
-table (hits/trials, recall, 95% Wilson interval) to results/recall/README.md.
+(B tokens, M = 0 unless --mem-blocks) on the default model, writes
+results/recall/<policy>-<window>-n<trials>-k<distances>.json, and prints a Markdown table
+(hits/trials, recall, 95% Wilson interval; --splice puts it into results/README.md).
 
     python3 tools/recall_bench.py [--trials 100] [--k 1 2 4 8 16 64] [--policies ...]
         [--adapter results/adapters/...gguf] [--threads 2]
