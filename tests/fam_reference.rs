@@ -1,7 +1,11 @@
 //! Every memory policy against the numpy reference (tools/fam_reference.py): a different
 //! computation (whole-sequence masks and the paper's combined FAM layout, in float64) on the tiny
 //! llama and qwen2 checkpoints. The runtime's training-free variants (reread feedback, renorm)
-//! and fam with sinks (the default fam setup has S = 4; the cases use S = 2) are cases too.
+//! and fam with sinks (the default fam setup has S = 4; the cases use S = 2) are cases too, and
+//! so is `keep` with room for every token that leaves the window (M = 1): the reference shows
+//! them at M*B + j, just before the current block, which is where the runtime's rule puts them;
+//! at their own positions (the placement before session 22) this case is full attention, from
+//! which the golden differs by 6.5 to 6.9.
 
 use famstream::engine::Engine;
 use famstream::ggml::Backend;
@@ -25,7 +29,7 @@ fn every_policy_matches_the_numpy_reference() {
         serde_json::from_str(&std::fs::read_to_string(format!("{}/cases.json", dir())).unwrap())
             .unwrap();
     let cases = cases.as_array().unwrap();
-    assert_eq!(cases.len(), 28);
+    assert_eq!(cases.len(), 30);
     let mut models = std::collections::HashMap::new();
     for c in cases {
         let arch = c["arch"].as_str().unwrap();

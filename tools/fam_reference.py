@@ -10,6 +10,12 @@ t = i // B:
   sink(B, M, S)     bswa + tokens j < S (j <= i). A sink inside i's window is seen once, at j; a
                     sink outside it has its K re-rotated to the virtual position w - S + j, with
                     w = max(0, t-M) * B (the sinks sit just before the window). V is unchanged.
+  keep(B, M, F, S)  with F >= every token that leaves the window (the only case here: which tokens a
+                    smaller F keeps is salience, tests/keep_memory.rs): bswa + every token j that
+                    has left i's window (j < w), its K re-rotated to M*B + j: sinks then kept
+                    tokens, in stream order, end just before the current block (t*B - w + j). With
+                    M = 0 that is j itself (full attention); with M > 0 they share positions with
+                    the memory blocks.
   fam(B, M, F, init, query_pos, zero_first_residual)
                     per layer l: F residual-stream rows Fm_l at positions P_l; KF/VF from
                     attn_norm(Fm_l), K rotated at P_l. Combined layout, block by block: layer l's
@@ -133,13 +139,18 @@ def window_mask(n, B, M):
     return (j <= i) & (j // B >= i // B - M)
 
 
-def forward_windowed(m, ids, B=None, M=None, S=0):
-    """full (B is None), bswa (S = 0) and sink, as one masked pass per layer."""
+def forward_windowed(m, ids, B=None, M=None, S=0, keep_all=False):
+    """full (B is None), bswa (S = 0), sink and keep (keep_all), as one masked pass per layer."""
     n = len(ids)
     if B is None:
         return m.logits(run_masked(m, ids, np.arange(n), np.tril(np.ones((n, n), bool)))[-1])
     win = window_mask(n, B, M)
     n_blocks = -(-n // B)
+    if keep_all:  # extra columns: for every block t, the tokens j < w_t at M*B + j
+        src = np.concatenate([np.arange(max(0, t - M) * B) for t in range(n_blocks)]).astype(np.int64)
+        blk = np.concatenate([np.full(max(0, t - M) * B, t) for t in range(n_blocks)])
+        visible = np.concatenate([win, (np.arange(n)[:, None] // B) == blk[None, :]], 1)
+        return m.logits(run_masked(m, ids, np.arange(n), visible, src, M * B + src)[-1])
     # extra columns: for every block t, the S sink keys at virtual positions w_t - S + j
     src = np.tile(np.arange(S), n_blocks)
     w = np.repeat(np.maximum(0, np.arange(n_blocks) - M) * B, S)
@@ -249,6 +260,10 @@ def forward_policy(weights, ids, policy, block_size=None, mem_blocks=None, fam_l
         return forward_windowed(m, ids)
     if policy in ("bswa", "sink"):
         return forward_windowed(m, ids, block_size, mem_blocks, sinks if policy == "sink" else 0)
+    if policy == "keep":
+        assert fam_len >= (-(-len(ids) // block_size) - 1 - mem_blocks) * block_size - sinks, \
+            "the reference covers keep only with F >= every token that leaves the window"
+        return forward_windowed(m, ids, block_size, mem_blocks, sinks, keep_all=True)
     assert policy == "fam", policy
     return forward_fam(m, ids, block_size, mem_blocks, fam_len, init, seed_ids,
                        query_pos or "block-end", True if zero_first_residual is None else zero_first_residual,
@@ -280,6 +295,8 @@ def naive_forward(m, ids, policy, block_size=None, mem_blocks=None, fam_len=0, s
             for j in range(i + 1):
                 if policy == "full" or j // B >= t - M:
                     ks.append(rot(kraw[l][j], pos0 + j)); vs.append(vals[l][j])
+                elif policy == "keep":  # F >= every token that left: all of them, at M*B + j
+                    ks.append(rot(kraw[l][j], M * B + j)); vs.append(vals[l][j])
                 elif policy in ("sink", "fam") and j < S:
                     ks.append(rot(kraw[l][j], max(0, t - M) * B - S + j)); vs.append(vals[l][j])
             if policy == "fam" and fam is not None:
@@ -337,8 +354,11 @@ def plain_forward(m, ids):
     return m.logits(x)
 
 
+B_CASES = 8  # the goldens' block size
+
+
 def cases_for(arch, ids):
-    B, M, F, S, seed = 8, 1, 4, 2, [1, 17, 42, 99]
+    B, M, F, S, seed = B_CASES, 1, 4, 2, [1, 17, 42, 99]
     none = dict(block_size=None, mem_blocks=None, fam_len=0, sinks=0, init=None, seed_ids=None,
                 query_pos=None, zero_first_residual=None, feedback=None, renorm=None)
     fam = lambda init, qp, zero, f=F: dict(none, block_size=B, mem_blocks=M, fam_len=f, init=init,
@@ -356,7 +376,9 @@ def cases_for(arch, ids):
             ("fam_seed_sinks", "fam", dict(fam("seed", "block-end", False), sinks=S)),
             ("fam_seed_renorm", "fam", dict(fam("seed", "block-end", False), renorm=True)),
             ("fam_reread", "fam", dict(fam("seed", "block-end", False), feedback="reread")),
-            ("fam_reread_sinks", "fam", dict(fam("seed", "block-end", False), feedback="reread", sinks=S))]
+            ("fam_reread_sinks", "fam", dict(fam("seed", "block-end", False), feedback="reread", sinks=S)),
+            # the training-free salience memory with room for every token that leaves the window
+            ("keep_all", "keep", dict(none, block_size=B, mem_blocks=M, fam_len=32, sinks=S))]
     return [dict(arch=arch, file=f"{arch}_{name}.npy", policy=pol, **p, ids=ids) for name, pol, p in spec]
 
 
@@ -388,11 +410,14 @@ def main():
         note("full vs plain causal forward", np.abs(r("full") - plain_forward(m, ids)).max())
         note("fam F=0 vs bswa", np.abs(r("fam_f0") - r("bswa")).max())
         note("bswa M=5 vs full", np.abs(r("bswa_m5") - r("full")).max())
+        keep_m0 = forward_policy(m, ids, "keep", block_size=B_CASES, mem_blocks=0, fam_len=40, sinks=2)
+        note("keep-all M=0 vs full", np.abs(keep_m0 - r("full")).max())
         for a, b in [("bswa", "full"), ("sink", "bswa"), ("fam_seed_blockend_zero", "bswa"),
                      ("fam_bos_blockend_zero", "fam_seed_blockend_zero"), ("fam_tail_blockend_zero", "fam_seed_blockend_zero"),
                      ("fam_seed_prevfam_zero", "fam_seed_blockend_zero"), ("fam_seed_blockend_nozero", "fam_seed_blockend_zero"),
                      ("fam_seed_sinks", "fam_seed_blockend_nozero"), ("fam_seed_renorm", "fam_seed_blockend_nozero"),
-                     ("fam_reread", "fam_seed_blockend_nozero"), ("fam_reread_sinks", "fam_reread")]:
+                     ("fam_reread", "fam_seed_blockend_nozero"), ("fam_reread_sinks", "fam_reread"),
+                     ("keep_all", "sink"), ("keep_all", "full")]:
             d = np.abs(r(a) - r(b)).max(); first = int(np.argmax(np.abs(r(a) - r(b)).max(1) > 1e-9))
             print(f"{arch}: {a:26s} differs from {b:24s} by max {d:.3e} (first differing row {first})")
             assert d > 1e-3, "goldens would not distinguish these policies"
