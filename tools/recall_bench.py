@@ -14,19 +14,25 @@ results/recall/<policy>-<window>-n<trials>-k<distances>.json, and prints a Markd
 Needs the release binary (cargo build --release), the default model (tools/fetch_model.sh) and
 the HF tokenizer.json of the default model (tools/make_hf_smollm2.py writes it; --tokenizer).
 Cases are cached in results/recall/cases-b<B>-s<seed>.jsonl (token ids, so the block layout is
-exactly the one intended).
+exactly the one intended). A run with more --trials begins with the same cases (per k), so the
+cases an earlier, smaller run measured are reused, not rerun (its settings and model fingerprint
+must match), and famstream runs --chunk cases at a time, each saved to results/recall/parts/: a
+run that was stopped resumes where it stopped. The merged file lists its sources (merged_from).
 """
 import argparse
 import json
+import math
 import random
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the `tools` package
 from tools.common import FAMSTREAM, ROOT, default_model, splice  # noqa: E402
 OUT = ROOT / "results/recall"
+PARTS = OUT / "parts"  # chunks of a run not finished yet
 
 
 def policies(block, adapter, adapter_name="fam-trained", adapter_args=(), wanted=(), mem_blocks=0):
@@ -83,6 +89,107 @@ def make_cases(tokenizer, block, ks, trials, seed, mem_blocks=0):
     return path
 
 
+def wilson95(hits, n):
+    """The 95% Wilson score interval, as src/recall.rs computes it."""
+    if n == 0:
+        return [0.0, 1.0]
+    z, p = 1.96, hits / n
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(c - h, 0.0), min(c + h, 1.0)]
+
+
+def summarize(cases):
+    """famstream recall's summary (per k: hits, trials, interval, mean answer log-likelihood),
+    recomputed over cases measured by several runs."""
+    out = []
+    for k in sorted({c["k"] for c in cases}):
+        ran = [c for c in cases if c["k"] == k and not c.get("beyond_context")]
+        hits = sum(c["hit"] for c in ran)
+        out.append(dict(k=k, hits=hits, trials=len(ran),
+                        beyond_context=sum(c["k"] == k for c in cases) - len(ran),
+                        recall=hits / max(len(ran), 1), ci95=wilson95(hits, len(ran)),
+                        mean_answer_logprob=sum(c["answer_logprob"] for c in ran) / max(len(ran), 1)))
+    return out
+
+
+def measured(name, lay, lines, stem):
+    """Cases of `lines` this policy has already run: {index: (case result, source run)}, from the
+    parts of an unfinished run (PARTS/<stem>-part*.json) and from finished runs on other case
+    files holding the same cases (a run with fewer --trials made the first cases of each k)."""
+    index = {line: i for i, line in enumerate(lines)}
+    found = {}
+    for f in sorted(OUT.glob(f"{name}-{lay}-n*-k*.json")):
+        r = json.loads(f.read_text())
+        src = OUT / r.get("cases_file", "")
+        if not src.is_file() or len(r["cases"]) != len(src.read_text().splitlines()):
+            continue
+        for line, c in zip(src.read_text().splitlines(), r["cases"]):
+            if line in index:
+                found[index[line]] = (c, dict(r, file=f.name))
+    for f in sorted(PARTS.glob(f"{stem}-part*.json")):
+        r = json.loads(f.read_text())
+        for i, c in zip(r["indices"], r["cases"]):
+            found[i] = (c, dict(r, file=f.name))
+    return found
+
+
+def run_policy(a, model, name, args, cases, out, commit, lay):
+    """Runs famstream on the cases this policy has not measured yet, --chunk cases at a time;
+    each chunk is saved as a part, so an interrupted run resumes where it stopped. When every
+    case is measured, the parts and earlier runs are merged into `out` (same settings and model
+    fingerprint checked) and the parts are removed."""
+    lines = cases.read_text().splitlines()
+    stem = out.stem
+    found = measured(name, lay, lines, stem)
+    todo = [i for i in range(len(lines)) if i not in found]
+    if found:
+        print(f"{name}: {len(found)} of {len(lines)} cases measured before, {len(todo)} to run",
+              file=sys.stderr, flush=True)
+    PARTS.mkdir(parents=True, exist_ok=True)
+    for c0 in range(0, len(todo), a.chunk):
+        chunk = todo[c0:c0 + a.chunk]
+        with tempfile.NamedTemporaryFile("w", suffix=".jsonl") as tmp:
+            tmp.write("\n".join(lines[i] for i in chunk) + "\n")
+            tmp.flush()
+            cmd = [a.bin, "recall", "-m", model, "-t", str(a.threads), "--cases", tmp.name, "--json", *args]
+            print(f"running cases {chunk[0]}..{chunk[-1]}:", " ".join(cmd), file=sys.stderr, flush=True)
+            r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"{name}: famstream failed: {r.stderr.strip()}")
+        res = json.loads(r.stdout)
+        res.update(policy_name=name, commit=commit, cases_file=cases.name, args=args, indices=chunk)
+        part = PARTS / f"{stem}-part{chunk[0]:05d}.json"
+        part.with_suffix(".tmp").write_text(json.dumps(res) + "\n")
+        part.with_suffix(".tmp").replace(part)
+        for i, c in zip(chunk, res["cases"]):
+            found[i] = (c, dict(res, file=part.name))
+    sources = {}
+    for _, src in found.values():
+        sources.setdefault(src["file"], src)
+    first = next(iter(sources.values()))
+    for f, src in sources.items():
+        for key, val in (("settings", src["settings"]),
+                         ("model_fingerprint", src["provenance"]["model_fingerprint"])):
+            want = first["settings"] if key == "settings" else first["provenance"]["model_fingerprint"]
+            if val != want:
+                raise SystemExit(f"{name}: {f} was run with another {key} ({val}, not {want}); remove it or "
+                                 f"its part to rerun")
+    each = [found[i][0] for i in range(len(lines))]
+    res = dict(settings=first["settings"], summary=summarize(each), cases=each,
+               provenance=first["provenance"], policy_name=name, commit=commit, cases_file=cases.name,
+               args=args)
+    if len(sources) > 1 or first["file"] != out.name:
+        res["merged_from"] = [dict(file=f, commit=s.get("commit", "?"), cases=sum(v[1]["file"] == f for v in found.values()),
+                                   **({"note": s["note"]} if "note" in s else {})) for f, s in sources.items()]
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    tmp.replace(out)
+    for f in sources:
+        if (PARTS / f).exists():
+            (PARTS / f).unlink()
+
+
 def table(results, ks):
     head = "| policy | " + " | ".join(f"k={k}" for k in ks) + " |"
     rows = [head, "|---|" + "---|" * len(ks)]
@@ -117,6 +224,8 @@ def main():
                     help="more famstream flags for the adapter's FAM row, e.g. '--fam-decay 0.1' (give the row its "
                          "own --adapter-name)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--chunk", type=int, default=10,
+                    help="cases per famstream run; each is saved, so a stopped run resumes (results/recall/parts)")
     ap.add_argument("--splice", action="store_true", help="write the table into results/README.md")
     ap.add_argument("--splice-name", default="recall",
                     help="the results/README.md block to write (<!-- NAME:begin -->)")
@@ -137,17 +246,7 @@ def main():
         if not out.exists():
             if name not in pols:
                 raise SystemExit(f"{name}: no such policy, and no results in {out.name}")
-            cmd = [a.bin, "recall", "-m", model, "-t", str(a.threads),
-                   "--cases", str(cases), "--json", *pols[name]]
-            print("running", " ".join(cmd), file=sys.stderr, flush=True)
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode != 0:
-                raise SystemExit(f"{name}: famstream failed: {r.stderr.strip()}")
-            res = json.loads(r.stdout)
-            res.update(policy_name=name, commit=commit, cases_file=cases.name, args=pols[name])
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(res, indent=1) + "\n")
-            tmp.replace(out)
+            run_policy(a, model, name, pols[name], cases, out, commit, lay)
     # every distance measured for these policies at this block and trial count, also by
     # earlier runs with other --k lists (the cases of one k do not depend on the list)
     runs = {}
