@@ -20,6 +20,7 @@ must match), and famstream runs --chunk cases at a time, each saved to results/r
 run that was stopped resumes where it stopped. The merged file lists its sources (merged_from).
 """
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -113,24 +114,33 @@ def summarize(cases):
     return out
 
 
-def measured(name, lay, lines, stem):
-    """Cases of `lines` this policy has already run: {index: (case result, source run)}, from the
-    parts of an unfinished run (PARTS/<stem>-part*.json) and from finished runs on other case
-    files holding the same cases (a run with fewer --trials made the first cases of each k)."""
+def sha1(line):
+    return hashlib.sha1(line.encode()).hexdigest()
+
+
+def measured(name, lay, lines, stem, cases_name, args):
+    """Cases of `lines` this policy has already run with the same flags: {index: (case result,
+    source run)}, from finished runs on other case files holding the same cases (a run with
+    fewer --trials made the first cases of each k), then from the parts of an unfinished run
+    (PARTS/<stem>-part*.json) made from this very cases file (name and each case's hash)."""
     index = {line: i for i, line in enumerate(lines)}
     found = {}
     for f in sorted(OUT.glob(f"{name}-{lay}-n*-k*.json")):
         r = json.loads(f.read_text())
         src = OUT / r.get("cases_file", "")
-        if not src.is_file() or len(r["cases"]) != len(src.read_text().splitlines()):
+        if r.get("args") != args or "provenance" not in r or not src.is_file() \
+                or len(r["cases"]) != len(src.read_text().splitlines()):
             continue
         for line, c in zip(src.read_text().splitlines(), r["cases"]):
             if line in index:
                 found[index[line]] = (c, dict(r, file=f.name))
     for f in sorted(PARTS.glob(f"{stem}-part*.json")):
         r = json.loads(f.read_text())
-        for i, c in zip(r["indices"], r["cases"]):
-            found[i] = (c, dict(r, file=f.name))
+        if r.get("cases_file") != cases_name or r.get("args") != args:
+            continue
+        for i, h, c in zip(r["indices"], r.get("case_sha1", [None] * len(r["indices"])), r["cases"]):
+            if i < len(lines) and h in (None, sha1(lines[i])):
+                found[i] = (c, dict(r, file=f.name))
     return found
 
 
@@ -141,7 +151,7 @@ def run_policy(a, model, name, args, cases, out, commit, lay):
     fingerprint checked) and the parts are removed."""
     lines = cases.read_text().splitlines()
     stem = out.stem
-    found = measured(name, lay, lines, stem)
+    found = measured(name, lay, lines, stem, cases.name, args)
     todo = [i for i in range(len(lines)) if i not in found]
     if found:
         print(f"{name}: {len(found)} of {len(lines)} cases measured before, {len(todo)} to run",
@@ -158,7 +168,8 @@ def run_policy(a, model, name, args, cases, out, commit, lay):
         if r.returncode != 0:
             raise SystemExit(f"{name}: famstream failed: {r.stderr.strip()}")
         res = json.loads(r.stdout)
-        res.update(policy_name=name, commit=commit, cases_file=cases.name, args=args, indices=chunk)
+        res.update(policy_name=name, commit=commit, cases_file=cases.name, args=args, indices=chunk,
+                   case_sha1=[sha1(lines[i]) for i in chunk])
         part = PARTS / f"{stem}-part{chunk[0]:05d}.json"
         part.with_suffix(".tmp").write_text(json.dumps(res) + "\n")
         part.with_suffix(".tmp").replace(part)
@@ -169,25 +180,23 @@ def run_policy(a, model, name, args, cases, out, commit, lay):
         sources.setdefault(src["file"], src)
     first = next(iter(sources.values()))
     for f, src in sources.items():
-        for key, val in (("settings", src["settings"]),
-                         ("model_fingerprint", src["provenance"]["model_fingerprint"])):
-            want = first["settings"] if key == "settings" else first["provenance"]["model_fingerprint"]
-            if val != want:
-                raise SystemExit(f"{name}: {f} was run with another {key} ({val}, not {want}); remove it or "
-                                 f"its part to rerun")
+        for key, get in (("settings", lambda r: r.get("settings")),
+                         ("model", lambda r: r.get("provenance", {}).get("model_fingerprint"))):
+            if get(src) != get(first):
+                raise SystemExit(f"{name}: {f} was run with another {key} ({get(src)}, not {get(first)}) "
+                                 f"than {first['file']}; not merged")
     each = [found[i][0] for i in range(len(lines))]
     res = dict(settings=first["settings"], summary=summarize(each), cases=each,
                provenance=first["provenance"], policy_name=name, commit=commit, cases_file=cases.name,
                args=args)
-    if len(sources) > 1 or first["file"] != out.name:
+    if len(sources) > 1 or not first["file"].startswith(f"{stem}-part"):
         res["merged_from"] = [dict(file=f, commit=s.get("commit", "?"), cases=sum(v[1]["file"] == f for v in found.values()),
                                    **({"note": s["note"]} if "note" in s else {})) for f, s in sources.items()]
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=1) + "\n")
     tmp.replace(out)
-    for f in sources:
-        if (PARTS / f).exists():
-            (PARTS / f).unlink()
+    for f in PARTS.glob(f"{stem}-part*.json"):
+        f.unlink()
 
 
 def table(results, ks):
@@ -234,6 +243,8 @@ def main():
                     help="the famstream binary (e.g. a copy, so that a rebuild does not change a long run)")
     ap.add_argument("--tokenizer", default=str(Path.home() / ".cache/famstream/hf/smollm2-135m-f32/tokenizer.json"))
     a = ap.parse_args()
+    if a.chunk < 1:
+        ap.error("--chunk must be at least 1")
     model = a.model or default_model()
     cases = make_cases(a.tokenizer, a.block, a.k, a.trials, a.seed, a.mem_blocks)
     lay = layout(a.block, a.mem_blocks)
@@ -254,7 +265,7 @@ def main():
         merged = {}
         for f in sorted(OUT.glob(f"{name}-{lay}-n{a.trials}-k*.json")):
             r = json.loads(f.read_text())
-            runs.setdefault(name, []).append(f"{r.get('commit', '?')}")
+            runs.setdefault(name, []).extend([r.get("commit", "?")] + [m["commit"] for m in r.get("merged_from", [])])
             for s in r["summary"]:
                 merged[s["k"]] = s
         results[name] = {"summary": [merged[k] for k in sorted(merged)]}
