@@ -352,6 +352,17 @@ impl Engine {
         {
             return Err(Error::Internal("batch row index out of range".into()));
         }
+        // The chunked LM head (forward::SURPRISAL_CHUNK) reads row i's target at index i.
+        if b.out_rows.is_some()
+            && b.surprisal
+                .iter()
+                .enumerate()
+                .any(|(i, &(r, _))| r != i as i32)
+        {
+            return Err(Error::Internal(
+                "next-token rows must be 0, 1, 2, ... in order".into(),
+            ));
+        }
         if (!b.sink_capture.is_empty() || !b.sink_rotate.is_empty()) && sinks.is_none() {
             return Err(Error::Internal(
                 "sink operations without a sink store".into(),
@@ -438,10 +449,16 @@ impl Engine {
             }
             if let Some(t) = inp.surprisal {
                 let v = hp.n_vocab as i64;
+                // With out_rows the LM head runs on chunks of rows (forward::SURPRISAL_CHUNK),
+                // and a row's index counts from its chunk's first row.
+                let ch = match b.out_rows {
+                    Some(_) => crate::forward::SURPRISAL_CHUNK as i64,
+                    None => i64::MAX,
+                };
                 let flat: Vec<i32> = b
                     .surprisal
                     .iter()
-                    .map(|&(r, tok)| i32::try_from(r as i64 * v + tok as i64))
+                    .map(|&(r, tok)| i32::try_from(r as i64 % ch * v + tok as i64))
                     .collect::<std::result::Result<_, _>>()
                     .map_err(|_| Error::Internal("surprisal index beyond i32".into()))?;
                 t.write_i32(&flat)?;

@@ -44,9 +44,16 @@ pub struct TokenInputs<'a> {
     pub sink_capture: Option<(Tensor<'a>, Tensor<'a>, Tensor<'a>)>,
     /// i32 [n_sink_rotate] virtual positions and i64 [n_sink_rotate] KV slots of the sinks.
     pub sink_rotate: Option<(Tensor<'a>, Tensor<'a>)>,
-    /// i32 [n_surprisal]: flat indices `row * n_vocab + next token` into the rows' softmax.
+    /// i32 [n_surprisal]: flat indices `row * n_vocab + next token` into the rows' softmax;
+    /// with `out_rows`, `row` counts from the start of the row's [`SURPRISAL_CHUNK`].
     pub surprisal: Option<Tensor<'a>>,
 }
+
+/// Rows per LM-head chunk when only the rows' next-token probabilities are wanted (`keep`
+/// with `n_out` rows of logits): the chunks' logits and softmax, 64 x n_vocab floats each
+/// (12.6 MB for SmolLM2), are all the graph holds, not a batch x vocabulary buffer (200 MB at
+/// B = 1024).
+pub const SURPRISAL_CHUNK: usize = 64;
 
 /// Outputs of a token graph.
 pub struct TokenOutputs<'a> {
@@ -74,8 +81,8 @@ pub struct TokenBatchShape {
     pub n_sink_rotate: usize,
     /// The local sliding-window layers get their own mask input.
     pub swa_mask: bool,
-    /// Rows whose next token's probability is wanted (the `keep` policy's salience); the
-    /// logits of every row are then computed, and `n_out` rows of them returned.
+    /// Rows whose next token's probability is wanted (the `keep` policy's salience): every
+    /// row's logits when every row's are returned, else [`SURPRISAL_CHUNK`] rows at a time.
     pub n_surprisal: usize,
 }
 
@@ -193,30 +200,51 @@ pub fn build_token_graph<'a>(
             "surprisal_targets",
         )
     });
-    if let (Some(r), None) = (out_rows, surprisal) {
-        x = ctx.get_rows(x, r); // [n_embd, n_out]
-    }
-    let x = norm(ctx, x, m.output_norm(), hp.rms_eps).set_name("result_norm");
-    let mut logits = ctx.mul_mat(m.output(), x); // lm_head
-    if hp.logit_softcap > 0.0 {
-        let c = hp.logit_softcap;
-        logits = ctx.scale(ctx.tanh(ctx.scale(logits, 1.0 / c)), c);
-    }
-    // Salience: every row's probability of the token that follows it, picked out of the
-    // flattened softmax ([1, n_vocab * n], one element per "row").
-    let probs = surprisal.map(|targets| {
+    let lm_head = |x: Tensor<'a>| {
+        let logits = ctx.mul_mat(m.output(), x);
+        if hp.logit_softcap > 0.0 {
+            let c = hp.logit_softcap;
+            return ctx.scale(ctx.tanh(ctx.scale(logits, 1.0 / c)), c);
+        }
+        logits
+    };
+    // Salience: each row's probability of the token that follows it, picked out of the
+    // flattened softmax ([1, n_vocab * rows], one element per "row").
+    let pick = |logits: Tensor<'a>, targets: Tensor<'a>, rows: i64| {
         let p = ctx.soft_max_ext(logits, None, 1.0);
-        let flat = ctx.reshape(p, &[1, hp.n_vocab as i64 * n]);
-        let s = ctx
-            .get_rows(flat, targets)
-            .set_name("surprisal")
-            .set_output();
+        ctx.get_rows(ctx.reshape(p, &[1, hp.n_vocab as i64 * rows]), targets)
+    };
+    let x = norm(ctx, x, m.output_norm(), hp.rms_eps).set_name("result_norm");
+    let mut probs = None;
+    let logits = match (out_rows, surprisal) {
+        (None, Some(targets)) => {
+            let logits = lm_head(x); // every row's logits are wanted anyway
+            probs = Some(pick(logits, targets, n));
+            logits
+        }
+        (Some(r), targets) => {
+            if let Some(targets) = targets {
+                // A few rows' logits: the LM head runs on SURPRISAL_CHUNK rows at a time.
+                let (ns, ch, nb1) = (shape.n_surprisal as i64, SURPRISAL_CHUNK as i64, x.nb()[1]);
+                let mut acc: Option<Tensor<'a>> = None;
+                for c0 in (0..ns).step_by(SURPRISAL_CHUNK) {
+                    let rows = ch.min(ns - c0);
+                    let xc = ctx.view(x, &[hp.n_embd as i64, rows], &[nb1], c0 as usize * nb1);
+                    let tc = ctx.view(targets, &[rows], &[], c0 as usize * 4);
+                    let s = pick(lm_head(xc), tc, rows);
+                    acc = Some(acc.map_or(s, |a| ctx.concat(a, s, 1)));
+                }
+                probs = acc;
+            }
+            lm_head(ctx.get_rows(x, r)) // [n_vocab, n_out]
+        }
+        (None, None) => lm_head(x),
+    };
+    let probs = probs.map(|s| {
+        let s = s.set_name("surprisal").set_output();
         gf.expand(s);
         s
     });
-    if let (Some(r), Some(_)) = (out_rows, surprisal) {
-        logits = ctx.get_rows(logits, r); // [n_vocab, n_out]
-    }
     let logits = logits.set_name("result_output").set_output();
     gf.expand(logits);
     let inputs = TokenInputs {

@@ -283,8 +283,8 @@ impl FamState {
         // Every row's logits (perplexity, `Logits::All`) need a batch x vocabulary buffer
         // (200 MB at B = 1024): reserved on devices where growing later is unsafe; the CPU
         // reserves for the common case (logits of the last row) and grows if asked for more.
-        // (`keep` computes every row's logits for its salience.)
-        let all_logits = !eng.backend().is_cpu() || self.salience.is_some();
+        // (`keep` scores every row from chunks of 64 rows' logits: see forward::SURPRISAL_CHUNK.)
+        let all_logits = !eng.backend().is_cpu();
         let shape = crate::forward::TokenBatchShape {
             n_tokens: n,
             n_kv: self.kv.n_slots(),
