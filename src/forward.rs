@@ -214,31 +214,31 @@ pub fn build_token_graph<'a>(
         let p = ctx.soft_max_ext(logits, None, 1.0);
         ctx.get_rows(ctx.reshape(p, &[1, hp.n_vocab as i64 * rows]), targets)
     };
-    let x = norm(ctx, x, m.output_norm(), hp.rms_eps).set_name("result_norm");
+    let normed = |x: Tensor<'a>| norm(ctx, x, m.output_norm(), hp.rms_eps).set_name("result_norm");
     let mut probs = None;
     let logits = match (out_rows, surprisal) {
+        (Some(r), None) => lm_head(normed(ctx.get_rows(x, r))), // [n_vocab, n_out]
+        (None, None) => lm_head(normed(x)),
         (None, Some(targets)) => {
-            let logits = lm_head(x); // every row's logits are wanted anyway
+            let logits = lm_head(normed(x)); // every row's logits are wanted anyway
             probs = Some(pick(logits, targets, n));
             logits
         }
-        (Some(r), targets) => {
-            if let Some(targets) = targets {
-                // A few rows' logits: the LM head runs on SURPRISAL_CHUNK rows at a time.
-                let (ns, ch, nb1) = (shape.n_surprisal as i64, SURPRISAL_CHUNK as i64, x.nb()[1]);
-                let mut acc: Option<Tensor<'a>> = None;
-                for c0 in (0..ns).step_by(SURPRISAL_CHUNK) {
-                    let rows = ch.min(ns - c0);
-                    let xc = ctx.view(x, &[hp.n_embd as i64, rows], &[nb1], c0 as usize * nb1);
-                    let tc = ctx.view(targets, &[rows], &[], c0 as usize * 4);
-                    let s = pick(lm_head(xc), tc, rows);
-                    acc = Some(acc.map_or(s, |a| ctx.concat(a, s, 1)));
-                }
-                probs = acc;
+        (Some(r), Some(targets)) => {
+            // A few rows' logits: the LM head runs on SURPRISAL_CHUNK rows at a time.
+            let x = normed(x);
+            let (ns, ch, nb1) = (shape.n_surprisal as i64, SURPRISAL_CHUNK as i64, x.nb()[1]);
+            let mut acc: Option<Tensor<'a>> = None;
+            for c0 in (0..ns).step_by(SURPRISAL_CHUNK) {
+                let rows = ch.min(ns - c0);
+                let xc = ctx.view(x, &[hp.n_embd as i64, rows], &[nb1], c0 as usize * nb1);
+                let tc = ctx.view(targets, &[rows], &[], c0 as usize * 4);
+                let s = pick(lm_head(xc), tc, rows);
+                acc = Some(acc.map_or(s, |a| ctx.concat(a, s, 1)));
             }
+            probs = acc;
             lm_head(ctx.get_rows(x, r)) // [n_vocab, n_out]
         }
-        (None, None) => lm_head(x),
     };
     let probs = probs.map(|s| {
         let s = s.set_name("surprisal").set_output();
