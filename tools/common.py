@@ -4,6 +4,7 @@ splicer of results/README.md.
 Scripts import it as `tools.common` (the repository root on sys.path: the first lines of each
 script put it there, so `python3 tools/NAME.py` and `python3 -m tools.NAME` both work).
 """
+import math
 import re
 import subprocess
 from pathlib import Path
@@ -11,6 +12,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # The release binary (`cargo build --release`).
 FAMSTREAM = ROOT / "target/release/famstream"
+
+
+def wilson95(hits, n):
+    """The 95% Wilson score interval [lo, hi] of hits/n, as src/recall.rs computes it ([0, 1]
+    for n = 0)."""
+    if n == 0:
+        return [0.0, 1.0]
+    z, p = 1.96, hits / n
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(c - h, 0.0), min(c + h, 1.0)]
 
 
 def default_model(name=None):

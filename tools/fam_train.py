@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as Fn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the `tools` package
-from tools.common import ROOT, splice  # noqa: E402
+from tools.common import ROOT, splice, wilson95  # noqa: E402
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 LORA_SCOPES = ("all", "fam")  # which rows LoRA applies to (fam.adapter.lora_scope)
 HF_LIN = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
@@ -323,15 +323,6 @@ def settings_of(a):
                 feedback="within", decay=a.decay)
 
 
-def wilson(k, n, z=1.96):
-    if n == 0:
-        return (0.0, 0.0)
-    p = k / n
-    c = (p + z * z / (2 * n)) / (1 + z * z / n)
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, c - h), min(1.0, c + h))
-
-
 def recall_batch(model, s, ids, ans_pos, drop_fam_from=None):
     """Exact-match recall (greedy under teacher forcing: every answer token is the argmax)."""
     flat = sorted({p for ps in ans_pos for p in ps})
@@ -564,7 +555,7 @@ def cmd_eval(a):
             hits += recall_batch(model, s, ids, ans)
             zeroed += recall_batch(model, s, ids, ans, drop_fam_from=k)
         for name, h in (("fam (trained)", hits), ("fam rows removed at the question", zeroed)):
-            lo, hi = wilson(sum(h), len(h))
+            lo, hi = wilson95(sum(h), len(h))  # len(h) = a.trials > 0
             rows.append(dict(k=k, variant=name, hits=sum(h), trials=len(h), recall=sum(h) / len(h), ci95=[lo, hi]))
             print(f"k={k:3d} {name:34s} {sum(h):4d}/{len(h):<4d} = {sum(h) / len(h):.3f}  [{lo:.3f}, {hi:.3f}]",
                   flush=True)

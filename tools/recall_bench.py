@@ -22,7 +22,6 @@ run that was stopped resumes where it stopped. The merged file lists its sources
 import argparse
 import hashlib
 import json
-import math
 import random
 import re
 import subprocess
@@ -31,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the `tools` package
-from tools.common import FAMSTREAM, ROOT, default_model, splice  # noqa: E402
+from tools.common import FAMSTREAM, ROOT, default_model, splice, wilson95  # noqa: E402
 OUT = ROOT / "results/recall"
 PARTS = OUT / "parts"  # chunks of a run not finished yet
 
@@ -90,16 +89,6 @@ def make_cases(tokenizer, block, ks, trials, seed, mem_blocks=0):
     return path
 
 
-def wilson95(hits, n):
-    """The 95% Wilson score interval, as src/recall.rs computes it."""
-    if n == 0:
-        return [0.0, 1.0]
-    z, p = 1.96, hits / n
-    c = (p + z * z / (2 * n)) / (1 + z * z / n)
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [max(c - h, 0.0), min(c + h, 1.0)]
-
-
 def summarize(cases):
     """famstream recall's summary (per k: hits, trials, interval, mean answer log-likelihood),
     recomputed over cases measured by several runs."""
@@ -128,10 +117,12 @@ def measured(name, lay, lines, stem, cases_name, args):
     for f in sorted(OUT.glob(f"{name}-{lay}-n*-k*.json")):
         r = json.loads(f.read_text())
         src = OUT / r.get("cases_file", "")
-        if r.get("args") != args or "provenance" not in r or not src.is_file() \
-                or len(r["cases"]) != len(src.read_text().splitlines()):
+        if r.get("args") != args or "provenance" not in r or not src.is_file():
             continue
-        for line, c in zip(src.read_text().splitlines(), r["cases"]):
+        src_lines = src.read_text().splitlines()
+        if len(r["cases"]) != len(src_lines):
+            continue
+        for line, c in zip(src_lines, r["cases"]):
             if line in index:
                 found[index[line]] = (c, dict(r, file=f.name))
     for f in sorted(PARTS.glob(f"{stem}-part*.json")):
