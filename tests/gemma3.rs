@@ -24,6 +24,12 @@ use std::sync::Arc;
 const MEAN_KL_BOUND: f64 = 0.015;
 /// The brief: perplexity equal to llama.cpp's within 1%.
 const PERPLEXITY_REL_TOL: f64 = 0.01;
+/// Greedy continuations may part only where llama.cpp's logits for the two tokens are closer
+/// than this. Measured on an AVX-512 machine: after "The capital of France is" + 11 tokens,
+/// llama.cpp token by token picks one token and in one batch the other (0.03 apart), and ours
+/// picks the second; this model amplifies rounding (see MEAN_KL_BOUND). A wrong graph differs
+/// by whole logits.
+const GREEDY_TIE_MARGIN: f32 = 0.1;
 /// Decode (one row) and prefill (many rows) run different matmul kernels; see
 /// tests/fam_equivalence.rs, where the same bound is explained.
 const STREAM_VS_BATCH_MEAN_KL: f64 = 0.02;
@@ -128,7 +134,14 @@ fn greedy_generation_matches_llama_cpp() {
     let mut eng = rt.engine().unwrap();
     for p in ["The capital of France is", "def fibonacci(n):\n"] {
         let tokens = rt.tokenizer.encode(p, true, false);
-        common::llama::assert_greedy_matches(&rt, &mut eng, &mut oracle, &tokens, 24);
+        common::llama::assert_greedy_matches(
+            &rt,
+            &mut eng,
+            &mut oracle,
+            &tokens,
+            24,
+            GREEDY_TIE_MARGIN,
+        );
     }
 }
 

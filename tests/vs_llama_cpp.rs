@@ -13,6 +13,10 @@ use famstream::state::{FamState, Logits};
 /// distributions differ by rounding only. A mean KL above 1e-4 nats would mean a real bug (a
 /// wrong mask or RoPE shows up as > 0.1).
 const MEAN_KL_BOUND: f64 = 1e-4;
+/// Greedy continuations may part only where llama.cpp's logits for the two tokens are closer
+/// than this. With a mean KL of 1e-4, logits agree to about 1e-2; a wrong graph differs by
+/// whole logits.
+const GREEDY_TIE_MARGIN: f32 = 0.05;
 
 const PROSE: &str = "The old lighthouse keeper climbed the spiral stairs every evening at dusk. \
 He had done so for forty-one years, through storms and calm, and he knew each of the two hundred \
@@ -73,7 +77,14 @@ fn greedy_generation_matches_llama_cpp() {
             oracle.tokenize(p, true, true),
             "tokenization of {p:?}"
         );
-        common::llama::assert_greedy_matches(&rt, &mut eng, &mut oracle, &tokens, 32);
+        common::llama::assert_greedy_matches(
+            &rt,
+            &mut eng,
+            &mut oracle,
+            &tokens,
+            32,
+            GREEDY_TIE_MARGIN,
+        );
     }
 }
 

@@ -242,12 +242,18 @@ pub fn llama_quantize(input: &Path, output: &Path, ftype: u32) {
 
 /// famstream's greedy continuation of `tokens` (at most `n` tokens) equals llama.cpp's; where
 /// ours stopped early, llama.cpp's next token is an end token (its loop does not stop there).
+/// Where the two first differ, llama.cpp's logits there (the prefix read in one batch) must be a
+/// near-tie: the two tokens' logits closer than `tie_margin`, a difference that rounding
+/// explains (the two graphs order their float operations differently, and ggml's SIMD kernels
+/// differ by CPU: a tie that held on an AVX2 machine parted on an AVX-512 one). The
+/// continuations are compared no further, as after a tie they need not agree.
 pub fn assert_greedy_matches(
     rt: &famstream::runtime::Runtime,
     eng: &mut famstream::engine::Engine,
     oracle: &mut LlamaOracle,
     tokens: &[u32],
     n: usize,
+    tie_margin: f32,
 ) {
     use famstream::runtime::GenerateOptions;
     use famstream::sample::SamplerConfig;
@@ -263,12 +269,26 @@ pub fn assert_greedy_matches(
         .unwrap();
     let k = ours.tokens.len();
     assert!(k > 0);
-    assert_eq!(
-        ours.tokens[..],
-        theirs[..k],
-        "greedy continuation: {:?}",
-        ours.text
-    );
+    if let Some(d) = (0..k).find(|&i| ours.tokens[i] != theirs[i]) {
+        let mut prefix = tokens.to_vec();
+        prefix.extend_from_slice(&theirs[..d]);
+        oracle.clear();
+        let logits = oracle.eval(&prefix, 0, &[prefix.len() - 1]).pop().unwrap();
+        // llama.cpp's decode chose theirs[d]; negative: in one batch it prefers ours
+        let lead = logits[theirs[d] as usize] - logits[ours.tokens[d] as usize];
+        eprintln!(
+            "greedy: llama.cpp and famstream agree on {d} tokens, then pick {} and {}, \
+             llama.cpp's logits {lead:.4} apart (tie margin {tie_margin})",
+            theirs[d], ours.tokens[d]
+        );
+        assert!(
+            lead.abs() < tie_margin,
+            "greedy continuation differs at token {d} where llama.cpp's logits for its choice \
+             and ours are {lead} apart (not a near-tie): {:?}",
+            ours.text
+        );
+        return;
+    }
     if k < n {
         assert!(
             rt.tokenizer.is_eog(theirs[k]),
