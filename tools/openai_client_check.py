@@ -6,8 +6,8 @@
 Run by tests/serve.rs (the server is started there). Each check uses the client's own types
 and parsing, so a reply that the client cannot read fails here, not just a field we look at by
 hand: chat (plain, streamed with the usage chunk, `n`, `seed`, `stop`, logprobs with
-top_logprobs, streamed too, `logit_bias`, presence/frequency penalties, tool calls plain and
-streamed), completions (plain, streamed, logprobs), the model list, sessions, a wrong key (401
+top_logprobs, streamed too, `logit_bias`, presence/frequency penalties, llama-server's
+`repeat_penalty`, tool calls plain and streamed), completions (plain, streamed, logprobs), the model list, sessions, a wrong key (401
 AuthenticationError), and refused fields (400 BadRequestError naming them). Prints one line per
 check and exits non-zero on the first failure.
 """
@@ -158,17 +158,47 @@ def main() -> int:
                                        logit_bias={"100": 100})
     ftoks = [t.token for t in forced.choices[0].logprobs.content]
     check("logit_bias +100 forces a token", len(ftoks) == 4 and len(set(ftoks)) == 1, repr(ftoks))
-    # frequency_penalty: a greedy reply that repeats tokens repeats fewer with a large penalty
-    rep = [{"role": "user", "content": "Write the word 'yes' forty times, separated by spaces."}]
-    def distinct(**kw):
-        out = c.chat.completions.create(model="famstream", messages=rep, max_tokens=40, temperature=0,
-                                        logprobs=True, **kw).choices[0].logprobs.content
-        return len({t.token for t in out}) / max(1, len(out)), [t.token for t in out]
-    d0, t0 = distinct()
-    d1, t1 = distinct(frequency_penalty=2.0)
-    d2, t2 = distinct(presence_penalty=2.0)
-    check("frequency_penalty spreads the reply over more tokens", d1 > d0, f"{d0:.2f} -> {d1:.2f}")
-    check("presence_penalty spreads the reply over more tokens", d2 > d0, f"{d0:.2f} -> {d2:.2f}")
+    # presence/frequency penalties: greedy decoding then picks the token of largest logprob minus
+    # (presence + frequency * count) over the tokens the reply has produced (logprobs are the
+    # model's, before penalties). From the plain reply's top-20 logprobs, predict where each
+    # penalized reply first parts from it and with which token, and check the server's reply does
+    # exactly that (a prediction is made only while it is certain: no near-tie, and no token
+    # outside the top 20 could win). Exact on any machine, whatever reply the model gives here.
+    # The server's repetition penalty (llama-server's `repeat_penalty`) is turned off for this.
+    rep = [{"role": "user", "content": "Count from 1 to 30, separated by commas."}]
+
+    def reply(**kw):
+        return c.chat.completions.create(model="famstream", messages=rep, max_tokens=40, temperature=0,
+                                         logprobs=True, top_logprobs=20, extra_body={"repeat_penalty": 1.0},
+                                         **kw).choices[0].logprobs.content
+    plain = reply()
+    parted = 0
+    for field, pen in [("frequency_penalty", 2.0), ("presence_penalty", 2.0), ("frequency_penalty", -2.0),
+                       ("presence_penalty", -2.0)]:
+        pres, freq = (pen, 0.0) if field == "presence_penalty" else (0.0, pen)
+        got = [t.token for t in reply(**{field: pen})]
+        counts, want, n_sure = {}, None, len(plain)
+        for i, t in enumerate(plain):
+            score = sorted(((x.logprob - (pres + freq * counts[x.token] if x.token in counts else 0.0), x.token)
+                            for x in t.top_logprobs), reverse=True)
+            # a token outside the top 20 scores at most the 20th logprob plus the largest bonus
+            outside = t.top_logprobs[-1].logprob - min([0.0] + [pres + freq * n for n in counts.values()])
+            if score[0][0] - max(score[1][0], outside) < 1e-3:
+                n_sure = i  # a near-tie: the replies are compared up to here only
+                break
+            if score[0][1] != t.token:
+                want = score[0][1]
+                n_sure = i
+                break
+            counts[t.token] = counts.get(t.token, 0) + 1
+        plain_toks = [t.token for t in plain]
+        # an empty token is the end token (the reply stops there) or another special one
+        ends = [[want], []] if want == "" else [[want]]
+        ok = got[:n_sure] == plain_toks[:n_sure] and (want is None or got[n_sure:n_sure + 1] in ends)
+        parted += want is not None
+        check(f"{field}={pen} parts from the plain reply where predicted", ok,
+              f"at token {n_sure} with {want!r}" if want is not None else f"same first {n_sure} tokens")
+    check("some penalty changed the reply", parted > 0, f"{parted} of 4")
 
     first = r.choices[0].message.content.split()[0] if r.choices[0].message.content.split() else None
     if first:
@@ -256,6 +286,11 @@ def main() -> int:
         check("out-of-range penalty", False, "presence_penalty=3 was accepted")
     except openai.BadRequestError as e:
         check("out-of-range penalty names it", "presence_penalty" in str(e), str(e)[:80])
+    try:
+        c.chat.completions.create(model="famstream", messages=user, max_tokens=4, extra_body={"repeat_penalty": 0})
+        check("repeat_penalty 0", False, "was accepted")
+    except openai.BadRequestError as e:
+        check("repeat_penalty 0 is refused, naming it", "repeat_penalty" in str(e), str(e)[:80])
 
     bad = openai.OpenAI(base_url=args.base_url, api_key="wrong-key", max_retries=0)
     try:

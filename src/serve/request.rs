@@ -243,6 +243,14 @@ pub(super) fn parse(
     };
     let (presence_penalty, frequency_penalty) =
         (penalty("presence_penalty")?, penalty("frequency_penalty")?);
+    // llama-server's extension: the CLI's repetition penalty over the last 64 tokens, prompt
+    // included (1.0 = off; default 1.1, which keeps the 135M model out of digit loops in
+    // sampled JSON). With 1.0, temperature 0 is greedy on the logits `logprobs` reports.
+    let repeat_penalty = match num("repeat_penalty")? {
+        None => defaults.repeat_penalty,
+        Some(v) if v > 0.0 && v.is_finite() => v as f32,
+        Some(_) => return Err(bad("repeat_penalty", "a number above 0 (1 = off)")),
+    };
     let logit_bias = match obj.get("logit_bias") {
         None | Some(Json::Null) => Vec::new(),
         Some(Json::Object(o)) => {
@@ -307,6 +315,7 @@ pub(super) fn parse(
             seed,
             presence_penalty,
             frequency_penalty,
+            repeat_penalty,
             logit_bias,
             ..defaults
         },
@@ -369,6 +378,7 @@ pub(super) fn check_fields(
         "tool_choice",
         "presence_penalty",
         "frequency_penalty",
+        "repeat_penalty",
         "logit_bias",
         "logprobs",
     ];
