@@ -4,25 +4,37 @@
 //! Salience starts from surprisal, `-ln p(token | what came before)`, taken when the token is
 //! read (the token graph returns each row's probability of the next token; the first token of
 //! a batch is scored from the previous batch's last logits, kept here as log-probabilities).
-//! When a block leaves the window, each of its tokens is scored by the largest surprisal within
-//! [`SALIENCE_RADIUS`] tokens of it, before or after, in the same block:
-//! `score(i) = max(surprisal(i - r ..= i + r))`. The block's tokens then compete with the
-//! tokens already kept: the F highest scores stay (ties: the later token). This is what an
-//! un-tuned model gets without training (a heavy-hitter cache, scored by surprisal instead of
-//! attention, which ggml's fused attention does not return).
+//! When a block leaves the window, each of its tokens is scored in two steps over the tokens
+//! within [`SALIENCE_RADIUS`] of it, before or after, in the same block: its *density*, the sum
+//! of their surprisals, then its score, the largest density among them:
+//! `density(j) = sum(surprisal(j - r ..= j + r))`, `score(i) = max(density(i - r ..= i + r))`.
+//! The block's tokens then compete with the tokens already kept: the F highest scores stay
+//! (ties: the later token). This is what an un-tuned model gets without training (a
+//! heavy-hitter cache, scored by surprisal instead of attention, which ggml's fused attention
+//! does not return).
 //!
 //! Why a window around each token: in a planted fact ("The farm has exactly 8943 sheep.") the
 //! surprising tokens are the first words, where the topic changes, not the value (digits are
 //! about 2 nats each, below the 8-10 of Moby-Dick's rarer words). Surprisal alone rarely keeps
-//! the value. The rule before this one carried a token's score to the tokens after it, fading
+//! the value. The rule before the window carried a token's score to the tokens after it, fading
 //! by 0.1 nat per token: the value, last in its sentence, then scored lowest in the span and
 //! was the part cut off first ("farm has exactly" kept, "8943 sheep" not). The window gives the
 //! whole neighbourhood of a surprise the same score, and ties keep the later tokens. Measured by
 //! `tools/keep_salience.py` on 160 cases of the training split of `tools/fam_data.py`
-//! (surprisal from the HF model; the share of cases whose whole value was kept; F = 64): the
-//! fading carry kept 43/80 at 4 windows and 32/80 at 16, surprisal alone 4/80 and 10/80, the
-//! window of radius 8 62/80 and 41/80 (radius 6: 53/80 and 33/80; 10: 66/80 and 43/80; 16:
-//! 57/80 and 37/80). At F = 16 and 4 windows: the carry 10/80, radius 8 26/80, radius 10 21/80.
+//! (surprisal from the HF model; the share of cases whose whole value was kept; F = 64, B = 64):
+//! the fading carry kept 43/80 at 4 windows and 32/80 at 16, surprisal alone 4/80 and 10/80, the
+//! largest surprisal within radius 8 62/80 and 41/80 (radius 6: 53/80 and 33/80; 10: 66/80 and
+//! 43/80; 16: 57/80 and 37/80). At F = 16 and 4 windows: the carry 10/80, radius 8 26/80,
+//! radius 10 21/80.
+//!
+//! Why density: at the default window (B = 1024, M = 3) every surprise's 17 tokens compete for
+//! the F slots with a whole novel's rare words, each a lone spike; a fact dropped into the text
+//! is several surprising tokens together (the topic, the value, the unit). Ranking spans by the
+//! sum of their surprisals instead of their largest one keeps more facts. Same tool, training
+//! split, B = 1024, M = 3, whole value kept (largest surprisal -> density): one window back
+//! (40 cases) F = 256 31/40 -> 39/40, F = 128 26/40 -> 33/40; two windows back (48 cases)
+//! F = 256 26/48 -> 32/48, F = 128 13/48 -> 25/48. The sum alone (no second step) was between
+//! (F = 256: 38/40, 26/48); radius 4 and 12 were below 8 at both distances.
 //!
 //! Everything here is pure bookkeeping with a size fixed at creation (ring length, F, the
 //! vocabulary), so the stream's memory stays constant; [`Salience::to_bytes`] /
@@ -110,19 +122,24 @@ impl Salience {
         self.ring[offset] = surprisal;
     }
 
-    /// The scores of the tokens leaving the window (`(stream index, ring offset)`): the
-    /// largest surprisal among the leaving tokens within the radius of each.
+    /// The scores of the tokens leaving the window (`(stream index, ring offset)`): the largest
+    /// density (sum of surprisals within the radius) among the leaving tokens within the radius
+    /// of each (see the module doc).
     pub fn leaving_scores(&self, leaving: &[(i64, usize)]) -> Vec<f32> {
         let r = self.radius as i64;
+        let near = |j: i64| {
+            leaving
+                .iter()
+                .enumerate()
+                .filter(move |&(_, &(i, _))| (i - j).abs() <= r)
+        };
+        let density: Vec<f32> = leaving
+            .iter()
+            .map(|&(j, _)| near(j).map(|(_, &(_, o))| self.ring[o]).sum())
+            .collect();
         leaving
             .iter()
-            .map(|&(j, _)| {
-                leaving
-                    .iter()
-                    .filter(|&&(i, _)| (i - j).abs() <= r)
-                    .map(|&(_, o)| self.ring[o])
-                    .fold(0.0, f32::max)
-            })
+            .map(|&(j, _)| near(j).map(|(x, _)| density[x]).fold(0.0, f32::max))
             .collect()
     }
 
@@ -257,28 +274,43 @@ mod tests {
     }
 
     #[test]
-    fn a_surprise_scores_the_tokens_around_it() {
-        // radius 2; a block of 6 tokens read with surprisal 0, 0, 9, 1, 1, 2: the tokens within
-        // 2 of the 9 (indices 0-4) score 9, the last one its own 2
-        let mut s = Salience::new(6, 1, 1, 2);
-        for (o, x) in [0.0, 0.0, 9.0, 1.0, 1.0, 2.0].into_iter().enumerate() {
+    fn a_surprise_scores_the_tokens_around_it_by_density() {
+        // radius 1; a block of 7 tokens read with surprisal 0, 0, 9, 1, 1, 0, 2: densities
+        // (sums over i-1..=i+1) 0, 9, 10, 11, 2, 3, 2; scores (largest density within 1)
+        // 9, 10, 11, 11, 11, 3, 3
+        let mut s = Salience::new(7, 1, 1, 1);
+        for (o, x) in [0.0, 0.0, 9.0, 1.0, 1.0, 0.0, 2.0].into_iter().enumerate() {
             s.record(o, x);
         }
-        let leaving: Vec<(i64, usize)> = (0..6).map(|i| (100 + i, i as usize)).collect();
+        let leaving: Vec<(i64, usize)> = (0..7).map(|i| (100 + i, i as usize)).collect();
         assert_eq!(
             s.leaving_scores(&leaving),
-            vec![9.0, 9.0, 9.0, 9.0, 9.0, 2.0]
+            vec![9.0, 10.0, 11.0, 11.0, 11.0, 3.0, 3.0]
         );
         // only leaving tokens count: without index 102 (a sink, say) the 9 is not seen
         let without: Vec<(i64, usize)> = leaving.iter().copied().filter(|e| e.0 != 102).collect();
-        assert_eq!(s.leaving_scores(&without), vec![0.0, 1.0, 2.0, 2.0, 2.0]);
-        // ties keep the later token: F = 1 keeps index 104, the last one that scores 9
+        assert_eq!(
+            s.leaving_scores(&without),
+            vec![0.0, 0.0, 2.0, 3.0, 3.0, 3.0]
+        );
+        // ties keep the later token: F = 1 keeps index 104, the last one that scores 11
         assert_eq!(s.select(&[None], &leaving), vec![(0, 104, 4)]);
-        // radius 0: a token's own surprisal
+        // two lone spikes lose to a denser run of smaller surprises (radius 2): 8 vs 3 + 3 + 3
+        let mut d = Salience::new(12, 1, 1, 2);
+        for (o, x) in [8.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0, 3.0, 3.0, 0.0, 0.0]
+            .into_iter()
+            .enumerate()
+        {
+            d.record(o, x);
+        }
+        let leaving: Vec<(i64, usize)> = (0..12).map(|i| (i, i as usize)).collect();
+        assert_eq!(d.select(&[None], &leaving)[0].1, 11); // the run's span 5..=11 scores 9, the spike's 8
+                                                          // radius 0: a token's own surprisal
         let mut own = Salience::new(6, 1, 1, 0);
         for (o, x) in [0.0, 0.0, 9.0, 1.0, 1.0, 2.0].into_iter().enumerate() {
             own.record(o, x);
         }
+        let leaving: Vec<(i64, usize)> = (0..6).map(|i| (100 + i, i as usize)).collect();
         assert_eq!(
             own.leaving_scores(&leaving),
             vec![0.0, 0.0, 9.0, 1.0, 1.0, 2.0]

@@ -110,7 +110,8 @@ fn surprisal(logits: &[f32], token: u32) -> f64 {
 #[test]
 fn the_kept_tokens_are_the_most_surprising_ones_that_left() {
     // Scores recomputed here from the logits the stream itself returned (row i-1 predicts
-    // token i), in f64, with the window of the keep module's doc: the kept set must be the top
+    // token i), in f64, with the rule of the keep module's doc (densities, then the largest
+    // density within the radius): the kept set must be the top
     // F of the tokens that left the window.
     let m = Arc::new(Model::load(common::model_path(), &Backend::cpu(2).unwrap()).unwrap());
     let nv = m.hp.n_vocab;
@@ -125,14 +126,15 @@ fn the_kept_tokens_are_the_most_surprising_ones_that_left() {
             let row = &logits[(i as usize - 1) * nv..i as usize * nv];
             surprisal(row, tokens[i as usize])
         };
-        // score(i) = the largest surprisal within r tokens of i, in i's block, sinks excluded
+        // within r tokens of i, in i's block, sinks excluded
+        let near = |i: i64| {
+            let blk = i / b as i64 * b as i64;
+            (i - r).max(blk).max(s as i64)..=(i + r).min(blk + b as i64 - 1)
+        };
+        // density(j) = the sum of the surprisals near j; score(i) = the largest density near i
+        let density = |j: i64| near(j).map(sur).sum::<f64>();
         let mut scored: Vec<(f64, i64)> = (s as i64..left)
-            .map(|i| {
-                let blk = i / b as i64 * b as i64;
-                let lo = (i - r).max(blk).max(s as i64);
-                let hi = (i + r).min(blk + b as i64 - 1);
-                ((lo..=hi).map(sur).fold(0.0, f64::max), i)
-            })
+            .map(|i| (near(i).map(density).fold(0.0, f64::max), i))
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1))); // ties: the later
         let mut want: Vec<i64> = scored[..f as usize].iter().map(|x| x.1).collect();

@@ -49,9 +49,11 @@ def policies(block, adapter, adapter_name="fam-trained", adapter_args=(), wanted
         "fam-untuned": ["--memory", "fam", *w, "--fam-len", "16"],
         "keep": keep(16),
     }
-    # `keep` with more kept tokens: keep-f64, keep-f256, ...
+    # `keep` with more kept tokens: keep-f64, keep-f256, ... The salience rule is the binary's:
+    # keep-dense-fN are the same flags, naming runs of the density rule (session 24) apart from
+    # the keep-fN files measured before it with the largest-surprisal rule
     for name in wanted:
-        m = re.fullmatch(r"keep-f(\d+)", name)
+        m = re.fullmatch(r"keep-(?:dense-)?f(\d+)", name)
         if m:
             p[name] = keep(int(m.group(1)))
     if adapter:
