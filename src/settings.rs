@@ -83,8 +83,9 @@ string_enum!(
         /// `bswa` plus Feedback Attention Memory: F rows per layer fed back block after block.
         Fam = "fam",
         /// `sink` plus F kept tokens: when a block leaves the window, the F most salient
-        /// tokens read so far (the largest surprisal -log p within a few tokens of each, taken
-        /// when it was read; `keep`) keep their K/V, shown just before the current block.
+        /// tokens read so far (scored by the surprisal -log p, taken when each was read,
+        /// summed over a few tokens around it; `keep`) keep their K/V, shown just before the
+        /// current block.
         /// Training-free, constant size.
         Keep = "keep",
     }
