@@ -304,8 +304,9 @@ mod tests {
             d.record(o, x);
         }
         let leaving: Vec<(i64, usize)> = (0..12).map(|i| (i, i as usize)).collect();
-        assert_eq!(d.select(&[None], &leaving)[0].1, 11); // the run's span 5..=11 scores 9, the spike's 8
-                                                          // radius 0: a token's own surprisal
+        // the run's span 5..=11 scores 9, the spike's 8
+        assert_eq!(d.select(&[None], &leaving)[0].1, 11);
+        // radius 0: a token's own surprisal
         let mut own = Salience::new(6, 1, 1, 0);
         for (o, x) in [0.0, 0.0, 9.0, 1.0, 1.0, 2.0].into_iter().enumerate() {
             own.record(o, x);

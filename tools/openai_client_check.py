@@ -7,8 +7,8 @@ Run by tests/serve.rs (the server is started there). Each check uses the client'
 and parsing, so a reply that the client cannot read fails here, not just a field we look at by
 hand: chat (plain, streamed with the usage chunk, `n`, `seed`, `stop`, logprobs with
 top_logprobs, streamed too, `logit_bias`, presence/frequency penalties, llama-server's
-`repeat_penalty`, tool calls plain and streamed), completions (plain, streamed, logprobs), the model list, sessions, a wrong key (401
-AuthenticationError), and refused fields (400 BadRequestError naming them). Prints one line per
+`repeat_penalty`, tool calls plain and streamed), completions (plain, streamed, logprobs), the
+model list, sessions, a wrong key (401 AuthenticationError), and refused fields (400 BadRequestError naming them). Prints one line per
 check and exits non-zero on the first failure.
 """
 from __future__ import annotations
