@@ -4,9 +4,9 @@
 Makes recall cases from the *training* split of tools/fam_data.py (training templates, values
 and filler: the held-out cases of tools/recall_bench.py stay for the benchmark), scores every
 token by its surprisal under the HF copy of the default model (full attention: an approximation
-of what famstream scores inside its window), then replays keep's selection at B = 64, M = 0, S = 4
-for each rule and F, and prints the share of cases whose whole value (the answer's tokens in the
-fact) is among the kept tokens. Whether a value is kept decides recall: on the held-out
+of what famstream scores inside its window), then replays keep's selection (B = --block,
+M = --mem-blocks, S = 4) for each rule and F, and prints the share of cases whose whole value
+(the answer's tokens in the fact) is among the kept tokens. Whether a value is kept decides recall: on the held-out
 benchmark a case was answered only when its value was kept.
 
     python3 tools/keep_salience.py [--cases 80] [--model ~/.cache/famstream/hf/smollm2-135m-f32]
@@ -20,10 +20,11 @@ window of context), as famstream scores a token inside its own window.
 
 Rules: `fade D` (a token's score carried to the next tokens, fading by D nats per token: the
 rule before session 21), `window R` (the largest surprisal within R tokens, before or after, in
-the same block: famstream's rule, R = keep::SALIENCE_RADIUS), `after R` (the largest surprisal of
+the same block: famstream's rule in sessions 21-23), `after R` (the largest surprisal of
 the token and the R before it: a surprise scores only what follows it), `sum R` (the sum of the
 surprisals within R tokens: dense surprise, as a fact dropped into a novel, over a lone rare
-word), `sumwin R` (the largest `sum R` within R tokens: `window`'s flat spans, ranked by density).
+word), `sumwin R` (the largest `sum R` within R tokens: `window`'s flat spans, ranked by density;
+famstream's rule since session 24, R = keep::SALIENCE_RADIUS).
 Surprisals are cached (--cache; one file per window layout).
 """
 import argparse
@@ -59,14 +60,26 @@ def surprisals(model, ids, context):
         start += half
 
 
-def make_cases(model_dir, n, ks, block, mem_blocks, context, known):
-    """`n` cases per distance; `known` maps (k, prompt) to surprisals a smaller run scored."""
+def load_model(model_dir):
+    """The HF copy of the default model, f32 on 2 threads, for scoring."""
     import torch
-    from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
     torch.set_num_threads(2)
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+
+
+def evicted_surprisals(model, prompt, block, mem_blocks, context):
+    """Surprisals of the blocks that have left the window when the question is read (the
+    blocks before the question's block and its M memory blocks); 0 for the rest, never kept."""
+    n_left = ((len(prompt) - 1) // block - mem_blocks) * block
+    return surprisals(model, prompt[:n_left], context) + [0.0] * (len(prompt) - n_left)
+
+
+def make_cases(model_dir, n, ks, block, mem_blocks, context, known):
+    """`n` cases per distance; `known` maps (k, prompt) to surprisals a smaller run scored."""
+    from tokenizers import Tokenizer
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    model = None  # loaded only if a case is not in `known`
     data = RecallData(tok, block, "train")
     out = []
     for k in ks:
@@ -75,11 +88,10 @@ def make_cases(model_dir, n, ks, block, mem_blocks, context, known):
             ids, ans, meta = data.batch(rng, 1, k * (mem_blocks + 1))
             a0 = ans[0][0] + 1
             prompt, answer = ids[0][:a0], ids[0][a0:]
-            # only the blocks that have left the window when the question is read are scored
-            n_left = ((len(prompt) - 1) // block - mem_blocks) * block
             s = known.get((k, tuple(prompt)))
             if s is None:
-                s = surprisals(model, prompt[:n_left], context) + [0.0] * (len(prompt) - n_left)
+                model = model or load_model(model_dir)
+                s = evicted_surprisals(model, prompt, block, mem_blocks, context)
             out.append(dict(k=k, prompt=prompt, answer=answer, s=s,
                             fact_pos=meta[0]["fact_pos"], q_pos=meta[0]["q_pos"]))
             print(f"\rk={k}: case {c + 1}/{n}", end="", file=sys.stderr, flush=True)
@@ -122,17 +134,13 @@ def kept(case, sc, f, block, mem_blocks):
 def from_file(model_dir, path, block, mem_blocks, context):
     """Cases of tools/recall_bench.py (held-out: to check this replay against what famstream
     kept, not to choose a rule); the fact is where the value's tokens first occur."""
-    import torch
-    from transformers import AutoModelForCausalLM
-    torch.set_num_threads(2)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    model = load_model(model_dir)
     out = []
     for line in Path(path).read_text().splitlines():
         c = json.loads(line)
         prompt, v = c["prompt"], [t for t in c["answer"] if t != 30]
         f0 = next(i for i in range(len(prompt)) if prompt[i:i + len(v)] == v)
-        n_left = ((len(prompt) - 1) // block - mem_blocks) * block
-        s = surprisals(model, prompt[:n_left], context) + [0.0] * (len(prompt) - n_left)
+        s = evicted_surprisals(model, prompt, block, mem_blocks, context)
         out.append(dict(k=c["k"], prompt=prompt, answer=c["answer"], s=s, value_pos=list(range(f0, f0 + len(v)))))
         print(f"\rcase {len(out)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
@@ -155,8 +163,7 @@ def main():
     ap.add_argument("--block", type=int, default=64)
     ap.add_argument("--mem-blocks", type=int, default=0)
     ap.add_argument("--context", type=int, default=4096, help="tokens the HF model scores at once")
-    ap.add_argument("--rules", nargs="+", default=["fade:0.1", "window:0", "window:6", "window:8",
-                                                   "window:10", "window:16"],
+    ap.add_argument("--rules", nargs="+", default=["fade:0.1", "window:8", "sum:8", "sumwin:8"],
                     help="rule:parameter pairs (see above)")
     ap.add_argument("--model", default=str(Path.home() / ".cache/famstream/hf/smollm2-135m-f32"))
     ap.add_argument("--cache", default="/tmp/famstream-keep-salience")
