@@ -67,6 +67,7 @@ class Model(torch.nn.Module):
         assert lora_scope in LORA_SCOPES, lora_scope
         self.lora_scope = lora_scope
         self.lora_off = False  # True: the base model alone (the distillation teacher)
+        self._rope_cache = {}  # positions -> (cos, sin) on the device
         from safetensors.torch import load_file
         hf_dir = Path(hf_dir)
         cfg = json.loads((hf_dir / "config.json").read_text())
@@ -144,10 +145,17 @@ class Model(torch.nn.Module):
     def rope(self, x, pos):
         """x [N, heads, T, hd]; pos [T] (may be negative); HF rotate_half layout, angles in float64."""
         pos = torch.as_tensor(pos, dtype=torch.float64)
-        inv = self.base ** (-torch.arange(0, self.hd, 2, dtype=torch.float64) / self.hd)
-        ang = pos[:, None] * inv[None, :]
-        ang = torch.cat([ang, ang], -1)
-        c, s = ang.cos().to(x.dtype).to(x.device), ang.sin().to(x.dtype).to(x.device)
+        key = (pos.numpy().tobytes(), x.dtype, str(x.device))
+        cs = self._rope_cache.get(key)
+        if cs is None:  # every layer rotates at the same positions: one host-to-device copy per block
+            inv = self.base ** (-torch.arange(0, self.hd, 2, dtype=torch.float64) / self.hd)
+            ang = pos[:, None] * inv[None, :]
+            ang = torch.cat([ang, ang], -1)
+            cs = ang.cos().to(x.dtype).to(x.device), ang.sin().to(x.dtype).to(x.device)
+            if len(self._rope_cache) > 256:
+                self._rope_cache.clear()
+            self._rope_cache[key] = cs
+        c, s = cs
         h = self.hd // 2
         rot = torch.cat([-x[..., h:], x[..., :h]], -1)
         return x * c + rot * s
@@ -186,7 +194,7 @@ class Model(torch.nn.Module):
         """Rows x [N, T, d] alone, causal, at positions pos: the layer inputs [L+1] (init FAM).
         rows: LoRA's rows (None: all, as for the soft prompt, which is FAM rows only)."""
         T = x.shape[1]
-        vis = torch.tril(torch.ones(T, T, dtype=torch.bool))
+        vis = torch.tril(torch.ones(T, T, dtype=torch.bool)).to(x.device)
         xs = [x]
         for l in range(self.L):
             q, k, v = self.qkv(l, xs[-1], rows)
@@ -266,7 +274,7 @@ class Model(torch.nn.Module):
             vis[nf:, ns + nm + nf:] = torch.tril(torch.ones(nb, nb, dtype=torch.bool))
             if drop_fam_from is not None and t >= drop_fam_from:
                 vis[nf:, ns + nm:ns + nm + nf] = False  # the ablation: token rows lose the FAM
-            mask = vis
+            mask = vis.to(self.device)
             if self.fam_bias is not None and nf:
                 on_fam = torch.zeros(vis.shape, device=self.device)
                 on_fam[nf:, ns + nm:ns + nm + nf] = 1.0
@@ -400,6 +408,11 @@ def cmd_train(a):
     else:
         args_path.write_text(json.dumps(keep, indent=1) + "\n")
     torch.manual_seed(a.seed)
+    if a.device.startswith("cuda"):
+        # TF32 tensor cores for the f32 matmuls (10 mantissa bits in the products, f32 sums): the
+        # frozen base is Q4_1 dequantized, far coarser than that; CPU runs are unchanged
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     model = Model(a.model, a.rank, a.alpha, a.targets.split(","), a.fam_len, a.device, a.seed, a.lora_scope,
                   a.fam_bias)
     tok = Tokenizer.from_file(str(Path(a.model) / "tokenizer.json"))
@@ -481,23 +494,36 @@ def cmd_train(a):
         t0 = time.time()
         # random state passing: start from the previous stream's final FAM, positions continuing
         fam0 = rsp if rsp is not None and k_cur >= a.rsp_from_k and rng.random() < a.rsp else None
+        if fam0 is not None and fam0[0][0].shape[0] != len(ids):
+            fam0 = None  # the batch was halved after running out of GPU memory
         pos0 = 0 if fam0 is None else int(fam0[1][-1]) + 1
-        lg, (fam_end, P_end) = model.forward_fam(ids, s, out_pos=flat, fam0=fam0, pos0=pos0)
-        tgt = torch.tensor(ids, device=model.device)
-        a_idx = [(i, col[p], ids[i][p + 1]) for i, ps in enumerate(ans) for p in ps]
-        ans_loss = Fn.cross_entropy(torch.stack([lg[i, c] for i, c, _ in a_idx]),
-                                    torch.tensor([y for _, _, y in a_idx], device=model.device))
-        loss = ans_loss
-        lm_loss = torch.zeros(())
-        if lm_pos and a.lm_loss == "kl":
-            lm_loss = distill_loss(model, ids, lm_pos, lg[:, [col[p] for p in lm_pos]])
-        elif lm_pos:
-            lm_loss = Fn.cross_entropy(lg[:, [col[p] for p in lm_pos]].reshape(-1, model.vocab),
-                                       tgt[:, [p + 1 for p in lm_pos]].reshape(-1))
-        if lm_pos:
-            loss = loss + a.lm_weight * lm_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            lg, (fam_end, P_end) = model.forward_fam(ids, s, out_pos=flat, fam0=fam0, pos0=pos0)
+            tgt = torch.tensor(ids, device=model.device)
+            a_idx = [(i, col[p], ids[i][p + 1]) for i, ps in enumerate(ans) for p in ps]
+            ans_loss = Fn.cross_entropy(torch.stack([lg[i, c] for i, c, _ in a_idx]),
+                                        torch.tensor([y for _, _, y in a_idx], device=model.device))
+            loss = ans_loss
+            lm_loss = torch.zeros(())
+            if lm_pos and a.lm_loss == "kl":
+                lm_loss = distill_loss(model, ids, lm_pos, lg[:, [col[p] for p in lm_pos]])
+            elif lm_pos:
+                lm_loss = Fn.cross_entropy(lg[:, [col[p] for p in lm_pos]].reshape(-1, model.vocab),
+                                           tgt[:, [p + 1 for p in lm_pos]].reshape(-1))
+            if lm_pos:
+                loss = loss + a.lm_weight * lm_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        except torch.OutOfMemoryError:
+            # a one-shot GPU run must not die on a batch too large for the card: halve it, go on
+            if a.batch <= 1:
+                raise
+            lg = fam_end = loss = ans_loss = lm_loss = None
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            a.batch //= 2
+            print(f"step {step + 1}: out of GPU memory at k={k}; batch now {a.batch}", file=sys.stderr, flush=True)
+            continue
         torch.nn.utils.clip_grad_norm_(model.small_params() + list(model.lora.parameters()), 1.0)
         opt.step()
         if a.rsp > 0 and fam_end is not None:
@@ -519,7 +545,9 @@ def cmd_train(a):
         eta = (a.steps - step) * dt
         print(f"step {step}/{a.steps} k={k}/{k_cur} loss {loss.item():.3f} (answer {ans_loss.item():.3f}, "
               f"lm {lm_loss.item():.3f}) recall@k={last_recall if last_recall is None else round(last_recall, 3)} "
-              f"{rate:.0f} tok/s ETA {eta / 60:.0f} min", file=sys.stderr, flush=True)
+              f"{rate:.0f} tok/s ETA {eta / 60:.0f} min"
+              + (f" GPU peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if a.device.startswith("cuda") else ""),
+              file=sys.stderr, flush=True)
         stopping = step == a.steps or (a.max_minutes and step_seconds > 60 * a.max_minutes)
         if step % a.ckpt_every == 0 or stopping:
             save_atomic(dict(lora=model.lora.state_dict(), prompt=model.prompt.detach(), opt=opt.state_dict(),
