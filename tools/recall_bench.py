@@ -231,6 +231,9 @@ def main():
     ap.add_argument("--splice", action="store_true", help="write the table into results/README.md")
     ap.add_argument("--splice-name", default="recall",
                     help="the results/README.md block to write (<!-- NAME:begin -->)")
+    ap.add_argument("--table-only", action="store_true",
+                    help="run nothing: the table of what earlier runs measured for these policies (with --splice, "
+                         "rows measured with different --k lists side by side)")
     ap.add_argument("--model")
     ap.add_argument("--bin", default=str(FAMSTREAM),
                     help="the famstream binary (e.g. a copy, so that a rebuild does not change a long run)")
@@ -239,7 +242,7 @@ def main():
     if a.chunk < 1:
         ap.error("--chunk must be at least 1")
     model = a.model or default_model()
-    cases = make_cases(a.tokenizer, a.block, a.k, a.trials, a.seed, a.mem_blocks)
+    cases = None if a.table_only else make_cases(a.tokenizer, a.block, a.k, a.trials, a.seed, a.mem_blocks)
     lay = layout(a.block, a.mem_blocks)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
@@ -247,7 +250,7 @@ def main():
     results = {}
     for name in a.policies or list(pols):
         out = OUT / f"{name}-{lay}-n{a.trials}-k{'_'.join(map(str, a.k))}.json"
-        if not out.exists():
+        if not out.exists() and not a.table_only:
             if name not in pols:
                 raise SystemExit(f"{name}: no such policy, and no results in {out.name}")
             run_policy(a, model, name, pols[name], cases, out, commit, lay)
@@ -261,6 +264,8 @@ def main():
             runs.setdefault(name, []).extend([r.get("commit", "?")] + [m["commit"] for m in r.get("merged_from", [])])
             for s in r["summary"]:
                 merged[s["k"]] = s
+        if not merged:
+            raise SystemExit(f"{name}: nothing measured at {lay} with {a.trials} trials")
         results[name] = {"summary": [merged[k] for k in sorted(merged)]}
     ks = sorted({s["k"] for r in results.values() for s in r["summary"]})
     t = table(results, ks)
