@@ -10,6 +10,11 @@
 #   run(command="tools/device_train.sh stash", carry=[".device/1"])  # device: part 1, a CUDA smoke
 #   run(command="tools/device_train.sh train 360", carry=[".device/2"], timeout_s=580)  # right after
 #   tools/device_train.sh restore                                   # here
+# or, instead of `train`, short runs side by side in one call (each SPEC is NAME:init|fresh:FLAGS,
+# FLAGS added to RUN_ARGS; outputs come back as NAME.tar), e.g. the next questions of issue 18:
+#   run(command="EVAL_TRIALS=50 tools/device_train.sh sweep 110 'rsp0:init:--rsp 0'
+#       'd003:init:--decay 0.03' 'base:init:'", carry=[".device/2"], timeout_s=590)
+# (each run: SECONDS of steps plus ~30 s of loading, export and evaluation)
 #
 # `stash` keeps part 1 and runs the trainer for 3 steps on the tiny llama checkpoint with
 # --device cuda (state passing, distillation, decay, evaluation, export): a CUDA bug shows there,
@@ -26,13 +31,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:?usage: tools/device_train.sh prepare | stash | train SECONDS}
 STASH=${FAMSTREAM_STASH:-/tmp/famstream-device}
-RUN_NAME=${RUN_NAME:-smollm2-b64-f16-m0-gen-d01-gpu}
-FAM_INIT=${FAM_INIT-results/adapters/smollm2-135m-fam-b64-gen-d01.gguf}
+RUN_NAME=${RUN_NAME:-smollm2-b64-f16-m0-gpu-next}
+FAM_INIT=${FAM_INIT-results/adapters/smollm2-135m-fam-b64-gpu.gguf}
 EVAL_TRIALS=${EVAL_TRIALS:-100}
 DEV=${FAMSTREAM_DEVICE:-cuda}
 # B = 64, F = 16, M = 0 as the shipped adapters (so the benchmarks compare like with like), from
-# session 20's made-up-values run with the leaky memory (gen-d01: held-out recall 17/50 at k = 4,
-# its curriculum at k = 5, never state-passed). Session 18's CPU recipe: LoRA on every row, the LM
+# session 26's GPU run (smollm2-135m-fam-b64-gpu.gguf: session 20's made-up-values run with the
+# leaky memory, gen-d01, trained on from k = 5 for 639 steps; its curriculum stalled at k = 6,
+# where state passing starts: results/README.md). Session 18's CPU recipe: LoRA on every row, the LM
 # positions distilled from the base model with full attention (--lm-loss kl: a cross-entropy LM
 # loss, a FAM bias and state passing from step 1 each kept held-out recall at chance for 200
 # steps), state passing once the curriculum reaches 6 windows (without it the memory breaks long
@@ -41,7 +47,7 @@ DEV=${FAMSTREAM_DEVICE:-cuda}
 # update grows the rows without bound). Batch 24, not 4: a GPU step costs about the same at
 # either (kernel launches, not arithmetic); the trainer halves it if the card runs out of memory.
 RUN_ARGS=(--block 64 --fam-len 16 --mem-blocks 0 --rank 8 --alpha 16 --lr-lora 1e-3 --lr-prompt 3e-3
-  --lora-scope all --batch 24 --steps 100000 --k-start 5 --max-k 16 --advance-at 0.6 --eval-every 20
+  --lora-scope all --batch 24 --steps 100000 --k-start 6 --max-k 16 --advance-at 0.6 --eval-every 20
   --eval-batches 2 --ckpt-every 50 --lm-positions 64 --lm-weight 1.0 --lm-loss kl --rsp 0.8 --rsp-from-k 6
   --decay 0.1)
 DATA=(austen_emma.txt shakespeare_37_plays.txt moby_dick.txt)
@@ -92,31 +98,52 @@ stash)
   python3 tools/fam_train.py export "$smoke/run" --out "$smoke/adapter.gguf" --base-gguf .device/1/tiny.gguf
   rm -rf "$smoke/run/ckpt.pt"
   ;;
-train)
-  secs=${2:?train SECONDS}
+train | sweep)
+  secs=${2:?$stage SECONDS}
   [ -f "$STASH/model.part0" ] || { echo "part 1 is not on this machine (a fresh one?): stash .device/1 again" >&2; exit 3; }
   python3 -c 'import gguf' 2>/dev/null || {
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/2/wheels/*.whl
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .device/2/wheels/*.whl
     export PYTHONPATH=/tmp/site; }
-  cat "$STASH"/model.part0 .device/2/model.part1 > "$STASH/model.gguf"
-  echo "$(cat .device/2/model.sha256)  $STASH/model.gguf" | sha256sum -c --quiet
-  python3 tools/make_hf_smollm2.py "$STASH/hf" --gguf "$STASH/model.gguf" --dtype f32 --shards 1 > /dev/null
-  out=${OUT:-$STASH/out}/$RUN_NAME && mkdir -p "$out"
-  init=()
-  [ -z "$FAM_INIT" ] || init=(--init-from .device/2/init.gguf)
+  if [ ! -f "$STASH/hf/config.json" ]; then  # a warm machine keeps the HF copy between calls
+    cat "$STASH"/model.part0 .device/2/model.part1 > "$STASH/model.gguf"
+    echo "$(cat .device/2/model.sha256)  $STASH/model.gguf" | sha256sum -c --quiet
+    python3 tools/make_hf_smollm2.py "$STASH/hf" --gguf "$STASH/model.gguf" --dtype f32 --shards 1 > /dev/null
+  fi
+  base=${OUT:-$STASH/out}
+  # train_one NAME START EXTRA: START is init (from .device/2/init.gguf, when FAM_INIT is set)
+  # or fresh (a new soft prompt and LoRA: needed when EXTRA changes --fam-len or the rank)
+  train_one() {
+    local out=$base/$1 init=()
+    mkdir -p "$out"
+    [ "$2" = fresh ] || [ -z "$FAM_INIT" ] || init=(--init-from .device/2/init.gguf)
+    # shellcheck disable=SC2086  # EXTRA is a list of flags
+    FAMSTREAM_DATA=$STASH/data PYTHONUNBUFFERED=1 python3 -W ignore tools/fam_train.py train "$out" \
+      --model "$STASH/hf" "${init[@]}" --device "$DEV" --threads 8 \
+      --max-minutes "$(python3 -c "print($secs / 60)")" "${RUN_ARGS[@]}" $3 > "$out/train.out" 2>&1
+    echo "$1: train exit $?"; tail -n 3 "$out/train.out"
+    python3 tools/fam_train.py export "$out" --base-gguf "$STASH/model.gguf" --out "$out/adapter.gguf" --dtype f16
+    FAMSTREAM_DATA=$STASH/data python3 -W ignore tools/fam_train.py eval "$out" --k 4 16 --trials "$EVAL_TRIALS" \
+      --batch 25 --device "$DEV" --json "$out/eval.json"
+    rm -f "$out/ckpt.pt"  # the optimizer state is 3x the adapter; the adapter carries LoRA and prompt
+  }
   set +e  # what was trained comes back even if a later stage fails
-  FAMSTREAM_DATA=$STASH/data PYTHONUNBUFFERED=1 python3 -W ignore tools/fam_train.py train "$out" \
-    --model "$STASH/hf" "${init[@]}" --device "$DEV" --threads 8 \
-    --max-minutes "$(python3 -c "print($secs / 60)")" "${RUN_ARGS[@]}" ${TRAIN_EXTRA:-} > "$out/train.out" 2>&1
-  echo "train: exit $?"; tail -n 30 "$out/train.out"
-  python3 tools/fam_train.py export "$out" --base-gguf "$STASH/model.gguf" --out "$out/adapter.gguf" --dtype f16
-  FAMSTREAM_DATA=$STASH/data python3 -W ignore tools/fam_train.py eval "$out" --k 4 16 --trials "$EVAL_TRIALS" \
-    --batch 25 --device "$DEV" --json "$out/eval.json"
-  rm -f "$out/ckpt.pt"  # the optimizer state is 3x the adapter; the adapter carries LoRA and prompt
-  ls -la "$out"
+  if [ "$stage" = train ]; then
+    train_one "$RUN_NAME" init "${TRAIN_EXTRA:-}"
+    ls -la "$base/$RUN_NAME"
+  else
+    # sweep SECONDS 'NAME:init|fresh:FLAGS' ...: short runs in one call, each packed into
+    # $OUT/NAME.tar (the device tool brings back at most 8 files)
+    shift 2
+    for spec in "$@"; do
+      name=${spec%%:*} rest=${spec#*:}
+      train_one "$name" "${rest%%:*}" "${rest#*:}"
+      tar -C "$base" -cf "$base/$name.tar" "$name" && rm -rf "${base:?}/$name"
+    done
+    ls -la "$base"
+  fi
   ;;
 *)
-  echo "unknown stage $stage (prepare, light, restore, stash, train SECONDS)" >&2
+  echo "unknown stage $stage (prepare, light, restore, stash, train SECONDS, sweep SECONDS SPEC...)" >&2
   exit 2
   ;;
 esac
