@@ -14,7 +14,9 @@ Subcommands:
                                          step (loss, tokens/s) and per evaluation (held-out recall)
   eval    RUN_DIR [--k 1 2 4] [--trials N]   held-out recall (Moby-Dick filler, held-out templates
                                          and values) with 95% Wilson intervals, trained FAM vs the
-                                         same FAM with its rows zeroed at the question block
+                                         same FAM with its rows zeroed at the question block;
+                                         RUN_DIR may be an exported ADAPTER.gguf (with --model);
+                                         --after-sample K: the stream read another sample first
   export  RUN_DIR --base-gguf GGUF --out ADAPTER.gguf
                                          GGUF adapter in llama.cpp's LoRA layout + fam.init_memory
                                          + the fam.* settings it was trained with
@@ -331,11 +333,13 @@ def settings_of(a):
                 feedback="within", decay=a.decay)
 
 
-def recall_batch(model, s, ids, ans_pos, drop_fam_from=None):
-    """Exact-match recall (greedy under teacher forcing: every answer token is the argmax)."""
+def recall_batch(model, s, ids, ans_pos, drop_fam_from=None, fam0=None):
+    """Exact-match recall (greedy under teacher forcing: every answer token is the argmax).
+    fam0: (FAM, positions) to start from (a stream that has read something before), else fresh."""
     flat = sorted({p for ps in ans_pos for p in ps})
+    pos0 = 0 if fam0 is None else int(fam0[1][-1]) + 1
     with torch.no_grad():
-        lg, _ = model.forward_fam(ids, s, out_pos=flat, drop_fam_from=drop_fam_from)
+        lg, _ = model.forward_fam(ids, s, out_pos=flat, drop_fam_from=drop_fam_from, fam0=fam0, pos0=pos0)
     col = {p: i for i, p in enumerate(flat)}
     hits = []
     for i, ps in enumerate(ans_pos):
@@ -566,29 +570,68 @@ def load_run(run_dir, device="cpu", model_dir=None):
     return model, a, ck
 
 
+def adapter_model(path, model_dir, device="cpu"):
+    """A Model with an exported adapter's LoRA and soft prompt, and the FAM settings it carries
+    (`eval ADAPTER.gguf --model HF_DIR`: checkpoints are not in git, adapters are)."""
+    import gguf
+    f = gguf.GGUFReader(str(path)).fields
+    def sc(k, default=None):
+        return f[k].contents() if k in f else default
+    if sc("general.type") != "adapter" or sc("adapter.type") != "lora":
+        raise SystemExit(f"{path}: not a LoRA adapter")
+    s = dict(policy="fam", init="learned", query_pos=sc("fam.query_pos"), feedback=sc("fam.feedback"),
+             zero_first_residual=bool(sc("fam.zero_first_residual", False)), renorm=bool(sc("fam.renorm", False)),
+             decay=round(float(sc("fam.decay", 0.0)), 6),
+             **{k: int(sc(f"fam.{k}")) for k in ("block_size", "mem_blocks", "fam_len", "sinks")})
+    shapes = {t.name: t.shape for t in gguf.GGUFReader(str(path)).tensors}
+    targets = [t for t in TARGETS if f"blk.0.{GGUF_LIN[t]}.weight.lora_a" in shapes]
+    rank = int(shapes[f"blk.0.{GGUF_LIN[targets[0]]}.weight.lora_a"][1])  # ne [n_in, r]
+    bias = sc("fam.adapter.fam_attn_bias")
+    model = Model(model_dir, rank, float(sc("adapter.lora.alpha")), targets, s["fam_len"], device, 0,
+                  sc("fam.adapter.lora_scope") or "all", None if bias is None else float(bias))
+    if not load_adapter(path, model, s):
+        raise SystemExit(f"{path}: carries no soft prompt (famtrain.prompt); export it again")
+    return model, s
+
+
 def cmd_eval(a):
     from tokenizers import Tokenizer
     from tools.fam_data import RecallData
     torch.set_num_threads(a.threads)
-    model, ra, ck = load_run(a.run_dir, a.device)
-    s = ck["settings"]
-    tok = Tokenizer.from_file(str(Path(ra["model"]) / "tokenizer.json"))
+    if a.run_dir.endswith(".gguf"):
+        if not a.model:
+            raise SystemExit("eval ADAPTER.gguf needs --model HF_DIR (the base it was trained on)")
+        model, s = adapter_model(a.run_dir, a.model, a.device)
+        tok_dir, step = a.model, None
+    else:
+        model, ra, ck = load_run(a.run_dir, a.device, a.model)
+        s, tok_dir, step = ck["settings"], a.model or ra["model"], ck["step"]
+    tok = Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json"))
     data = RecallData(tok, s["block_size"], "eval")
     rows = []
     for k in a.k:
         rng = random.Random(a.seed + k)
+        pre_rng = random.Random(a.seed + 7919 * k)  # its own stream: the same cases either way
         hits, zeroed = [], []
         while len(hits) < a.trials:
             ids, ans, _ = data.batch(rng, min(a.batch, a.trials - len(hits)), k)
-            hits += recall_batch(model, s, ids, ans)
-            zeroed += recall_batch(model, s, ids, ans, drop_fam_from=k)
+            fam0 = None
+            if a.after_sample:
+                # the stream has read another held-out sample first (its fact, filler and
+                # question): the FAM starts holding that one, as in training's state passing
+                pre, _, _ = data.batch(pre_rng, len(ids), a.after_sample)
+                with torch.no_grad():
+                    fam0 = model.forward_fam(pre, s, out_pos=[0])[1]
+            hits += recall_batch(model, s, ids, ans, fam0=fam0)
+            zeroed += recall_batch(model, s, ids, ans, drop_fam_from=k, fam0=fam0)
         for name, h in (("fam (trained)", hits), ("fam rows removed at the question", zeroed)):
             lo, hi = wilson95(sum(h), len(h))  # len(h) = a.trials > 0
             rows.append(dict(k=k, variant=name, hits=sum(h), trials=len(h), recall=sum(h) / len(h), ci95=[lo, hi]))
             print(f"k={k:3d} {name:34s} {sum(h):4d}/{len(h):<4d} = {sum(h) / len(h):.3f}  [{lo:.3f}, {hi:.3f}]",
                   flush=True)
     if a.json:
-        Path(a.json).write_text(json.dumps(dict(step=ck["step"], settings=s, rows=rows), indent=1) + "\n")
+        Path(a.json).write_text(json.dumps(dict(step=step, settings=s, after_sample=a.after_sample, rows=rows),
+                                           indent=1) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -923,6 +966,25 @@ def cmd_smoke(a):
             assert torch.equal(p, m2.lora[name]), f"--init-from ADAPTER lost LoRA {name}"
         assert torch.equal(model.prompt, m2.prompt), "--init-from ADAPTER lost the soft prompt"
         call("train", str(Path(tmp) / "run2"), *base[2:], "--steps", "1", "--init-from", str(out))
+        # the exported adapter evaluates as its run does (same cases, same hits), and the
+        # --after-sample path runs
+        ev = [Path(tmp) / f"eval{i}.json" for i in range(3)]
+        call("eval", str(run), "--k", "1", "--trials", "4", "--batch", "2", "--json", str(ev[0]))
+        call("eval", str(out), "--model", str(tiny / "hf"), "--k", "1", "--trials", "4", "--batch", "2",
+             "--json", str(ev[1]))
+        call("eval", str(out), "--model", str(tiny / "hf"), "--k", "1", "--trials", "4", "--batch", "2",
+             "--after-sample", "1", "--json", str(ev[2]))
+        e0, e1, e2 = (json.loads(f.read_text()) for f in ev)
+        assert e0["rows"] == e1["rows"], (e0["rows"], e1["rows"])
+        assert e1["settings"] == e0["settings"], (e1["settings"], e0["settings"])
+        m_ad, s_ad = adapter_model(out, tiny / "hf")
+        probe = RecallData(Tokenizer.from_file(str(tiny / "hf/tokenizer.json")), 64, "eval").batch(
+            random.Random(9), 2, 2)[0]
+        with torch.no_grad():
+            d_ad = float((m_ad.forward_fam(probe, s_ad)[0] - model.forward_fam(probe, s_ad)[0]).abs().max())
+        TOL_EXPORT = 1e-6  # an f32 export read back is the same numbers: only a broken reload differs
+        assert d_ad < TOL_EXPORT, f"the adapter evaluates differently from its run: {d_ad}"
+        assert e2["after_sample"] == 1 and len(e2["rows"]) == 2
         # a FAM-rows run with a FAM bias: its export says so (the bias trained one step), and a
         # run with other settings refuses to resume it
         run3 = Path(tmp) / "run3"
@@ -1052,6 +1114,9 @@ def parser():
     e.add_argument("--batch", type=int, default=10)
     e.add_argument("--seed", type=int, default=1000)
     e.add_argument("--json")
+    e.add_argument("--model", help="HF checkpoint dir: needed when RUN_DIR is an adapter (.gguf); else the run's")
+    e.add_argument("--after-sample", type=int, default=0, metavar="K",
+                   help="start each case's stream after another held-out sample at distance K (0: a fresh FAM)")
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=cmd_eval)
