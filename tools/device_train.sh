@@ -29,7 +29,7 @@
 # script: stash, then `train 1` with TRAIN_EXTRA="--batch 1" EVAL_TRIALS=2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?usage: tools/device_train.sh prepare | stash | train SECONDS}
+stage=${1:?usage: tools/device_train.sh prepare | light | restore | stash | train SECONDS | sweep SECONDS SPEC...}
 STASH=${FAMSTREAM_STASH:-/tmp/famstream-device}
 RUN_NAME=${RUN_NAME:-smollm2-b64-f16-m0-gpu-next}
 FAM_INIT=${FAM_INIT-results/adapters/smollm2-135m-fam-b64-gpu.gguf}
@@ -51,6 +51,12 @@ RUN_ARGS=(--block 64 --fam-len 16 --mem-blocks 0 --rank 8 --alpha 16 --lr-lora 1
   --eval-batches 2 --ckpt-every 50 --lm-positions 64 --lm-weight 1.0 --lm-loss kl --rsp 0.8 --rsp-from-k 6
   --decay 0.1)
 DATA=(austen_emma.txt shakespeare_37_plays.txt moby_dick.txt)
+
+need_gguf() {  # DIR: the GGUF reader/writer's wheel there, when the image lacks it
+  python3 -c 'import gguf' 2>/dev/null && return
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$1"/wheels/*.whl
+  export PYTHONPATH=/tmp/site
+}
 
 case $stage in
 prepare)
@@ -87,9 +93,7 @@ stash)
   ls -la "$STASH" "$STASH/data"
   nvidia-smi -L 2>/dev/null || true
   python3 -c 'import torch, tokenizers, safetensors, numpy; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
-  python3 -c 'import gguf' 2>/dev/null || {
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/1/wheels/*.whl
-    export PYTHONPATH=/tmp/site; }
+  need_gguf .device/1
   smoke=${OUT:-$STASH/out}/smoke && rm -rf "$smoke" && mkdir -p "$smoke"
   FAMSTREAM_DATA=$STASH/data timeout 120 python3 -W ignore tools/fam_train.py train "$smoke/run" \
     --model .device/1/tiny --block 64 --fam-len 4 --rank 4 --batch 4 --steps 3 --k-start 6 --max-k 7 \
@@ -101,9 +105,7 @@ stash)
 train | sweep)
   secs=${2:?$stage SECONDS}
   [ -f "$STASH/model.part0" ] || { echo "part 1 is not on this machine (a fresh one?): stash .device/1 again" >&2; exit 3; }
-  python3 -c 'import gguf' 2>/dev/null || {
-    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .device/2/wheels/*.whl
-    export PYTHONPATH=/tmp/site; }
+  need_gguf .device/2
   if [ ! -f "$STASH/hf/config.json" ]; then  # a warm machine keeps the HF copy between calls
     cat "$STASH"/model.part0 .device/2/model.part1 > "$STASH/model.gguf"
     echo "$(cat .device/2/model.sha256)  $STASH/model.gguf" | sha256sum -c --quiet

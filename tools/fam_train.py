@@ -226,14 +226,15 @@ class Model(torch.nn.Module):
         h = xs[-1] if out_pos is None else xs[-1][:, out_pos]
         return self.logits(h)
 
-    def forward_fam(self, ids, s, out_pos=None, fam0=None, pos0=0, drop_fam_from=None, seed_ids=None):
+    def forward_fam(self, ids, s, out_pos=None, fam0=None, pos0=None, drop_fam_from=None, seed_ids=None):
         """The FAM policy over ids [N, T] (same layout as tools/fam_reference.py forward_fam).
 
         s: settings dict (block_size, mem_blocks, fam_len, sinks, init, query_pos,
         zero_first_residual, renorm, decay: each updated row becomes (1 - decay) x itself + decay x the
         initial row, 0 if absent). out_pos: positions (list) whose logits to return, else all.
         fam0: (per-layer FAM [N, F, d], positions) to start from instead of the init (random state
-        passing), with the stream at absolute position pos0. drop_fam_from: from this block on, token rows do not
+        passing); the stream then starts at absolute position pos0 (default: just after the last
+        finished block fam0 read; 0 without fam0). drop_fam_from: from this block on, token rows do not
         see the FAM keys (the ablation: the memory removed, the rest is `bswa`).
         Returns (logits [N, len(out_pos), vocab], (final FAM, its positions))."""
         ids = torch.as_tensor(ids, device=self.device)
@@ -243,6 +244,8 @@ class Model(torch.nn.Module):
         decay = s.get("decay") or 0.0
         init = self.initial_fam(s, N, seed_ids) if F > 0 and (fam0 is None or decay) else None
         assert not decay or init is not None, "fam.decay needs an initial FAM to decay toward (not init = tail)"
+        if pos0 is None:
+            pos0 = 0 if fam0 is None else int(fam0[1][-1]) + 1
         if fam0 is not None:
             fam, P = fam0
             n_updates = 1
@@ -280,7 +283,7 @@ class Model(torch.nn.Module):
             if self.fam_bias is not None and nf:
                 on_fam = torch.zeros(vis.shape, device=self.device)
                 on_fam[nf:, ns + nm:ns + nm + nf] = 1.0
-                mask = torch.zeros(vis.shape, device=self.device).masked_fill(~vis.to(self.device), float("-inf")) \
+                mask = torch.zeros(vis.shape, device=self.device).masked_fill(~mask, float("-inf")) \
                     + self.fam_bias * on_fam
             x = self.embed(ids[:, lo:hi])
             new_fam, layer_in = [], []
@@ -337,9 +340,8 @@ def recall_batch(model, s, ids, ans_pos, drop_fam_from=None, fam0=None):
     """Exact-match recall (greedy under teacher forcing: every answer token is the argmax).
     fam0: (FAM, positions) to start from (a stream that has read something before), else fresh."""
     flat = sorted({p for ps in ans_pos for p in ps})
-    pos0 = 0 if fam0 is None else int(fam0[1][-1]) + 1
     with torch.no_grad():
-        lg, _ = model.forward_fam(ids, s, out_pos=flat, drop_fam_from=drop_fam_from, fam0=fam0, pos0=pos0)
+        lg, _ = model.forward_fam(ids, s, out_pos=flat, drop_fam_from=drop_fam_from, fam0=fam0)
     col = {p: i for i, p in enumerate(flat)}
     hits = []
     for i, ps in enumerate(ans_pos):
@@ -500,9 +502,8 @@ def cmd_train(a):
         fam0 = rsp if rsp is not None and k_cur >= a.rsp_from_k and rng.random() < a.rsp else None
         if fam0 is not None and fam0[0][0].shape[0] != len(ids):
             fam0 = None  # the batch was halved after running out of GPU memory
-        pos0 = 0 if fam0 is None else int(fam0[1][-1]) + 1
-        try:
-            lg, (fam_end, P_end) = model.forward_fam(ids, s, out_pos=flat, fam0=fam0, pos0=pos0)
+        try:  # a passed state continues at its stream's positions
+            lg, (fam_end, P_end) = model.forward_fam(ids, s, out_pos=flat, fam0=fam0)
             tgt = torch.tensor(ids, device=model.device)
             a_idx = [(i, col[p], ids[i][p + 1]) for i, ps in enumerate(ans) for p in ps]
             ans_loss = Fn.cross_entropy(torch.stack([lg[i, c] for i, c, _ in a_idx]),
@@ -574,7 +575,8 @@ def adapter_model(path, model_dir, device="cpu"):
     """A Model with an exported adapter's LoRA and soft prompt, and the FAM settings it carries
     (`eval ADAPTER.gguf --model HF_DIR`: checkpoints are not in git, adapters are)."""
     import gguf
-    f = gguf.GGUFReader(str(path)).fields
+    r = gguf.GGUFReader(str(path))
+    f = r.fields
     def sc(k, default=None):
         return f[k].contents() if k in f else default
     if sc("general.type") != "adapter" or sc("adapter.type") != "lora":
@@ -583,7 +585,7 @@ def adapter_model(path, model_dir, device="cpu"):
              zero_first_residual=bool(sc("fam.zero_first_residual", False)), renorm=bool(sc("fam.renorm", False)),
              decay=round(float(sc("fam.decay", 0.0)), 6),
              **{k: int(sc(f"fam.{k}")) for k in ("block_size", "mem_blocks", "fam_len", "sinks")})
-    shapes = {t.name: t.shape for t in gguf.GGUFReader(str(path)).tensors}
+    shapes = {t.name: t.shape for t in r.tensors}
     targets = [t for t in TARGETS if f"blk.0.{GGUF_LIN[t]}.weight.lora_a" in shapes]
     rank = int(shapes[f"blk.0.{GGUF_LIN[targets[0]]}.weight.lora_a"][1])  # ne [n_in, r]
     bias = sc("fam.adapter.fam_attn_bias")
