@@ -22,7 +22,9 @@
 //!    ggml tensors that point into the map where the device computes on host memory (CPU; Metal
 //!    through `buffer_from_host_ptr`), or copies them to the device (Vulkan, CUDA). On the CPU,
 //!    matmul weights of types ggml repacks (Q4_0, Q4_K, IQ4_NL) go to its `CPU_REPACK` buffer
-//!    (a copy, as in llama.cpp; `--no-repack` keeps all zero-copy).
+//!    (a copy, as in llama.cpp; `--no-repack` keeps all zero-copy). With `--q8-copy`
+//!    ([`model::Model::load_opts`]) Q4_1 matmul weights, which ggml cannot repack, become Q8_0
+//!    copies (dequantized and requantized by ggml, as the converter does): faster prompts.
 //!    An optional LoRA adapter ([`adapter`], `--adapter FILE`) is checked against the model file
 //!    and its tensors put on the same device; the graphs add its low-rank term next to each
 //!    adapted matmul (in every graph, or only in the FAM's: `fam.adapter.lora_scope`), so the

@@ -40,6 +40,10 @@ pub struct LoadOptions {
     /// has one (Q4_0, Q4_K, IQ4_NL on AVX2/NEON; a copy of those weights in memory). `false`
     /// keeps every weight zero-copy in the file's map.
     pub repack: bool,
+    /// Copy Q4_1 matmul weights to Q8_0 at load on the CPU (see [`Model::load_opts`]): prompts
+    /// read about 2x faster on x86, for a second copy of those weights in memory and a small
+    /// change in the numbers (the default SmolLM2 file: perplexity +0.3%). Off by default.
+    pub q8_copy: bool,
     /// A LoRA adapter (GGUF, see [`crate::adapter`]) to apply to the model.
     pub adapter: Option<std::path::PathBuf>,
     /// A Jinja chat template to use instead of the file's `tokenizer.chat_template` (as
@@ -53,6 +57,7 @@ impl Default for LoadOptions {
             threads: default_threads(),
             device: None,
             repack: true,
+            q8_copy: false,
             adapter: None,
             chat_template: None,
         }
@@ -230,7 +235,7 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<Tokenizer> {
 impl Runtime {
     pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Runtime> {
         let backend = Self::backend(opts.device.as_deref(), opts.threads)?;
-        let mut model = Model::load_with(path, &backend, opts.repack)?;
+        let mut model = Model::load_opts(path, &backend, opts.repack, opts.q8_copy)?;
         if let Some(a) = &opts.adapter {
             model.attach_adapter(a, &backend)?;
         }

@@ -116,3 +116,48 @@ fn perplexity_matches_llama_cpp_on_moby_dick() {
     assert!(ours.perplexity > 1.0 && ours.perplexity < 1000.0);
     assert!((ours.perplexity / theirs - 1.0).abs() < PERPLEXITY_REL_TOL);
 }
+
+/// `--q8-copy`: famstream loads the Q4_1 file with its matmul weights copied to Q8_0, and
+/// llama.cpp loads the Q8_0 file famstream's converter writes from the same Q4_1 file (each
+/// block dequantized and requantized by ggml both times, so the weights are the same bytes).
+/// The two must agree as on any one file (MEAN_KL_BOUND), and the copy must be a real change of
+/// weights: its distributions differ from the Q4_1 file's (a copy that silently kept Q4_1 would
+/// give KL 0 here).
+#[test]
+fn the_q8_copy_matches_llama_cpp_on_the_converted_q8_0_file() {
+    use famstream::convert::{convert, ConvertOptions, Target};
+    let path = common::model_path();
+    let q8 = common::scratch_dir("q8-copy").join("q8_0.gguf");
+    let opts = ConvertOptions {
+        target: Some(Target::parse("q8_0").unwrap()),
+        fam: None,
+        name: None,
+    };
+    convert(&path, &q8, &opts, &mut |_, _, _| {}).unwrap();
+    let mut oracle = LlamaOracle::new(&q8, 1024, 2);
+    let tokens = oracle.tokenize(PROSE, true, false);
+    let theirs = oracle.logits_all(&tokens);
+
+    let logits = |q8_copy: bool| {
+        let backend = Backend::cpu(2).unwrap();
+        let model = std::sync::Arc::new(Model::load_opts(&path, &backend, true, q8_copy).unwrap());
+        let mut stream = FamState::full(&model, &backend, 1024).unwrap();
+        let mut eng = Engine::new(model.clone(), backend).unwrap();
+        stream.feed(&mut eng, &tokens, Logits::All).unwrap()
+    };
+    let (copy, plain) = (logits(true), logits(false));
+    let nv = theirs[0].len();
+    let (mut kl_llama, mut kl_plain) = (0.0, 0.0);
+    for (i, t) in theirs.iter().enumerate() {
+        let o = &copy[i * nv..(i + 1) * nv];
+        kl_llama += kl_divergence(t, o);
+        kl_plain += kl_divergence(&plain[i * nv..(i + 1) * nv], o);
+    }
+    let (kl_llama, kl_plain) = (
+        kl_llama / tokens.len() as f64,
+        kl_plain / tokens.len() as f64,
+    );
+    eprintln!("mean KL: q8 copy vs llama.cpp on the q8_0 file {kl_llama:.3e}, vs the Q4_1 weights {kl_plain:.3e}");
+    assert!(kl_llama < MEAN_KL_BOUND, "mean KL vs llama.cpp {kl_llama}");
+    assert!(kl_plain > 0.0, "the copy changed nothing");
+}

@@ -49,6 +49,35 @@ impl TensorSet {
     pub fn is_empty(&self) -> bool {
         self.ptrs.is_empty()
     }
+    /// Give tensor `i` (not yet placed or allocated) another type, its byte strides following
+    /// (as `ggml_new_tensor` sets them): a weight converted at load, e.g. Q4_1 to Q8_0.
+    pub fn retype(&mut self, i: usize, ty: GgmlType) -> Result<()> {
+        let t = self.get(i);
+        let ne = t.ne();
+        if t.has_data() {
+            return Err(Error::Invalid(
+                "retyping a tensor that already has data".into(),
+            ));
+        }
+        let row = ty.row_size(ne[0] as u64).ok_or_else(|| {
+            Error::Invalid(format!(
+                "a row of {} values is not whole {ty} blocks of {}",
+                ne[0],
+                ty.block_size()
+            ))
+        })? as usize;
+        // SAFETY: a header of this set's context with no data and no graph built on it yet;
+        // the id is a valid type (row_size knew it).
+        unsafe {
+            let h = &mut *self.ptrs[i].as_ptr();
+            h.type_ = ty.0;
+            h.nb[0] = sys::ggml_type_size(ty.0);
+            h.nb[1] = row;
+            h.nb[2] = row * ne[1] as usize;
+            h.nb[3] = h.nb[2] * ne[2] as usize;
+        }
+        Ok(())
+    }
     /// Allocate every tensor in one new buffer of `backend`, zero-filled.
     pub fn alloc_all(&mut self, backend: &Backend) -> Result<()> {
         let b = self.ctx.alloc_tensors(backend)?;
