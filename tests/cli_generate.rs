@@ -804,3 +804,26 @@ fn without_m_the_default_model_is_found_and_named_from_any_directory() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Paris"));
 }
+
+/// `--q8-copy` (a Q8_0 copy of the Q4_1 weights) and `--no-repack` (every weight left in the
+/// file) contradict each other: refused, naming both, before any work.
+#[test]
+fn q8_copy_and_no_repack_together_are_refused() {
+    let m = common::model_path();
+    let m = m.to_str().unwrap();
+    let err = refused(&[
+        "bench",
+        "-m",
+        m,
+        "-p",
+        "8",
+        "-n",
+        "1",
+        "--q8-copy",
+        "--no-repack",
+    ]);
+    assert!(
+        err.contains("--q8-copy") && err.contains("--no-repack"),
+        "{err}"
+    );
+}

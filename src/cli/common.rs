@@ -51,6 +51,12 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<Runtime> {
+        if self.q8_copy && self.no_repack {
+            return Err(Error::Invalid(
+                "--q8-copy copies weights and --no-repack keeps every weight in the file: give one"
+                    .into(),
+            ));
+        }
         let opts = LoadOptions {
             threads: self.threads.unwrap_or_else(default_threads),
             device: Some(self.device.clone()),
