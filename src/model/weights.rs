@@ -138,7 +138,7 @@ impl Model {
     /// [`Model::load_with`], and with `q8_copy` on the CPU, Q4_1 matmul weights (those ggml
     /// cannot repack) become Q8_0 copies: each block dequantized and requantized by ggml, the
     /// bytes `famstream convert --type q8_0` writes. ggml's Q8_0 GEMM reads prompts faster
-    /// (the default SmolLM2 file, 2 threads, x86-64: pp512 271 -> 645 tokens/s), for a second
+    /// (the default SmolLM2 file, 2 threads, x86-64: pp512 271 -> 578 tokens/s), for a second
     /// copy of those weights and a small change in the numbers (perplexity +0.3% over 4k tokens
     /// of Moby-Dick; results/README.md).
     pub fn load_opts(
@@ -266,7 +266,7 @@ impl Model {
                 if t.ty != GgmlType::Q4_1 {
                     continue;
                 }
-                let n = t.ne.iter().product::<u64>() as usize;
+                let n = t.n_elements() as usize;
                 let values = crate::ggml::dequantize(t.ty, gguf.tensor_data(t)?, n)?;
                 let q8 = crate::ggml::quantize(GgmlType::Q8_0, &values, t.ne[0] as usize)?;
                 set.retype(i, GgmlType::Q8_0)?;
