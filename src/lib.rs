@@ -74,8 +74,8 @@
 //!   keep graph): what each layer attends to and where its K/V go.
 //! - [`kv`]: per-layer K/V slot storage (f16).
 //! - [`slots`]: `SlotLayout`, where each row lives in the K/V store (sinks, FAM or kept
-//!   tokens, ring, scratch) and what each row may see (the masks); pure arithmetic,
-//!   unit-tested alone.
+//!   tokens, ring, scratch) and what each row may see (the masks, and a prompt's banded middle
+//!   part, `PrefillBand`); pure arithmetic, unit-tested alone.
 //! - [`keep`]: the `keep` policy's salience bookkeeping (surprisal scores of the ring's and the
 //!   kept tokens, which tokens stay when a block leaves the window); pure, unit-tested alone.
 //! - [`fam_memory`]: `FamMemory`, a stream's FAM rows with the four initialisations (seed, BOS,
@@ -102,7 +102,8 @@
 //!   full-attention KL reference (`perplexity --memory P`).
 //! - [`summarize`]: long documents through the state, then a summary or an answer.
 //! - [`notes`]: `summarize`'s default method: notes on each window-sized chunk, kept outside
-//!   the window and merged under a token budget, so every part of the input reaches the answer;
+//!   the window and merged under a token budget, so every part of the input reaches the answer
+//!   (each chunk read in a band of `--prefill-band` tokens, the note written over all of it);
 //!   `notes/source.rs` reads the input from its file in passes (lines, chunks as byte ranges:
 //!   the text is never held whole); `notes/quotes.rs` adds the passages that match the
 //!   question (BM25, bounded), verbatim; `notes/timeline.rs` writes the checkpoint and the

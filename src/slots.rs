@@ -48,6 +48,20 @@ pub struct SlotLayout {
     /// Added to token rows' attention logits at the FAM's slots (an adapter's learned
     /// `fam.adapter.fam_attn_bias`; 0 without one).
     fam_bias: f16,
+    /// A banded prompt read ([`PrefillBand`]), or none.
+    band: Option<PrefillBand>,
+}
+
+/// Rows `[from, to)` of a stream see, of the tokens from `from` on, only the `width` latest
+/// (themselves included); every token before `from` stays visible to them, and rows outside
+/// `[from, to)` see as the policy says. A prompt's long middle part (a summarizer's chunk) is
+/// then read at the cost of a `width`-token window while every one of its tokens stays in the
+/// window for the rows after it (the request, the generated reply), which attend to all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefillBand {
+    pub from: i64,
+    pub to: i64,
+    pub width: i64,
 }
 
 impl SlotLayout {
@@ -105,6 +119,7 @@ impl SlotLayout {
             n_scratch,
             slot_pos: vec![EMPTY; n_slots],
             fam_bias: f16::ZERO,
+            band: None,
         })
     }
 
@@ -194,9 +209,15 @@ impl SlotLayout {
         self.slot_pos.copy_from_slice(p);
         Ok(())
     }
-    /// Forget every placed token.
+    /// Forget every placed token (and the band).
     pub fn clear(&mut self) {
         self.slot_pos.fill(EMPTY);
+        self.band = None;
+    }
+
+    /// Read rows `band.from .. band.to` with a band (see [`PrefillBand`]); `None` ends it.
+    pub fn set_band(&mut self, band: Option<PrefillBand>) {
+        self.band = band;
     }
 
     /// Whether token row `i` (in block t) may attend to `slot`, with `n_past` tokens placed
@@ -216,7 +237,12 @@ impl SlotLayout {
             false // reread scratch and padding
         } else {
             let j = self.slot_pos[slot];
-            j != EMPTY && j <= i && (!self.windowed || self.block_of(j) >= t - self.m)
+            j != EMPTY
+                && j <= i
+                && (!self.windowed || self.block_of(j) >= t - self.m)
+                && self
+                    .band
+                    .is_none_or(|b| i < b.from || i >= b.to || j < b.from || i - j < b.width)
         }
     }
 
@@ -341,6 +367,36 @@ mod tests {
         assert_eq!(seen(&l, 13, 3, 14), (8..=13).collect::<Vec<_>>());
         // The ring is 8 slots: index 13 overwrote index 5.
         assert_eq!(l.ring_slot(13), l.ring_slot(5));
+    }
+
+    #[test]
+    fn a_prefill_band_narrows_its_rows_only() {
+        // Sink policy, B = 16, M = 3: a 64-token window holds the whole 40-token prompt.
+        let mut l = fed(
+            SlotLayout::new(&settings(MemoryPolicy::Sink, 16, 3, 0, 4), 0, 0).unwrap(),
+            40,
+        );
+        let before: Vec<Vec<i64>> = (0..40).map(|i| seen(&l, i, i / 16, 40)).collect();
+        // Rows 10..30 are the chunk, read in a band of 5.
+        l.set_band(Some(PrefillBand {
+            from: 10,
+            to: 30,
+            width: 5,
+        }));
+        for i in 0..40 {
+            let want: Vec<i64> = if (10..30).contains(&i) {
+                // the prefix 0..10 and the band's 5 latest chunk rows, itself included
+                (0..10).chain((i - 4).max(10)..=i).collect()
+            } else {
+                (0..=i).collect() // before the chunk, and the request after it: everything
+            };
+            assert_eq!(seen(&l, i, i / 16, 40), want, "row {i}");
+        }
+        assert_eq!(seen(&l, 39, 2, 40), before[39]);
+        // A reset (a new stream) ends the band.
+        l.clear();
+        let l = fed(l, 40);
+        assert_eq!(seen(&l, 20, 1, 40), before[20]);
     }
 
     #[test]

@@ -40,7 +40,7 @@ use crate::keep::{surprisal, Salience, SALIENCE_RADIUS};
 use crate::kv::KvStore;
 use crate::model::Model;
 use crate::settings::{FamSettings, MemoryPolicy};
-use crate::slots::SlotLayout;
+use crate::slots::{PrefillBand, SlotLayout};
 use half::f16;
 
 pub use crate::slots::KV_PAD;
@@ -232,6 +232,12 @@ impl FamState {
     }
 
     /// Forget the stream: the next token is stream index 0 again.
+    /// Read the prompt rows `band.from .. band.to` with a band (see [`PrefillBand`]) until
+    /// `None` or [`Self::reset`].
+    pub fn set_prefill_band(&mut self, band: Option<PrefillBand>) {
+        self.slots.set_band(band);
+    }
+
     pub fn reset(&mut self) {
         self.slots.clear();
         self.n_past = 0;

@@ -827,3 +827,44 @@ fn q8_copy_and_no_repack_together_are_refused() {
         "{err}"
     );
 }
+
+/// `summarize` reads the Q4_1 weights as Q8_0 copies unless told not to (`--q8-copy=off`, or
+/// `--no-repack`, which keeps every weight in the file, and then wins over the default);
+/// `--prefill-band` belongs to the notes method.
+#[test]
+fn summarize_reads_q4_1_weights_as_q8_0_copies_by_default() {
+    const COPIED: &str = "read as Q8_0 copies";
+    let m = common::model_path();
+    let m = m.to_str().unwrap();
+    let text = common::scratch_dir("q8-default").join("t.txt");
+    std::fs::write(
+        &text,
+        "Alice: The meeting moves to Tuesday.\nBob: Agreed, Tuesday at nine.\n",
+    )
+    .unwrap();
+    let t = text.to_str().unwrap();
+    let stderr = |extra: &[&str]| {
+        let mut args = vec!["summarize", "-m", m, "-t", "2", "-n", "4", "--temp", "0"];
+        args.extend_from_slice(extra);
+        args.push(t);
+        let out = succeeded(famstream().args(&args).output().unwrap());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = stderr(&[]);
+    assert!(err.contains(COPIED), "{err}");
+    for off in ["--q8-copy=off", "--no-repack"] {
+        let err = stderr(&[off]);
+        assert!(!err.contains(COPIED), "{off}: {err}");
+    }
+    let err = refused(&[
+        "summarize",
+        "-m",
+        m,
+        "--method",
+        "stream",
+        "--prefill-band",
+        "64",
+        t,
+    ]);
+    assert!(err.contains("--prefill-band"), "{err}");
+}

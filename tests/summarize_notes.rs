@@ -28,6 +28,9 @@ fn small_notes() -> NotesOptions {
         notes_budget: 64,
         focus: vec![],
         quotes_budget: Some(32),
+        // chunks are read in a band (the pipeline must hold with it; tests/prefill_band.rs
+        // checks what a band sees)
+        band: 64,
     }
 }
 

@@ -51,6 +51,12 @@ METHODS = {
     # the control: the same chunks as `notes` at the default window (4096 - 768 notes - 96 note
     # - 512 quotes - 160 prompt), no quotes, so that only the quotes differ
     "notes-noquotes": ["--method", "notes", "--quotes", "0", "--chunk-tokens", "2560"],
+    # each chunk read in a 512-token band (`--prefill-band 512`, the default since session 28)
+    # or with every token seeing the whole step (`--prefill-band 0`, before): what the band costs
+    "notes-band512": ["--method", "notes", "--prefill-band", "512"],
+    "notes-noband": ["--method", "notes", "--prefill-band", "0"],
+    "notes-noquotes-band512": ["--method", "notes", "--quotes", "0", "--chunk-tokens", "2560",
+                               "--prefill-band", "512"],
 }
 
 
@@ -67,6 +73,9 @@ PARAPHRASES = [
 # how the table names each method; `notes-quotes-mid`: measured once (session 15) with the quotes
 # before the last part instead of next to the request
 LABELS = {"notes": "notes + quotes", "notes-noquotes": "notes, `--quotes 0`",
+          "notes-band512": "notes + quotes, `--prefill-band 512`",
+          "notes-noband": "notes + quotes, `--prefill-band 0`",
+          "notes-noquotes-band512": "notes, `--quotes 0 --prefill-band 512`",
           "notes-quotes-mid": "notes + quotes before the last part"}
 
 
@@ -115,7 +124,7 @@ def main() -> int:
             text.write_text(transcript(a.chars, planted, a.skip))
             flags = METHODS[method]
             base = flags + ["--memory", a.memory]
-            if flags[1] == "stream":
+            if method == "stream":
                 snap = work / f"{method}-{planted}.snap"
                 run(a.bin, a.threads, base + ["--ingest-only", "--save-state", str(snap), str(text)])
                 src = ["--load-state", str(snap)]

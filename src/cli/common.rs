@@ -30,9 +30,21 @@ pub struct ModelArgs {
     pub no_repack: bool,
     /// Copy Q4_1 matmul weights (the default model's) to Q8_0 at load: ggml reads prompts about
     /// twice as fast from Q8_0 on the CPU, for ~80 MB more memory and a perplexity ~0.3% off the
-    /// file's (each block dequantized and requantized by ggml, as `convert --type q8_0` does)
-    #[arg(long = "q8-copy")]
-    pub q8_copy: bool,
+    /// file's (each block dequantized and requantized by ggml, as `convert --type q8_0` does).
+    /// `--q8-copy` or `--q8-copy=on`; `--q8-copy=off` keeps the file's weights. Default: on
+    /// for `summarize` (it reads long prompts), off for the other commands.
+    #[arg(
+        long = "q8-copy",
+        value_name = "on|off",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "on",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub q8_copy: Option<bool>,
+    /// The command's default for --q8-copy (set by the command, not a flag).
+    #[arg(skip)]
+    pub q8_default: bool,
     /// Context length for full attention (default: the model's training context).
     #[arg(long = "ctx")]
     pub ctx: Option<usize>,
@@ -51,17 +63,19 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<Runtime> {
-        if self.q8_copy && self.no_repack {
+        if self.q8_copy == Some(true) && self.no_repack {
             return Err(Error::Invalid(
                 "--q8-copy copies weights and --no-repack keeps every weight in the file: give one"
                     .into(),
             ));
         }
+        // a command's default copy yields to --no-repack
+        let q8_copy = self.q8_copy.unwrap_or(self.q8_default && !self.no_repack);
         let opts = LoadOptions {
             threads: self.threads.unwrap_or_else(default_threads),
             device: Some(self.device.clone()),
             repack: !self.no_repack,
-            q8_copy: self.q8_copy,
+            q8_copy,
             adapter: self.adapter.clone(),
             chat_template: match &self.chat_template_file {
                 Some(p) => Some(std::fs::read_to_string(p).map_err(|e| Error::io(p, "read", e))?),
@@ -72,7 +86,15 @@ impl ModelArgs {
         if self.model.is_none() {
             eprintln!("model: {} (the default)", path.display());
         }
-        Runtime::load(&path, &opts)
+        let rt = Runtime::load(&path, &opts)?;
+        let q4_1 = famstream::dtype::GgmlType::Q4_1;
+        if q8_copy && self.q8_copy.is_none() && rt.model.gguf.tensors().iter().any(|t| t.ty == q4_1)
+        {
+            eprintln!(
+                "weights: Q4_1 matmul weights read as Q8_0 copies (--q8-copy=off: the file's)"
+            );
+        }
+        Ok(rt)
     }
     /// The model file: `-m`, else the default model (found in the cache or fetched).
     pub fn path(&self) -> Result<PathBuf> {
