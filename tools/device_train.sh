@@ -19,7 +19,8 @@
 #       'r03:init:--rsp 0.3' 'r08:init:--rsp 0.8' 'f64:fresh:--fam-len 64 --rank 16 --k-start 1'",
 #       carry=[".device/2"], timeout_s=590)
 # (session 28 measured this adapter's horizon with famstream: 36/100 at 16 windows, 12/50 at 32,
-# 0/50 at 64; a fifth spec such as 'k64:init:--k-start 16 --max-k 64' trains it further out)
+# 0/50 at 64; a fifth spec, 'k64:init:--k-start 64 --max-k 64', trains at distances 1-64 from the
+# start as k16r0 did at 1-16: the curriculum moves k up by one per passed evaluation, too slow)
 # (each run: SECONDS of steps plus ~60 s of loading, export and evaluation; session 27's two
 # calls, stash and a 440-s sweep, took 613 s of the 900 with the machine's start)
 #
