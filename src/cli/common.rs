@@ -87,9 +87,7 @@ impl ModelArgs {
             eprintln!("model: {} (the default)", path.display());
         }
         let rt = Runtime::load(&path, &opts)?;
-        let q4_1 = famstream::dtype::GgmlType::Q4_1;
-        if q8_copy && self.q8_copy.is_none() && rt.model.gguf.tensors().iter().any(|t| t.ty == q4_1)
-        {
+        if self.q8_copy.is_none() && rt.model.q8_copies() > 0 {
             eprintln!(
                 "weights: Q4_1 matmul weights read as Q8_0 copies (--q8-copy=off: the file's)"
             );

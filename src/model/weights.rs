@@ -62,6 +62,8 @@ pub struct Model {
     device: String,
     /// Weights are read in place from the file's memory map (no copy).
     zero_copy: bool,
+    /// Matmul weights loaded as Q8_0 copies of the file's Q4_1 (see [`Model::load_opts`]).
+    q8_copies: usize,
     /// A LoRA adapter applied in the graphs (see [`Model::attach_adapter`]).
     adapter: Option<Adapter>,
     pub gguf: GgufFile,
@@ -318,6 +320,7 @@ impl Model {
             layers,
             device: backend.name().to_string(),
             zero_copy,
+            q8_copies: copies.len(),
             adapter: None,
             gguf,
         })
@@ -418,6 +421,12 @@ impl Model {
     /// copied to a device or repacked.
     pub fn weights_zero_copy(&self) -> bool {
         self.zero_copy
+    }
+
+    /// How many matmul weights were loaded as Q8_0 copies of the file's Q4_1 (`q8_copy` of
+    /// [`Model::load_opts`]; 0 off the CPU, or when the file has none).
+    pub fn q8_copies(&self) -> usize {
+        self.q8_copies
     }
 
     pub fn device(&self) -> &str {
