@@ -381,7 +381,7 @@ impl FamMemory {
             ..Default::default()
         };
         eng.run_tokens(kv, None, &batch)?;
-        eng.run_kv_copy(kv, scratch, slots.n_sink(), f)?;
+        eng.run_kv_copy(kv, scratch, slots.fam_base(), f)?;
         self.pos = new_pos;
         self.valid = true;
         self.updates += 1;

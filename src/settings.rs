@@ -2,8 +2,8 @@
 //!
 //! The keys are ours (community keys must be namespaced): `fam.policy`, `fam.block_size` (B),
 //! `fam.mem_blocks` (M), `fam.fam_len` (F), `fam.sinks` (S), `fam.init`, `fam.query_pos`,
-//! `fam.zero_first_residual`, `fam.renorm`, `fam.feedback`, `fam.decay`. A file without them gets
-//! [`FamSettings::default`]; command-line flags override either.
+//! `fam.zero_first_residual`, `fam.renorm`, `fam.feedback`, `fam.decay`, `fam.keep_len`. A file
+//! without them gets [`FamSettings::default`]; command-line flags override either.
 //!
 //! [`FIELDS`] is the one table of them (key, command-line flag, type, doc, how to read and set
 //! it): GGUF read and write, snapshots' JSON, `inspect`, the reports and the command-line
@@ -25,11 +25,12 @@ pub const KEY_ZERO_FIRST_RESIDUAL: &str = "fam.zero_first_residual";
 pub const KEY_RENORM: &str = "fam.renorm";
 pub const KEY_FEEDBACK: &str = "fam.feedback";
 pub const KEY_DECAY: &str = "fam.decay";
+pub const KEY_KEEP_LEN: &str = "fam.keep_len";
 /// Most tokens the `keep` policy keeps (F): its graphs gather and rotate them all per batch.
 pub const MAX_KEEP: u32 = 4096;
 /// Every settings key (other `fam.*` keys, such as an adapter's base fingerprint, are not
 /// settings).
-pub const SETTINGS_KEYS: [&str; 11] = [
+pub const SETTINGS_KEYS: [&str; 12] = [
     KEY_POLICY,
     KEY_BLOCK_SIZE,
     KEY_MEM_BLOCKS,
@@ -41,6 +42,7 @@ pub const SETTINGS_KEYS: [&str; 11] = [
     KEY_RENORM,
     KEY_FEEDBACK,
     KEY_DECAY,
+    KEY_KEEP_LEN,
 ];
 
 macro_rules! string_enum {
@@ -154,6 +156,10 @@ pub struct FamSettings {
     /// learned initial row, so the rows stay within a bounded distance of the init however long
     /// the stream (0: the paper's FAM; needs a learned init, see `FamMemory::new`).
     pub decay: f32,
+    /// `fam` only: besides the F FAM rows, keep the K/V of this many salient tokens that left
+    /// the window, as the `keep` policy does (0: none). The FAM compresses; kept tokens carry
+    /// words verbatim (a name the FAM rows do not hold; results/README.md).
+    pub keep_len: u32,
 }
 
 impl Default for FamSettings {
@@ -181,6 +187,7 @@ impl Default for FamSettings {
             renorm: false,
             feedback: FamFeedback::Within,
             decay: 0.0,
+            keep_len: 0,
         }
     }
 }
@@ -336,7 +343,7 @@ macro_rules! field {
 /// Every setting, in the order reports list them: JSON name, GGUF key, flag, kind, doc, then
 /// how to read it from and write it into [`FamSettings`].
 #[rustfmt::skip]
-pub const FIELDS: [Field; 11] = [
+pub const FIELDS: [Field; 12] = [
     field!("policy", KEY_POLICY, "--memory", Str, "memory policy: full, bswa, sink, fam or keep",
         |s| Raw::Str(s.policy.as_str().into()), |s, v| s.policy = v.str().parse()?),
     field!("block_size", KEY_BLOCK_SIZE, "--block", U32, "B: tokens per block",
@@ -361,11 +368,14 @@ pub const FIELDS: [Field; 11] = [
     field!("decay", KEY_DECAY, "--fam-decay", F32,
         "leaky FAM: each update pulls the rows toward the learned init by this fraction",
         |s| Raw::F32(s.decay), |s, v| s.decay = v.f32()),
+    field!("keep_len", KEY_KEEP_LEN, "--keep-len", U32,
+        "fam: salient evicted tokens kept next to the FAM rows, as keep does (0: none)",
+        |s| Raw::U32(s.keep_len), |s, v| s.keep_len = v.u32()),
 ];
 
 /// Settings added after snapshot version 1 was written: a snapshot without them was made with
 /// their default (the behaviour before they existed).
-const ADDED_LATER: [&str; 1] = ["decay"];
+const ADDED_LATER: [&str; 2] = ["decay", "keep_len"];
 
 /// The field with this JSON name.
 pub fn field(name: &str) -> Option<&'static Field> {
@@ -483,6 +493,19 @@ impl FamSettings {
                 self.fam_len
             )));
         }
+        if self.keep_len > 0 && self.policy != MemoryPolicy::Fam {
+            return Err(Error::Invalid(format!(
+                "--keep-len {} keeps tokens next to a FAM (--memory fam); the keep policy keeps \
+                 F = --fam-len tokens",
+                self.keep_len
+            )));
+        }
+        if self.keep_len > MAX_KEEP {
+            return Err(Error::Invalid(format!(
+                "--keep-len {} (at most {MAX_KEEP})",
+                self.keep_len
+            )));
+        }
         if matches!(
             self.policy,
             MemoryPolicy::Sink | MemoryPolicy::Fam | MemoryPolicy::Keep
@@ -516,6 +539,7 @@ mod tests {
             renorm: true,
             feedback: FamFeedback::Reread,
             decay: 0.25,
+            keep_len: 8,
         };
         for f in &FIELDS {
             assert_ne!(f.get(&s), f.get(&d), "{} equals its default", f.name);
@@ -567,6 +591,37 @@ mod tests {
         let mut j = s.to_json();
         j.as_object_mut().unwrap().remove("decay");
         assert_eq!(FamSettings::from_json(&j).unwrap().decay, 0.0);
+        // ... and one from before `keep_len`, as keeping no tokens next to the FAM.
+        let mut j = s.to_json();
+        j.as_object_mut().unwrap().remove("keep_len");
+        assert_eq!(FamSettings::from_json(&j).unwrap().keep_len, 0);
+    }
+
+    #[test]
+    fn kept_tokens_next_to_a_fam_only() {
+        let fam = FamSettings {
+            policy: MemoryPolicy::Fam,
+            block_size: 64,
+            fam_len: 16,
+            keep_len: 64,
+            ..FamSettings::default()
+        };
+        fam.validate().unwrap();
+        for policy in [MemoryPolicy::Sink, MemoryPolicy::Keep, MemoryPolicy::Bswa] {
+            let e = FamSettings { policy, ..fam }
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("--keep-len 64") && e.contains("--memory fam"),
+                "{e}"
+            );
+        }
+        let e = FamSettings {
+            keep_len: MAX_KEEP + 1,
+            ..fam
+        };
+        assert!(e.validate().unwrap_err().to_string().contains("at most"));
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! the slots hold: no model, no ggml, so it is tested on its own (below).
 //!
 //! ```text
-//! [ sinks: S | FAM: F  or  kept: F | ring: (M+1)*B (windowed)  or  n_ctx (full) | scratch | pad ]
+//! [ sinks: S | kept: K | FAM: F | ring: (M+1)*B (windowed)  or  n_ctx (full) | scratch | pad ]
 //! ```
-//! Kept slots (`keep` policy) hold tokens that left the window, chosen by salience
-//! ([`crate::keep`]); the slot records which stream index it holds.
+//! Kept slots hold tokens that left the window, chosen by salience ([`crate::keep`]): F of them
+//! under the `keep` policy (which has no FAM), `keep_len` next to a FAM; the slot records which
+//! stream index it holds. Sinks and kept slots are the *pinned* rows, [0, S + K).
 //! Token at stream index i lives in ring slot `ring_base + i % ring_len`: block t occupies ring
 //! block `t % (M+1)`, so starting block t+1 overwrites block t-M, which has just left every
 //! window. Models with local sliding-window layers (gemma3) get a longer ring when their native
@@ -78,10 +79,10 @@ impl SlotLayout {
         } else {
             0
         };
-        let n_keep = if settings.policy == MemoryPolicy::Keep {
-            settings.fam_len as usize
-        } else {
-            0
+        let n_keep = match settings.policy {
+            MemoryPolicy::Keep => settings.fam_len as usize,
+            MemoryPolicy::Fam => settings.keep_len as usize,
+            _ => 0,
         };
         let n_fam = if settings.policy == MemoryPolicy::Fam {
             settings.fam_len as usize
@@ -162,6 +163,10 @@ impl SlotLayout {
     pub fn ring_base(&self) -> usize {
         self.n_sink + self.n_fam + self.n_keep
     }
+    /// First FAM slot: after the sinks and the kept slots.
+    pub fn fam_base(&self) -> usize {
+        self.n_sink + self.n_keep
+    }
     /// First scratch slot (`reread` feedback), right after the ring.
     pub fn scratch_base(&self) -> usize {
         self.ring_base() + self.ring_len
@@ -188,7 +193,7 @@ impl SlotLayout {
         (t - self.m).max(0) * self.b
     }
     pub fn fam_slots(&self) -> Vec<i64> {
-        (self.n_sink..self.n_sink + self.n_fam)
+        (self.fam_base()..self.fam_base() + self.n_fam)
             .map(|s| s as i64)
             .collect()
     }
@@ -227,12 +232,12 @@ impl SlotLayout {
             // A sink token is shown here only once it has left the window (else it is in the ring).
             let k = slot as i64;
             k < n_past as i64 && k <= i && self.block_of(k) < t - self.m
-        } else if slot < self.n_sink + self.n_fam {
-            fam_valid
-        } else if slot < self.ring_base() {
+        } else if slot < self.fam_base() {
             // A kept token: shown once it has left the window (it is kept only then).
             let j = self.slot_pos[slot];
             j != EMPTY && j <= i && self.block_of(j) < t - self.m
+        } else if slot < self.ring_base() {
+            fam_valid
         } else if slot >= self.scratch_base() {
             false // reread scratch and padding
         } else {
@@ -263,7 +268,7 @@ impl SlotLayout {
     pub fn mask_row(&self, i: i64, t: i64, n_past: u64, fam_valid: bool, row: &mut [f16]) {
         fill_row(row, |s| self.visible(i, t, s, n_past, fam_valid));
         if fam_valid && self.fam_bias != f16::ZERO {
-            let fam = self.n_sink..(self.n_sink + self.n_fam).min(row.len());
+            let fam = self.fam_base()..(self.fam_base() + self.n_fam).min(row.len());
             row[fam].fill(self.fam_bias); // the FAM's slots, all visible once it exists
         }
     }
@@ -279,13 +284,14 @@ impl SlotLayout {
     }
 
     /// What the F rows computing the next FAM may see after block t: the current FAM (if
-    /// `with_fam`), every token of block t, and (`reread` scratch slots) the earlier rows.
+    /// `with_fam`), every token of block t, and (`reread` scratch slots) the earlier rows; not
+    /// the sinks or kept tokens (the update a FAM is trained with reads the block alone).
     pub fn fam_rows_mask(&self, t: i64, n_kv: usize, with_fam: bool) -> Vec<f16> {
         let scratch = self.scratch_base();
         mask_of(0..self.n_fam as i64, n_kv, |r, s| {
-            if s < self.n_sink {
+            if s < self.fam_base() {
                 false
-            } else if s < self.n_sink + self.n_fam {
+            } else if s < self.ring_base() {
                 with_fam
             } else if s < scratch {
                 let j = self.slot_pos[s];
@@ -508,6 +514,39 @@ mod tests {
         // other policies have no kept slots
         let s = SlotLayout::new(&settings(MemoryPolicy::Sink, 4, 0, 2, 1), 0, 0).unwrap();
         assert_eq!((s.n_keep(), s.ring_base()), (0, 1));
+    }
+
+    #[test]
+    fn kept_tokens_next_to_a_fam_go_between_the_sinks_and_the_fam() {
+        // B = 4, M = 0, S = 1, F = 2, keep_len = 3: [sink | kept x3 | FAM x2 | ring of 4]
+        let s = FamSettings {
+            keep_len: 3,
+            ..settings(MemoryPolicy::Fam, 4, 0, 2, 1)
+        };
+        let mut l = fed(SlotLayout::new(&s, 0, 0).unwrap(), 8);
+        assert_eq!((l.n_pinned(), l.fam_base(), l.ring_base()), (4, 4, 6));
+        assert_eq!(l.fam_slots(), vec![4, 5]);
+        l.keep_at(2, Some(1));
+        // a row of block 1 sees the sink (index 0 left the window), the kept index 1, the FAM
+        // and its own block so far
+        let row: Vec<usize> = (0..l.n_slots())
+            .filter(|&s| l.visible(5, 1, s, 5, true))
+            .collect();
+        let ring = |i: i64| l.ring_slot(i);
+        assert_eq!(row, vec![0, 3, 4, 5, ring(4), ring(5)]);
+        // the FAM update reads the old FAM and the block, never a sink or a kept token
+        let n_kv = l.n_kv(8);
+        let mask = l.fam_rows_mask(1, n_kv, true);
+        let seen: Vec<usize> = (0..n_kv).filter(|&s| mask[s] == f16::ZERO).collect();
+        assert_eq!(seen, vec![4, 5, ring(4), ring(5), ring(6), ring(7)]);
+        // the FAM's learned bias lands on the FAM's slots, not the kept ones
+        l.set_fam_bias(2.0);
+        let mut m = vec![f16::ZERO; n_kv];
+        l.mask_row(5, 1, 5, true, &mut m);
+        assert_eq!(
+            (m[3], m[4], m[5]),
+            (f16::ZERO, f16::from_f32(2.0), f16::from_f32(2.0))
+        );
     }
 
     #[test]

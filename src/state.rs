@@ -20,7 +20,7 @@
 //! Attention sinks (`sink`) keep their un-rotated keys and are shown at virtual positions just
 //! before the window (StreamingLLM: positions within the cache, not in the text).
 //!
-//! ## Kept tokens (`keep`)
+//! ## Kept tokens (`keep`, and `fam` with `keep_len`)
 //! Like sinks, plus F slots for the most salient tokens that left the window ([`Salience`]):
 //! when a block is about to leave, [`crate::forward::build_keep_graph`] rotates the winners'
 //! keys back to position 0 into the sink store and copies their values; they are then shown,
@@ -29,7 +29,8 @@
 //! as near as the last finished block, not M blocks further away (at the default window that
 //! took recall of kept facts from 1 of 8 to 6 of 8; results/README.md). The token graph
 //! rotates the pinned keys to those positions in the cache when they move or change (once per
-//! block; `pinned_rotated`), not at every decoded token.
+//! block; `pinned_rotated`), not at every decoded token. A FAM with `keep_len` K keeps K
+//! tokens the same way next to its F rows: the token rows see both, the FAM update neither.
 
 use crate::dtype::GgmlType;
 use crate::engine::{Engine, KeepEntry, Mask, TokenBatch};
@@ -429,10 +430,11 @@ impl FamState {
         Ok(())
     }
 
-    /// After the last token of block t: make or update the FAM, or keep tokens.
+    /// After the last token of block t: keep tokens, and make or update the FAM (`fam` with
+    /// `keep_len` does both: the kept K/V are copies, the FAM update reads the ring as before).
     fn end_block(&mut self, eng: &mut Engine, t: i64) -> Result<()> {
         if self.slots.n_keep() > 0 {
-            return self.keep_block(eng, t);
+            self.keep_block(eng, t)?;
         }
         let (start, origin) = (self.start_position, self.origin);
         match self.fam.as_mut() {

@@ -47,6 +47,7 @@ fn settings(policy: MemoryPolicy, j: &serde_json::Value) -> FamSettings {
         renorm: j["renorm"].as_bool().unwrap_or(d.renorm),
         feedback: parse("feedback").map_or(d.feedback, |s| s.parse::<FamFeedback>().unwrap()),
         decay: j["decay"].as_f64().map_or(d.decay, |v| v as f32),
+        keep_len: u("keep_len", d.keep_len),
     }
 }
 

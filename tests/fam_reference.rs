@@ -29,7 +29,7 @@ fn every_policy_matches_the_numpy_reference() {
         serde_json::from_str(&std::fs::read_to_string(format!("{}/cases.json", dir())).unwrap())
             .unwrap();
     let cases = cases.as_array().unwrap();
-    assert_eq!(cases.len(), 30);
+    assert_eq!(cases.len(), 32);
     let mut models = std::collections::HashMap::new();
     for c in cases {
         let arch = c["arch"].as_str().unwrap();
@@ -64,6 +64,7 @@ fn every_policy_matches_the_numpy_reference() {
             zero_first_residual: c["zero_first_residual"].as_bool().unwrap_or(false),
             renorm: c["renorm"].as_bool().unwrap_or(false),
             decay: 0.0, // the numpy reference has no decay: tests/adapter_golden.rs checks it
+            keep_len: u("keep_len"),
             feedback: c["feedback"]
                 .as_str()
                 .map_or(famstream::settings::FamFeedback::Within, |s| {

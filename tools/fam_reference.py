@@ -31,6 +31,9 @@ t = i // B:
                     layer inputs run alone at -1, P = -F..-1; `tail` = no FAM in block 0, then
                     block 0's last F layer inputs at B-F..B-1 (no update for block 0).
                     With S > 0 the token rows also see the sinks exactly as in `sink` (FAM rows
+                    never do). With keep_len >= every token that leaves the window (`--keep-len`,
+                    kept tokens next to the FAM) the token rows instead see every token j that has
+                    left the window, sinks included, K re-rotated to M*B + j as in `keep` (FAM rows
                     never do). `renorm`: each updated row is rms_norm(F_new_l) * rms(Fm_l).
                     feedback `reread` (training-free, not the paper's): after each complete block
                     t the seed ids are run again at (t+1)B-F..(t+1)B-1, through every layer, each
@@ -48,7 +51,7 @@ import gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = ("block_size", "mem_blocks", "fam_len", "sinks", "init", "seed_ids", "query_pos", "zero_first_residual",
-          "feedback", "renorm")
+          "feedback", "renorm", "keep_len")
 
 
 class Model:
@@ -197,7 +200,7 @@ def reread_fam(m, seed_ids, fam, P, X, blk, new_pos):
 
 
 def forward_fam(m, ids, B, M, F, init="seed", seed_ids=None, query_pos="block-end", zero_first_residual=True,
-                S=0, feedback="within", renorm=False):
+                S=0, feedback="within", renorm=False, keep_all=False):
     """FAM, combined layout: per block and layer, rows [Fm_l ; block tokens], one masked softmax
     over [sinks | memory blocks | FAM keys | block keys]."""
     assert 0 <= F <= B and query_pos in ("block-end", "prev-fam") and feedback in ("within", "reread")
@@ -218,6 +221,9 @@ def forward_fam(m, ids, B, M, F, init="seed", seed_ids=None, query_pos="block-en
         # sinks that have left the window, at virtual positions just before it (as in `sink`)
         sk = np.array([j for j in range(min(S, n)) if j // B < t - M], np.int64)
         sk_pos = max(0, t - M) * B - S + sk
+        if keep_all:  # every token that has left the window, sinks included, at M*B + j
+            sk = np.arange(max(0, t - M) * B, dtype=np.int64)
+            sk_pos = M * B + sk
         ns = len(sk)
         # mask over columns [sinks | mem | FAM | block]
         vis = np.zeros((nf + len(blk), ns + len(mem) + nf + len(blk)), bool)
@@ -253,7 +259,7 @@ def forward_fam(m, ids, B, M, F, init="seed", seed_ids=None, query_pos="block-en
 
 def forward_policy(weights, ids, policy, block_size=None, mem_blocks=None, fam_len=0, sinks=0,
                    init=None, seed_ids=None, query_pos=None, zero_first_residual=None, feedback=None,
-                   renorm=None):
+                   renorm=None, keep_len=0):
     """Logits [N, vocab] (float64) of `ids` under a memory policy; weights = Model or GGUF path."""
     m = weights if isinstance(weights, Model) else Model(weights)
     if policy == "full":
@@ -265,9 +271,12 @@ def forward_policy(weights, ids, policy, block_size=None, mem_blocks=None, fam_l
             "the reference covers keep only with F >= every token that leaves the window"
         return forward_windowed(m, ids, block_size, mem_blocks, sinks, keep_all=True)
     assert policy == "fam", policy
+    if keep_len:
+        assert keep_len >= (-(-len(ids) // block_size) - 1 - mem_blocks) * block_size - sinks, \
+            "the reference covers kept tokens next to a FAM only with keep_len >= every token that leaves"
     return forward_fam(m, ids, block_size, mem_blocks, fam_len, init, seed_ids,
                        query_pos or "block-end", True if zero_first_residual is None else zero_first_residual,
-                       sinks, feedback or "within", bool(renorm))
+                       sinks, feedback or "within", bool(renorm), keep_all=bool(keep_len))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +284,8 @@ def forward_policy(weights, ids, policy, block_size=None, mem_blocks=None, fam_l
 # masks), FAM update run separately after each complete block from cached per-layer state.
 
 def naive_forward(m, ids, policy, block_size=None, mem_blocks=None, fam_len=0, sinks=0, init=None,
-                  seed_ids=None, query_pos=None, zero_first_residual=True, feedback=None, renorm=None, pos0=0):
+                  seed_ids=None, query_pos=None, zero_first_residual=True, feedback=None, renorm=None, pos0=0,
+                  keep_len=0):
     B, M, S, F, L = block_size or 1 << 30, mem_blocks or 0, sinks, fam_len, m.n_layer
     kraw, vals, xin = [[] for _ in range(L)], [[] for _ in range(L)], [[] for _ in range(L)]
     fam, P, n_updates, out = None, None, 0, []
@@ -295,7 +305,7 @@ def naive_forward(m, ids, policy, block_size=None, mem_blocks=None, fam_len=0, s
             for j in range(i + 1):
                 if policy == "full" or j // B >= t - M:
                     ks.append(rot(kraw[l][j], pos0 + j)); vs.append(vals[l][j])
-                elif policy == "keep":  # F >= every token that left: all of them, at M*B + j
+                elif policy == "keep" or keep_len:  # room for every token that left: at M*B + j
                     ks.append(rot(kraw[l][j], M * B + j)); vs.append(vals[l][j])
                 elif policy in ("sink", "fam") and j < S:
                     ks.append(rot(kraw[l][j], max(0, t - M) * B - S + j)); vs.append(vals[l][j])
@@ -360,7 +370,7 @@ B_CASES = 8  # the goldens' block size
 def cases_for(arch, ids):
     B, M, F, S, seed = B_CASES, 1, 4, 2, [1, 17, 42, 99]
     none = dict(block_size=None, mem_blocks=None, fam_len=0, sinks=0, init=None, seed_ids=None,
-                query_pos=None, zero_first_residual=None, feedback=None, renorm=None)
+                query_pos=None, zero_first_residual=None, feedback=None, renorm=None, keep_len=0)
     fam = lambda init, qp, zero, f=F: dict(none, block_size=B, mem_blocks=M, fam_len=f, init=init,
                                            seed_ids=seed if init == "seed" else None, query_pos=qp, zero_first_residual=zero)
     spec = [("full", "full", none), ("bswa", "bswa", dict(none, block_size=B, mem_blocks=M)),
@@ -377,6 +387,8 @@ def cases_for(arch, ids):
             ("fam_seed_renorm", "fam", dict(fam("seed", "block-end", False), renorm=True)),
             ("fam_reread", "fam", dict(fam("seed", "block-end", False), feedback="reread")),
             ("fam_reread_sinks", "fam", dict(fam("seed", "block-end", False), feedback="reread", sinks=S)),
+            # kept tokens next to the FAM (--keep-len), room for every token that leaves
+            ("fam_seed_keep_all", "fam", dict(fam("seed", "block-end", False), sinks=S, keep_len=32)),
             # the training-free salience memory with room for every token that leaves the window
             ("keep_all", "keep", dict(none, block_size=B, mem_blocks=M, fam_len=32, sinks=S))]
     return [dict(arch=arch, file=f"{arch}_{name}.npy", policy=pol, **p, ids=ids) for name, pol, p in spec]
@@ -417,7 +429,8 @@ def main():
                      ("fam_seed_prevfam_zero", "fam_seed_blockend_zero"), ("fam_seed_blockend_nozero", "fam_seed_blockend_zero"),
                      ("fam_seed_sinks", "fam_seed_blockend_nozero"), ("fam_seed_renorm", "fam_seed_blockend_nozero"),
                      ("fam_reread", "fam_seed_blockend_nozero"), ("fam_reread_sinks", "fam_reread"),
-                     ("keep_all", "sink"), ("keep_all", "full")]:
+                     ("keep_all", "sink"), ("keep_all", "full"),
+                     ("fam_seed_keep_all", "fam_seed_sinks"), ("fam_seed_keep_all", "keep_all")]:
             d = np.abs(r(a) - r(b)).max(); first = int(np.argmax(np.abs(r(a) - r(b)).max(1) > 1e-9))
             print(f"{arch}: {a:26s} differs from {b:24s} by max {d:.3e} (first differing row {first})")
             assert d > 1e-3, "goldens would not distinguish these policies"

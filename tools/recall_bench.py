@@ -59,6 +59,16 @@ def policies(block, adapter, adapter_name="fam-trained", adapter_args=(), wanted
     if adapter:
         p[adapter_name] = ["--adapter", str(adapter), "--memory", "fam", *w, *adapter_args]
         p[f"{adapter_name}-no-fam"] = ["--adapter", str(adapter), "--memory", "bswa", *w]
+        # the FAM with N salient evicted tokens kept next to it (`--keep-len N`; -sS: S sinks)
+        for name in wanted:
+            m = re.fullmatch(re.escape(adapter_name) + r"-keep(\d+)(?:-s(\d+))?", name)
+            if m:
+                p[name] = [*p[adapter_name], "--keep-len", m.group(1),
+                           *(["--sinks", m.group(2)] if m.group(2) else [])]
+            # the adapter's LoRA under `keep` (no FAM): does the LoRA still read kept tokens?
+            m = re.fullmatch(re.escape(adapter_name) + r"-lora-keep(\d+)", name)
+            if m:
+                p[name] = ["--adapter", str(adapter), *keep(int(m.group(1)))]
     return p
 
 

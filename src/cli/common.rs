@@ -151,6 +151,10 @@ pub struct SettingsArgs {
     /// (0 to <1; 0 is the paper's FAM; an adapter trained with it sets it).
     #[arg(long = "fam-decay")]
     pub fam_decay: Option<f32>,
+    /// `fam`: also keep this many salient tokens that left the window, verbatim, next to the
+    /// FAM rows (as `--memory keep` does; 0: none).
+    #[arg(long = "keep-len")]
+    pub keep_len: Option<u32>,
 }
 
 /// Memory options of a stream: the settings, and where the stream starts or is saved.
@@ -188,6 +192,7 @@ impl SettingsArgs {
             ("renorm", self.fam_renorm.map(Raw::Bool)),
             ("feedback", s(&self.fam_feedback)),
             ("decay", self.fam_decay.map(Raw::F32)),
+            ("keep_len", self.keep_len.map(Raw::U32)),
         ]
         .into_iter()
         .filter_map(|(name, v)| v.map(|v| (name, v)))
