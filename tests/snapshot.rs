@@ -40,14 +40,21 @@ fn loading_a_snapshot_and_continuing_equals_never_stopping() {
     let m = tiny("llama");
     let dir = common::scratch_dir("snap-roundtrip");
     let (a, b) = (tokens(70, 1), tokens(50, 2));
-    for policy in [
+    // ... and a FAM with kept tokens next to it (fewer slots than evicted tokens: the salience
+    // scores travel in the snapshot too)
+    let fam_keep = FamSettings {
+        keep_len: 6,
+        ..settings(MemoryPolicy::Fam)
+    };
+    let all = [
         MemoryPolicy::Full,
         MemoryPolicy::Bswa,
         MemoryPolicy::Sink,
         MemoryPolicy::Fam,
         MemoryPolicy::Keep,
-    ] {
-        let s = settings(policy);
+    ];
+    for (i, s) in all.map(settings).into_iter().chain([fam_keep]).enumerate() {
+        let policy = format!("{}{}", s.policy, if i == all.len() { "-keep" } else { "" });
         let mut eng = Engine::new(m.clone(), Backend::cpu(1).unwrap()).unwrap();
         let mut never = new_state(&m, &eng, s);
         never.feed(&mut eng, &a, Logits::None).unwrap();

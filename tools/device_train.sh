@@ -21,6 +21,9 @@
 # (session 28 measured this adapter's horizon with famstream: 36/100 at 16 windows, 12/50 at 32,
 # 0/50 at 64; a fifth spec, 'k64:init:--k-start 64 --max-k 64', trains at distances 1-64 from the
 # start as k16r0 did at 1-16: the curriculum moves k up by one per passed evaluation, too slow)
+# (session 29: the adapter's LoRA stops the model reading kept tokens, so `--keep-len 64` next to
+# it recalls no more than the FAM alone; a sixth spec, 'kp64:init:--keep-len 64', trains the FAM
+# with 64 salient evicted tokens kept next to it, famstream's `--memory fam --keep-len 64`)
 # (each run: SECONDS of steps plus ~60 s of loading, export and evaluation; session 27's two
 # calls, stash and a 440-s sweep, took 613 s of the 900 with the machine's start)
 #

@@ -236,6 +236,12 @@ class Model(torch.nn.Module):
         passing); the stream then starts at absolute position pos0 (default: just after the last
         finished block fam0 read; 0 without fam0). drop_fam_from: from this block on, token rows do not
         see the FAM keys (the ablation: the memory removed, the rest is `bswa`).
+        s["keep_len"] = K > 0 (famstream's `--keep-len`): the token rows also see the K/V of up to K
+        tokens that left the window, chosen as famstream's `keep` chooses them (see `keep_select`), shown
+        with the sinks as famstream shows them: kept tokens in stream order just before the current block,
+        the sinks just before those (`FamState::pinned_positions`); the FAM rows never see them. Which
+        tokens stay is decided without gradients (surprisal under the current weights); their K/V carry
+        gradients. A passed state (fam0) starts with nothing kept.
         Returns (logits [N, len(out_pos), vocab], (final FAM, its positions))."""
         ids = torch.as_tensor(ids, device=self.device)
         N, n = ids.shape
@@ -258,6 +264,12 @@ class Model(torch.nn.Module):
         outs = {}
         mem_kv = [[] for _ in range(self.L)]  # per layer: list of (k, v, positions) of finished blocks
         sink_kv = [None] * self.L  # per layer: (k, v) of the first S tokens of the stream
+        K = s.get("keep_len") or 0
+        if K:
+            all_kv = [[] for _ in range(self.L)]  # per layer: un-rotated (k, v) of every block read
+            kept = [[] for _ in range(N)]  # per sample: [(score, stream index)] of the kept tokens
+            surp = torch.zeros(N, n)  # each token's surprisal when it was read
+            prev_lp = None  # log-probabilities after the previous block's last token
         for t in range(-(-n // B)):
             lo, hi = t * B, min((t + 1) * B, n)
             blk_pos = torch.arange(lo, hi, dtype=torch.float64) + pos0
@@ -272,6 +284,15 @@ class Model(torch.nn.Module):
             w0 = max(0, t - M) * B
             sk_pos = torch.tensor([w0 - S + j for j in sk], dtype=torch.float64) + pos0
             ns = len(sk)
+            if K:  # pinned columns per sample: the sinks, then the kept tokens, padded to the longest
+                pin = [sk + sorted(j for _, j in kept[i]) for i in range(N)]
+                ns = max(len(p) for p in pin)
+                pin_pos = []
+                for i in range(N):
+                    nk = len(kept[i])
+                    pos_i = [t * B - nk - S + j for j in sk] + [t * B - nk + r for r in range(nk)]
+                    pin_pos.append(torch.tensor(pos_i + [0] * (ns - len(pos_i)), dtype=torch.float64) + pos0)
+                    pin[i] = pin[i] + [0] * (ns - len(pin[i]))
             nm = sum(len(p) for _, _, p in mem_kv[0])
             vis = torch.zeros(nf + nb, ns + nm + nf + nb, dtype=torch.bool)
             vis[:nf, ns + nm:] = True
@@ -279,10 +300,15 @@ class Model(torch.nn.Module):
             vis[nf:, ns + nm + nf:] = torch.tril(torch.ones(nb, nb, dtype=torch.bool))
             if drop_fam_from is not None and t >= drop_fam_from:
                 vis[nf:, ns + nm:ns + nm + nf] = False  # the ablation: token rows lose the FAM
+            if K:  # one mask per sample: padded pinned columns are hidden
+                vis = vis[None].repeat(N, 1, 1)
+                for i in range(N):
+                    vis[i, nf:, len(sk) + len(kept[i]):ns] = False
+                vis = vis[:, None]  # [N, 1, rows, columns]
             mask = vis.to(self.device)
             if self.fam_bias is not None and nf:
                 on_fam = torch.zeros(vis.shape, device=self.device)
-                on_fam[nf:, ns + nm:ns + nm + nf] = 1.0
+                on_fam[..., nf:, ns + nm:ns + nm + nf] = 1.0
                 mask = torch.zeros(vis.shape, device=self.device).masked_fill(~mask, float("-inf")) \
                     + self.fam_bias * on_fam
             x = self.embed(ids[:, lo:hi])
@@ -292,7 +318,12 @@ class Model(torch.nn.Module):
                 rows = torch.cat([fam[l], x], 1) if nf else x
                 q, k, v = self.qkv(l, rows, self.lora_rows(nf))
                 ks, vs = [], []
-                if ns:
+                if K and ns:
+                    ka = torch.cat([kk for kk, _ in all_kv[l]], 2)
+                    va = torch.cat([vv for _, vv in all_kv[l]], 2)
+                    ks.append(torch.cat([self.rope(ka[i:i + 1, :, pin[i]], pin_pos[i]) for i in range(N)]))
+                    vs.append(torch.stack([va[i, :, pin[i]] for i in range(N)]))
+                elif ns:
                     ks.append(self.rope(sink_kv[l][0][:, :, sk], sk_pos))
                     vs.append(sink_kv[l][1][:, :, sk])
                 for km, vm, pm in mem_kv[l]:
@@ -315,11 +346,26 @@ class Model(torch.nn.Module):
                     sink_kv[l] = (kb[:, :, :S], vb[:, :, :S])
                 if M:
                     mem_kv[l] = (mem_kv[l] + [(kb, vb, blk_pos)])[-M:]
+                if K:
+                    all_kv[l].append((kb, vb))
                 x = out[:, nf:]
                 new_fam.append(out[:, :nf])
             rows_here = [p for p in want if lo <= p < hi]
             if rows_here:
                 outs.update(zip(rows_here, self.logits(x[:, [p - lo for p in rows_here]]).unbind(1)))
+            if K:  # surprisal of this block's tokens; after a full block, block t - M's tokens compete
+                with torch.no_grad():
+                    lp = torch.log_softmax(self.logits(x.detach()).float(), -1)
+                    surp[:, lo + 1:hi] = -lp[:, :-1].gather(-1, ids[:, lo + 1:hi, None])[..., 0].cpu()
+                    if prev_lp is not None:
+                        surp[:, lo] = -prev_lp.gather(-1, ids[:, lo:lo + 1])[:, 0].cpu()
+                    surp[:, lo:hi] = surp[:, lo:hi].nan_to_num(0.0).clamp(0.0, MAX_SURPRISAL)
+                    prev_lp = lp[:, -1]
+                leaving = t - M
+                if nb == B and leaving >= 0:
+                    idx = [j for j in range(leaving * B, (leaving + 1) * B) if j >= S]
+                    for i in range(N):
+                        kept[i] = keep_select(kept[i], idx, surp[i, idx].tolist(), K)
             if nb == B and nf:
                 fam, P, n_updates = new_fam, end_pos, n_updates + 1
             elif nb == B and F and fam is None:  # tail init, after block 0
@@ -328,12 +374,36 @@ class Model(torch.nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
+# famstream's `keep` salience rule (src/keep.rs), for kept tokens next to the FAM
+
+MAX_SURPRISAL = 104.0  # keep::MAX_SURPRISAL
+SALIENCE_RADIUS = 8  # keep::SALIENCE_RADIUS
+
+
+def leaving_scores(idx, surp, radius=SALIENCE_RADIUS):
+    """keep::Salience::leaving_scores: each leaving token's density is the sum of the surprisals of
+    the leaving tokens within `radius` of it; its score the largest density within `radius`."""
+    near = lambda j: [x for x, i in enumerate(idx) if abs(i - j) <= radius]
+    density = [sum(surp[x] for x in near(j)) for j in idx]
+    return [max((density[x] for x in near(j)), default=0.0) for j in idx]
+
+
+def keep_select(kept, idx, surp, K, radius=SALIENCE_RADIUS):
+    """keep::Salience::select: the tokens leaving the window (stream indices idx, surprisals surp)
+    compete with the kept ones ([(score, index)]): the K highest scores stay, ties to the later
+    token. Returns the new kept list."""
+    allc = kept + list(zip(leaving_scores(idx, surp, radius), idx))
+    allc.sort(key=lambda e: (-e[0], -e[1]))
+    return allc[:K]
+
+
+# ------------------------------------------------------------------------------------------------
 # Training
 
 def settings_of(a):
     return dict(policy="fam", block_size=a.block, mem_blocks=a.mem_blocks, fam_len=a.fam_len, sinks=a.sinks,
                 init="learned", query_pos=a.query_pos, zero_first_residual=a.zero_first_residual, renorm=False,
-                feedback="within", decay=a.decay)
+                feedback="within", decay=a.decay, keep_len=a.keep_len)
 
 
 def recall_batch(model, s, ids, ans_pos, drop_fam_from=None, fam0=None):
@@ -402,6 +472,7 @@ def cmd_train(a):
         old.setdefault("rsp_from_k", 1)
         old.setdefault("train_values", "pools")
         old.setdefault("decay", 0.0)
+        old.setdefault("keep_len", 0)
         diff = {k: (old.get(k), v) for k, v in keep.items() if old.get(k) != v}
         if diff:
             raise SystemExit(f"{run}: was started with other settings {diff}; use another RUN_DIR")
@@ -452,8 +523,9 @@ def cmd_train(a):
         for key in ("rank", "alpha", "targets"):
             if ck.get(key) != getattr(a, key):
                 raise SystemExit(f"--init-from {a.init_from}: its {key} is {ck.get(key)}, this run's {getattr(a, key)}")
-        theirs = dict(ck["settings"]); theirs.setdefault("decay", 0.0)
-        if {k: v for k, v in theirs.items() if k != "decay"} != {k: v for k, v in s.items() if k != "decay"}:
+        theirs = dict(ck["settings"]); theirs.setdefault("decay", 0.0); theirs.setdefault("keep_len", 0)
+        free = ("decay", "keep_len")  # may change in a warm start: a leaky or a keeping memory from a plain one
+        if {k: v for k, v in theirs.items() if k not in free} != {k: v for k, v in s.items() if k not in free}:
             raise SystemExit(f"--init-from {a.init_from}: trained with other FAM settings {ck['settings']}")
         if theirs["decay"] != s["decay"]:  # allowed: e.g. a leaky memory fine-tuned from a plain one
             print(f"--init-from {a.init_from}: trained with decay {theirs['decay']}, this run uses {s['decay']}",
@@ -583,7 +655,7 @@ def adapter_model(path, model_dir, device="cpu"):
         raise SystemExit(f"{path}: not a LoRA adapter")
     s = dict(policy="fam", init="learned", query_pos=sc("fam.query_pos"), feedback=sc("fam.feedback"),
              zero_first_residual=bool(sc("fam.zero_first_residual", False)), renorm=bool(sc("fam.renorm", False)),
-             decay=round(float(sc("fam.decay", 0.0)), 6),
+             decay=round(float(sc("fam.decay", 0.0)), 6), keep_len=int(sc("fam.keep_len", 0)),
              **{k: int(sc(f"fam.{k}")) for k in ("block_size", "mem_blocks", "fam_len", "sinks")})
     shapes = {t.name: t.shape for t in r.tensors}
     targets = [t for t in TARGETS if f"blk.0.{GGUF_LIN[t]}.weight.lora_a" in shapes]
@@ -608,6 +680,8 @@ def cmd_eval(a):
     else:
         model, ra, ck = load_run(a.run_dir, a.device, a.model)
         s, tok_dir, step = ck["settings"], a.model or ra["model"], ck["step"]
+    if a.keep_len is not None:
+        s = dict(s, keep_len=a.keep_len)
     tok = Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json"))
     data = RecallData(tok, s["block_size"], "eval")
     rows = []
@@ -742,6 +816,8 @@ def export_adapter(model, s, out, base_gguf=None, name="famstream FAM adapter", 
     w.add_bool("fam.renorm", bool(s.get("renorm", False)))
     if s.get("decay"):  # absent: 0, the paper's FAM
         w.add_float32("fam.decay", float(s["decay"]))
+    if s.get("keep_len"):  # absent: no kept tokens next to the FAM
+        w.add_uint32("fam.keep_len", int(s["keep_len"]))
     if model.lora_scope != "all":  # absent: every row (llama.cpp's meaning of a LoRA adapter)
         w.add_string("fam.adapter.lora_scope", model.lora_scope)
     if model.fam_bias is not None:  # absent: 0
@@ -818,6 +894,11 @@ def cmd_goldens(a):
     out.mkdir(parents=True, exist_ok=True)
     fam_cases = json.loads((ROOT / "tests/golden/fam/cases.json").read_text())
     cases, worst_ref = [], 0.0
+    # the salience rule as src/keep.rs's unit tests pin it (kept tokens next to the FAM)
+    ix = list(range(100, 107))
+    assert leaving_scores(ix, [0, 0, 9, 1, 1, 0, 2], 1) == [9, 10, 11, 11, 11, 3, 3]
+    assert keep_select([], ix, [0, 0, 9, 1, 1, 0, 2], 1, 1) == [(11, 104)]
+    assert keep_select([], [10, 11], [1.0, 1.0], 3, 0) == [(1.0, 11), (1.0, 10)]
     for arch in ("llama", "qwen2"):
         tiny = ROOT / "tests/golden/tiny" / arch
         # 1. without an adapter, this forward reproduces the numpy reference (float64) goldens
@@ -833,7 +914,8 @@ def cmd_goldens(a):
                 fam = c["policy"] == "fam"
                 s = dict(block_size=c["block_size"], mem_blocks=c["mem_blocks"], fam_len=c["fam_len"] if fam else 0,
                          sinks=c["sinks"], init=c["init"] or "bos", query_pos=c["query_pos"] or "block-end",
-                         zero_first_residual=bool(c["zero_first_residual"]), renorm=bool(c["renorm"]))
+                         zero_first_residual=bool(c["zero_first_residual"]), renorm=bool(c["renorm"]),
+                         keep_len=c.get("keep_len") or 0)
                 got = m0.forward_fam([c["ids"]], s, seed_ids=c["seed_ids"])[0][0]
             d = float(np.abs(got.detach().numpy() - ref).max())
             worst_ref = max(worst_ref, d)
@@ -856,7 +938,9 @@ def cmd_goldens(a):
                     ("fam", s),
                     ("fam_sinks_zero", dict(s, sinks=2, zero_first_residual=True)),
                     ("fam_m0_prevfam", dict(s, mem_blocks=0, query_pos="prev-fam")),
-                    ("fam_decay", dict(s, decay=0.3))]
+                    ("fam_decay", dict(s, decay=0.3)),
+                    # room for every token that leaves: which tokens are kept does not depend on rounding
+                    ("fam_keep_all", dict(s, sinks=2, keep_len=40))]
 
         def save_case(adapter_name, vname, vs):
             """m's logits for variant vs as tests/golden/adapter/<adapter_name>_<vname>.npy and a case."""
@@ -867,7 +951,8 @@ def cmd_goldens(a):
             cases.append(dict(arch=arch, model=f"tests/golden/tiny/{arch}/model.f32.gguf",
                               adapter=f"tests/golden/adapter/{adapter_name}.gguf", policy=vs["policy"],
                               settings={k: vs[k] for k in ("block_size", "mem_blocks", "fam_len", "sinks", "init",
-                                                           "query_pos", "zero_first_residual", "decay") if k in vs},
+                                                           "query_pos", "zero_first_residual", "decay", "keep_len")
+                                        if k in vs},
                               ids=ids, logits=f"tests/golden/adapter/{f}"))
         for vname, vs in variants:
             save_case(arch, vname, vs)
@@ -880,6 +965,9 @@ def cmd_goldens(a):
         d_decay = float(np.abs(np.load(out / f"{arch}_fam_decay.npy") - np.load(out / f"{arch}_fam.npy")).max())
         print(f"{arch}: a FAM decay of 0.3 moves the logits by max {d_decay:.3f}")
         assert d_decay > 1e-2, "the decay would not be distinguishable from none"
+        d_keep = float(np.abs(np.load(out / f"{arch}_fam_keep_all.npy") - np.load(out / f"{arch}_fam.npy")).max())
+        print(f"{arch}: tokens kept next to the FAM move the logits by max {d_keep:.3f}")
+        assert d_keep > 1e-2, "kept tokens would not be distinguishable from none"
         # the same LoRA and prompt with LoRA on the FAM rows only (fam.adapter.lora_scope = fam)
         # and a bias on tokens' attention to the FAM (fam.adapter.fam_attn_bias): full attention
         # is then the base model, and FAM streams differ from both
@@ -1095,6 +1183,9 @@ def parser():
                    help="a leaky FAM (fam.decay): each update pulls the rows toward the learned initial FAM by "
                         "this fraction, so they stay bounded however long the stream (0: the paper's FAM, whose rows "
                         "grow with every update)")
+    t.add_argument("--keep-len", type=int, default=0,
+                   help="train with this many salient evicted tokens kept next to the FAM (famstream's --keep-len; "
+                        "0: none)")
     t.add_argument("--rsp-from-k", type=int, default=1,
                    help="pass states only once the curriculum has reached this distance (a FAM learns to "
                         "recall from fresh states first: state passing from step 1 kept it at chance)")
@@ -1119,6 +1210,8 @@ def parser():
     e.add_argument("--model", help="HF checkpoint dir: needed when RUN_DIR is an adapter (.gguf); else the run's")
     e.add_argument("--after-sample", type=int, default=0, metavar="K",
                    help="start each case's stream after another held-out sample at distance K (0: a fresh FAM)")
+    e.add_argument("--keep-len", type=int, default=None,
+                   help="keep this many salient evicted tokens next to the FAM (default: the adapter's)")
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=cmd_eval)
