@@ -1091,6 +1091,15 @@ def cmd_smoke(a):
             raise AssertionError("a run resumed with another --lora-scope and no --fam-bias")
         except SystemExit as e:
             assert "lora_scope" in str(e) and "fam_bias" in str(e), e
+        # a FAM trained with kept tokens next to it: selection, gathering and the gradient through
+        # the kept K/V run; the export carries fam.keep_len, which the adapter's settings read back
+        run4 = Path(tmp) / "run-keep"
+        call("train", str(run4), *base[2:], "--steps", "1", "--keep-len", "8")
+        out4 = Path(tmp) / "adapter4.gguf"
+        call("export", str(run4), "--base-gguf", str(tiny / "model.f32.gguf"), "--out", str(out4))
+        assert gguf.GGUFReader(str(out4)).fields["fam.keep_len"].contents() == 8, "export lost fam.keep_len"
+        assert adapter_model(out4, tiny / "hf")[1]["keep_len"] == 8
+        assert "fam.keep_len" not in r.fields, "an export without kept tokens must not name them"
         # made-up training values (--train-values generated): never a held-out one, seldom repeated
         from tools.fam_data import HELD_OUT_WORDS, value
         r = random.Random(5)
