@@ -511,9 +511,18 @@ mod tests {
         assert!(shown(&l, 2, 0).is_empty()); // not to rows of its own block
         l.keep_at(1, None);
         assert!(shown(&l, 5, 1).is_empty());
-        // other policies have no kept slots
-        let s = SlotLayout::new(&settings(MemoryPolicy::Sink, 4, 0, 2, 1), 0, 0).unwrap();
+        // other policies have no kept slots, whatever keep_len says (it is the FAM's)
+        let sink = FamSettings {
+            keep_len: 8,
+            ..settings(MemoryPolicy::Sink, 4, 0, 2, 1)
+        };
+        let s = SlotLayout::new(&sink, 0, 0).unwrap();
         assert_eq!((s.n_keep(), s.ring_base()), (0, 1));
+        let keep = FamSettings {
+            keep_len: 8,
+            ..settings(MemoryPolicy::Keep, 4, 0, 2, 1)
+        };
+        assert_eq!(SlotLayout::new(&keep, 0, 0).unwrap().n_keep(), 2);
     }
 
     #[test]

@@ -37,7 +37,7 @@ def main():
     ap.add_argument("-p", type=int, help="prompt tokens (default 256; keep-default: 960)")
     ap.add_argument("-n", type=int, default=128,
                     help="generated tokens (pp + tg crosses a block end: FAM updates, keep's selection)")
-    ap.add_argument("--set", choices=["adapter", "keep", "keep-default"], default="adapter")
+    ap.add_argument("--set", choices=["adapter", "keep", "keep-default", "kept-fam"], default="adapter")
     ap.add_argument("--splice", action="store_true")
     a = ap.parse_args()
     a.p = a.p or (960 if a.set == "keep-default" else 256)
@@ -50,7 +50,19 @@ def main():
         return ["-m", model, "--memory", "keep", *w, "--fam-len", str(f), "--sinks", "4"]
 
     with tempfile.TemporaryDirectory() as tmp:
-        if a.set.startswith("keep"):
+        if a.set == "kept-fam":  # session 29: the FAM trained with 64 kept tokens next to it
+            kp = ROOT / "results/adapters/smollm2-135m-fam-b64-keep64-cpu.gguf"
+            merged = Path(tmp) / "merged.gguf"
+            subprocess.run([str(BIN), "convert", model, "--adapter", str(kp), "-o", str(merged)], check=True,
+                           capture_output=True)
+            configs = {
+                "sink (S=4)": sink,
+                "keep, training-free (F=64, S=4)": keep(64),
+                "fam + 64 kept (fam-kp64): adapter in the graph": ["-m", model, "--adapter", str(kp)],
+                "fam + 64 kept (fam-kp64): adapter merged": ["-m", str(merged)],
+                "fam alone (fam-kp64, --keep-len 0): adapter merged": ["-m", str(merged), "--keep-len", "0"],
+            }
+        elif a.set.startswith("keep"):
             fs = (64, 256) if a.set == "keep-default" else (16, 64, 256)
             configs = {"sink (S=4)": sink, **{f"keep (F={f}, S=4)": keep(f) for f in fs}}
         else:
