@@ -40,8 +40,8 @@
 //!    residual -> final norm -> LM head). After each block it runs
 //!    [`forward::build_fam_graph`] (the FAM update of every layer, batched), or, with the
 //!    `reread` feedback, the seed tokens through the token graph into scratch slots; with
-//!    `keep`, [`forward::build_keep_graph`] moves the most salient tokens of the block that
-//!    leaves the window into the kept slots.
+//!    `keep` (and `fam` with `--keep-len`, both), [`forward::build_keep_graph`] moves the most
+//!    salient tokens of the block that leaves the window into the kept slots.
 //! 5. [`sample::Sampler`] picks the next token; [`tokenizer::StreamDecoder`] emits UTF-8.
 //!
 //! ## Module map
@@ -76,8 +76,9 @@
 //! - [`slots`]: `SlotLayout`, where each row lives in the K/V store (sinks, FAM or kept
 //!   tokens, ring, scratch) and what each row may see (the masks, and a prompt's banded middle
 //!   part, `PrefillBand`); pure arithmetic, unit-tested alone.
-//! - [`keep`]: the `keep` policy's salience bookkeeping (surprisal scores of the ring's and the
-//!   kept tokens, which tokens stay when a block leaves the window); pure, unit-tested alone.
+//! - [`keep`]: the salience bookkeeping of `keep` and of `fam --keep-len` (surprisal scores of
+//!   the ring's and the kept tokens, which tokens stay when a block leaves the window); pure,
+//!   unit-tested alone.
 //! - [`fam_memory`]: `FamMemory`, a stream's FAM rows with the four initialisations (seed, BOS,
 //!   tail, learned) and the two feedback rules (`within`, `reread`).
 //! - [`state`]: `FamState`, the fixed-size per-stream state and the memory policies: feeding,
