@@ -50,31 +50,34 @@ def main():
         return ["-m", model, "--memory", "keep", *w, "--fam-len", str(f), "--sinks", "4"]
 
     with tempfile.TemporaryDirectory() as tmp:
+        def merged(adapter):
+            """`adapter` merged into the default model's weights (`famstream convert --adapter`)."""
+            out = Path(tmp) / "merged.gguf"
+            subprocess.run([str(BIN), "convert", model, "--adapter", str(adapter), "-o", str(out)], check=True,
+                           capture_output=True)
+            return str(out)
+
         if a.set == "kept-fam":  # session 29: the FAM trained with 64 kept tokens next to it
             kp = ROOT / "results/adapters/smollm2-135m-fam-b64-keep64-cpu.gguf"
-            merged = Path(tmp) / "merged.gguf"
-            subprocess.run([str(BIN), "convert", model, "--adapter", str(kp), "-o", str(merged)], check=True,
-                           capture_output=True)
+            kp_merged = merged(kp)
             configs = {
                 "sink (S=4)": sink,
                 "keep, training-free (F=64, S=4)": keep(64),
                 "fam + 64 kept (fam-kp64): adapter in the graph": ["-m", model, "--adapter", str(kp)],
-                "fam + 64 kept (fam-kp64): adapter merged": ["-m", str(merged)],
-                "fam alone (fam-kp64, --keep-len 0): adapter merged": ["-m", str(merged), "--keep-len", "0"],
+                "fam + 64 kept (fam-kp64): adapter merged": ["-m", kp_merged],
+                "fam alone (fam-kp64, --keep-len 0): adapter merged": ["-m", kp_merged, "--keep-len", "0"],
             }
         elif a.set.startswith("keep"):
             fs = (64, 256) if a.set == "keep-default" else (16, 64, 256)
             configs = {"sink (S=4)": sink, **{f"keep (F={f}, S=4)": keep(f) for f in fs}}
         else:
-            merged = Path(tmp) / "merged.gguf"
-            subprocess.run([str(BIN), "convert", model, "--adapter", str(ADAPTER), "-o", str(merged)], check=True,
-                           capture_output=True)
+            ad_merged = merged(ADAPTER)
             configs = {
                 "sink (S=4)": sink,
                 "fam, un-tuned (F=16, seed init)": ["-m", model, "--memory", "fam", *w, "--fam-len", "16"],
                 "keep, training-free (F=16, S=4)": keep(16),
                 "fam, trained: adapter in the graph": ["-m", model, "--adapter", str(ADAPTER)],
-                "fam, trained: adapter merged": ["-m", str(merged)],
+                "fam, trained: adapter merged": ["-m", ad_merged],
             }
         runs = {k: [] for k in configs}
         names = list(configs)
