@@ -8,10 +8,12 @@ Runs `famstream bench --json` for each configuration, ROUNDS times in alternatin
 order rotates each round, so a slow spell of the machine does not land on one configuration),
 and reports the median over rounds of each run's best-of-R tokens/s. Run it on a quiet machine.
 
-usage: tools/bench_adapter.py [--rounds 3] [--threads 2] [--set adapter|keep|keep-default] [--splice]
+usage: tools/bench_adapter.py [--rounds 3] [--threads 2] [--set adapter|keep|keep-default|kept-fam|kept-fam-d05]
+[--splice]
 writes results/speed/<set>.json and, with --splice, the table into results/README.md (the
 `<set>-speed` block). `--set keep`: `sink` and `keep` with F = 16, 64 and 256 kept tokens at the
-same window, no adapter. `--set keep-default`: `sink` and `keep` with F = 64 and 256 at the
+same window, no adapter. `--set kept-fam-d05`: the shipped adapter merged at B = 64 and B = 128, each
+against `sink` at its window. `--set keep-default`: `sink` and `keep` with F = 64 and 256 at the
 default window (B = 1024, M = 3), measured at stream position 8192 (the window and the kept
 slots full), pp960 + tg128 so that the block end at 9216 (keep's selection) is timed; each
 repetition refills the state first (5,120 tokens), so the best of 1, not 3."""
@@ -37,7 +39,7 @@ def main():
     ap.add_argument("-p", type=int, help="prompt tokens (default 256; keep-default: 960)")
     ap.add_argument("-n", type=int, default=128,
                     help="generated tokens (pp + tg crosses a block end: FAM updates, keep's selection)")
-    ap.add_argument("--set", choices=["adapter", "keep", "keep-default", "kept-fam"], default="adapter")
+    ap.add_argument("--set", choices=["adapter", "keep", "keep-default", "kept-fam", "kept-fam-d05"], default="adapter")
     ap.add_argument("--splice", action="store_true")
     a = ap.parse_args()
     a.p = a.p or (960 if a.set == "keep-default" else 256)
@@ -57,7 +59,18 @@ def main():
                            capture_output=True)
             return str(out)
 
-        if a.set == "kept-fam":  # session 29: the FAM trained with 64 kept tokens next to it
+        if a.set == "kept-fam-d05":  # session 30: the shipped adapter (decay 0.5) at B = 64 and B = 128
+            kp = ROOT / "results/adapters/smollm2-135m-fam-b64-keep64-d05.gguf"
+            kp_merged = merged(kp)
+            w128 = ["--block", "128", "--mem-blocks", "0"]
+            configs = {
+                "sink (S=4)": sink,
+                "keep, training-free (F=64, S=4)": keep(64),
+                "fam + 64 kept, decay 0.5 (fam-kp64d5): adapter merged": ["-m", kp_merged],
+                "B=128: sink (S=4)": ["-m", model, "--memory", "sink", *w128, "--sinks", "4"],
+                "B=128: fam + 64 kept, decay 0.5: adapter merged": ["-m", kp_merged, *w128],
+            }
+        elif a.set == "kept-fam":  # session 29: the FAM trained with 64 kept tokens next to it
             kp = ROOT / "results/adapters/smollm2-135m-fam-b64-keep64-cpu.gguf"
             kp_merged = merged(kp)
             configs = {
@@ -89,11 +102,16 @@ def main():
                 runs[name].append(json.loads(out.stdout))
                 print(f"round {r + 1}: {name}: tg {runs[name][-1]['tg_tokens_per_s']:.1f} t/s", file=sys.stderr)
     rows = []
-    base_tg = statistics.median(x["tg_tokens_per_s"] for x in runs[names[0]])
+
+    def base_tg(name):
+        """`sink`'s decode speed at the configuration's window (a name "B=N: ..." is at B = N)."""
+        window = name.split(": ")[0] + ": " if name.startswith("B=") else ""
+        return statistics.median(x["tg_tokens_per_s"] for x in runs[window + "sink (S=4)"])
+
     for name in names:
         tg = statistics.median(x["tg_tokens_per_s"] for x in runs[name])
         pp = statistics.median(x["pp_tokens_per_s"] for x in runs[name])
-        rows.append(dict(config=name, pp=pp, tg=tg, tg_vs_sink=tg / base_tg, state_bytes=runs[name][0]["state_bytes"],
+        rows.append(dict(config=name, pp=pp, tg=tg, tg_vs_sink=tg / base_tg(name), state_bytes=runs[name][0]["state_bytes"],
                          peak_rss_bytes=max(x["peak_rss_bytes"] for x in runs[name])))
     out = ROOT / f"results/speed/{a.set}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

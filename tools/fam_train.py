@@ -848,8 +848,15 @@ def export_adapter(model, s, out, base_gguf=None, name="famstream FAM adapter", 
 
 def cmd_export(a):
     model, ra, ck = load_run(a.run_dir, "cpu")
-    export_adapter(model, ck["settings"], a.out, a.base_gguf,
-                   extra={"fam.adapter.trained_steps": str(ck["step"])},
+    s, extra = dict(ck["settings"]), {"fam.adapter.trained_steps": str(ck["step"])}
+    if a.decay is not None and a.decay != (s.get("decay") or 0.0):
+        # the decay the adapter is used with, chosen after training (measured: results/README.md);
+        # the file records the one it was trained with next to it
+        if not 0.0 <= a.decay < 1.0:
+            sys.exit(f"--decay {a.decay}: 0 <= decay < 1")
+        extra["fam.adapter.trained_decay"] = str(s.get("decay") or 0.0)
+        s["decay"] = a.decay
+    export_adapter(model, s, a.out, a.base_gguf, extra=extra,
                    lora_dtype=np.float16 if a.dtype == "f16" else np.float32)
     print(f"wrote {a.out} ({os.path.getsize(a.out)} bytes, step {ck['step']})")
 
@@ -1229,6 +1236,9 @@ def parser():
     x.add_argument("--base-gguf", required=True)
     x.add_argument("--out", required=True)
     x.add_argument("--dtype", choices=["f32", "f16"], default="f32", help="LoRA tensors (f16 halves the file)")
+    x.add_argument("--decay", type=float,
+                   help="fam.decay to write (default: the run's): a leakier memory chosen after training; the "
+                        "file then records the trained one as fam.adapter.trained_decay")
     x.set_defaults(func=cmd_export)
     g = sub.add_parser("goldens")
     g.add_argument("--threads", type=int, default=2)
