@@ -1056,6 +1056,13 @@ def cmd_smoke(a):
             want = torch.stack([x[0] for x in model.initial_fam(dict(ck["settings"], init="learned"), 1)])
         assert mem.shape == (model.d * 4 * model.L,), mem.shape
         assert np.array_equal(mem, want.detach().float().numpy().ravel()), "export lost the init memory"
+        assert "fam.decay" not in r.fields, "a run trained without a decay must not export one"
+        # export --decay: the decay to use, and the trained one next to it
+        out_d = Path(tmp) / "adapter-d.gguf"
+        call("export", str(run), "--base-gguf", str(tiny / "model.f32.gguf"), "--out", str(out_d), "--decay", "0.5")
+        fd = gguf.GGUFReader(str(out_d)).fields
+        assert fd["fam.decay"].contents() == 0.5 and fd["fam.adapter.trained_decay"].contents() == "0.0", \
+            "export --decay did not write the decay and the trained one"
         # a run started from the export has the same LoRA (Q/K un-permuted) and soft prompt
         m2 = Model(tiny / "hf", rank=4, fam_len=4)
         assert load_adapter(out, m2, ck["settings"]), "the export carries no soft prompt"
