@@ -8,8 +8,8 @@ Runs `famstream bench --json` for each configuration, ROUNDS times in alternatin
 order rotates each round, so a slow spell of the machine does not land on one configuration),
 and reports the median over rounds of each run's best-of-R tokens/s. Run it on a quiet machine.
 
-usage: tools/bench_adapter.py [--rounds 3] [--threads 2] [--set adapter|keep|keep-default|kept-fam|kept-fam-d05]
-[--splice]
+usage: tools/bench_adapter.py [--rounds 3 | --pairs N] [--threads 2]
+[--set adapter|keep|keep-default|kept-fam|kept-fam-d05] [--splice]
 writes results/speed/<set>.json and, with --splice, the table into results/README.md (the
 `<set>-speed` block). `--set keep`: `sink` and `keep` with F = 16, 64 and 256 kept tokens at the
 same window, no adapter. `--set kept-fam-d05`: the shipped adapter merged at B = 64 and B = 128, each
@@ -40,6 +40,10 @@ def main():
     ap.add_argument("-n", type=int, default=128,
                     help="generated tokens (pp + tg crosses a block end: FAM updates, keep's selection)")
     ap.add_argument("--set", choices=["adapter", "keep", "keep-default", "kept-fam", "kept-fam-d05"], default="adapter")
+    ap.add_argument("--pairs", type=int, default=0,
+                    help="instead of rounds: N pairs per configuration, each `sink` at its window run just before "
+                         "it (best of 1 each); reports the median and quartiles of the pairs' decode ratios. For a "
+                         "machine whose speed drifts between runs (this VM's sink decode: 125-161 t/s)")
     ap.add_argument("--splice", action="store_true")
     a = ap.parse_args()
     a.p = a.p or (960 if a.set == "keep-default" else 256)
@@ -94,12 +98,12 @@ def main():
             }
         runs = {k: [] for k in configs}
         names = list(configs)
+        if a.pairs:
+            return paired(a, configs, names, extra)
         for r in range(a.rounds):
             for i in range(len(names)):
                 name = names[(i + r) % len(names)]
-                out = subprocess.run([str(BIN), "bench", *configs[name], "-p", str(a.p), "-n", str(a.n), *extra,
-                                      "-t", str(a.threads), "--json"], check=True, capture_output=True, text=True)
-                runs[name].append(json.loads(out.stdout))
+                runs[name].append(bench(a, configs[name], extra))
                 print(f"round {r + 1}: {name}: tg {runs[name][-1]['tg_tokens_per_s']:.1f} t/s", file=sys.stderr)
     rows = []
 
@@ -127,6 +131,43 @@ def main():
     print(table)
     if a.splice:
         splice(ROOT / "results/README.md", f"{a.set}-speed", table)
+
+
+def bench(a, args, extra):
+    out = subprocess.run([str(BIN), "bench", *args, "-p", str(a.p), "-n", str(a.n), *extra, "-t", str(a.threads),
+                          "--json"], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def paired(a, configs, names, extra):
+    """Each non-sink configuration against `sink` at its window, run back to back, `a.pairs` times (the
+    configurations interleaved), so a drift of the machine's speed lands on both runs of a pair."""
+    extra = ["-r", "1"] if extra == ["-r", "3"] else extra  # best of 1: the pairs are the repetitions
+    sink_of = {n: (n.split(": ")[0] + ": " if n.startswith("B=") else "") + "sink (S=4)" for n in names}
+    ratios = {n: [] for n in names if "sink" not in n}
+    for r in range(a.pairs):
+        for n in ratios:
+            s = bench(a, configs[sink_of[n]], extra)
+            c = bench(a, configs[n], extra)
+            ratios[n].append(dict(sink_tg=s["tg_tokens_per_s"], tg=c["tg_tokens_per_s"],
+                                  ratio=c["tg_tokens_per_s"] / s["tg_tokens_per_s"]))
+            print(f"pair {r + 1}: {n}: {ratios[n][-1]['ratio']:.3f} ({c['tg_tokens_per_s']:.1f} / "
+                  f"{s['tg_tokens_per_s']:.1f})", file=sys.stderr)
+    lines = ["| configuration | tg vs sink, median of pairs | quartiles | sink tg t/s (range) |", "|---|---|---|---|"]
+    for n, v in ratios.items():
+        q = statistics.quantiles([x["ratio"] for x in v], n=4)
+        st = [x["sink_tg"] for x in v]
+        lines.append(f"| {n} | {statistics.median(x['ratio'] for x in v):.3f} | {q[0]:.3f}-{q[2]:.3f} | "
+                     f"{min(st):.0f}-{max(st):.0f} |")
+    table = "\n".join(lines) + (f"\n\n(`tools/bench_adapter.py --set {a.set} --pairs {a.pairs} -n {a.n} --threads "
+                                f"{a.threads}`: pp{a.p}/tg{a.n}, each run next to `sink` at its window, best of 1)")
+    out = ROOT / f"results/speed/{a.set}-pairs.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(pairs=a.pairs, threads=a.threads, n_prompt=a.p, n_gen=a.n, ratios=ratios),
+                              indent=1) + "\n")
+    print(table)
+    if a.splice:
+        splice(ROOT / "results/README.md", f"{a.set}-pairs", table)
 
 
 if __name__ == "__main__":

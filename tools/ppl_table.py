@@ -15,7 +15,10 @@ The runs (session 13; Moby-Dick is held out from the trainer's data):
          --adapter results/adapters/smollm2-135m-fam-b64-gpu.gguf --memory fam (session 26, fam-gpu, -t 2) |
          --adapter results/adapters/smollm2-135m-fam-b64-k16-gpu.gguf --memory fam (session 27, fam-k16, -t 2) |
          --adapter results/adapters/smollm2-135m-fam-b64-keep64-cpu.gguf --memory fam (session 29, fam-kp64, -t 2:
-         the adapter's fam.keep_len = 64 keeps 64 tokens next to the FAM)}
+         the adapter's fam.keep_len = 64 keeps 64 tokens next to the FAM) |
+         --adapter results/adapters/smollm2-135m-fam-b64-keep64-cpu.gguf --memory fam --fam-decay 0.5 (session 30,
+         fam-kp64-d05, -t 2: the settings of smollm2-135m-fam-b64-keep64-d05.gguf, its weights exported with
+         fam.decay 0.5)}
 keep-win, keep-f64-win, keep-f256-win: `--memory keep --fam-len 16|64|256 --sinks 4` after keep's window
 rule (session 21), first 32k.
 """
@@ -35,7 +38,8 @@ RUNS = [("sink (S = 4)", "sink"), ("keep (F = 16, S = 4), fading carry (session 
         ("fam-kl + `--fam-decay 0.1` (session 20, no retraining)", "fam-kl-d01"),
         ("fam-gpu (session 26: decay 0.1 and state passing, 10.9M tokens on a GPU)", "fam-gpu"),
         ("fam-k16 (session 27: fam-gpu trained on at 1-16 windows without state passing)", "fam-k16"),
-        ("fam-kp64 (session 29: fam-k16 trained on with 64 kept tokens next to it, used with them)", "fam-kp64")]
+        ("fam-kp64 (session 29: fam-k16 trained on with 64 kept tokens next to it, used with them)", "fam-kp64"),
+        ("fam-kp64-d05 (session 30: the same adapter with decay 0.5, no retraining: the shipped one)", "fam-kp64-d05")]
 TOTAL = 106496
 
 
