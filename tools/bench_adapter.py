@@ -43,9 +43,11 @@ def main():
     ap.add_argument("--pairs", type=int, default=0,
                     help="instead of rounds: N pairs per configuration, each `sink` at its window run just before "
                          "it (best of 1 each); reports the median and quartiles of the pairs' decode ratios. For a "
-                         "machine whose speed drifts between runs (this VM's sink decode: 125-161 t/s)")
+                         "machine whose speed drifts between runs (this VM's sink decode: 124-163 t/s); at least 4")
     ap.add_argument("--splice", action="store_true")
     a = ap.parse_args()
+    if a.pairs and a.pairs < 4:
+        ap.error("--pairs needs at least 4 pairs (quartiles)")
     a.p = a.p or (960 if a.set == "keep-default" else 256)
     model = default_model()
     w = ["--block", "1024", "--mem-blocks", "3"] if a.set == "keep-default" else ["--block", "64", "--mem-blocks", "0"]
@@ -147,24 +149,28 @@ def paired(a, configs, names, extra):
     ratios = {n: [] for n in names if "sink" not in n}
     for r in range(a.pairs):
         for n in ratios:
-            s = bench(a, configs[sink_of[n]], extra)
-            c = bench(a, configs[n], extra)
+            if r % 2 == 0:  # which runs first alternates, so an order effect does not land on every ratio
+                s = bench(a, configs[sink_of[n]], extra)
+                c = bench(a, configs[n], extra)
+            else:
+                c = bench(a, configs[n], extra)
+                s = bench(a, configs[sink_of[n]], extra)
             ratios[n].append(dict(sink_tg=s["tg_tokens_per_s"], tg=c["tg_tokens_per_s"],
                                   ratio=c["tg_tokens_per_s"] / s["tg_tokens_per_s"]))
             print(f"pair {r + 1}: {n}: {ratios[n][-1]['ratio']:.3f} ({c['tg_tokens_per_s']:.1f} / "
                   f"{s['tg_tokens_per_s']:.1f})", file=sys.stderr)
+    out = ROOT / f"results/speed/{a.set}-pairs.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(pairs=a.pairs, threads=a.threads, n_prompt=a.p, n_gen=a.n, ratios=ratios),
+                              indent=1) + "\n")
     lines = ["| configuration | tg vs sink, median of pairs | quartiles | sink tg t/s (range) |", "|---|---|---|---|"]
     for n, v in ratios.items():
-        q = statistics.quantiles([x["ratio"] for x in v], n=4)
+        q = statistics.quantiles([x["ratio"] for x in v], n=4, method="inclusive")
         st = [x["sink_tg"] for x in v]
         lines.append(f"| {n} | {statistics.median(x['ratio'] for x in v):.3f} | {q[0]:.3f}-{q[2]:.3f} | "
                      f"{min(st):.0f}-{max(st):.0f} |")
     table = "\n".join(lines) + (f"\n\n(`tools/bench_adapter.py --set {a.set} --pairs {a.pairs} -n {a.n} --threads "
                                 f"{a.threads}`: pp{a.p}/tg{a.n}, each run next to `sink` at its window, best of 1)")
-    out = ROOT / f"results/speed/{a.set}-pairs.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(pairs=a.pairs, threads=a.threads, n_prompt=a.p, n_gen=a.n, ratios=ratios),
-                              indent=1) + "\n")
     print(table)
     if a.splice:
         splice(ROOT / "results/README.md", f"{a.set}-pairs", table)

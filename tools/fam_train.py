@@ -854,6 +854,10 @@ def cmd_export(a):
         # the file records the one it was trained with next to it
         if not 0.0 <= a.decay < 1.0:
             sys.exit(f"--decay {a.decay}: 0 <= decay < 1")
+        # what famstream refuses to load (src/settings.rs, src/fam_memory.rs)
+        if a.decay > 0 and (s["feedback"] != "within" or s["init"] == "tail"):
+            sys.exit(f"--decay {a.decay}: a decay pulls the `within` feedback's rows toward a learned initial FAM; "
+                     f"this run has feedback {s['feedback']} and init {s['init']}")
         extra["fam.adapter.trained_decay"] = str(s.get("decay") or 0.0)
         s["decay"] = a.decay
     export_adapter(model, s, a.out, a.base_gguf, extra=extra,
@@ -1063,6 +1067,8 @@ def cmd_smoke(a):
         fd = gguf.GGUFReader(str(out_d)).fields
         assert fd["fam.decay"].contents() == 0.5 and fd["fam.adapter.trained_decay"].contents() == "0.0", \
             "export --decay did not write the decay and the trained one"
+        call("export", str(run), "--base-gguf", str(tiny / "model.f32.gguf"), "--out", str(out_d), "--decay", "0")
+        assert "fam.adapter.trained_decay" not in gguf.GGUFReader(str(out_d)).fields, "--decay as trained is no change"
         # a run started from the export has the same LoRA (Q/K un-permuted) and soft prompt
         m2 = Model(tiny / "hf", rank=4, fam_len=4)
         assert load_adapter(out, m2, ck["settings"]), "the export carries no soft prompt"
