@@ -24,6 +24,12 @@
 # (session 29: the adapter's LoRA stops the model reading kept tokens, so `--keep-len 64` next to
 # it recalls no more than the FAM alone; a sixth spec, 'kp64:init:--keep-len 64', trains the FAM
 # with 64 salient evicted tokens kept next to it, famstream's `--memory fam --keep-len 64`)
+# (session 30: with `fam.decay = 0.5` that memory meets the recall and perplexity targets at
+# B = 64 but decodes at 0.91x `sink` (the FAM update and 80 extra slots scale with 1/B); at
+# B = 128 it decodes at 0.96x but, trained at 64, recalls 73/100 at 4 windows. A seventh spec
+# trains it at B = 128 from the CPU run's adapter, with the decay it ships with:
+# FAM_INIT=results/adapters/smollm2-135m-fam-b64-keep64-d05.gguf and
+# 'kp64b128:init:--keep-len 64 --decay 0.5 --block 128 --k-start 8 --max-k 16')
 # (each run: SECONDS of steps plus ~60 s of loading, export and evaluation; session 27's two
 # calls, stash and a 440-s sweep, took 613 s of the 900 with the machine's start)
 #
