@@ -41,8 +41,8 @@ def main():
                     help="generated tokens (pp + tg crosses a block end: FAM updates, keep's selection)")
     ap.add_argument("--set", choices=["adapter", "keep", "keep-default", "kept-fam", "kept-fam-d05"], default="adapter")
     ap.add_argument("--pairs", type=int, default=0,
-                    help="instead of rounds: N pairs per configuration, each `sink` at its window run just before "
-                         "it (best of 1 each); reports the median and quartiles of the pairs' decode ratios. For a "
+                    help="instead of rounds: N pairs per configuration, each run back to back with `sink` at its "
+                         "window, which one first alternating (best of 1 each); reports the median and quartiles of the pairs' decode ratios. For a "
                          "machine whose speed drifts between runs (this VM's sink decode: 124-163 t/s); at least 4")
     ap.add_argument("--splice", action="store_true")
     a = ap.parse_args()
@@ -109,15 +109,11 @@ def main():
                 print(f"round {r + 1}: {name}: tg {runs[name][-1]['tg_tokens_per_s']:.1f} t/s", file=sys.stderr)
     rows = []
 
-    def base_tg(name):
-        """`sink`'s decode speed at the configuration's window (a name "B=N: ..." is at B = N)."""
-        window = name.split(": ")[0] + ": " if name.startswith("B=") else ""
-        return statistics.median(x["tg_tokens_per_s"] for x in runs[window + "sink (S=4)"])
-
     for name in names:
         tg = statistics.median(x["tg_tokens_per_s"] for x in runs[name])
         pp = statistics.median(x["pp_tokens_per_s"] for x in runs[name])
-        rows.append(dict(config=name, pp=pp, tg=tg, tg_vs_sink=tg / base_tg(name), state_bytes=runs[name][0]["state_bytes"],
+        base_tg = statistics.median(x["tg_tokens_per_s"] for x in runs[sink_at_window(name)])
+        rows.append(dict(config=name, pp=pp, tg=tg, tg_vs_sink=tg / base_tg, state_bytes=runs[name][0]["state_bytes"],
                          peak_rss_bytes=max(x["peak_rss_bytes"] for x in runs[name])))
     out = ROOT / f"results/speed/{a.set}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -135,6 +131,11 @@ def main():
         splice(ROOT / "results/README.md", f"{a.set}-speed", table)
 
 
+def sink_at_window(name):
+    """The `sink` configuration at `name`'s window (a name "B=N: ..." is at B = N, the others at the set's)."""
+    return (name.split(": ")[0] + ": " if name.startswith("B=") else "") + "sink (S=4)"
+
+
 def bench(a, args, extra):
     out = subprocess.run([str(BIN), "bench", *args, "-p", str(a.p), "-n", str(a.n), *extra, "-t", str(a.threads),
                           "--json"], check=True, capture_output=True, text=True)
@@ -145,16 +146,15 @@ def paired(a, configs, names, extra):
     """Each non-sink configuration against `sink` at its window, run back to back, `a.pairs` times (the
     configurations interleaved), so a drift of the machine's speed lands on both runs of a pair."""
     extra = ["-r", "1"] if extra == ["-r", "3"] else extra  # best of 1: the pairs are the repetitions
-    sink_of = {n: (n.split(": ")[0] + ": " if n.startswith("B=") else "") + "sink (S=4)" for n in names}
     ratios = {n: [] for n in names if "sink" not in n}
     for r in range(a.pairs):
         for n in ratios:
             if r % 2 == 0:  # which runs first alternates, so an order effect does not land on every ratio
-                s = bench(a, configs[sink_of[n]], extra)
+                s = bench(a, configs[sink_at_window(n)], extra)
                 c = bench(a, configs[n], extra)
             else:
                 c = bench(a, configs[n], extra)
-                s = bench(a, configs[sink_of[n]], extra)
+                s = bench(a, configs[sink_at_window(n)], extra)
             ratios[n].append(dict(sink_tg=s["tg_tokens_per_s"], tg=c["tg_tokens_per_s"],
                                   ratio=c["tg_tokens_per_s"] / s["tg_tokens_per_s"]))
             print(f"pair {r + 1}: {n}: {ratios[n][-1]['ratio']:.3f} ({c['tg_tokens_per_s']:.1f} / "

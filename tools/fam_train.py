@@ -767,16 +767,16 @@ def load_adapter(path, model, s):
         # allowed: a warm start of the FAM rows' LoRA from an adapter trained on all rows
         print(f"--init-from {path}: its LoRA was trained for {scope} rows, this run applies it to "
               f"{model.lora_scope} rows", file=sys.stderr)
-    theirs = {k: scalar(f"fam.{k}") for k in ("policy", "init", "query_pos", "feedback", "block_size", "mem_blocks",
-                                             "fam_len", "sinks", "zero_first_residual")}
+    # block_size may differ (below); the rest must match
+    theirs = {k: scalar(f"fam.{k}") for k in ("policy", "init", "query_pos", "feedback", "mem_blocks", "fam_len",
+                                             "sinks", "zero_first_residual")}
     ours = {k: s[k] for k in theirs}
-    if {k: str(v) for k, v in theirs.items() if k != "block_size"} != \
-            {k: str(v) for k, v in ours.items() if k != "block_size"}:
+    if {k: str(v) for k, v in theirs.items()} != {k: str(v) for k, v in ours.items()}:
         raise SystemExit(f"--init-from {path}: trained with other FAM settings {theirs}, this run's {ours}")
-    if str(theirs["block_size"]) != str(s["block_size"]):
+    if str(scalar("fam.block_size")) != str(s["block_size"]):
         # allowed: the issue's plan grows B once a small window works (the LoRA and the F prompt rows
         # do not depend on B); session 30: the B = 64 memory at B = 128 is what decodes within 5%
-        print(f"--init-from {path}: trained at B = {theirs['block_size']}, this run's B = {s['block_size']}",
+        print(f"--init-from {path}: trained at B = {scalar('fam.block_size')}, this run's B = {s['block_size']}",
               file=sys.stderr)
     tensors = {t.name: np.asarray(t.data, dtype=np.float32) for t in r.tensors}
     want = {f"blk.{l}.{GGUF_LIN[t]}.weight" for l in range(model.L) for t in model.targets}
