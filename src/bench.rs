@@ -20,6 +20,9 @@ pub struct BenchResult {
     pub pp_tokens_per_s: f64,
     pub tg_tokens: usize,
     pub tg_tokens_per_s: f64,
+    /// The share of the tg time spent at block ends (FAM updates, `keep`'s selection):
+    /// [`FamState::block_end_time`] over the decode steps.
+    pub tg_block_end_share: f64,
     pub at_position: u64,
     pub fill_tokens: usize,
     pub state_bytes: usize,
@@ -65,6 +68,7 @@ pub fn run(
     let t = Instant::now();
     let mut logits = st.feed(eng, &prompt, Logits::Last)?;
     let pp = t.elapsed().as_secs_f64();
+    let upkeep = st.block_end_time();
     let t = Instant::now();
     for _ in 0..n_gen {
         let next =
@@ -72,11 +76,13 @@ pub fn run(
         logits = st.feed(eng, &[next], Logits::Last)?;
     }
     let tg = t.elapsed().as_secs_f64();
+    let upkeep = (st.block_end_time() - upkeep).as_secs_f64();
     Ok(BenchResult {
         pp_tokens: n_prompt,
         pp_tokens_per_s: n_prompt as f64 / pp.max(1e-9),
         tg_tokens: n_gen,
         tg_tokens_per_s: n_gen as f64 / tg.max(1e-9),
+        tg_block_end_share: upkeep / tg.max(1e-9),
         at_position,
         fill_tokens: fill,
         state_bytes: st.state_bytes(),

@@ -98,6 +98,8 @@ pub struct FamState {
     /// rotated: a batch re-rotates them only when they move (a new block, a RoPE rebase) or the
     /// kept tokens change, not at every decoded token. None: rotate at the next batch.
     pub(crate) pinned_rotated: Option<Vec<(i32, i64)>>,
+    /// Time spent at block ends since the state was made (see [`FamState::block_end_time`]).
+    pub(crate) block_end_time: std::time::Duration,
 }
 
 impl FamState {
@@ -165,6 +167,7 @@ impl FamState {
             initialised: false,
             reserved_for: None,
             pinned_rotated: None,
+            block_end_time: std::time::Duration::ZERO,
         })
     }
 
@@ -377,6 +380,13 @@ impl FamState {
         Ok(out)
     }
 
+    /// Wall time this state has spent at block ends since it was made (in this process): the
+    /// memory's upkeep, what a windowed stream computes beyond its tokens (the FAM update of
+    /// each finished block, `keep`'s selection and copies). `bench` reports its share of decoding.
+    pub fn block_end_time(&self) -> std::time::Duration {
+        self.block_end_time
+    }
+
     /// Stream indices of the kept tokens (`keep`), in stream order.
     pub fn kept_tokens(&self) -> Vec<i64> {
         let mut v: Vec<i64> = (0..self.slots.n_keep())
@@ -581,7 +591,11 @@ impl FamState {
                 }
             }
             if self.windowed() && self.n_past as i64 % self.b() == 0 {
+                let t0 = std::time::Instant::now();
                 self.end_block(eng, t)?;
+                if self.fam.is_some() || self.slots.n_keep() > 0 {
+                    self.block_end_time += t0.elapsed(); // `sink`, `bswa`: nothing to upkeep
+                }
             }
             k += n;
         }

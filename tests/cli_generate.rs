@@ -704,6 +704,17 @@ fn bench_reports_pp_and_tg_as_json() {
     assert!(j["pp_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(j["tg_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert_eq!(j["n_prompt"], 32);
+    // `sink` has no memory to upkeep at block ends; a FAM whose decode crosses block ends
+    // spends part of it there (two FAM updates in 40 tokens at B = 16), never all of it.
+    assert_eq!(j["tg_block_end_share"], 0.0);
+    let out = famstream()
+        .args(["bench", "-m", m.to_str().unwrap(), "-p", "8", "-n", "40"])
+        .args(["-r", "1", "-t", "2", "--memory", "fam", "--block", "16"])
+        .args(["--mem-blocks", "0", "--fam-len", "4", "--json"])
+        .output()
+        .unwrap();
+    let share = json_report(out)["tg_block_end_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 1.0, "{share}");
     // At a far position a windowed policy fills one window plus a block, not the whole stream.
     let out = famstream()
         .args([

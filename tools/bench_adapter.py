@@ -9,11 +9,12 @@ order rotates each round, so a slow spell of the machine does not land on one co
 and reports the median over rounds of each run's best-of-R tokens/s. Run it on a quiet machine.
 
 usage: tools/bench_adapter.py [--rounds 3 | --pairs N] [--threads 2]
-[--set adapter|keep|keep-default|kept-fam|kept-fam-d05] [--splice]
+[--set adapter|keep|keep-default|kept-fam|kept-fam-d05|kept-fam-b128] [--splice]
 writes results/speed/<set>.json and, with --splice, the table into results/README.md (the
 `<set>-speed` block). `--set keep`: `sink` and `keep` with F = 16, 64 and 256 kept tokens at the
 same window, no adapter. `--set kept-fam-d05`: the shipped adapter merged at B = 64 and B = 128, each
-against `sink` at its window. `--set keep-default`: `sink` and `keep` with F = 64 and 256 at the
+against `sink` at its window; `--set kept-fam-b128`: at B = 128, `sink`, `keep` F = 64, the adapter trained at
+B = 128 (session 31) and the B = 64 one, merged. `--set keep-default`: `sink` and `keep` with F = 64 and 256 at the
 default window (B = 1024, M = 3), measured at stream position 8192 (the window and the kept
 slots full), pp960 + tg128 so that the block end at 9216 (keep's selection) is timed; each
 repetition refills the state first (5,120 tokens), so the best of 1, not 3."""
@@ -39,7 +40,7 @@ def main():
     ap.add_argument("-p", type=int, help="prompt tokens (default 256; keep-default: 960)")
     ap.add_argument("-n", type=int, default=128,
                     help="generated tokens (pp + tg crosses a block end: FAM updates, keep's selection)")
-    ap.add_argument("--set", choices=["adapter", "keep", "keep-default", "kept-fam", "kept-fam-d05"], default="adapter")
+    ap.add_argument("--set", choices=["adapter", "keep", "keep-default", "kept-fam", "kept-fam-d05", "kept-fam-b128"], default="adapter")
     ap.add_argument("--pairs", type=int, default=0,
                     help="instead of rounds: N pairs per configuration, each run back to back with `sink` at its "
                          "window, which one first alternating (best of 1 each); reports the median and quartiles of the pairs' decode ratios. For a "
@@ -58,9 +59,9 @@ def main():
         return ["-m", model, "--memory", "keep", *w, "--fam-len", str(f), "--sinks", "4"]
 
     with tempfile.TemporaryDirectory() as tmp:
-        def merged(adapter):
+        def merged(adapter, tag="merged"):
             """`adapter` merged into the default model's weights (`famstream convert --adapter`)."""
-            out = Path(tmp) / "merged.gguf"
+            out = Path(tmp) / f"{tag}.gguf"
             subprocess.run([str(BIN), "convert", model, "--adapter", str(adapter), "-o", str(out)], check=True,
                            capture_output=True)
             return str(out)
@@ -75,6 +76,17 @@ def main():
                 "fam + 64 kept, decay 0.5 (fam-kp64d5): adapter merged": ["-m", kp_merged],
                 "B=128: sink (S=4)": ["-m", model, "--memory", "sink", *w128, "--sinks", "4"],
                 "B=128: fam + 64 kept, decay 0.5: adapter merged": ["-m", kp_merged, *w128],
+            }
+        elif a.set == "kept-fam-b128":  # session 31: the same memory trained at B = 128
+            w128 = ["--block", "128", "--mem-blocks", "0"]
+            configs = {
+                "B=128: sink (S=4)": ["-m", model, "--memory", "sink", *w128, "--sinks", "4"],
+                "B=128: keep, training-free (F=64, S=4)": ["-m", model, "--memory", "keep", *w128, "--fam-len", "64",
+                                                          "--sinks", "4"],
+                "B=128: fam + 64 kept, trained at B=128 (fam-kp64b128): adapter merged":
+                    ["-m", merged(ROOT / "results/adapters/smollm2-135m-fam-b128-keep64-d05.gguf", "b128"), *w128],
+                "B=128: fam + 64 kept, trained at B=64 (fam-kp64d5): adapter merged":
+                    ["-m", merged(ROOT / "results/adapters/smollm2-135m-fam-b64-keep64-d05.gguf", "b64"), *w128],
             }
         elif a.set == "kept-fam":  # session 29: the FAM trained with 64 kept tokens next to it
             kp = ROOT / "results/adapters/smollm2-135m-fam-b64-keep64-cpu.gguf"
@@ -156,19 +168,22 @@ def paired(a, configs, names, extra):
                 c = bench(a, configs[n], extra)
                 s = bench(a, configs[sink_at_window(n)], extra)
             ratios[n].append(dict(sink_tg=s["tg_tokens_per_s"], tg=c["tg_tokens_per_s"],
-                                  ratio=c["tg_tokens_per_s"] / s["tg_tokens_per_s"]))
+                                  ratio=c["tg_tokens_per_s"] / s["tg_tokens_per_s"],
+                                  upkeep=c.get("tg_block_end_share")))
             print(f"pair {r + 1}: {n}: {ratios[n][-1]['ratio']:.3f} ({c['tg_tokens_per_s']:.1f} / "
                   f"{s['tg_tokens_per_s']:.1f})", file=sys.stderr)
     out = ROOT / f"results/speed/{a.set}-pairs.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(pairs=a.pairs, threads=a.threads, n_prompt=a.p, n_gen=a.n, ratios=ratios),
                               indent=1) + "\n")
-    lines = ["| configuration | tg vs sink, median of pairs | quartiles | sink tg t/s (range) |", "|---|---|---|---|"]
+    lines = ["| configuration | tg vs sink, median of pairs | quartiles | sink tg t/s (range) | tg time at block ends |",
+             "|---|---|---|---|---|"]
     for n, v in ratios.items():
         q = statistics.quantiles([x["ratio"] for x in v], n=4, method="inclusive")
         st = [x["sink_tg"] for x in v]
+        up = [x["upkeep"] for x in v if x["upkeep"] is not None]  # bench's tg_block_end_share (session 31 on)
         lines.append(f"| {n} | {statistics.median(x['ratio'] for x in v):.3f} | {q[0]:.3f}-{q[2]:.3f} | "
-                     f"{min(st):.0f}-{max(st):.0f} |")
+                     f"{min(st):.0f}-{max(st):.0f} | {f'{100 * statistics.median(up):.1f}%' if up else '-'} |")
     table = "\n".join(lines) + (f"\n\n(`tools/bench_adapter.py --set {a.set} --pairs {a.pairs} -n {a.n} --threads "
                                 f"{a.threads}`: pp{a.p}/tg{a.n}, each run next to `sink` at its window, best of 1)")
     print(table)
