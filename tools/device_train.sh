@@ -30,6 +30,9 @@
 # trains it at B = 128 from the CPU run's adapter, with the decay it ships with:
 # FAM_INIT=results/adapters/smollm2-135m-fam-b64-keep64-d05.gguf and
 # 'kp64b128:init:--keep-len 64 --decay 0.5 --block 128 --k-start 8 --max-k 16')
+# (session 31 trained that one on the 2 CPU cores instead, at distances 1-8, 161 steps:
+# results/adapters/smollm2-135m-fam-b128-keep64-d05.gguf, 94/84 of 100 at 4/16 windows; a lent
+# GPU could take it further, e.g. to 1-16 windows or a larger B)
 # (each run: SECONDS of steps plus ~60 s of loading, export and evaluation; session 27's two
 # calls, stash and a 440-s sweep, took 613 s of the 900 with the machine's start)
 #

@@ -21,7 +21,14 @@ The runs (session 13; Moby-Dick is held out from the trainer's data):
          fam.decay 0.5)}
 keep-win, keep-f64-win, keep-f256-win: `--memory keep --fam-len 16|64|256 --sinks 4` after keep's window
 rule (session 21), first 32k.
+
+    python3 tools/ppl_table.py --block 128 [--splice]
+
+the same at B = 128 (`ppl-b128` markers; session 31): `--block 128` and `--memory sink --sinks 4` |
+`--adapter results/adapters/smollm2-135m-fam-b128-keep64-d05.gguf --memory fam` (fam-kp64b128, trained at
+B = 128) | the B = 64 adapter's settings as for fam-kp64-d05 above (session 30, first 32k).
 """
+import argparse
 import json
 import math
 import sys
@@ -39,14 +46,21 @@ RUNS = [("sink (S = 4)", "sink"), ("keep (F = 16, S = 4), fading carry (session 
         ("fam-gpu (session 26: decay 0.1 and state passing, 10.9M tokens on a GPU)", "fam-gpu"),
         ("fam-k16 (session 27: fam-gpu trained on at 1-16 windows without state passing)", "fam-k16"),
         ("fam-kp64 (session 29: fam-k16 trained on with 64 kept tokens next to it, used with them)", "fam-kp64"),
-        ("fam-kp64-d05 (session 30: the same adapter with decay 0.5, no retraining: the shipped one)", "fam-kp64-d05")]
+        ("fam-kp64-d05 (session 30: the same adapter with decay 0.5, no retraining: the best at B = 64)", "fam-kp64-d05")]
+RUNS_B128 = [("sink (S = 4)", "sink"),
+             ("fam-kp64-d05 (session 30: trained at B = 64, read at 128)", "fam-kp64-d05"),
+             ("fam-kp64b128 (session 31: the same trained on at B = 128)", "fam-kp64b128")]
 TOTAL = 106496
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--block", type=int, choices=[64, 128], default=64)
+    ap.add_argument("--splice", action="store_true")
+    a = ap.parse_args()
     rows = []
-    for label, name in RUNS:
-        path = ROOT / f"results/ppl/{name}-b64-segments.jsonl"
+    for label, name in RUNS if a.block == 64 else RUNS_B128:
+        path = ROOT / f"results/ppl/{name}-b{a.block}-segments.jsonl"
         segs = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
         n = sum(s["tokens"] for s in segs)
         # the whole run's perplexity from the segments' (token-weighted mean NLL)
@@ -59,10 +73,12 @@ def main():
     lines = [head, "|---|" + "---|" * (width + 1)]
     for label, cells, whole in rows:
         lines.append(f"| {label} | " + " | ".join(cells + ["-"] * (width - len(cells))) + f" | {whole} |")
-    text = "\n".join(lines) + "\n\n(`tools/ppl_table.py`; B = 64, M = 0, 8,192-token segments of Moby-Dick)"
+    flag = "" if a.block == 64 else f" --block {a.block}"
+    text = "\n".join(lines) + (f"\n\n(`tools/ppl_table.py{flag}`; B = {a.block}, M = 0, 8,192-token segments of "
+                               "Moby-Dick)")
     print(text)
-    if "--splice" in sys.argv:
-        splice(ROOT / "results/README.md", "ppl-b64", text)
+    if a.splice:
+        splice(ROOT / "results/README.md", f"ppl-b{a.block}", text)
 
 
 if __name__ == "__main__":
