@@ -442,17 +442,23 @@ impl FamState {
 
     /// After the last token of block t: keep tokens, and make or update the FAM (`fam` with
     /// `keep_len` does both: the kept K/V are copies, the FAM update reads the ring as before).
+    /// The time it takes is the memory's upkeep ([`FamState::block_end_time`]).
     fn end_block(&mut self, eng: &mut Engine, t: i64) -> Result<()> {
+        if self.fam.is_none() && self.slots.n_keep() == 0 {
+            return Ok(()); // `sink`, `bswa`: nothing to upkeep
+        }
+        let t0 = std::time::Instant::now();
         if self.slots.n_keep() > 0 {
             self.keep_block(eng, t)?;
         }
         let (start, origin) = (self.start_position, self.origin);
-        match self.fam.as_mut() {
-            Some(f) => f.end_block(eng, &self.kv, &self.slots, &self.settings, t, &|i| {
+        if let Some(f) = self.fam.as_mut() {
+            f.end_block(eng, &self.kv, &self.slots, &self.settings, t, &|i| {
                 rope_pos(start, origin, i)
-            }),
-            None => Ok(()),
+            })?;
         }
+        self.block_end_time += t0.elapsed();
+        Ok(())
     }
 
     /// Feed tokens; returns the requested logits, row-major [rows][n_vocab].
@@ -591,11 +597,7 @@ impl FamState {
                 }
             }
             if self.windowed() && self.n_past as i64 % self.b() == 0 {
-                let t0 = std::time::Instant::now();
                 self.end_block(eng, t)?;
-                if self.fam.is_some() || self.slots.n_keep() > 0 {
-                    self.block_end_time += t0.elapsed(); // `sink`, `bswa`: nothing to upkeep
-                }
             }
             k += n;
         }

@@ -53,10 +53,15 @@ def main():
     model = default_model()
     w = ["--block", "1024", "--mem-blocks", "3"] if a.set == "keep-default" else ["--block", "64", "--mem-blocks", "0"]
     extra = ["--at-position", "8192", "-r", "1"] if a.set == "keep-default" else ["-r", "3"]
-    sink = ["-m", model, "--memory", "sink", *w, "--sinks", "4"]
+    w128 = ["--block", "128", "--mem-blocks", "0"]  # the kept-fam sets' second window
 
-    def keep(f):
-        return ["-m", model, "--memory", "keep", *w, "--fam-len", str(f), "--sinks", "4"]
+    def sink_at(win):
+        return ["-m", model, "--memory", "sink", *win, "--sinks", "4"]
+
+    def keep(f, win=w):
+        return ["-m", model, "--memory", "keep", *win, "--fam-len", str(f), "--sinks", "4"]
+
+    sink = sink_at(w)
 
     with tempfile.TemporaryDirectory() as tmp:
         def merged(adapter, tag="merged"):
@@ -69,20 +74,17 @@ def main():
         if a.set == "kept-fam-d05":  # session 30: the shipped adapter (decay 0.5) at B = 64 and B = 128
             kp = ROOT / "results/adapters/smollm2-135m-fam-b64-keep64-d05.gguf"
             kp_merged = merged(kp)
-            w128 = ["--block", "128", "--mem-blocks", "0"]
             configs = {
                 "sink (S=4)": sink,
                 "keep, training-free (F=64, S=4)": keep(64),
                 "fam + 64 kept, decay 0.5 (fam-kp64d5): adapter merged": ["-m", kp_merged],
-                "B=128: sink (S=4)": ["-m", model, "--memory", "sink", *w128, "--sinks", "4"],
+                "B=128: sink (S=4)": sink_at(w128),
                 "B=128: fam + 64 kept, decay 0.5: adapter merged": ["-m", kp_merged, *w128],
             }
         elif a.set == "kept-fam-b128":  # session 31: the same memory trained at B = 128
-            w128 = ["--block", "128", "--mem-blocks", "0"]
             configs = {
-                "B=128: sink (S=4)": ["-m", model, "--memory", "sink", *w128, "--sinks", "4"],
-                "B=128: keep, training-free (F=64, S=4)": ["-m", model, "--memory", "keep", *w128, "--fam-len", "64",
-                                                          "--sinks", "4"],
+                "B=128: sink (S=4)": sink_at(w128),
+                "B=128: keep, training-free (F=64, S=4)": keep(64, w128),
                 "B=128: fam + 64 kept, trained at B=128 (fam-kp64b128): adapter merged":
                     ["-m", merged(ROOT / "results/adapters/smollm2-135m-fam-b128-keep64-d05.gguf", "b128"), *w128],
                 "B=128: fam + 64 kept, trained at B=64 (fam-kp64d5): adapter merged":
