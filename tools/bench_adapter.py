@@ -9,17 +9,19 @@ order rotates each round, so a slow spell of the machine does not land on one co
 and reports the median over rounds of each run's best-of-R tokens/s. Run it on a quiet machine.
 
 usage: tools/bench_adapter.py [--rounds 3 | --pairs N] [--threads 2]
-[--set adapter|keep|keep-default|kept-fam|kept-fam-d05|kept-fam-b128] [--splice]
+[--set adapter|keep|keep-default|kept-fam|kept-fam-d05|kept-fam-b128|kept-fam-b256] [--splice]
 writes results/speed/<set>.json and, with --splice, the table into results/README.md (the
 `<set>-speed` block). `--set keep`: `sink` and `keep` with F = 16, 64 and 256 kept tokens at the
 same window, no adapter. `--set kept-fam-d05`: the shipped adapter merged at B = 64 and B = 128, each
 against `sink` at its window; `--set kept-fam-b128`: at B = 128, `sink`, `keep` F = 64, the adapter trained at
-B = 128 (session 31) and the B = 64 one, merged. `--set keep-default`: `sink` and `keep` with F = 64 and 256 at the
+B = 128 (session 31) and the B = 64 one, merged; `--set kept-fam-b256`: at B = 256, `sink`, `keep` F = 64 and the
+B = 256 file with 64, 32 and 0 kept tokens (before it was trained: the B = 128 file). `--set keep-default`: `sink` and `keep` with F = 64 and 256 at the
 default window (B = 1024, M = 3), measured at stream position 8192 (the window and the kept
 slots full), pp960 + tg128 so that the block end at 9216 (keep's selection) is timed; each
 repetition refills the state first (5,120 tokens), so the best of 1, not 3."""
 import argparse
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -40,7 +42,7 @@ def main():
     ap.add_argument("-p", type=int, help="prompt tokens (default 256; keep-default: 960)")
     ap.add_argument("-n", type=int, default=128,
                     help="generated tokens (pp + tg crosses a block end: FAM updates, keep's selection)")
-    ap.add_argument("--set", choices=["adapter", "keep", "keep-default", "kept-fam", "kept-fam-d05", "kept-fam-b128"], default="adapter")
+    ap.add_argument("--set", choices=["adapter", "keep", "keep-default", "kept-fam", "kept-fam-d05", "kept-fam-b128", "kept-fam-b256"], default="adapter")
     ap.add_argument("--pairs", type=int, default=0,
                     help="instead of rounds: N pairs per configuration, each run back to back with `sink` at its "
                          "window, which one first alternating (best of 1 each); reports the median and quartiles of the pairs' decode ratios. For a "
@@ -54,6 +56,7 @@ def main():
     w = ["--block", "1024", "--mem-blocks", "3"] if a.set == "keep-default" else ["--block", "64", "--mem-blocks", "0"]
     extra = ["--at-position", "8192", "-r", "1"] if a.set == "keep-default" else ["-r", "3"]
     w128 = ["--block", "128", "--mem-blocks", "0"]  # the kept-fam sets' second window
+    w256 = ["--block", "256", "--mem-blocks", "0"]
 
     def sink_at(win):
         return ["-m", model, "--memory", "sink", *win, "--sinks", "4"]
@@ -90,6 +93,20 @@ def main():
                 "B=128: fam + 64 kept, trained at B=64 (fam-kp64d5): adapter merged":
                     ["-m", merged(ROOT / "results/adapters/smollm2-135m-fam-b64-keep64-d05.gguf", "b64"), *w128],
             }
+        elif a.set == "kept-fam-b256":  # session 32: the same memory at B = 256
+            b256 = ROOT / "results/adapters/smollm2-135m-fam-b256-keep64-d05.gguf"
+            configs = {
+                "B=256: sink (S=4)": sink_at(w256),
+                "B=256: keep, training-free (F=64, S=4)": keep(64, w256),
+            }
+            if b256.exists():  # trained in session 32; fewer kept tokens: the recall/speed trade
+                m256 = merged(b256, "b256")
+                for n in (64, 32, 0):
+                    configs[f"B=256: fam + {n} kept (fam-kp64b256, --keep-len {n}): adapter merged"] = \
+                        ["-m", m256, *w256, "--keep-len", str(n)]
+            else:  # the same shapes and upkeep, before the B = 256 file existed
+                configs["B=256: fam + 64 kept, trained at B=128 (fam-kp64b128): adapter merged"] = \
+                    ["-m", merged(ROOT / "results/adapters/smollm2-135m-fam-b128-keep64-d05.gguf", "b128"), *w256]
         elif a.set == "kept-fam":  # session 29: the FAM trained with 64 kept tokens next to it
             kp = ROOT / "results/adapters/smollm2-135m-fam-b64-keep64-cpu.gguf"
             kp_merged = merged(kp)
@@ -158,11 +175,15 @@ def bench(a, args, extra):
 
 def paired(a, configs, names, extra):
     """Each non-sink configuration against `sink` at its window, run back to back, `a.pairs` times (the
-    configurations interleaved), so a drift of the machine's speed lands on both runs of a pair."""
+    configurations interleaved, in a new seeded random order each round), so a drift of the machine's speed
+    lands on both runs of a pair and no configuration always follows the same one."""
     extra = ["-r", "1"] if extra == ["-r", "3"] else extra  # best of 1: the pairs are the repetitions
     ratios = {n: [] for n in names if "sink" not in n}
+    rng = random.Random(0)
     for r in range(a.pairs):
-        for n in ratios:
+        order = list(ratios)
+        rng.shuffle(order)  # session 32 on: a fixed order left a 2.4% gap between two same-cost files
+        for n in order:
             if r % 2 == 0:  # which runs first alternates, so an order effect does not land on every ratio
                 s = bench(a, configs[sink_at_window(n)], extra)
                 c = bench(a, configs[n], extra)

@@ -27,6 +27,11 @@ rule (session 21), first 32k.
 the same at B = 128 (`ppl-b128` markers; session 31): `--block 128` and `--memory sink --sinks 4` |
 `--adapter results/adapters/smollm2-135m-fam-b128-keep64-d05.gguf --memory fam` (fam-kp64b128, trained at
 B = 128) | the B = 64 adapter's settings as for fam-kp64-d05 above (session 30, first 32k).
+
+    python3 tools/ppl_table.py --block 256 [--splice]
+
+at B = 256 (`ppl-b256` markers; session 32): `--block 256` and `--memory sink --sinks 4` |
+`--adapter results/adapters/smollm2-135m-fam-b256-keep64-d05.gguf --memory fam` (fam-kp64b256).
 """
 import argparse
 import json
@@ -50,16 +55,18 @@ RUNS = [("sink (S = 4)", "sink"), ("keep (F = 16, S = 4), fading carry (session 
 RUNS_B128 = [("sink (S = 4)", "sink"),
              ("fam-kp64-d05 (session 30: trained at B = 64, read at 128)", "fam-kp64-d05"),
              ("fam-kp64b128 (session 31: the same trained on at B = 128)", "fam-kp64b128")]
+RUNS_B256 = [("sink (S = 4)", "sink"),
+             ("fam-kp64b256 (session 32: the B = 128 memory trained on at B = 256)", "fam-kp64b256")]
 TOTAL = 106496
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--block", type=int, choices=[64, 128], default=64)
+    ap.add_argument("--block", type=int, choices=[64, 128, 256], default=64)
     ap.add_argument("--splice", action="store_true")
     a = ap.parse_args()
     rows = []
-    for label, name in RUNS if a.block == 64 else RUNS_B128:
+    for label, name in {64: RUNS, 128: RUNS_B128, 256: RUNS_B256}[a.block]:
         path = ROOT / f"results/ppl/{name}-b{a.block}-segments.jsonl"
         segs = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
         n = sum(s["tokens"] for s in segs)
