@@ -142,7 +142,9 @@
 //!   do not degrade with stream length.
 //! - Graphs only touch tensors through ggml's backend API (buffers, `tensor_set/get`), so the same
 //!   code runs on any ggml device; K/V lengths seen by attention are padded to
-//!   [`state::KV_PAD`] slots, as llama.cpp does, and each stream reserves the engine's compute
+//!   [`state::KV_PAD`] slots, as llama.cpp does (on the CPU to [`slots::KV_PAD_CPU`]: there a
+//!   512-slot length switches ggml to a key-split kernel that leaves a filling window on one
+//!   thread), and each stream reserves the engine's compute
 //!   buffer for its largest graphs before its first compute, so on a GPU device the buffer never
 //!   grows between computes (ggml's Vulkan backend corrupted memory when it did; the CPU reserves
 //!   for last-row logits and grows only if every row's logits are asked for).

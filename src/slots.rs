@@ -26,6 +26,13 @@ use half::f16;
 /// exercised with. (ggml's Vulkan backend corrupted host memory on lavapipe with arbitrary
 /// lengths such as 36 or 150; with padded lengths it does not: tests/backend_vulkan.rs.)
 pub const KV_PAD: usize = 256;
+/// On the CPU backend an attention graph's length is padded to this instead (the store keeps
+/// [`KV_PAD`]): ggml's CPU flash attention has no length it needs, skips masked slots one by
+/// one, and from 512 slots on splits one query row's keys in equal halves across threads
+/// (`use_split_kv_path`), which with a window filling from the front leaves one thread with
+/// nearly every visible key. With 256, `sink` at B = 256, M = 0 read 512 slots (260 used) on one
+/// thread's worth of work; with 32 it reads the used ones, its heads shared across threads.
+pub const KV_PAD_CPU: usize = 32;
 /// A slot holding no token.
 const EMPTY: i64 = i64::MIN;
 
@@ -49,6 +56,8 @@ pub struct SlotLayout {
     /// Added to token rows' attention logits at the FAM's slots (an adapter's learned
     /// `fam.adapter.fam_attn_bias`; 0 without one).
     fam_bias: f16,
+    /// Attention lengths are multiples of this ([`KV_PAD`], or [`KV_PAD_CPU`] on the CPU).
+    attn_pad: usize,
     /// A banded prompt read ([`PrefillBand`]), or none.
     band: Option<PrefillBand>,
 }
@@ -120,6 +129,7 @@ impl SlotLayout {
             n_scratch,
             slot_pos: vec![EMPTY; n_slots],
             fam_bias: f16::ZERO,
+            attn_pad: KV_PAD,
             band: None,
         })
     }
@@ -198,10 +208,15 @@ impl SlotLayout {
             .collect()
     }
     /// Slots [0, n) that any row may attend to once stream indices below `upto` are placed,
-    /// rounded up to a multiple of [`KV_PAD`] (the extra slots are masked).
+    /// rounded up to a multiple of the attention pad (the extra slots are masked).
     pub fn n_kv(&self, upto: i64) -> usize {
         let used = self.ring_base() + (upto.max(0) as usize).min(self.ring_len);
-        used.next_multiple_of(KV_PAD).min(self.n_slots())
+        used.next_multiple_of(self.attn_pad).min(self.n_slots())
+    }
+    /// Pad attention lengths to `pad` slots (a divisor of [`KV_PAD`]) instead of [`KV_PAD`].
+    pub fn set_attention_pad(&mut self, pad: usize) {
+        debug_assert!(pad > 0 && KV_PAD % pad == 0);
+        self.attn_pad = pad;
     }
     /// Stream index each slot holds (`i64::MIN`: none), for snapshots.
     pub fn positions(&self) -> &[i64] {
@@ -564,5 +579,17 @@ mod tests {
         assert_eq!(l.n_slots(), 1024);
         assert_eq!(l.n_kv(1), KV_PAD);
         assert_eq!(l.n_kv(300), 2 * KV_PAD);
+        // the CPU's finer pad: shorter attention, the same store
+        let mut l = l;
+        l.set_attention_pad(KV_PAD_CPU);
+        assert_eq!(l.n_slots(), 1024);
+        assert_eq!(l.n_kv(1), KV_PAD_CPU);
+        assert_eq!(l.n_kv(300), 300usize.next_multiple_of(KV_PAD_CPU));
+        assert_eq!(l.n_kv(5000), 1024);
+        // sink at B = 256, M = 0: 4 sinks and a 256-token ring in 288 slots, not 512
+        let mut s = SlotLayout::new(&settings(MemoryPolicy::Sink, 256, 0, 0, 4), 0, 0).unwrap();
+        assert_eq!(s.n_kv(256), 512);
+        s.set_attention_pad(KV_PAD_CPU);
+        assert_eq!(s.n_kv(256), 288);
     }
 }

@@ -117,6 +117,9 @@ impl FamState {
         let hp = &model.hp;
         let mut slots = SlotLayout::new(&settings, n_ctx, hp.n_swa)?;
         slots.set_fam_bias(model.adapter().map_or(0.0, |a| a.file.fam_attn_bias));
+        if backend.is_cpu() {
+            slots.set_attention_pad(crate::slots::KV_PAD_CPU);
+        }
         let fam = FamMemory::new(model, backend, &settings, &slots, seed_tokens, bos)?;
         let kv = KvStore::new(hp, slots.n_slots(), backend)?;
         // One [row width, rows] tensor per layer, or nothing when the policy has no such rows.
@@ -499,11 +502,10 @@ impl FamState {
             let rows = i0..i0 + n as i64;
             // Record where the new tokens go before building the mask (they see themselves).
             let slots: Vec<i64> = rows.clone().map(|i| self.slots.place(i) as i64).collect();
-            let n_kv = if self.windowed() {
-                self.slots.n_kv((t + 1) * self.b())
-            } else {
-                self.slots.n_kv(i0 + n as i64)
-            };
+            // The placed extent: while the ring fills (a stream's first window) that is the
+            // tokens so far, not the whole ring, so attention reads no empty slots and on the
+            // CPU its keys stay shared across threads (see slots::KV_PAD_CPU).
+            let n_kv = self.slots.n_kv(i0 + n as i64);
             let pos: Vec<i32> = rows
                 .clone()
                 .map(|i| self.rope_pos(i))

@@ -15,7 +15,7 @@ writes results/speed/<set>.json and, with --splice, the table into results/READM
 same window, no adapter. `--set kept-fam-d05`: the shipped adapter merged at B = 64 and B = 128, each
 against `sink` at its window; `--set kept-fam-b128`: at B = 128, `sink`, `keep` F = 64, the adapter trained at
 B = 128 (session 31) and the B = 64 one, merged; `--set kept-fam-b256`: at B = 256, `sink`, `keep` F = 64 and the
-B = 256 file with 64, 32 and 0 kept tokens. `--set keep-default`: `sink` and `keep` with F = 64 and 256 at the
+B = 256 file with 64, 32, 16 and 0 kept tokens. `--set keep-default`: `sink` and `keep` with F = 64 and 256 at the
 default window (B = 1024, M = 3), measured at stream position 8192 (the window and the kept
 slots full), pp960 + tg128 so that the block end at 9216 (keep's selection) is timed; each
 repetition refills the state first (5,120 tokens), so the best of 1, not 3."""
@@ -99,7 +99,7 @@ def main():
                 "B=256: sink (S=4)": sink_at(w256),
                 "B=256: keep, training-free (F=64, S=4)": keep(64, w256),
                 **{f"B=256: fam + {n} kept (fam-kp64b256, --keep-len {n}): adapter merged":
-                   ["-m", m256, *w256, "--keep-len", str(n)] for n in (64, 32, 0)},
+                   ["-m", m256, *w256, "--keep-len", str(n)] for n in (64, 32, 16, 0)},
             }
         elif a.set == "kept-fam":  # session 29: the FAM trained with 64 kept tokens next to it
             kp = ROOT / "results/adapters/smollm2-135m-fam-b64-keep64-cpu.gguf"
