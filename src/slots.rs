@@ -14,7 +14,8 @@
 //! window `n_swa` needs it (`n_swa - 1 + B` slots, rounded up to whole blocks): those layers see
 //! the `n_swa` latest tokens under every policy (their own mask, without FAM or sinks), while
 //! the global layers see the policy's window. Scratch slots (F of them) serve the `reread`
-//! feedback; padding makes every attention length a multiple of [`KV_PAD`].
+//! feedback; padding makes every attention length a multiple of [`KV_PAD`] (of [`KV_PAD_CPU`] on
+//! the CPU backend; the store itself is always padded to [`KV_PAD`]).
 
 use crate::error::{Error, Result};
 use crate::settings::{FamFeedback, FamSettings, MemoryPolicy};
