@@ -495,6 +495,11 @@ pub fn adapter_summary(g: &GgufFile) -> serde_json::Value {
         "fam_attn_bias": g.opt_f32(KEY_FAM_ATTN_BIAS).ok().flatten().unwrap_or(0.0),
         "init_memory": init,
         "fam_settings": settings,
+        // (layer, head) pairs that see kept tokens (crate::kept_heads); null: every head
+        "kept_heads": match g.get(crate::kept_heads::KEY) {
+            Some(crate::gguf::Value::Array(a)) => json!(a.len()),
+            _ => serde_json::Value::Null,
+        },
     })
 }
 

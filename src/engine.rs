@@ -33,6 +33,10 @@ pub struct TokenBatch<'x> {
     /// layers use `mask` too (right for batches that see neither FAM nor sinks and span less
     /// than the local window, such as the seed of the FAM initialisation).
     pub mask_swa: Option<Mask<'x>>,
+    /// The kept slots (`keep_len`), when the model shows them to some heads only
+    /// ([`crate::kept_heads`]): those layers' masks hide these slots where the heads do not
+    /// see them. `None`: every layer uses `mask`.
+    pub kept: Option<std::ops::Range<usize>>,
     /// Rows whose logits are wanted (`None`: all rows).
     pub out_rows: Option<&'x [i32]>,
     /// Rows whose every layer input is returned.
@@ -84,6 +88,44 @@ impl Mask<'_> {
             }
         }
     }
+}
+
+/// The masks of layers whose heads see the kept slots in part or not at all (see
+/// [`crate::kept_heads`]): `mask` with the `kept` slots hidden, and per head set and head,
+/// either `mask`'s row or that one.
+fn write_kept_masks(
+    mask: &Mask<'_>,
+    n: usize,
+    n_kv: usize,
+    kept: std::ops::Range<usize>,
+    plan: &crate::kept_heads::KeptHeads,
+    inp: &crate::forward::TokenInputs<'_>,
+) -> Result<()> {
+    let es = std::mem::size_of::<f16>();
+    let kept = kept.start.min(n_kv)..kept.end.min(n_kv);
+    let mut row = vec![f16::NEG_INFINITY; n_kv];
+    let mut hidden = vec![f16::NEG_INFINITY; n_kv];
+    for r in 0..n {
+        match mask {
+            Mask::Dense(m) => row.copy_from_slice(&m[r * n_kv..(r + 1) * n_kv]),
+            Mask::Rows(fill) => fill(r, &mut row),
+        }
+        hidden.copy_from_slice(&row);
+        hidden[kept.clone()].fill(f16::NEG_INFINITY);
+        if let Some(t) = inp.mask_nokept {
+            t.write_bytes(r * n_kv * es, as_bytes(&hidden))?;
+        }
+        if let Some(t) = inp.mask_heads {
+            let n_head = plan.sets().first().map_or(0, |s| s.len());
+            for (j, set) in plan.sets().iter().enumerate() {
+                for (h, &sees) in set.iter().enumerate() {
+                    let at = ((j * n_head + h) * n + r) * n_kv * es;
+                    t.write_bytes(at, as_bytes(if sees { &row } else { &hidden }))?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What a token batch produced.
@@ -376,6 +418,7 @@ impl Engine {
             n_sink_capture: b.sink_capture.len(),
             n_sink_rotate: b.sink_rotate.len(),
             swa_mask: hp.n_swa > 0,
+            kept_heads: b.kept.is_some() && self.model.kept_heads().is_some(),
             n_surprisal: b.surprisal.len(),
         };
         let key = TokenGraphKey {
@@ -426,7 +469,13 @@ impl Engine {
             inp.tokens.write_i32(&tokens)?;
             inp.pos.write_i32(b.pos)?;
             inp.slots.write_bytes(0, as_bytes(b.slots))?;
-            b.mask.write(inp.mask, n, b.n_kv)?;
+            // (with kept tokens shown to some heads only, no layer may read the plain mask)
+            if inp.mask.is_allocated() {
+                b.mask.write(inp.mask, n, b.n_kv)?;
+            }
+            if let (Some(kept), Some(plan)) = (&b.kept, self.model.kept_heads()) {
+                write_kept_masks(&b.mask, n, b.n_kv, kept.clone(), plan, inp)?;
+            }
             if let Some(t) = inp.mask_swa {
                 b.mask_swa.unwrap_or(b.mask).write(t, n, b.n_kv)?;
             }
@@ -522,6 +571,12 @@ impl Engine {
             }
             if let (Some(t), Some(u)) = (inp.mask, &b.update) {
                 t.write_bytes(0, as_bytes(u.mask))?;
+                // the padding rows of attention's queries (forward::FAM_ATTN_ROWS): the last
+                // row's mask, so that they stay finite (they are dropped after)
+                let last = &u.mask[(f - 1) * b.n_kv..];
+                for r in f..t.ne()[1] as usize {
+                    t.write_bytes(r * b.n_kv * std::mem::size_of::<f16>(), as_bytes(last))?;
+                }
             }
             Ok(())
         })

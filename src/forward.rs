@@ -8,6 +8,7 @@
 
 use crate::dtype::GgmlType;
 use crate::ggml::{Context, Graph, Tensor};
+use crate::kept_heads::LayerKept;
 use crate::kv::KvStore;
 use crate::model::arch::ops::{attend, norm, rope};
 use crate::model::arch::{Block, Qkv};
@@ -35,6 +36,12 @@ pub struct TokenInputs<'a> {
     pub mask: Tensor<'a>,
     /// f16 [n_kv, n]: the mask of the local sliding-window layers (models that have them).
     pub mask_swa: Option<Tensor<'a>>,
+    /// f16 [n_kv, n]: `mask` with the kept slots hidden, for the layers where no head sees them
+    /// ([`crate::kept_heads`]).
+    pub mask_nokept: Option<Tensor<'a>>,
+    /// f16 [n_kv, n, n_head, n_sets]: per head set j and head h, `mask`, or `mask` with the kept
+    /// slots hidden where set j does not hold h ([`crate::kept_heads::KeptHeads::sets`]).
+    pub mask_heads: Option<Tensor<'a>>,
     /// i32 [n_out]: rows whose logits are computed (absent: all rows).
     pub out_rows: Option<Tensor<'a>>,
     /// i32 [n_capture]: rows whose layer inputs are returned.
@@ -54,6 +61,13 @@ pub struct TokenInputs<'a> {
 /// (12.6 MB for SmolLM2), are all the graph holds, not a batch x vocabulary buffer (200 MB at
 /// B = 1024).
 pub const SURPRISAL_CHUNK: usize = 64;
+
+/// The FAM update's query rows are padded to this many for attention: ggml's CPU flash
+/// attention (llama-cpp-sys-2 0.1.161, `ggml-cpu/ops.cpp`) reads K/V in tiles with a matrix
+/// product for 64 (`GGML_FA_TILE_Q`) query rows or more, and below that visits each key once per
+/// query row and head in a scalar loop, which made the F = 16 rows' attention most of a FAM
+/// update's time. The padded rows (zero queries, the last real row's mask) are dropped after.
+pub const FAM_ATTN_ROWS: usize = 64;
 
 /// Outputs of a token graph.
 pub struct TokenOutputs<'a> {
@@ -81,6 +95,9 @@ pub struct TokenBatchShape {
     pub n_sink_rotate: usize,
     /// The local sliding-window layers get their own mask input.
     pub swa_mask: bool,
+    /// Kept slots are shown to the model's `fam.kept_heads` only: the layers' masks follow
+    /// [`crate::kept_heads::KeptHeads::layer`].
+    pub kept_heads: bool,
     /// Rows whose next token's probability is wanted (the `keep` policy's salience): every
     /// row's logits when every row's are returned, else [`SURPRISAL_CHUNK`] rows at a time.
     pub n_surprisal: usize,
@@ -127,6 +144,19 @@ pub fn build_token_graph<'a>(
     let mask_swa = shape
         .swa_mask
         .then(|| input(GgmlType::F16, &[shape.n_kv as i64, n], "mask_swa"));
+    let kept_plan = m.kept_heads().filter(|_| shape.kept_heads);
+    let mask_nokept = kept_plan
+        .filter(|k| k.any_none())
+        .map(|_| input(GgmlType::F16, &[shape.n_kv as i64, n], "mask_nokept"));
+    let mask_heads = kept_plan.filter(|k| !k.sets().is_empty()).map(|k| {
+        let ne = [
+            shape.n_kv as i64,
+            n,
+            hp.n_head as i64,
+            k.sets().len() as i64,
+        ];
+        input(GgmlType::F16, &ne, "mask_heads")
+    });
     let capture_rows = (shape.n_capture > 0)
         .then(|| input(GgmlType::I32, &[shape.n_capture as i64], "capture_rows"));
     let k = shape.n_sink_capture as i64;
@@ -182,8 +212,19 @@ pub fn build_token_graph<'a>(
                 let rot = rope(ctx, m, ctx.cont(raw), spos, il);
                 kc = ctx.set_rows(kc, ctx.reshape(rot, &[n_embd_kv, r]), sslots);
             }
-            let layer_mask = match mask_swa {
-                Some(ms) if hp.is_swa(il) => ms,
+            let layer_mask = match (mask_swa, kept_plan.map(|k| k.layer(il))) {
+                (Some(ms), _) if hp.is_swa(il) => ms,
+                (_, Some(LayerKept::None)) => mask_nokept.expect("made when a layer has none"),
+                (_, Some(LayerKept::Set(j))) => {
+                    let t = mask_heads.expect("made when a layer has a head set");
+                    let nb = t.nb();
+                    ctx.view(
+                        t,
+                        &[shape.n_kv as i64, n, hp.n_head as i64],
+                        &[nb[1], nb[2]],
+                        j * nb[3],
+                    )
+                }
                 _ => mask,
             };
             attend(ctx, m, q, kc, vc, shape.n_kv, layer_mask)
@@ -253,6 +294,8 @@ pub fn build_token_graph<'a>(
         slots,
         mask,
         mask_swa,
+        mask_nokept,
+        mask_heads,
         out_rows,
         capture_rows,
         sink_capture,
@@ -345,7 +388,9 @@ pub fn build_fam_graph<'a>(
     let pos = input(GgmlType::I32, &[f], "fam_pos");
     let slots = input(GgmlType::I64, &[f], "fam_slots");
     let q_pos = update.then(|| input(GgmlType::I32, &[f], "fam_q_pos"));
-    let mask = update.then(|| input(GgmlType::F16, &[n_kv as i64, f], "fam_mask"));
+    // (attention reads FAM_ATTN_ROWS query rows at least: see there)
+    let f_attn = f.max(FAM_ATTN_ROWS as i64);
+    let mask = update.then(|| input(GgmlType::F16, &[n_kv as i64, f_attn], "fam_mask"));
     let layer = hp.arch.spec().layer;
     for il in 0..hp.n_layer {
         let x = fam[il];
@@ -353,7 +398,11 @@ pub fn build_fam_graph<'a>(
             (Some(q_pos), Some(mask)) => {
                 // The FAM rows' queries read the old FAM and the finished block; their own K/V
                 // are written after, at the new positions (`fam_kv`).
-                let mut read = |qkv: Qkv<'a>| attend(ctx, m, qkv.q, kv.k(il), kv.v(il), n_kv, mask);
+                let mut read = |qkv: Qkv<'a>| {
+                    let q = ctx.pad(qkv.q, [0, 0, (f_attn - f) as i32, 0]); // [hd, n_head, f_attn]
+                    let o = attend(ctx, m, q, kv.k(il), kv.v(il), n_kv, mask);
+                    ctx.view(o, &[o.ne()[0], f], &[o.nb()[1]], 0) // the F real rows
+                };
                 let mut out = layer(
                     &block(ctx, m, il, true),
                     x,

@@ -243,7 +243,7 @@ pub fn render_text(r: &Json, show_tensors: bool) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             o,
-            "adapter fam   init memory {}, settings: {}, base fingerprint {}",
+            "adapter fam   init memory {}, settings: {}, base fingerprint {}{}",
             s(&a["init_memory"]),
             if settings.is_empty() {
                 "none".to_string()
@@ -251,6 +251,11 @@ pub fn render_text(r: &Json, show_tensors: bool) -> String {
                 settings.join(" ")
             },
             s(&a["base_fingerprint"]),
+            match a["kept_heads"].as_u64() {
+                Some(n) =>
+                    format!(", kept tokens seen by {n} (layer, head) pairs (fam.kept_heads)"),
+                None => String::new(),
+            },
         );
     }
     let types: Vec<String> = r["tensor_types"]

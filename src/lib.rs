@@ -79,6 +79,9 @@
 //! - [`keep`]: the salience bookkeeping of `keep` and of `fam --keep-len` (surprisal scores of
 //!   the ring's and the kept tokens, which tokens stay when a block leaves the window); pure,
 //!   unit-tested alone.
+//! - [`kept_heads`]: which (layer, head) pairs see a FAM's kept tokens (`fam.kept_heads`, from
+//!   an adapter or model file) and which mask each layer then reads (the stream's, one with the
+//!   kept slots hidden, or a per-head one); a hidden key costs ggml's attention one mask test.
 //! - [`fam_memory`]: `FamMemory`, a stream's FAM rows with the four initialisations (seed, BOS,
 //!   tail, learned) and the two feedback rules (`within`, `reread`).
 //! - [`state`]: `FamState`, the fixed-size per-stream state and the memory policies: feeding,
@@ -141,10 +144,10 @@
 //!   length. Positions handed to ggml stay small (RoPE origin rebasing), so numerics
 //!   do not degrade with stream length.
 //! - Graphs only touch tensors through ggml's backend API (buffers, `tensor_set/get`), so the same
-//!   code runs on any ggml device; K/V lengths seen by attention are padded to
-//!   [`state::KV_PAD`] slots, as llama.cpp does (on the CPU to [`slots::KV_PAD_CPU`]: there a
-//!   512-slot length switches ggml to a key-split kernel that leaves a filling window on one
-//!   thread), and each stream reserves the engine's compute
+//!   code runs on any ggml device; K/V lengths seen by attention end at the last slot a batch's
+//!   rows see ([`slots::SlotLayout::attn_len`]), padded to [`state::KV_PAD`] slots, as
+//!   llama.cpp does (on the CPU to [`slots::KV_PAD_CPU`]: there a 512-slot length switches ggml
+//!   to a key-split kernel that leaves a filling window on one thread), and each stream reserves the engine's compute
 //!   buffer for its largest graphs before its first compute, so on a GPU device the buffer never
 //!   grows between computes (ggml's Vulkan backend corrupted memory when it did; the CPU reserves
 //!   for last-row logits and grows only if every row's logits are asked for).
@@ -168,6 +171,7 @@ pub mod hparams;
 pub mod init_memory;
 pub mod inspect;
 pub mod keep;
+pub mod kept_heads;
 pub mod kv;
 pub mod model;
 pub mod notes;

@@ -49,6 +49,9 @@ pub struct LoadOptions {
     /// A Jinja chat template to use instead of the file's `tokenizer.chat_template` (as
     /// llama-server's `--chat-template-file`); one minijinja cannot run is an error.
     pub chat_template: Option<String>,
+    /// Show kept tokens to every attention head, ignoring `fam.kept_heads` (see
+    /// [`crate::kept_heads`]).
+    pub kept_heads_all: bool,
 }
 
 impl Default for LoadOptions {
@@ -60,6 +63,7 @@ impl Default for LoadOptions {
             q8_copy: false,
             adapter: None,
             chat_template: None,
+            kept_heads_all: false,
         }
     }
 }
@@ -238,6 +242,9 @@ impl Runtime {
         let mut model = Model::load_opts(path, &backend, opts.repack, opts.q8_copy)?;
         if let Some(a) = &opts.adapter {
             model.attach_adapter(a, &backend)?;
+        }
+        if opts.kept_heads_all {
+            model.clear_kept_heads();
         }
         let tokenizer = tokenizer_from_gguf(&model.gguf)?;
         if tokenizer.n_vocab() != model.hp.n_vocab {

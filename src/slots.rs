@@ -214,6 +214,21 @@ impl SlotLayout {
         let used = self.ring_base() + (upto.max(0) as usize).min(self.ring_len);
         used.next_multiple_of(self.attn_pad).min(self.n_slots())
     }
+    /// The attention length of token rows `[i0, i1)` of block t (slots placed): one past the
+    /// last ring slot any of them may see (`n_swa`: a local window, 0: none), padded, at most
+    /// [`Self::n_kv`]`(i1)`. With M = 0 a row early in its block reads its block so far, not the
+    /// last block's masked slots behind it (from 512 slots ggml splits them: [`KV_PAD_CPU`]).
+    pub fn attn_len(&self, i0: i64, i1: i64, t: i64, n_swa: i64) -> usize {
+        let swa_lo = if n_swa > 0 { i0 - n_swa + 1 } else { i64::MAX };
+        let lo = match self.windowed {
+            true => self.window_start(t).min(swa_lo),
+            false => EMPTY + 1,
+        };
+        let ring = self.ring_base()..self.ring_base() + self.ring_len;
+        let seen = |s: &usize| (lo..i1).contains(&self.slot_pos[*s]); // EMPTY is below any lo
+        let end = ring.clone().rev().find(seen).map_or(ring.start, |s| s + 1);
+        end.next_multiple_of(self.attn_pad).min(self.n_kv(i1))
+    }
     /// Pad attention lengths to `pad` slots (a divisor of [`KV_PAD`]) instead of [`KV_PAD`].
     pub fn set_attention_pad(&mut self, pad: usize) {
         debug_assert!(pad > 0 && KV_PAD % pad == 0);
@@ -592,5 +607,38 @@ mod tests {
         assert_eq!(s.n_kv(256), 512);
         s.set_attention_pad(KV_PAD_CPU);
         assert_eq!(s.n_kv(256), 288);
+    }
+
+    #[test]
+    fn attention_lengths_hold_every_visible_slot() {
+        // sink, B = 256, M = 0: rows 256-299 read 4 sinks + 44 tokens (64 slots), not all 288
+        let mut s = SlotLayout::new(&settings(MemoryPolicy::Sink, 256, 0, 0, 4), 0, 0).unwrap();
+        s.set_attention_pad(KV_PAD_CPU);
+        assert_eq!(fed(s, 300).attn_len(256, 300, 1, 0), 64);
+        // every slot a row may see is inside its length: M = 0, M > 0 (the ring wraps), a local
+        // window wider than the block (Gemma 3), no window
+        for (set, n_ctx, n_swa) in [
+            (settings(MemoryPolicy::Sink, 8, 0, 0, 2), 0, 0),
+            (settings(MemoryPolicy::Fam, 8, 2, 2, 1), 0, 0),
+            (settings(MemoryPolicy::Bswa, 8, 0, 0, 0), 0, 20),
+            (settings(MemoryPolicy::Full, 8, 0, 0, 0), 64, 0),
+        ] {
+            let mut l = SlotLayout::new(&set, n_ctx, n_swa).unwrap();
+            l.set_attention_pad(4);
+            for i in 0..60i64 {
+                l.place(i);
+                let t = l.block_of(i);
+                let len = l.attn_len(i, i + 1, t, n_swa as i64);
+                assert!(len <= l.n_kv(i + 1), "{set:?} row {i}");
+                for slot in len..l.n_slots() {
+                    let swa = n_swa > 0 && l.visible_swa(i, slot, n_swa as i64);
+                    assert!(
+                        !l.visible(i, t, slot, i as u64 + 1, true) && !swa,
+                        "{:?} row {i}: slot {slot} visible beyond length {len}",
+                        set.policy
+                    );
+                }
+            }
+        }
     }
 }

@@ -306,6 +306,7 @@ impl FamState {
             n_sink_capture: self.slots.n_sink().min(n),
             n_sink_rotate: self.slots.n_pinned(),
             swa_mask: eng.model.hp.n_swa > 0,
+            kept_heads: self.kept_slots(eng).is_some(),
             n_surprisal: if self.salience.is_some() { n - 1 } else { 0 },
         };
         let sinks = self.sink_tensors();
@@ -388,6 +389,16 @@ impl FamState {
     /// each finished block, `keep`'s selection and copies). `bench` reports its share of decoding.
     pub fn block_end_time(&self) -> std::time::Duration {
         self.block_end_time
+    }
+
+    /// The kept slots next to a FAM, when the model shows them to some heads only
+    /// ([`crate::kept_heads`]; the `keep` policy's own kept slots are shown to every head).
+    fn kept_slots(&self, eng: &Engine) -> Option<std::ops::Range<usize>> {
+        let on = self.settings.policy == MemoryPolicy::Fam
+            && self.slots.n_keep() > 0
+            && eng.model.kept_heads().is_some();
+        let from = self.slots.n_sink();
+        on.then(|| from..from + self.slots.n_keep())
     }
 
     /// Stream indices of the kept tokens (`keep`), in stream order.
@@ -502,10 +513,12 @@ impl FamState {
             let rows = i0..i0 + n as i64;
             // Record where the new tokens go before building the mask (they see themselves).
             let slots: Vec<i64> = rows.clone().map(|i| self.slots.place(i) as i64).collect();
-            // The placed extent: while the ring fills (a stream's first window) that is the
-            // tokens so far, not the whole ring, so attention reads no empty slots and on the
-            // CPU its keys stay shared across threads (see slots::KV_PAD_CPU).
-            let n_kv = self.slots.n_kv(i0 + n as i64);
+            // Only as far as the last slot these rows see (SlotLayout::attn_len): while the
+            // ring fills, the tokens so far; with M = 0, the block so far. Attention then reads
+            // no slot it must skip, and on the CPU its keys stay shared across threads (see
+            // slots::KV_PAD_CPU).
+            let n_swa = eng.model.hp.n_swa as i64;
+            let n_kv = self.slots.attn_len(i0, i0 + n as i64, t, n_swa);
             let pos: Vec<i32> = rows
                 .clone()
                 .map(|i| self.rope_pos(i))
@@ -548,11 +561,11 @@ impl FamState {
                 _ => Vec::new(),
             };
             let sink_store = self.sink_tensors();
+            let kept_slots = self.kept_slots(eng);
             let (layout, n_past, fam_valid) = (&self.slots, self.n_past, self.fam_valid());
             let mask = |r: usize, row: &mut [f16]| {
                 layout.mask_row(i0 + r as i64, t, n_past, fam_valid, row)
             };
-            let n_swa = eng.model.hp.n_swa as i64;
             let mask_swa =
                 |r: usize, row: &mut [f16]| layout.mask_swa_row(i0 + r as i64, n_swa, row);
             let r = eng.run_tokens(
@@ -565,6 +578,7 @@ impl FamState {
                     n_kv,
                     mask: Mask::Rows(&mask),
                     mask_swa: (n_swa > 0).then_some(Mask::Rows(&mask_swa)),
+                    kept: kept_slots,
                     out_rows: out_rows.as_deref(),
                     capture_rows: &capture,
                     sink_capture: &sink_capture,

@@ -9,13 +9,17 @@ order rotates each round, so a slow spell of the machine does not land on one co
 and reports the median over rounds of each run's best-of-R tokens/s. Run it on a quiet machine.
 
 usage: tools/bench_adapter.py [--rounds 3 | --pairs N] [--threads 2]
-[--set adapter|keep|keep-default|kept-fam|kept-fam-d05|kept-fam-b128|kept-fam-b256] [--splice]
+[--set adapter|keep|keep-default|kept-fam|kept-fam-d05|kept-fam-b128|kept-fam-b256|kept-fam-b512|kept-heads-b256] [--splice]
 writes results/speed/<set>.json and, with --splice, the table into results/README.md (the
 `<set>-speed` block). `--set keep`: `sink` and `keep` with F = 16, 64 and 256 kept tokens at the
 same window, no adapter. `--set kept-fam-d05`: the shipped adapter merged at B = 64 and B = 128, each
 against `sink` at its window; `--set kept-fam-b128`: at B = 128, `sink`, `keep` F = 64, the adapter trained at
 B = 128 (session 31) and the B = 64 one, merged; `--set kept-fam-b256`: at B = 256, `sink`, `keep` F = 64 and the
-B = 256 file with 64, 32, 16 and 0 kept tokens. `--set keep-default`: `sink` and `keep` with F = 64 and 256 at the
+B = 256 file with 64, 32, 16 and 0 kept tokens; `--set kept-fam-b512`: the same file at B = 512 (pp512/tg512 by
+default: the tokens decoded are one whole block); `--set kept-heads-b256`: at B = 256 the B = 256 file with
+its 64 kept tokens shown to every head (`--kept-heads-all`), to the 68 and to the 34 (layer, head) pairs with the
+most kept-token attention (`fam.kept_heads`, written by tools/kept_heads.py from
+results/kept_heads/fam-kp64b256-mass.json), and with none kept. `--set keep-default`: `sink` and `keep` with F = 64 and 256 at the
 default window (B = 1024, M = 3), measured at stream position 8192 (the window and the kept
 slots full), pp960 + tg128 so that the block end at 9216 (keep's selection) is timed; each
 repetition refills the state first (5,120 tokens), so the best of 1, not 3."""
@@ -42,7 +46,7 @@ def main():
     ap.add_argument("-p", type=int, help="prompt tokens (default 256; keep-default: 960)")
     ap.add_argument("-n", type=int, default=128,
                     help="generated tokens (pp + tg crosses a block end: FAM updates, keep's selection)")
-    ap.add_argument("--set", choices=["adapter", "keep", "keep-default", "kept-fam", "kept-fam-d05", "kept-fam-b128", "kept-fam-b256"], default="adapter")
+    ap.add_argument("--set", choices=["adapter", "keep", "keep-default", "kept-fam", "kept-fam-d05", "kept-fam-b128", "kept-fam-b256", "kept-fam-b512", "kept-heads-b256"], default="adapter")
     ap.add_argument("--pairs", type=int, default=0,
                     help="instead of rounds: N pairs per configuration, each run back to back with `sink` at its "
                          "window, which one first alternating (best of 1 each); reports the median and quartiles of the pairs' decode ratios. For a "
@@ -51,12 +55,13 @@ def main():
     a = ap.parse_args()
     if a.pairs and a.pairs < 4:
         ap.error("--pairs needs at least 4 pairs (quartiles)")
-    a.p = a.p or (960 if a.set == "keep-default" else 256)
+    a.p = a.p or (960 if a.set == "keep-default" else 512 if a.set == "kept-fam-b512" else 256)
     model = default_model()
     w = ["--block", "1024", "--mem-blocks", "3"] if a.set == "keep-default" else ["--block", "64", "--mem-blocks", "0"]
     extra = ["--at-position", "8192", "-r", "1"] if a.set == "keep-default" else ["-r", "3"]
     w128 = ["--block", "128", "--mem-blocks", "0"]  # the kept-fam sets' second window
     w256 = ["--block", "256", "--mem-blocks", "0"]
+    w512 = ["--block", "512", "--mem-blocks", "0"]
 
     def sink_at(win):
         return ["-m", model, "--memory", "sink", *win, "--sinks", "4"]
@@ -100,6 +105,30 @@ def main():
                 "B=256: keep, training-free (F=64, S=4)": keep(64, w256),
                 **{f"B=256: fam + {n} kept (fam-kp64b256, --keep-len {n}): adapter merged":
                    ["-m", m256, *w256, "--keep-len", str(n)] for n in (64, 32, 16, 0)},
+            }
+        elif a.set == "kept-fam-b512":  # session 34: the B = 256 file at B = 512
+            m256 = merged(ROOT / "results/adapters/smollm2-135m-fam-b256-keep64-d05.gguf", "b256")
+            configs = {
+                "B=512: sink (S=4)": sink_at(w512),
+                **{f"B=512: fam + {n} kept (fam-kp64b256, --keep-len {n}): adapter merged":
+                   ["-m", m256, *w512, "--keep-len", str(n)] for n in (64, 32, 0)},
+            }
+        elif a.set == "kept-heads-b256":  # session 34: kept tokens shown to 34 or 68 of 270 (layer, head) pairs
+            def kept_heads(top):
+                """The B = 256 file with fam.kept_heads = the `top` pairs of the committed measurement, merged."""
+                out = Path(tmp) / f"kh{top}.gguf"
+                subprocess.run([sys.executable, str(ROOT / "tools/kept_heads.py"),
+                                str(ROOT / "results/adapters/smollm2-135m-fam-b256-keep64-d05.gguf"),
+                                "--mass", str(ROOT / "results/kept_heads/fam-kp64b256-mass.json"), "--top", str(top),
+                                "--write", str(out)], check=True, capture_output=True)
+                return merged(out, f"kh{top}")
+            kh34, kh68 = kept_heads(34), kept_heads(68)
+            configs = {
+                "B=256: sink (S=4)": sink_at(w256),
+                "B=256: fam + 64 kept, every head (--kept-heads-all): adapter merged": ["-m", kh34, *w256, "--kept-heads-all"],
+                "B=256: fam + 64 kept, 68 (layer, head) pairs (fam-kp64b256kh68): adapter merged": ["-m", kh68, *w256],
+                "B=256: fam + 64 kept, 34 (layer, head) pairs (fam-kp64b256kh34): adapter merged": ["-m", kh34, *w256],
+                "B=256: fam + 0 kept (--keep-len 0): adapter merged": ["-m", kh34, *w256, "--keep-len", "0"],
             }
         elif a.set == "kept-fam":  # session 29: the FAM trained with 64 kept tokens next to it
             kp = ROOT / "results/adapters/smollm2-135m-fam-b64-keep64-cpu.gguf"

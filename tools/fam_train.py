@@ -241,7 +241,9 @@ class Model(torch.nn.Module):
         with the sinks as famstream shows them: kept tokens in stream order just before the current block,
         the sinks just before those (`FamState::pinned_positions`); the FAM rows never see them. Which
         tokens stay is decided without gradients (surprisal under the current weights); their K/V carry
-        gradients. A passed state (fam0) starts with nothing kept.
+        gradients. A passed state (fam0) starts with nothing kept. s["kept_heads"] (optional, famstream's
+        `fam.kept_heads`, src/kept_heads.rs): the (layer, head) pairs, as layer * n_head + head, whose
+        attention sees the kept tokens; the other heads' token rows do not (sinks and FAM unaffected).
         Returns (logits [N, len(out_pos), vocab], (final FAM, its positions))."""
         ids = torch.as_tensor(ids, device=self.device)
         N, n = ids.shape
@@ -265,6 +267,12 @@ class Model(torch.nn.Module):
         mem_kv = [[] for _ in range(self.L)]  # per layer: list of (k, v, positions) of finished blocks
         sink_kv = [None] * self.L  # per layer: (k, v) of the first S tokens of the stream
         K = s.get("keep_len") or 0
+        kh = s.get("kept_heads")
+        hide_kept = None  # [L, H]: heads that do not see the kept tokens
+        if K and kh is not None:
+            hide_kept = torch.ones(self.L * self.H, dtype=torch.bool)
+            hide_kept[list(kh)] = False
+            hide_kept = hide_kept.view(self.L, self.H)
         if K:
             all_kv = [[] for _ in range(self.L)]  # per layer: un-rotated (k, v) of every block read
             kept = [[] for _ in range(N)]  # per sample: [(score, stream index)] of the kept tokens
@@ -329,7 +337,14 @@ class Model(torch.nn.Module):
                 for km, vm, pm in mem_kv[l]:
                     ks.append(self.rope(km, pm)); vs.append(vm)
                 ks.append(self.rope(k, k_pos)); vs.append(v)
-                o = self.attend(self.rope(q, q_pos), torch.cat(ks, 2), torch.cat(vs, 2), mask)
+                mask_l = mask
+                if hide_kept is not None and hide_kept[l].any() and ns > len(sk):
+                    # these heads' token rows do not see the kept columns (after the sinks)
+                    mask_l = mask.expand(-1, self.H, -1, -1).clone()
+                    hid = mask_l[:, hide_kept[l].to(mask_l.device), nf:, len(sk):ns]
+                    mask_l[:, hide_kept[l].to(mask_l.device), nf:, len(sk):ns] = \
+                        False if mask_l.dtype == torch.bool else torch.full_like(hid, float("-inf"))
+                o = self.attend(self.rope(q, q_pos), torch.cat(ks, 2), torch.cat(vs, 2), mask_l)
                 resid = rows
                 if zero and nf:
                     resid = torch.cat([torch.zeros_like(rows[:, :nf]), rows[:, nf:]], 1)
@@ -656,6 +671,7 @@ def adapter_model(path, model_dir, device="cpu"):
     s = dict(policy="fam", init="learned", query_pos=sc("fam.query_pos"), feedback=sc("fam.feedback"),
              zero_first_residual=bool(sc("fam.zero_first_residual", False)), renorm=bool(sc("fam.renorm", False)),
              decay=round(float(sc("fam.decay", 0.0)), 6), keep_len=int(sc("fam.keep_len", 0)),
+             kept_heads=None if "fam.kept_heads" not in f else [int(x) for x in f["fam.kept_heads"].contents()],
              **{k: int(sc(f"fam.{k}")) for k in ("block_size", "mem_blocks", "fam_len", "sinks")})
     shapes = {t.name: t.shape for t in r.tensors}
     targets = [t for t in TARGETS if f"blk.0.{GGUF_LIN[t]}.weight.lora_a" in shapes]
@@ -824,6 +840,8 @@ def export_adapter(model, s, out, base_gguf=None, name="famstream FAM adapter", 
         w.add_float32("fam.decay", float(s["decay"]))
     if s.get("keep_len"):  # absent: no kept tokens next to the FAM
         w.add_uint32("fam.keep_len", int(s["keep_len"]))
+    if s.get("kept_heads") is not None:  # absent: every head sees the kept tokens
+        w.add_array("fam.kept_heads", sorted(int(x) for x in s["kept_heads"]))
     if model.lora_scope != "all":  # absent: every row (llama.cpp's meaning of a LoRA adapter)
         w.add_string("fam.adapter.lora_scope", model.lora_scope)
     if model.fam_bias is not None:  # absent: 0
@@ -985,6 +1003,17 @@ def cmd_goldens(a):
         d_keep = float(np.abs(np.load(out / f"{arch}_fam_keep_all.npy") - np.load(out / f"{arch}_fam.npy")).max())
         print(f"{arch}: tokens kept next to the FAM move the logits by max {d_keep:.3f}")
         assert d_keep > 1e-2, "kept tokens would not be distinguishable from none"
+        # kept tokens shown to some heads only (fam.kept_heads, an adapter key): layer 0 to heads
+        # 0 and 2, layer 1 to none; the same LoRA and prompt in a second file
+        keep_all = dict(s, sinks=2, keep_len=40)
+        kh = dict(keep_all, kept_heads=[0, 2])
+        export_adapter(m, kh, out / f"{arch}_kept_heads.gguf", tiny / "model.f32.gguf",
+                       name=f"tiny {arch} test adapter (kept heads)")
+        save_case(f"{arch}_kept_heads", "fam_keep", kh)
+        d_kh = float(np.abs(np.load(out / f"{arch}_kept_heads_fam_keep.npy")
+                            - np.load(out / f"{arch}_fam_keep_all.npy")).max())
+        print(f"{arch}: kept tokens hidden from 6 of 8 (layer, head) pairs move the logits by max {d_kh:.3f}")
+        assert d_kh > 1e-2, "hiding kept tokens from heads would not be distinguishable from showing them"
         # the same LoRA and prompt with LoRA on the FAM rows only (fam.adapter.lora_scope = fam)
         # and a bias on tokens' attention to the FAM (fam.adapter.fam_attn_bias): full attention
         # is then the base model, and FAM streams differ from both

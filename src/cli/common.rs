@@ -52,6 +52,10 @@ pub struct ModelArgs {
     /// stream defaults, which override the model file's) applied to the model.
     #[arg(long = "adapter")]
     pub adapter: Option<PathBuf>,
+    /// Show kept tokens (`--keep-len`) to every attention head, not only to the heads the
+    /// adapter or model file names (`fam.kept_heads`)
+    #[arg(long = "kept-heads-all")]
+    pub kept_heads_all: bool,
     /// A Jinja chat template file to use instead of the model's own (`tokenizer.chat_template`),
     /// e.g. one that renders `tools`
     #[arg(long = "chat-template-file")]
@@ -77,6 +81,7 @@ impl ModelArgs {
             repack: !self.no_repack,
             q8_copy,
             adapter: self.adapter.clone(),
+            kept_heads_all: self.kept_heads_all,
             chat_template: match &self.chat_template_file {
                 Some(p) => Some(std::fs::read_to_string(p).map_err(|e| Error::io(p, "read", e))?),
                 None => None,

@@ -539,6 +539,13 @@ fn convert_gguf(
         }
     }
     if let Some(a) = &adapter {
+        // The heads that see kept tokens belong with the adapter's weights (checked like the
+        // model's: a pair beyond this model is refused).
+        if let Some(v) = a.gguf.get(crate::kept_heads::KEY) {
+            crate::kept_heads::KeptHeads::from_gguf(&a.gguf, hp.n_layer, hp.n_head)
+                .map_err(|e| Error::adapter(a.path(), e.to_string()))?;
+            w.set(crate::kept_heads::KEY, v.clone());
+        }
         for k in crate::settings::SETTINGS_KEYS {
             if let Some(v) = a.gguf.get(k) {
                 w.set(k, v.clone());

@@ -180,6 +180,10 @@ impl<'a> Tensor<'a> {
         unsafe { sys::ggml_set_output(self.raw()) };
         self
     }
+    /// Whether the tensor has memory (an input no op of its graph reads gets none).
+    pub fn is_allocated(&self) -> bool {
+        self.has_data()
+    }
     pub(super) fn has_data(&self) -> bool {
         !self.hdr().data.is_null() || !self.hdr().buffer.is_null()
     }
@@ -478,6 +482,10 @@ impl Context {
                 1.0,
             )
         })
+    }
+    /// `a` padded with zeros: `p[d]` more elements at the end of dimension d.
+    pub fn pad<'a>(&'a self, a: Tensor<'a>, p: [i32; 4]) -> Tensor<'a> {
+        self.wrap(unsafe { sys::ggml_pad(self.raw(), a.raw(), p[0], p[1], p[2], p[3]) })
     }
     /// Concatenate along `dim`.
     pub fn concat<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>, dim: i32) -> Tensor<'a> {

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::ggml::{Backend, Tensor, TensorSet};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::init_memory::{self, LearnedFam};
+use crate::kept_heads::KeptHeads;
 use crate::settings::FamSettings;
 use std::path::Path;
 
@@ -66,6 +67,8 @@ pub struct Model {
     q8_copies: usize,
     /// A LoRA adapter applied in the graphs (see [`Model::attach_adapter`]).
     adapter: Option<Adapter>,
+    /// The heads that see kept tokens (`fam.kept_heads`: the adapter's, else the file's).
+    kept_heads: Option<KeptHeads>,
     pub gguf: GgufFile,
 }
 
@@ -310,6 +313,7 @@ impl Model {
             set.get(*i).write_bytes(0, bytes)?;
             gguf.release(infos[*i]);
         }
+        let kept_heads = KeptHeads::from_gguf(&gguf, hp.n_layer, hp.n_head)?;
         Ok(Model {
             hp,
             weights: set,
@@ -322,6 +326,7 @@ impl Model {
             zero_copy,
             q8_copies: copies.len(),
             adapter: None,
+            kept_heads,
             gguf,
         })
     }
@@ -373,6 +378,11 @@ impl Model {
                 .target(t)
                 .expect("checked above: every target has its weight")
         })?;
+        if let Some(k) = KeptHeads::from_gguf(&adapter.file.gguf, self.hp.n_layer, self.hp.n_head)
+            .map_err(|e| Error::adapter(path, e.to_string()))?
+        {
+            self.kept_heads = Some(k);
+        }
         // The stream defaults must still make sense with the adapter's keys.
         self.adapter = Some(adapter);
         if let Err(e) = self.fam_settings() {
@@ -380,6 +390,17 @@ impl Model {
             return Err(Error::adapter(path, e.to_string()));
         }
         Ok(())
+    }
+
+    /// The (layer, head) pairs whose attention sees kept tokens ([`crate::kept_heads`]); `None`:
+    /// every head.
+    pub fn kept_heads(&self) -> Option<&KeptHeads> {
+        self.kept_heads.as_ref()
+    }
+
+    /// Show kept tokens to every head, whatever `fam.kept_heads` says (`--kept-heads-all`).
+    pub fn clear_kept_heads(&mut self) {
+        self.kept_heads = None;
     }
 
     /// The attached adapter, if any.

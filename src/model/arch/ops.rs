@@ -75,7 +75,7 @@ pub fn attend<'a>(
     let hd = hp.head_dim;
     let n = q.ne()[2];
     let row = kc.nb()[1];
-    let es = 2; // f16 element size
+    let es = kc.nb()[0]; // element size
     let view = |c: Tensor<'a>| {
         // [hd, n_kv, n_head_kv] views of the [hd * n_head_kv, n_slots] caches.
         ctx.view(
