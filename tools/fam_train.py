@@ -671,8 +671,9 @@ def adapter_model(path, model_dir, device="cpu"):
     s = dict(policy="fam", init="learned", query_pos=sc("fam.query_pos"), feedback=sc("fam.feedback"),
              zero_first_residual=bool(sc("fam.zero_first_residual", False)), renorm=bool(sc("fam.renorm", False)),
              decay=round(float(sc("fam.decay", 0.0)), 6), keep_len=int(sc("fam.keep_len", 0)),
-             kept_heads=None if "fam.kept_heads" not in f else [int(x) for x in f["fam.kept_heads"].contents()],
              **{k: int(sc(f"fam.{k}")) for k in ("block_size", "mem_blocks", "fam_len", "sinks")})
+    if "fam.kept_heads" in f:  # absent: every head sees the kept tokens
+        s["kept_heads"] = [int(x) for x in f["fam.kept_heads"].contents()]
     shapes = {t.name: t.shape for t in r.tensors}
     targets = [t for t in TARGETS if f"blk.0.{GGUF_LIN[t]}.weight.lora_a" in shapes]
     rank = int(shapes[f"blk.0.{GGUF_LIN[targets[0]]}.weight.lora_a"][1])  # ne [n_in, r]
