@@ -90,9 +90,9 @@ impl Mask<'_> {
     }
 }
 
-/// The masks of layers whose heads see the kept slots in part or not at all (see
-/// [`crate::kept_heads`]): `mask` with the `kept` slots hidden, and per head set and head,
-/// either `mask`'s row or that one.
+/// The masks of a batch whose kept slots some heads do not see (see [`crate::kept_heads`]):
+/// `mask` itself where a layer reads it, `mask` with the `kept` slots hidden, and per head set
+/// and head, either `mask`'s row or that one; each row of `mask` is made once.
 fn write_kept_masks(
     mask: &Mask<'_>,
     n: usize,
@@ -105,10 +105,15 @@ fn write_kept_masks(
     let kept = kept.start.min(n_kv)..kept.end.min(n_kv);
     let mut row = vec![f16::NEG_INFINITY; n_kv];
     let mut hidden = vec![f16::NEG_INFINITY; n_kv];
+    let n_head = plan.sets().first().map_or(0, |s| s.len());
     for r in 0..n {
         match mask {
             Mask::Dense(m) => row.copy_from_slice(&m[r * n_kv..(r + 1) * n_kv]),
             Mask::Rows(fill) => fill(r, &mut row),
+        }
+        // (no layer may read the plain mask, when every layer hides some heads' kept slots)
+        if inp.mask.is_allocated() {
+            inp.mask.write_bytes(r * n_kv * es, as_bytes(&row))?;
         }
         hidden.copy_from_slice(&row);
         hidden[kept.clone()].fill(f16::NEG_INFINITY);
@@ -116,7 +121,6 @@ fn write_kept_masks(
             t.write_bytes(r * n_kv * es, as_bytes(&hidden))?;
         }
         if let Some(t) = inp.mask_heads {
-            let n_head = plan.sets().first().map_or(0, |s| s.len());
             for (j, set) in plan.sets().iter().enumerate() {
                 for (h, &sees) in set.iter().enumerate() {
                     let at = ((j * n_head + h) * n + r) * n_kv * es;
@@ -469,12 +473,11 @@ impl Engine {
             inp.tokens.write_i32(&tokens)?;
             inp.pos.write_i32(b.pos)?;
             inp.slots.write_bytes(0, as_bytes(b.slots))?;
-            // (with kept tokens shown to some heads only, no layer may read the plain mask)
-            if inp.mask.is_allocated() {
-                b.mask.write(inp.mask, n, b.n_kv)?;
-            }
-            if let (Some(kept), Some(plan)) = (&b.kept, self.model.kept_heads()) {
-                write_kept_masks(&b.mask, n, b.n_kv, kept.clone(), plan, inp)?;
+            match (&b.kept, self.model.kept_heads()) {
+                (Some(kept), Some(plan)) => {
+                    write_kept_masks(&b.mask, n, b.n_kv, kept.clone(), plan, inp)?
+                }
+                _ => b.mask.write(inp.mask, n, b.n_kv)?,
             }
             if let Some(t) = inp.mask_swa {
                 b.mask_swa.unwrap_or(b.mask).write(t, n, b.n_kv)?;

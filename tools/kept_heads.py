@@ -133,7 +133,7 @@ def main():
             done += len(ids)
             print(f"k={k}: {done}/{a.cases} cases", file=sys.stderr)
     mean = (mass / rows_seen).tolist()
-    flat = sorted(((mean[l][h], l, h) for l in range(L) for h in range(H)), reverse=True)
+    flat = ranked_pairs(mean)
     total = sum(m for m, _, _ in flat)
     print(f"kept-column attention mass per answer row, summed over heads and layers: {total:.2f}")
     acc = 0.0
