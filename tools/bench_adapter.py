@@ -9,7 +9,7 @@ order rotates each round, so a slow spell of the machine does not land on one co
 and reports the median over rounds of each run's best-of-R tokens/s. Run it on a quiet machine.
 
 usage: tools/bench_adapter.py [--rounds 3 | --pairs N] [--threads 2]
-[--set adapter|keep|keep-default|kept-fam|kept-fam-d05|kept-fam-b128|kept-fam-b256|kept-fam-b512|kept-heads-b256] [--splice]
+[--set adapter|keep|keep-default|kept-fam|kept-fam-d05|kept-fam-b128|kept-fam-b256|kept-fam-b512|kept-heads-b256|kept-heads-b512] [--splice]
 writes results/speed/<set>.json and, with --splice, the table into results/README.md (the
 `<set>-speed` block). `--set keep`: `sink` and `keep` with F = 16, 64 and 256 kept tokens at the
 same window, no adapter. `--set kept-fam-d05`: the shipped adapter merged at B = 64 and B = 128, each
@@ -19,7 +19,8 @@ B = 256 file with 64, 32, 16 and 0 kept tokens; `--set kept-fam-b512`: the same 
 default: the tokens decoded are one whole block); `--set kept-heads-b256`: at B = 256 the B = 256 file with
 its 64 kept tokens shown to every head (`--kept-heads-all`), to the 68 and to the 34 (layer, head) pairs with the
 most kept-token attention (`fam.kept_heads`, written by tools/kept_heads.py from
-results/kept_heads/fam-kp64b256-mass.json), and with none kept. `--set keep-default`: `sink` and `keep` with F = 64 and 256 at the
+results/kept_heads/fam-kp64b256-mass.json), and with none kept; `--set kept-heads-b512`: the 68 pairs' file at
+B = 512 with 64 and 128 kept tokens, and with none (pp512/tg512 by default). `--set keep-default`: `sink` and `keep` with F = 64 and 256 at the
 default window (B = 1024, M = 3), measured at stream position 8192 (the window and the kept
 slots full), pp960 + tg128 so that the block end at 9216 (keep's selection) is timed; each
 repetition refills the state first (5,120 tokens), so the best of 1, not 3."""
@@ -46,7 +47,7 @@ def main():
     ap.add_argument("-p", type=int, help="prompt tokens (default 256; keep-default: 960)")
     ap.add_argument("-n", type=int, default=128,
                     help="generated tokens (pp + tg crosses a block end: FAM updates, keep's selection)")
-    ap.add_argument("--set", choices=["adapter", "keep", "keep-default", "kept-fam", "kept-fam-d05", "kept-fam-b128", "kept-fam-b256", "kept-fam-b512", "kept-heads-b256"], default="adapter")
+    ap.add_argument("--set", choices=["adapter", "keep", "keep-default", "kept-fam", "kept-fam-d05", "kept-fam-b128", "kept-fam-b256", "kept-fam-b512", "kept-heads-b256", "kept-heads-b512"], default="adapter")
     ap.add_argument("--pairs", type=int, default=0,
                     help="instead of rounds: N pairs per configuration, each run back to back with `sink` at its "
                          "window, which one first alternating (best of 1 each); reports the median and quartiles of the pairs' decode ratios. For a "
@@ -55,7 +56,7 @@ def main():
     a = ap.parse_args()
     if a.pairs and a.pairs < 4:
         ap.error("--pairs needs at least 4 pairs (quartiles)")
-    a.p = a.p or (960 if a.set == "keep-default" else 512 if a.set == "kept-fam-b512" else 256)
+    a.p = a.p or (960 if a.set == "keep-default" else 512 if a.set in ("kept-fam-b512", "kept-heads-b512") else 256)
     model = default_model()
     w = ["--block", "1024", "--mem-blocks", "3"] if a.set == "keep-default" else ["--block", "64", "--mem-blocks", "0"]
     extra = ["--at-position", "8192", "-r", "1"] if a.set == "keep-default" else ["-r", "3"]
@@ -78,6 +79,15 @@ def main():
             subprocess.run([str(BIN), "convert", model, "--adapter", str(adapter), "-o", str(out)], check=True,
                            capture_output=True)
             return str(out)
+
+        def kept_heads(top):
+            """The B = 256 file with fam.kept_heads = the `top` pairs of the committed measurement, merged."""
+            out = Path(tmp) / f"kh{top}.gguf"
+            subprocess.run([sys.executable, str(ROOT / "tools/kept_heads.py"),
+                            str(ROOT / "results/adapters/smollm2-135m-fam-b256-keep64-d05.gguf"),
+                            "--mass", str(ROOT / "results/kept_heads/fam-kp64b256-mass.json"), "--top", str(top),
+                            "--write", str(out)], check=True, capture_output=True)
+            return merged(out, f"kh{top}")
 
         if a.set == "kept-fam-d05":  # session 30: the shipped adapter (decay 0.5) at B = 64 and B = 128
             kp = ROOT / "results/adapters/smollm2-135m-fam-b64-keep64-d05.gguf"
@@ -113,15 +123,14 @@ def main():
                 **{f"B=512: fam + {n} kept (fam-kp64b256, --keep-len {n}): adapter merged":
                    ["-m", m256, *w512, "--keep-len", str(n)] for n in (64, 32, 0)},
             }
+        elif a.set == "kept-heads-b512":  # session 35: the 68 pairs' file at B = 512
+            kh68 = kept_heads(68)
+            configs = {
+                "B=512: sink (S=4)": sink_at(w512),
+                **{f"B=512: fam + {n} kept, 68 (layer, head) pairs (fam-kp64b256kh68, --keep-len {n}): adapter merged":
+                   ["-m", kh68, *w512, "--keep-len", str(n)] for n in (64, 128, 0)},
+            }
         elif a.set == "kept-heads-b256":  # session 34: kept tokens shown to 34 or 68 of 270 (layer, head) pairs
-            def kept_heads(top):
-                """The B = 256 file with fam.kept_heads = the `top` pairs of the committed measurement, merged."""
-                out = Path(tmp) / f"kh{top}.gguf"
-                subprocess.run([sys.executable, str(ROOT / "tools/kept_heads.py"),
-                                str(ROOT / "results/adapters/smollm2-135m-fam-b256-keep64-d05.gguf"),
-                                "--mass", str(ROOT / "results/kept_heads/fam-kp64b256-mass.json"), "--top", str(top),
-                                "--write", str(out)], check=True, capture_output=True)
-                return merged(out, f"kh{top}")
             kh34, kh68 = kept_heads(34), kept_heads(68)
             configs = {
                 "B=256: sink (S=4)": sink_at(w256),

@@ -154,8 +154,10 @@ def write_adapter(a):
     import os
     import gguf
     import numpy as np
-    if not (a.mass and a.top):
+    if not a.mass or a.top is None:
         raise SystemExit("--write needs --mass and --top")
+    if a.top < 1:
+        raise SystemExit("--top must be at least 1 (kept tokens seen by no head: famstream's --keep-len 0)")
     m = json.loads(a.mass.read_text())["mass"]
     n_head = len(m[0])
     pairs = sorted(l * n_head + h for _, l, h in ranked_pairs(m)[:a.top])
