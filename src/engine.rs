@@ -573,12 +573,15 @@ impl Engine {
                 t.write_i32(u.q_pos)?;
             }
             if let (Some(t), Some(u)) = (inp.mask, &b.update) {
-                t.write_bytes(0, as_bytes(u.mask))?;
-                // the padding rows of attention's queries (forward::FAM_ATTN_ROWS): the last
-                // row's mask, so that they stay finite (they are dropped after)
-                let last = &u.mask[(f - 1) * b.n_kv..];
-                for r in f..t.ne()[1] as usize {
-                    t.write_bytes(r * b.n_kv * std::mem::size_of::<f16>(), as_bytes(last))?;
+                // attention's query rows are the F rows once per query head of a K/V head
+                // (ops::attend_grouped: row j * F + i is row i), then padding rows
+                // (forward::FAM_ATTN_ROWS) with the last row's mask, so that they stay finite
+                // (they are dropped after)
+                let copies = (model.hp.n_head / model.hp.n_head_kv) * f;
+                for r in 0..t.ne()[1] as usize {
+                    let i = if r < copies { r % f } else { f - 1 };
+                    let src = &u.mask[i * b.n_kv..(i + 1) * b.n_kv];
+                    t.write_bytes(r * b.n_kv * std::mem::size_of::<f16>(), as_bytes(src))?;
                 }
             }
             Ok(())

@@ -10,7 +10,7 @@ use crate::dtype::GgmlType;
 use crate::ggml::{Context, Graph, Tensor};
 use crate::kept_heads::LayerKept;
 use crate::kv::KvStore;
-use crate::model::arch::ops::{attend, norm, rope};
+use crate::model::arch::ops::{attend, attend_grouped, grouped_rows, norm, rope};
 use crate::model::arch::{Block, Qkv};
 use crate::model::Model;
 use half::f16;
@@ -67,6 +67,9 @@ pub const SURPRISAL_CHUNK: usize = 64;
 /// product for 64 (`GGML_FA_TILE_Q`) query rows or more, and below that visits each key once per
 /// query row and head in a scalar loop, which made the F = 16 rows' attention most of a FAM
 /// update's time. The padded rows (zero queries, the last real row's mask) are dropped after.
+/// Before padding, the query heads sharing a K/V head become rows of one head
+/// ([`attend_grouped`]: SmolLM2's 9 heads over 3 K/V heads give 48 rows of 3 heads, not 64 rows
+/// of 9), so the tiles are read for a third of the heads and 16 of 64 rows are padding.
 pub const FAM_ATTN_ROWS: usize = 64;
 
 /// Outputs of a token graph.
@@ -388,8 +391,8 @@ pub fn build_fam_graph<'a>(
     let pos = input(GgmlType::I32, &[f], "fam_pos");
     let slots = input(GgmlType::I64, &[f], "fam_slots");
     let q_pos = update.then(|| input(GgmlType::I32, &[f], "fam_q_pos"));
-    // (attention reads FAM_ATTN_ROWS query rows at least: see there)
-    let f_attn = f.max(FAM_ATTN_ROWS as i64);
+    // (attention reads its query rows grouped by K/V head, FAM_ATTN_ROWS at least: see there)
+    let f_attn = grouped_rows(hp, f as usize, FAM_ATTN_ROWS) as i64;
     let mask = update.then(|| input(GgmlType::F16, &[n_kv as i64, f_attn], "fam_mask"));
     let layer = hp.arch.spec().layer;
     for il in 0..hp.n_layer {
@@ -399,9 +402,8 @@ pub fn build_fam_graph<'a>(
                 // The FAM rows' queries read the old FAM and the finished block; their own K/V
                 // are written after, at the new positions (`fam_kv`).
                 let mut read = |qkv: Qkv<'a>| {
-                    let q = ctx.pad(qkv.q, [0, 0, (f_attn - f) as i32, 0]); // [hd, n_head, f_attn]
-                    let o = attend(ctx, m, q, kv.k(il), kv.v(il), n_kv, mask);
-                    ctx.view(o, &[o.ne()[0], f], &[o.nb()[1]], 0) // the F real rows
+                    let (kc, vc) = (kv.k(il), kv.v(il));
+                    attend_grouped(ctx, m, qkv.q, kc, vc, n_kv, mask, FAM_ATTN_ROWS)
                 };
                 let mut out = layer(
                     &block(ctx, m, il, true),

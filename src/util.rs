@@ -81,6 +81,19 @@ pub fn progress(total: u64, unit: &str) -> indicatif::ProgressBar {
     pb
 }
 
+/// The `p` quantile (0..=1) of `v`, interpolated linearly between the sorted values (NaN for an
+/// empty `v`).
+pub fn quantile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let x = p.clamp(0.0, 1.0) * (s.len() - 1) as f64;
+    let (i, f) = (x.floor() as usize, x - x.floor());
+    s[i] + f * (s[(i + 1).min(s.len() - 1)] - s[i])
+}
+
 /// FNV-1a, 64-bit: a small, dependency-free checksum for snapshots and fingerprints (not
 /// cryptographic; it detects corruption, not tampering).
 #[derive(Clone, Copy, Debug)]
@@ -104,5 +117,21 @@ impl Fnv64 {
     }
     pub fn finish(&self) -> u64 {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    #[test]
+    fn quantiles_interpolate_between_sorted_values() {
+        let v = [4.0, 1.0, 3.0, 2.0];
+        assert_eq!(quantile(&v, 0.0), 1.0);
+        assert_eq!(quantile(&v, 1.0), 4.0);
+        assert_eq!(quantile(&v, 0.5), 2.5);
+        assert_eq!(quantile(&v, 0.25), 1.75);
+        assert_eq!(quantile(&[7.0], 0.5), 7.0);
+        assert!(quantile(&[], 0.5).is_nan());
     }
 }

@@ -678,6 +678,75 @@ fn summarize_answers_from_a_transcript_file_and_stdin() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// `bench --against FLAGS`: both configurations in one process, repetitions alternated; each
+/// repetition's ratio is this side's tg over the other's, and bad flags there are refused by name.
+#[test]
+fn bench_against_alternates_two_configurations() {
+    let m = common::model_path();
+    let m = m.to_str().unwrap();
+    let against = format!("-m {m} --memory sink --block 16 --mem-blocks 0 --sinks 4");
+    let out = famstream()
+        .args([
+            "bench", "-m", m, "-p", "8", "-n", "24", "-r", "4", "-t", "2",
+        ])
+        .args([
+            "--memory",
+            "fam",
+            "--block",
+            "16",
+            "--mem-blocks",
+            "0",
+            "--fam-len",
+            "4",
+        ])
+        .args(["--json", "--against", &against])
+        .output()
+        .unwrap();
+    let j = json_report(out);
+    assert_eq!(j["this"]["memory"], "fam");
+    assert_eq!(j["against"]["memory"], "sink");
+    let tg = |side: &str| -> Vec<f64> {
+        j[side]["tg_tokens_per_s"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let (a, b) = (tg("this"), tg("against"));
+    let ratios: Vec<f64> = j["tg_ratios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!((a.len(), b.len(), ratios.len()), (4, 4, 4));
+    for i in 0..4 {
+        assert!(
+            (ratios[i] - a[i] / b[i]).abs() < 1e-9,
+            "{ratios:?} {a:?} {b:?}"
+        );
+    }
+    let med = j["tg_ratio_median"].as_f64().unwrap();
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(0.0, f64::max);
+    assert!(lo <= med && med <= hi, "{med} {ratios:?}");
+    // the FAM crosses block ends (its upkeep), `sink` has none
+    assert!(j["this"]["tg_block_end_share"].as_f64().unwrap() > 0.0);
+    assert_eq!(j["against"]["tg_block_end_share"], 0.0);
+    let out = famstream()
+        .args(["bench", "-m", m, "-p", "8", "-n", "2", "-r", "4", "-t", "2"])
+        .args(["--against", "--memory nonsense"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--against") && err.contains("nonsense"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bench_reports_pp_and_tg_as_json() {
     let m = common::model_path();

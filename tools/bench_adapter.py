@@ -8,7 +8,7 @@ Runs `famstream bench --json` for each configuration, ROUNDS times in alternatin
 order rotates each round, so a slow spell of the machine does not land on one configuration),
 and reports the median over rounds of each run's best-of-R tokens/s. Run it on a quiet machine.
 
-usage: tools/bench_adapter.py [--rounds 3 | --pairs N] [--threads 2]
+usage: tools/bench_adapter.py [--rounds 3 | --pairs N | --against N] [--threads 2]
 [--set adapter|keep|keep-default|kept-fam|kept-fam-d05|kept-fam-b128|kept-fam-b256|kept-fam-b512|kept-heads-b256|kept-heads-b512] [--splice]
 writes results/speed/<set>.json and, with --splice, the table into results/README.md (the
 `<set>-speed` block). `--set keep`: `sink` and `keep` with F = 16, 64 and 256 kept tokens at the
@@ -23,7 +23,12 @@ results/kept_heads/fam-kp64b256-mass.json), and with none kept; `--set kept-head
 B = 512 with 64 and 128 kept tokens, and with none (pp512/tg512 by default). `--set keep-default`: `sink` and `keep` with F = 64 and 256 at the
 default window (B = 1024, M = 3), measured at stream position 8192 (the window and the kept
 slots full), pp960 + tg128 so that the block end at 9216 (keep's selection) is timed; each
-repetition refills the state first (5,120 tokens), so the best of 1, not 3."""
+repetition refills the state first (5,120 tokens), so the best of 1, not 3.
+
+`--pairs N` (results/speed/<set>-pairs.json, `<set>-pairs` block): each configuration run next to `sink` at its
+window N times, each in its own process. `--against N` (results/speed/<set>-against.json, `<set>-against`
+block; session 35): each configuration and `sink` in one process (`famstream bench --against`), N repetitions
+alternated there; on this VM the per-process spread was as large as the differences measured."""
 import argparse
 import json
 import random
@@ -52,8 +57,14 @@ def main():
                     help="instead of rounds: N pairs per configuration, each run back to back with `sink` at its "
                          "window, which one first alternating (best of 1 each); reports the median and quartiles of the pairs' decode ratios. For a "
                          "machine whose speed drifts between runs (this VM's sink decode: 124-163 t/s); at least 4")
+    ap.add_argument("--against", type=int, default=0, metavar="N",
+                    help="instead of rounds or pairs: each configuration in one process with `sink` at its window "
+                         "(`famstream bench --against`), N repetitions alternated there; reports the median and "
+                         "quartiles of the repetitions' decode ratios (at least 4)")
     ap.add_argument("--splice", action="store_true")
     a = ap.parse_args()
+    if a.against and a.against < 4:
+        ap.error("--against needs at least 4 repetitions (quartiles)")
     if a.pairs and a.pairs < 4:
         ap.error("--pairs needs at least 4 pairs (quartiles)")
     a.p = a.p or (960 if a.set == "keep-default" else 512 if a.set in ("kept-fam-b512", "kept-heads-b512") else 256)
@@ -163,6 +174,8 @@ def main():
             }
         runs = {k: [] for k in configs}
         names = list(configs)
+        if a.against:
+            return in_process(a, configs, names)
         if a.pairs:
             return paired(a, configs, names, extra)
         for r in range(a.rounds):
@@ -203,6 +216,39 @@ def bench(a, args, extra):
     out = subprocess.run([str(BIN), "bench", *args, "-p", str(a.p), "-n", str(a.n), *extra, "-t", str(a.threads),
                           "--json"], check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
+
+
+def in_process(a, configs, names):
+    """Each non-sink configuration against `sink` at its window in one famstream process (`bench --against`):
+    both loaded once, `a.against` repetitions alternated (which goes first alternating), so the two meet the
+    same machine state within seconds and the processes' own differences (load, memory placement) are
+    shared."""
+    rows = {}
+    for n in [n for n in names if "sink" not in n]:
+        sink = configs[sink_at_window(n)] + ["-t", str(a.threads)]
+        assert not any(" " in x for x in sink), "--against takes whitespace-separated flags"
+        out = subprocess.run([str(BIN), "bench", *configs[n], "-p", str(a.p), "-n", str(a.n), "-r", str(a.against),
+                              "-t", str(a.threads), "--json", "--against", " ".join(sink)],
+                             check=True, capture_output=True, text=True)
+        rows[n] = json.loads(out.stdout)
+        print(f"{n}: {rows[n]['tg_ratio_median']:.3f}", file=sys.stderr)
+    out = ROOT / f"results/speed/{a.set}-against.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(repetitions=a.against, threads=a.threads, n_prompt=a.p, n_gen=a.n, runs=rows),
+                              indent=1) + "\n")
+    lines = ["| configuration | tg vs sink, median of repetitions | quartiles | sink tg t/s (range) | "
+             "tg time at block ends |", "|---|---|---|---|---|"]
+    for n, r in rows.items():
+        st = r["against"]["tg_tokens_per_s"]
+        lo, hi = r["tg_ratio_quartiles"]
+        lines.append(f"| {n} | {r['tg_ratio_median']:.3f} | {lo:.3f}-{hi:.3f} | {min(st):.0f}-{max(st):.0f} | "
+                     f"{100 * r['this']['tg_block_end_share']:.1f}% |")
+    table = "\n".join(lines) + (f"\n\n(`tools/bench_adapter.py --set {a.set} --against {a.against} -n {a.n} "
+                                f"--threads {a.threads}`: pp{a.p}/tg{a.n}, each configuration in one process with "
+                                "`sink` at its window, repetitions alternated)")
+    print(table)
+    if a.splice:
+        splice(ROOT / "results/README.md", f"{a.set}-against", table)
 
 
 def paired(a, configs, names, extra):

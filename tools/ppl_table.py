@@ -31,7 +31,15 @@ B = 128) | the B = 64 adapter's settings as for fam-kp64-d05 above (session 30, 
     python3 tools/ppl_table.py --block 256 [--splice]
 
 at B = 256 (`ppl-b256` markers; session 32): `--block 256` and `--memory sink --sinks 4` |
-`--adapter results/adapters/smollm2-135m-fam-b256-keep64-d05.gguf --memory fam` (fam-kp64b256).
+`--adapter results/adapters/smollm2-135m-fam-b256-keep64-d05.gguf --memory fam` (fam-kp64b256) |
+`--adapter A --memory fam` with A the same file with `fam.kept_heads` = the top 68 pairs (session 35,
+fam-kp64b256kh68; A written by `tools/kept_heads.py results/adapters/smollm2-135m-fam-b256-keep64-d05.gguf
+--mass results/kept_heads/fam-kp64b256-mass.json --top 68 --write A`).
+
+    python3 tools/ppl_table.py --block 512 [--splice]
+
+at B = 512 (`ppl-b512` markers; session 35): `--block 512` and `--memory sink --sinks 4` | the kh68 file
+above with `--block 512` (fam-kp64b256kh68).
 """
 import argparse
 import json
@@ -56,17 +64,22 @@ RUNS_B128 = [("sink (S = 4)", "sink"),
              ("fam-kp64-d05 (session 30: trained at B = 64, read at 128)", "fam-kp64-d05"),
              ("fam-kp64b128 (session 31: the same trained on at B = 128)", "fam-kp64b128")]
 RUNS_B256 = [("sink (S = 4)", "sink"),
-             ("fam-kp64b256 (session 32: the B = 128 memory trained on at B = 256)", "fam-kp64b256")]
+             ("fam-kp64b256 (session 32: the B = 128 memory trained on at B = 256)", "fam-kp64b256"),
+             ("fam-kp64b256kh68 (session 35: the same, kept tokens seen by 68 (layer, head) pairs)",
+              "fam-kp64b256kh68")]
+RUNS_B512 = [("sink (S = 4)", "sink"),
+             ("fam-kp64b256kh68 (session 35: the B = 256 file, kept tokens seen by 68 pairs, read at B = 512)",
+              "fam-kp64b256kh68")]
 TOTAL = 106496
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--block", type=int, choices=[64, 128, 256], default=64)
+    ap.add_argument("--block", type=int, choices=[64, 128, 256, 512], default=64)
     ap.add_argument("--splice", action="store_true")
     a = ap.parse_args()
     rows = []
-    for label, name in {64: RUNS, 128: RUNS_B128, 256: RUNS_B256}[a.block]:
+    for label, name in {64: RUNS, 128: RUNS_B128, 256: RUNS_B256, 512: RUNS_B512}[a.block]:
         path = ROOT / f"results/ppl/{name}-b{a.block}-segments.jsonl"
         segs = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
         n = sum(s["tokens"] for s in segs)

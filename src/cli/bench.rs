@@ -1,7 +1,7 @@
 //! `famstream bench`: prompt-processing and generation speed (tokens/s), like llama-bench's pp/tg.
 
 use super::common::*;
-use clap::Args;
+use clap::{Args, Parser};
 use famstream::runtime::default_threads;
 use famstream::Result;
 
@@ -24,8 +24,24 @@ pub struct BenchArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also measure another configuration, given as bench's model and memory flags in one
+    /// argument (e.g. "-m BASE.gguf --memory sink --block 256 --mem-blocks 0 --sinks 4"), in the
+    /// same process: the repetitions alternate between the two (which goes first alternating
+    /// too) and each repetition's tg ratio (this / that) is reported, with their median and
+    /// quartiles. On a machine whose speed drifts between runs, this compares the two fairly.
+    #[arg(long = "against", value_name = "FLAGS", allow_hyphen_values = true)]
+    pub against: Option<String>,
     #[command(flatten)]
     pub memory: MemoryArgs,
+}
+
+/// `--against`'s flags, parsed as bench's.
+#[derive(Parser)]
+struct Against {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    memory: MemoryArgs,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -37,9 +53,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
         repetitions,
         json,
         memory,
-        ..
+        against: args_against,
     } = args;
     memory.refuse_unused("bench", false, Some("bench keeps no state"))?;
+    if let Some(flags) = args_against {
+        return run_against(
+            &model,
+            &memory,
+            &flags,
+            n_prompt,
+            n_gen,
+            at_position,
+            repetitions,
+            json,
+        );
+    }
     let rt = model.load()?;
     let settings = memory.settings(&rt)?;
     let mut eng = rt.engine()?;
@@ -106,6 +134,108 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 100.0 * r.tg_block_end_share
             );
         }
+    }
+    Ok(())
+}
+
+/// `bench --against FLAGS`: both configurations loaded in one process, repetitions alternated.
+#[allow(clippy::too_many_arguments)]
+fn run_against(
+    model: &ModelArgs,
+    memory: &MemoryArgs,
+    flags: &str,
+    n_prompt: usize,
+    n_gen: usize,
+    at_position: u64,
+    repetitions: usize,
+    json: bool,
+) -> Result<()> {
+    let other =
+        Against::try_parse_from(std::iter::once("--against").chain(flags.split_whitespace()))
+            .map_err(|e| famstream::Error::Invalid(format!("--against \"{flags}\": {e}")))?;
+    other
+        .memory
+        .refuse_unused("bench", false, Some("bench keeps no state"))?;
+    let sides = [(model, memory), (&other.model, &other.memory)];
+    let mut loaded = Vec::new();
+    for (i, (m, mem)) in sides.into_iter().enumerate() {
+        // what is wrong with the other side's flags says so
+        let named = |e: famstream::Error| match e {
+            famstream::Error::Invalid(msg) if i == 1 => {
+                famstream::Error::Invalid(format!("--against: {msg}"))
+            }
+            e => e,
+        };
+        let rt = m.load().map_err(named)?;
+        let settings = mem.settings(&rt).map_err(named)?;
+        let eng = rt.engine()?;
+        let n_ctx = m.ctx(&rt);
+        loaded.push((rt, settings, eng, n_ctx));
+    }
+    let mut runs: [Vec<famstream::bench::BenchResult>; 2] = [Vec::new(), Vec::new()];
+    let n = repetitions.max(4);
+    let bar = famstream::util::progress(2 * n as u64, "runs");
+    for r in 0..n {
+        for side in [r % 2, 1 - r % 2] {
+            let (rt, settings, eng, n_ctx) = &mut loaded[side];
+            let res =
+                famstream::bench::run(rt, eng, *settings, *n_ctx, n_prompt, n_gen, at_position)?;
+            runs[side].push(res);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let ratios: Vec<f64> = (0..n)
+        .map(|i| runs[0][i].tg_tokens_per_s / runs[1][i].tg_tokens_per_s)
+        .collect();
+    let q = |v: &[f64], p: f64| famstream::util::quantile(v, p);
+    let tg = |side: usize| {
+        runs[side]
+            .iter()
+            .map(|r| r.tg_tokens_per_s)
+            .collect::<Vec<_>>()
+    };
+    let share = |side: usize| {
+        q(
+            &runs[side]
+                .iter()
+                .map(|r| r.tg_block_end_share)
+                .collect::<Vec<_>>(),
+            0.5,
+        )
+    };
+    if json {
+        let side = |i: usize| {
+            serde_json::json!({
+                "memory": loaded[i].1.policy.as_str(), "settings": loaded[i].1.to_json(),
+                "tg_tokens_per_s": tg(i),
+                "pp_tokens_per_s": runs[i].iter().map(|r| r.pp_tokens_per_s).collect::<Vec<_>>(),
+                "tg_block_end_share": share(i), "state_bytes": runs[i][0].state_bytes,
+            })
+        };
+        let j = serde_json::json!({
+            "n_prompt": n_prompt, "n_gen": n_gen, "at_position": at_position, "repetitions": n,
+            "this": side(0), "against": side(1), "tg_ratios": ratios,
+            "tg_ratio_median": q(&ratios, 0.5),
+            "tg_ratio_quartiles": [q(&ratios, 0.25), q(&ratios, 0.75)],
+        });
+        println!("{}", serde_json::to_string_pretty(&j).expect("json"));
+    } else {
+        println!("| configuration | memory | tg{n_gen} t/s (median of {n}) | block ends |\n|---|---|---|---|");
+        for (i, name) in ["this", "against"].iter().enumerate() {
+            println!(
+                "| {name} | {} | {:.1} | {:.1}% |",
+                loaded[i].1.policy,
+                q(&tg(i), 0.5),
+                100.0 * share(i)
+            );
+        }
+        println!(
+            "\ntg ratio this / against, per repetition: median {:.3}, quartiles {:.3}-{:.3}",
+            q(&ratios, 0.5),
+            q(&ratios, 0.25),
+            q(&ratios, 0.75)
+        );
     }
     Ok(())
 }

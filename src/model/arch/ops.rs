@@ -90,6 +90,53 @@ pub fn attend<'a>(
     ctx.reshape(o, &[(hd * hp.n_head) as i64, n])
 }
 
+/// [`attend`] for a few query rows (the FAM update's): the `rep` query heads that share a K/V
+/// head become rows of one head, `q` [hd, n_head, n] -> [hd, rep * n, n_head_kv] (row
+/// `j * n + i` is row i of the group's head j), padded to `min_rows`, so that ggml's tiled CPU
+/// kernel reads each K/V tile once for all of them instead of once per head. `mask` has
+/// [`grouped_rows`] rows, row `j * n + i` being query row i's (see there). Returns
+/// [n_head * hd, n], as [`attend`].
+#[allow(clippy::too_many_arguments)]
+pub fn attend_grouped<'a>(
+    ctx: &'a Context,
+    m: &'a Model,
+    q: Tensor<'a>,
+    kc: Tensor<'a>,
+    vc: Tensor<'a>,
+    n_kv: usize,
+    mask: Tensor<'a>,
+    min_rows: usize,
+) -> Tensor<'a> {
+    let hp = &m.hp;
+    let (hd, g) = (hp.head_dim as i64, hp.n_head_kv as i64);
+    let rep = (hp.n_head / hp.n_head_kv) as i64;
+    let n = q.ne()[2];
+    let (rows, padded) = (rep * n, grouped_rows(hp, n as usize, min_rows) as i64);
+    let row = kc.nb()[1];
+    let es = kc.nb()[0];
+    let view = |c: Tensor<'a>| ctx.view(c, &[hd, n_kv as i64, g], &[row, hd as usize * es], 0);
+    // head h = kv head * rep + j: [hd, rep, g, n] -> [hd, n, rep, g] -> [hd, n * rep, g]
+    let q = ctx.cont(ctx.permute(ctx.reshape(q, &[hd, rep, g, n]), [0, 2, 3, 1]));
+    let q = ctx.reshape(q, &[hd, rows, g]);
+    let q = ctx.pad(q, [0, (padded - rows) as i32, 0, 0]);
+    let o = ctx.flash_attn_ext(q, view(kc), view(vc), Some(mask), hp.attn_scale); // [hd, g, padded]
+    let o = ctx.view(
+        o,
+        &[hd, g, n, rep],
+        &[o.nb()[1], o.nb()[2], o.nb()[2] * n as usize],
+        0,
+    );
+    // [hd, g, n, rep] -> [hd, rep, g, n]: back to head-major rows
+    let o = ctx.cont(ctx.permute(o, [0, 2, 3, 1]));
+    ctx.reshape(o, &[hd * rep * g, n])
+}
+
+/// The rows of [`attend_grouped`]'s queries and mask for `n` query rows: `n_head / n_head_kv`
+/// copies of them, at least `min_rows`.
+pub fn grouped_rows(hp: &crate::model::HParams, n: usize, min_rows: usize) -> usize {
+    (hp.n_head / hp.n_head_kv * n).max(min_rows)
+}
+
 /// The gate activation of a gated MLP.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Act {
