@@ -26,9 +26,9 @@ pub struct BenchArgs {
     pub json: bool,
     /// Also measure another configuration, given as bench's model and memory flags in one
     /// argument (e.g. "-m BASE.gguf --memory sink --block 256 --mem-blocks 0 --sinks 4"), in the
-    /// same process: the repetitions alternate between the two (which goes first alternating
-    /// too) and each repetition's tg ratio (this / that) is reported, with their median and
-    /// quartiles. On a machine whose speed drifts between runs, this compares the two fairly.
+    /// same process: the repetitions (-r, at least 4) alternate between the two (which goes
+    /// first alternating too) and each repetition's tg ratio (this / that) is reported, with
+    /// their median and quartiles. On a machine whose speed drifts between runs, this compares the two fairly.
     #[arg(long = "against", value_name = "FLAGS", allow_hyphen_values = true)]
     pub against: Option<String>,
     #[command(flatten)]
