@@ -573,13 +573,10 @@ impl Engine {
                 t.write_i32(u.q_pos)?;
             }
             if let (Some(t), Some(u)) = (inp.mask, &b.update) {
-                // attention's query rows are the F rows once per query head of a K/V head
-                // (ops::attend_grouped: row j * F + i is row i), then padding rows
-                // (forward::FAM_ATTN_ROWS) with the last row's mask, so that they stay finite
-                // (they are dropped after)
-                let copies = (model.hp.n_head / model.hp.n_head_kv) * f;
+                // attention's query rows are the F rows once per query head of a K/V head,
+                // then padding (ops::attend_grouped)
                 for r in 0..t.ne()[1] as usize {
-                    let i = if r < copies { r % f } else { f - 1 };
+                    let i = crate::model::arch::ops::grouped_source_row(&model.hp, f, r);
                     let src = &u.mask[i * b.n_kv..(i + 1) * b.n_kv];
                     t.write_bytes(r * b.n_kv * std::mem::size_of::<f16>(), as_bytes(src))?;
                 }

@@ -72,22 +72,23 @@ pub fn attend<'a>(
     mask: Tensor<'a>,
 ) -> Tensor<'a> {
     let hp = &m.hp;
-    let hd = hp.head_dim;
     let n = q.ne()[2];
-    let row = kc.nb()[1];
-    let es = kc.nb()[0]; // element size
-    let view = |c: Tensor<'a>| {
-        // [hd, n_kv, n_head_kv] views of the [hd * n_head_kv, n_slots] caches.
-        ctx.view(
-            c,
-            &[hd as i64, n_kv as i64, hp.n_head_kv as i64],
-            &[row, hd * es],
-            0,
-        )
-    };
+    let view = |c| kv_heads(ctx, m, c, n_kv);
     let q = ctx.permute(q, [0, 2, 1, 3]); // [hd, n, n_head]
     let o = ctx.flash_attn_ext(q, view(kc), view(vc), Some(mask), hp.attn_scale); // [hd, n_head, n]
-    ctx.reshape(o, &[(hd * hp.n_head) as i64, n])
+    ctx.reshape(o, &[(hp.head_dim * hp.n_head) as i64, n])
+}
+
+/// [hd, n_kv, n_head_kv] view of slots [0, n_kv) of a [hd * n_head_kv, n_slots] K or V cache.
+fn kv_heads<'a>(ctx: &'a Context, m: &Model, c: Tensor<'a>, n_kv: usize) -> Tensor<'a> {
+    let hp = &m.hp;
+    let es = c.nb()[0]; // element size
+    ctx.view(
+        c,
+        &[hp.head_dim as i64, n_kv as i64, hp.n_head_kv as i64],
+        &[c.nb()[1], hp.head_dim * es],
+        0,
+    )
 }
 
 /// [`attend`] for a few query rows (the FAM update's): the `rep` query heads that share a K/V
@@ -112,9 +113,7 @@ pub fn attend_grouped<'a>(
     let rep = (hp.n_head / hp.n_head_kv) as i64;
     let n = q.ne()[2];
     let (rows, padded) = (rep * n, grouped_rows(hp, n as usize, min_rows) as i64);
-    let row = kc.nb()[1];
-    let es = kc.nb()[0];
-    let view = |c: Tensor<'a>| ctx.view(c, &[hd, n_kv as i64, g], &[row, hd as usize * es], 0);
+    let view = |c| kv_heads(ctx, m, c, n_kv);
     // head h = kv head * rep + j: [hd, rep, g, n] -> [hd, n, rep, g] -> [hd, n * rep, g]
     let q = ctx.cont(ctx.permute(ctx.reshape(q, &[hd, rep, g, n]), [0, 2, 3, 1]));
     let q = ctx.reshape(q, &[hd, rows, g]);
@@ -135,6 +134,17 @@ pub fn attend_grouped<'a>(
 /// copies of them, at least `min_rows`.
 pub fn grouped_rows(hp: &crate::model::HParams, n: usize, min_rows: usize) -> usize {
     (hp.n_head / hp.n_head_kv * n).max(min_rows)
+}
+
+/// Which of the `n` query rows [`attend_grouped`]'s row `r` holds (its mask row): row
+/// `j * n + i` is row i; a padding row repeats the last, so that it stays finite (it is
+/// dropped after).
+pub fn grouped_source_row(hp: &crate::model::HParams, n: usize, r: usize) -> usize {
+    if r < hp.n_head / hp.n_head_kv * n {
+        r % n
+    } else {
+        n - 1
+    }
 }
 
 /// The gate activation of a gated MLP.
