@@ -421,6 +421,23 @@ def settings_of(a):
                 feedback="within", decay=a.decay, keep_len=a.keep_len)
 
 
+def kept_heads_of(path, n_pairs):
+    """The (layer, head) pairs, as layer * n_head + head, that a file's `fam.kept_heads` names (an
+    adapter written by `tools/kept_heads.py --write`): training with them teaches the LoRA to read
+    the kept tokens through those heads only, as famstream will run it."""
+    import gguf
+    try:
+        f = gguf.GGUFReader(str(path)).fields
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--kept-heads {path}: cannot read it as GGUF ({e})")
+    if "fam.kept_heads" not in f:
+        raise SystemExit(f"--kept-heads {path}: has no fam.kept_heads (tools/kept_heads.py --write makes one)")
+    kh = sorted({int(x) for x in f["fam.kept_heads"].contents()})
+    if not kh or kh[-1] >= n_pairs:
+        raise SystemExit(f"--kept-heads {path}: pairs {kh[:1]}..{kh[-1:]} outside this model's {n_pairs}")
+    return kh
+
+
 def recall_batch(model, s, ids, ans_pos, drop_fam_from=None, fam0=None):
     """Exact-match recall (greedy under teacher forcing: every answer token is the argmax).
     fam0: (FAM, positions) to start from (a stream that has read something before), else fresh."""
@@ -473,6 +490,12 @@ def cmd_train(a):
     from tokenizers import Tokenizer
     from tools.fam_data import RecallData
     torch.set_num_threads(a.threads)
+    kept_heads = None  # checked before the run directory is made
+    if a.kept_heads:
+        if not a.keep_len:
+            raise SystemExit(f"--kept-heads {a.kept_heads}: names the heads that see kept tokens; needs --keep-len")
+        cfg = json.loads((Path(a.model) / "config.json").read_text())
+        kept_heads = kept_heads_of(a.kept_heads, cfg["num_hidden_layers"] * cfg["num_attention_heads"])
     run = Path(a.run_dir); run.mkdir(parents=True, exist_ok=True)
     args_path, ckpt_path, log_path = run / "args.json", run / "ckpt.pt", run / "log.jsonl"
     # The curriculum's schedule (steps, last distance, the recall that advances it) may change
@@ -488,6 +511,7 @@ def cmd_train(a):
         old.setdefault("train_values", "pools")
         old.setdefault("decay", 0.0)
         old.setdefault("keep_len", 0)
+        old.setdefault("kept_heads", None)
         diff = {k: (old.get(k), v) for k, v in keep.items() if old.get(k) != v}
         if diff:
             raise SystemExit(f"{run}: was started with other settings {diff}; use another RUN_DIR")
@@ -509,6 +533,8 @@ def cmd_train(a):
                   a.fam_bias)
     tok = Tokenizer.from_file(str(Path(a.model) / "tokenizer.json"))
     s = settings_of(a)
+    if kept_heads is not None:
+        s["kept_heads"] = kept_heads
     # the soft prompt starts as the embeddings of the runtime's seed text (BOS + text, cut to F)
     seed_text = ("The following is a long document. Remember the names, numbers, places and decisions in it, "
                  "from the beginning to the end.")
@@ -1164,6 +1190,26 @@ def cmd_smoke(a):
         assert gguf.GGUFReader(str(out4)).fields["fam.keep_len"].contents() == 8, "export lost fam.keep_len"
         assert adapter_model(out4, tiny / "hf")[1]["keep_len"] == 8
         assert "fam.keep_len" not in r.fields, "an export without kept tokens must not name them"
+        # kept tokens shown to some heads only (--kept-heads FILE: its fam.kept_heads), as the
+        # runtime shows them; the export carries the list, and a file without one is refused
+        kh_file = Path(tmp) / "kept-heads.gguf"
+        w = gguf.GGUFWriter(str(kh_file), "llama")
+        w.add_array("fam.kept_heads", [model.H + 1, 0])
+        w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+        run5 = Path(tmp) / "run-kept-heads"
+        call("train", str(run5), *base[2:], "--steps", "1", "--keep-len", "8", "--kept-heads", str(kh_file))
+        out5 = Path(tmp) / "adapter5.gguf"
+        call("export", str(run5), "--base-gguf", str(tiny / "model.f32.gguf"), "--out", str(out5))
+        assert list(gguf.GGUFReader(str(out5)).fields["fam.kept_heads"].contents()) == [0, model.H + 1]
+        assert adapter_model(out5, tiny / "hf")[1]["kept_heads"] == [0, model.H + 1]
+        assert "fam.kept_heads" not in gguf.GGUFReader(str(out4)).fields, "no --kept-heads: every head sees them"
+        for bad, why in ((out4, "no fam.kept_heads"), (kh_file, "needs --keep-len")):
+            try:
+                call("train", str(Path(tmp) / "run-bad"), *base[2:], "--steps", "1", "--kept-heads", str(bad),
+                     *(["--keep-len", "8"] if bad == out4 else []))
+                raise AssertionError(f"--kept-heads {bad} was taken")
+            except SystemExit as e:
+                assert why in str(e), e
         # made-up training values (--train-values generated): never a held-out one, seldom repeated
         from tools.fam_data import HELD_OUT_WORDS, value
         r = random.Random(5)
@@ -1259,6 +1305,9 @@ def parser():
     t.add_argument("--keep-len", type=int, default=0,
                    help="train with this many salient evicted tokens kept next to the FAM (famstream's --keep-len; "
                         "0: none)")
+    t.add_argument("--kept-heads", metavar="GGUF",
+                   help="only the (layer, head) pairs this file's fam.kept_heads names see the kept tokens, as "
+                        "famstream runs such a file (tools/kept_heads.py --write); the export carries the list")
     t.add_argument("--rsp-from-k", type=int, default=1,
                    help="pass states only once the curriculum has reached this distance (a FAM learns to "
                         "recall from fresh states first: state passing from step 1 kept it at chance)")
