@@ -34,7 +34,9 @@ at B = 256 (`ppl-b256` markers; session 32): `--block 256` and `--memory sink --
 `--adapter results/adapters/smollm2-135m-fam-b256-keep64-d05.gguf --memory fam` (fam-kp64b256) |
 `--adapter A --memory fam` with A the same file with `fam.kept_heads` = the top 68 pairs (session 35,
 fam-kp64b256kh68; A written by `tools/kept_heads.py results/adapters/smollm2-135m-fam-b256-keep64-d05.gguf
---mass results/kept_heads/fam-kp64b256-mass.json --top 68 --write A`).
+--mass results/kept_heads/fam-kp64b256-mass.json --top 68 --write A`) |
+`--adapter results/adapters/smollm2-135m-fam-b256-keep64-d05-kh34-trained.gguf --memory fam` (session 36,
+fam-kp64b256kh34t: trained with its kept tokens shown to the top 34 pairs, `fam_train.py --kept-heads`).
 
     python3 tools/ppl_table.py --block 512 [--splice]
 
@@ -66,7 +68,8 @@ RUNS_B128 = [("sink (S = 4)", "sink"),
 RUNS_B256 = [("sink (S = 4)", "sink"),
              ("fam-kp64b256 (session 32: the B = 128 memory trained on at B = 256)", "fam-kp64b256"),
              ("fam-kp64b256kh68 (session 35: the same, kept tokens seen by 68 (layer, head) pairs)",
-              "fam-kp64b256kh68")]
+              "fam-kp64b256kh68"),
+             ("fam-kp64b256kh34t (session 36: trained on with kept tokens seen by 34 pairs only)", "fam-kp64b256kh34t")]
 RUNS_B512 = [("sink (S = 4)", "sink"),
              ("fam-kp64b256kh68 (session 35: the B = 256 file, kept tokens seen by 68 pairs, read at B = 512)",
               "fam-kp64b256kh68")]
