@@ -89,6 +89,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         def merged(adapter, tag="merged"):
             """`adapter` merged into the default model's weights (`famstream convert --adapter`)."""
+            if not Path(adapter).exists():  # files not in git (a -kh copy, an unshipped run): results/README.md says how
+                raise SystemExit(f"--set {a.set}: {adapter} is not here; results/README.md names the command that "
+                                 "makes it")
             out = Path(tmp) / f"{tag}.gguf"
             subprocess.run([str(BIN), "convert", model, "--adapter", str(adapter), "-o", str(out)], check=True,
                            capture_output=True)
