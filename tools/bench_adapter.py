@@ -9,7 +9,7 @@ order rotates each round, so a slow spell of the machine does not land on one co
 and reports the median over rounds of each run's best-of-R tokens/s. Run it on a quiet machine.
 
 usage: tools/bench_adapter.py [--rounds 3 | --pairs N | --against N] [--threads 2]
-[--set adapter|keep|keep-default|kept-fam|kept-fam-d05|kept-fam-b128|kept-fam-b256|kept-fam-b512|kept-heads-b256|kept-heads-b512|trained-heads-b256]
+[--set adapter|keep|keep-default|kept-fam|kept-fam-d05|kept-fam-b128|kept-fam-b256|kept-fam-b512|kept-heads-b256|kept-heads-b512|trained-heads-b256|trained-k16-b256]
 [--splice]
 writes results/speed/<set>.json and, with --splice, the table into results/README.md (the
 `<set>-speed` block). `--set keep`: `sink` and `keep` with F = 16, 64 and 256 kept tokens at the
@@ -23,7 +23,8 @@ most kept-token attention (`fam.kept_heads`, written by tools/kept_heads.py from
 results/kept_heads/fam-kp64b256-mass.json), and with none kept; `--set kept-heads-b512`: the 68 pairs' file at
 B = 512 with 64 and 128 kept tokens, and with none (pp512/tg512 by default); `--set trained-heads-b256`
 (session 36): at B = 256 the file trained with its kept tokens shown to 34 pairs (`fam_train.py --kept-heads`)
-and the shipped 68 pairs' file. `--set keep-default`: `sink` and `keep` with F = 64 and 256 at the
+and the shipped 68 pairs' file; `--set trained-k16-b256` (session 37): the 68 pairs' file trained on with them at
+1-16 blocks, next to the 68 pairs' file as shipped before. `--set keep-default`: `sink` and `keep` with F = 64 and 256 at the
 default window (B = 1024, M = 3), measured at stream position 8192 (the window and the kept
 slots full), pp960 + tg128 so that the block end at 9216 (keep's selection) is timed; each
 repetition refills the state first (5,120 tokens), so the best of 1, not 3.
@@ -46,6 +47,13 @@ from tools.common import ROOT, default_model, splice  # noqa: E402
 
 ADAPTER = ROOT / "results/adapters/smollm2-135m-fam-b64.gguf"
 BIN = ROOT / "target/release/famstream"
+# --set NAME: (label, adapter file, tag) of a file trained with its kept-heads list, run next to the 68 pairs' file
+TRAINED_VS_KH68 = {
+    "trained-heads-b256": ("34 pairs, trained with them (fam-kp64b256kh34t)",
+                           "results/adapters/smollm2-135m-fam-b256-keep64-d05-kh34-trained.gguf", "kh34t"),
+    "trained-k16-b256": ("68 pairs, trained with them at 1-16 blocks (fam-kp64b256kh68k16)",
+                         "results/adapters/smollm2-135m-fam-b256-keep64-d05-kh68-k16.gguf", "kh68k16"),
+}
 
 
 def main():
@@ -55,7 +63,7 @@ def main():
     ap.add_argument("-p", type=int, help="prompt tokens (default 256; keep-default: 960)")
     ap.add_argument("-n", type=int, default=128,
                     help="generated tokens (pp + tg crosses a block end: FAM updates, keep's selection)")
-    ap.add_argument("--set", choices=["adapter", "keep", "keep-default", "kept-fam", "kept-fam-d05", "kept-fam-b128", "kept-fam-b256", "kept-fam-b512", "kept-heads-b256", "kept-heads-b512", "trained-heads-b256"], default="adapter")
+    ap.add_argument("--set", choices=["adapter", "keep", "keep-default", "kept-fam", "kept-fam-d05", "kept-fam-b128", "kept-fam-b256", "kept-fam-b512", "kept-heads-b256", "kept-heads-b512", "trained-heads-b256", "trained-k16-b256"], default="adapter")
     ap.add_argument("--pairs", type=int, default=0,
                     help="instead of rounds: N pairs per configuration, each run back to back with `sink` at its "
                          "window, which one first alternating (best of 1 each); reports the median and quartiles of the pairs' decode ratios. For a "
@@ -156,12 +164,11 @@ def main():
                 "B=256: fam + 64 kept, 34 (layer, head) pairs (fam-kp64b256kh34): adapter merged": ["-m", kh34, *w256],
                 "B=256: fam + 0 kept (--keep-len 0): adapter merged": ["-m", kh34, *w256, "--keep-len", "0"],
             }
-        elif a.set == "trained-heads-b256":  # session 36: trained with the 34 pairs, next to the 68 pairs' file
+        elif a.set in TRAINED_VS_KH68:  # sessions 36-37: a file trained with its head list, next to the 68 pairs' file
+            label, file, tag = TRAINED_VS_KH68[a.set]
             configs = {
                 "B=256: sink (S=4)": sink_at(w256),
-                "B=256: fam + 64 kept, 34 pairs, trained with them (fam-kp64b256kh34t): adapter merged":
-                    ["-m", merged(ROOT / "results/adapters/smollm2-135m-fam-b256-keep64-d05-kh34-trained.gguf", "kh34t"),
-                     *w256],
+                f"B=256: fam + 64 kept, {label}: adapter merged": ["-m", merged(ROOT / file, tag), *w256],
                 "B=256: fam + 64 kept, 68 pairs (fam-kp64b256kh68): adapter merged":
                     ["-m", merged(ROOT / "results/adapters/smollm2-135m-fam-b256-keep64-d05-kh68.gguf", "kh68"), *w256],
             }
