@@ -63,7 +63,7 @@ def main():
     ap.add_argument("-p", type=int, help="prompt tokens (default 256; keep-default: 960)")
     ap.add_argument("-n", type=int, default=128,
                     help="generated tokens (pp + tg crosses a block end: FAM updates, keep's selection)")
-    ap.add_argument("--set", choices=["adapter", "keep", "keep-default", "kept-fam", "kept-fam-d05", "kept-fam-b128", "kept-fam-b256", "kept-fam-b512", "kept-heads-b256", "kept-heads-b512", "trained-heads-b256", "trained-k16-b256"], default="adapter")
+    ap.add_argument("--set", choices=["adapter", "keep", "keep-default", "kept-fam", "kept-fam-d05", "kept-fam-b128", "kept-fam-b256", "kept-fam-b512", "kept-heads-b256", "kept-heads-b512", *TRAINED_VS_KH68], default="adapter")
     ap.add_argument("--pairs", type=int, default=0,
                     help="instead of rounds: N pairs per configuration, each run back to back with `sink` at its "
                          "window, which one first alternating (best of 1 each); reports the median and quartiles of the pairs' decode ratios. For a "
