@@ -9,7 +9,8 @@ order rotates each round, so a slow spell of the machine does not land on one co
 and reports the median over rounds of each run's best-of-R tokens/s. Run it on a quiet machine.
 
 usage: tools/bench_adapter.py [--rounds 3 | --pairs N | --against N] [--threads 2]
-[--set adapter|keep|keep-default|kept-fam|kept-fam-d05|kept-fam-b128|kept-fam-b256|kept-fam-b512|kept-heads-b256|kept-heads-b512|trained-heads-b256|trained-k16-b256]
+[--set adapter|keep|keep-default|kept-fam|kept-fam-d05|kept-fam-b128|kept-fam-b256|kept-fam-b512|kept-heads-b256|kept-heads-b512|trained-heads-b256|trained-k16-b256|
+trained-kh34-k16-b256]
 [--splice]
 writes results/speed/<set>.json and, with --splice, the table into results/README.md (the
 `<set>-speed` block). `--set keep`: `sink` and `keep` with F = 16, 64 and 256 kept tokens at the
@@ -24,7 +25,9 @@ results/kept_heads/fam-kp64b256-mass.json), and with none kept; `--set kept-head
 B = 512 with 64 and 128 kept tokens, and with none (pp512/tg512 by default); `--set trained-heads-b256`
 (session 36): at B = 256 the file trained with its kept tokens shown to 34 pairs (`fam_train.py --kept-heads`)
 and the shipped 68 pairs' file; `--set trained-k16-b256` (session 37): the 68 pairs' file trained on with them at
-1-16 blocks, next to the 68 pairs' file as shipped before. `--set keep-default`: `sink` and `keep` with F = 64 and 256 at the
+1-16 blocks, next to the 68 pairs' file as shipped before; `--set trained-kh34-k16-b256` (session 38): the
+session-37 file trained on with only the top 34 pairs seeing the kept tokens at 1-16 blocks, next to the 68 pairs'
+file. `--set keep-default`: `sink` and `keep` with F = 64 and 256 at the
 default window (B = 1024, M = 3), measured at stream position 8192 (the window and the kept
 slots full), pp960 + tg128 so that the block end at 9216 (keep's selection) is timed; each
 repetition refills the state first (5,120 tokens), so the best of 1, not 3.
@@ -53,6 +56,8 @@ TRAINED_VS_KH68 = {
                            "results/adapters/smollm2-135m-fam-b256-keep64-d05-kh34-trained.gguf", "kh34t"),
     "trained-k16-b256": ("68 pairs, trained with them at 1-16 blocks (fam-kp64b256kh68k16)",
                          "results/adapters/smollm2-135m-fam-b256-keep64-d05-kh68-k16.gguf", "kh68k16"),
+    "trained-kh34-k16-b256": ("34 pairs, trained with them at 1-16 blocks (fam-kp64b256kh34k16)",
+                              "results/adapters/smollm2-135m-fam-b256-keep64-d05-kh34-k16.gguf", "kh34k16"),
 }
 
 

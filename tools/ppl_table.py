@@ -38,7 +38,9 @@ fam-kp64b256kh68; A written by `tools/kept_heads.py results/adapters/smollm2-135
 `--adapter results/adapters/smollm2-135m-fam-b256-keep64-d05-kh34-trained.gguf --memory fam` (session 36,
 fam-kp64b256kh34t: trained with its kept tokens shown to the top 34 pairs, `fam_train.py --kept-heads`) |
 `--adapter results/adapters/smollm2-135m-fam-b256-keep64-d05-kh68-k16.gguf --memory fam` (session 37,
-fam-kp64b256kh68k16: the kh68 file trained on with its 68 pairs at 1-16 blocks).
+fam-kp64b256kh68k16: the kh68 file trained on with its 68 pairs at 1-16 blocks) |
+`--adapter results/adapters/smollm2-135m-fam-b256-keep64-d05-kh34-k16.gguf --memory fam` (session 38,
+fam-kp64b256kh34k16: the kh68k16 file trained on with only the top 34 pairs seeing the kept tokens, 1-16 blocks).
 
     python3 tools/ppl_table.py --block 512 [--splice]
 
@@ -73,7 +75,9 @@ RUNS_B256 = [("sink (S = 4)", "sink"),
               "fam-kp64b256kh68"),
              ("fam-kp64b256kh34t (session 36: trained on with kept tokens seen by 34 pairs only)", "fam-kp64b256kh34t"),
              ("fam-kp64b256kh68k16 (session 37: the kh68 file trained on with its 68 pairs at 1-16 blocks)",
-              "fam-kp64b256kh68k16")]
+              "fam-kp64b256kh68k16"),
+             ("fam-kp64b256kh34k16 (session 38: that file trained on with the top 34 pairs only, 1-16 blocks)",
+              "fam-kp64b256kh34k16")]
 RUNS_B512 = [("sink (S = 4)", "sink"),
              ("fam-kp64b256kh68 (session 35: the B = 256 file, kept tokens seen by 68 pairs, read at B = 512)",
               "fam-kp64b256kh68")]
