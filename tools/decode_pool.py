@@ -26,6 +26,8 @@ def runs_of(spec):
         d = json.loads(Path(file).read_text())
     except (OSError, ValueError) as e:
         sys.exit(f"decode_pool: cannot read {file}: {e}")
+    if not isinstance(d, dict):
+        sys.exit(f"decode_pool: {file} is not an --against result (a JSON object)")
     if "tg_ratios" in d:  # one `famstream bench --against --json`
         if label:
             sys.exit(f"decode_pool: {file} holds one run; drop ':{label}'")
