@@ -169,7 +169,7 @@ def main():
                 "B=256: fam + 64 kept, 34 (layer, head) pairs (fam-kp64b256kh34): adapter merged": ["-m", kh34, *w256],
                 "B=256: fam + 0 kept (--keep-len 0): adapter merged": ["-m", kh34, *w256, "--keep-len", "0"],
             }
-        elif a.set in TRAINED_VS_KH68:  # sessions 36-37: a file trained with its head list, next to the 68 pairs' file
+        elif a.set in TRAINED_VS_KH68:  # sessions 36-38: a file trained with its head list, next to the 68 pairs' file
             label, file, tag = TRAINED_VS_KH68[a.set]
             configs = {
                 "B=256: sink (S=4)": sink_at(w256),
